@@ -1,0 +1,171 @@
+"""What every meta-learning algorithm shares: the learner object and the algorithm registry.
+
+An algorithm is a small outer step on the one inner loop (:func:`metalm.adapt`). Each registers
+under a name with its config dataclass; :func:`build_algorithm` builds one by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..config import InnerConfig, from_dict
+from ..data.episode import Episode
+from ..errors import ConfigError
+from ..inner import LearningRate, adapt
+from ..losses import Batch, lm_loss_and_accuracy
+from ..params import ParameterSelection
+
+_REGISTRY: dict[str, tuple[type["MetaLearner"], type]] = {}
+
+
+def register_algorithm(name: str, config_cls: type) -> Callable[[type["MetaLearner"]], type["MetaLearner"]]:
+    """Class decorator registering a :class:`MetaLearner` under ``name`` with its config dataclass.
+
+    Raises:
+        ValueError: If ``name`` is already registered.
+    """
+
+    def deco(cls: type[MetaLearner]) -> type[MetaLearner]:
+        if name in _REGISTRY:
+            raise ValueError(f"algorithm {name!r} is already registered (by {_REGISTRY[name][0].__name__})")
+        _REGISTRY[name] = (cls, config_cls)
+        return cls
+
+    return deco
+
+
+def algorithm_names() -> list[str]:
+    """Names of the registered algorithms."""
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> tuple[type["MetaLearner"], type]:
+    if name not in _REGISTRY:
+        raise ConfigError("algorithm.name", f"unknown algorithm {name!r} (known: {', '.join(algorithm_names())})")
+    return _REGISTRY[name]
+
+
+def algorithm_config(name: str, data: Mapping[str, Any] | None = None, *, source: str | None = None) -> Any:
+    """The validated config of algorithm ``name``, filled from ``data`` (defaults for missing fields)."""
+    _, config_cls = _lookup(name)
+    return from_dict(config_cls, dict(data or {}), source=source, prefix="algorithm")
+
+
+def build_algorithm(name: str, model: nn.Module, selection: ParameterSelection, config: Any = None) -> "MetaLearner":
+    """Build the algorithm registered as ``name`` on ``model`` with the given parameter selection.
+
+    Args:
+        name: A registered name (see :func:`algorithm_names`).
+        model: The (adapter-wrapped) causal LM.
+        selection: Fast and shared weights, from :func:`metalm.select_parameters`.
+        config: The algorithm's config dataclass, or a dict for :func:`algorithm_config`, or ``None``.
+    """
+    cls, config_cls = _lookup(name)
+    if config is None or isinstance(config, Mapping):
+        config = algorithm_config(name, config)
+    elif not isinstance(config, config_cls):
+        raise ConfigError("algorithm", f"{name!r} takes a {config_cls.__name__}, got {type(config).__name__}")
+    return cls(model, selection, config)
+
+
+class MetaLearner:
+    """State and helpers shared by the algorithms; subclasses implement :meth:`meta_gradients`.
+
+    The meta-parameters are the fast weights' initialization (the model's own tensors), the shared
+    base weights the selection names, and any learned inner learning rates (owned here).
+
+    Args:
+        model: The (adapter-wrapped) causal LM; ``requires_grad`` is set from ``selection``.
+        selection: Which tensors are fast and shared.
+        config: The algorithm's config dataclass (has at least ``inner: InnerConfig``).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, selection: ParameterSelection, config: Any) -> None:
+        self.model, self.selection, self.config = model, selection, config
+        self.inner: InnerConfig = config.inner
+        selection.apply(model)
+        self.inner_lrs: dict[str, nn.Parameter] = {}
+        self.outer_steps = 0
+
+    # ------------------------------------------------------------------ parameters
+    def meta_parameters(self) -> dict[str, Tensor]:
+        """Every tensor the outer optimizer updates, by name (``inner_lr/NAME`` for learned rates)."""
+        out: dict[str, Tensor] = dict(self.selection.meta_params(self.model))
+        out.update({f"inner_lr/{n}": p for n, p in self.inner_lrs.items()})
+        return out
+
+    def inner_lr(self) -> LearningRate:
+        """The inner learning rate: the configured float, or the learned per-parameter tensors."""
+        return self.inner_lrs if self.inner_lrs else self.inner.lr
+
+    def _init_learned_lrs(self, per: str, per_step: bool) -> None:
+        """Create learned inner rates initialized to ``inner.lr``: one per tensor or per element,
+        optionally one per step (Meta-SGD, Li et al. 2017; MAML++ LSLR, Antoniou et al. 2019)."""
+        for n, p in self.selection.fast_params(self.model).items():
+            shape = tuple(p.shape) if per == "per_element" else (1,) * p.dim()
+            if per_step:
+                shape = (self.inner.steps, *shape)
+            self.inner_lrs[n] = nn.Parameter(torch.full(shape, self.inner.lr, dtype=p.dtype, device=p.device))
+
+    # ------------------------------------------------------------------ adaptation
+    def adapt(self, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:
+        """Adapt the learned initialization to ``support`` for evaluation (no meta-graph kept).
+
+        Uses the same inner loop, update rule and (learned) rates as training. Returns detached
+        fast weights.
+        """
+        params = {n: p.detach() for n, p in self.selection.fast_params(self.model).items()}
+        lr = self.inner_lr()
+        lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr
+        steps = self.inner.steps if steps is None else steps
+        out = adapt(self.model, params, support, lr=lr, first_order=True, **{**self.inner.options(), "steps": steps})
+        return {n: v.detach() for n, v in out.items()}
+
+    def evaluate(self, episode: Episode) -> dict[str, float]:
+        """Adapt on the episode's support set and score its query set (loss and token accuracy)."""
+        adapted = self.adapt(episode.support)
+        with torch.no_grad():
+            loss, acc = lm_loss_and_accuracy(self.model, adapted, episode.query)
+        return {"query_loss": float(loss), "query_accuracy": float(acc)}
+
+    # ------------------------------------------------------------------ outer step
+    def meta_gradients(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        """Accumulate the meta-gradient of a meta-batch into ``.grad`` of :meth:`meta_parameters`.
+
+        Gradients are averaged over the episodes and *added* to existing ``.grad`` (so a trainer
+        can accumulate several meta-batches). Returns metrics averaged over the episodes.
+        """
+        raise NotImplementedError
+
+    def step(self, episodes: Sequence[Episode], optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One outer step: zero the gradients, compute the meta-gradients, step ``optimizer``."""
+        if not episodes:
+            raise ConfigError("episodes", "a meta-batch needs at least one episode")
+        optimizer.zero_grad(set_to_none=True)
+        metrics = self.meta_gradients(episodes)
+        optimizer.step()
+        self.outer_steps += 1
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Algorithm state besides the model: learned rates and the outer-step counter."""
+        return {"outer_steps": self.outer_steps, "inner_lrs": {n: p.detach().clone() for n, p in self.inner_lrs.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.outer_steps = int(state["outer_steps"])
+        missing = set(self.inner_lrs) ^ set(state["inner_lrs"])
+        if missing:
+            raise ConfigError("inner_lrs", f"learned rates do not match this model: {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for n, v in state["inner_lrs"].items():
+                self.inner_lrs[n].copy_(v)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dataclasses.asdict(self.config)})"

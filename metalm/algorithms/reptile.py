@@ -1,0 +1,66 @@
+"""Reptile (Nichol et al. 2018, "On First-Order Meta-Learning Algorithms", arXiv:1803.02999).
+
+Adapt each task's fast weights with the inner loop, then move the initialization toward the
+adapted weights. metalm writes ``(θ - φ_i)`` averaged over the meta-batch into ``θ.grad`` so any
+outer optimizer applies it; ``SGD(lr=ε)`` gives the paper's update ``θ ← θ + ε·mean_i(φ_i - θ)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..config import InnerConfig
+from ..data.episode import Episode
+from ..errors import ConfigError
+from ..inner import adapt
+from ..losses import lm_loss_and_accuracy
+from ..params import ParameterSelection
+from .base import MetaLearner, register_algorithm
+
+
+@dataclasses.dataclass
+class ReptileConfig:
+    """Reptile's outer step.
+
+    Attributes:
+        inner: Inner-loop budget and update rule (always run first-order; no meta-graph is kept).
+    """
+
+    inner: InnerConfig = dataclasses.field(default_factory=lambda: InnerConfig(first_order=True))
+
+
+@register_algorithm("reptile", ReptileConfig)
+class Reptile(MetaLearner):
+    """Reptile over the fast weights.
+
+    Raises:
+        ConfigError: If the selection has shared weights: Reptile updates only what the inner loop
+            adapts, so shared weights would never move (adapt them with ``bitfit``/``full`` instead).
+    """
+
+    name = "reptile"
+
+    def __init__(self, model: nn.Module, selection: ParameterSelection, config: ReptileConfig) -> None:
+        if selection.shared:
+            raise ConfigError("meta.shared", "reptile moves only the weights the inner loop adapts; set it to "
+                                             "none and choose an adapter (bitfit, full) that covers those weights")
+        super().__init__(model, selection, config)
+
+    def meta_gradients(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        fast = self.selection.fast_params(self.model)
+        start = {n: p.detach() for n, p in fast.items()}
+        totals = {"query_loss": 0.0, "query_accuracy": 0.0}
+        for ep in episodes:
+            adapted = adapt(self.model, start, ep.support, lr=self.inner.lr, first_order=True, **self.inner.options())
+            with torch.no_grad():
+                for n, p in fast.items():
+                    delta = (p - adapted[n]) / len(episodes)
+                    p.grad = delta if p.grad is None else p.grad + delta
+                q_loss, q_acc = lm_loss_and_accuracy(self.model, adapted, ep.query)
+            totals["query_loss"] += float(q_loss)
+            totals["query_accuracy"] += float(q_acc)
+        return {k: v / len(episodes) for k, v in totals.items()}

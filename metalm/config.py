@@ -1,0 +1,257 @@
+"""Typed, validated configuration dataclasses and their loading from YAML / dicts.
+
+One dataclass per concern; each validates itself in ``__post_init__`` and raises
+:class:`~metalm.errors.ConfigError` naming the field. :func:`from_dict` fills any of them (nested
+dataclasses included) from plain data, rejecting unknown keys and wrongly typed values, and
+:func:`load_yaml` does the same from a file, naming the file in every error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+_LAYER_SPEC = re.compile(r"^(all|top:\d+|bottom:\d+|\d+-\d+|\d+(,\d+)*)$")
+_SHARED_SPEC = re.compile(r"^(none|norms|all|top:\d+)$")
+
+
+def check_layer_spec(field: str, spec: str | None) -> None:
+    """Check the syntax of a layer range: ``all``, ``top:K``, ``bottom:K``, ``A-B`` or ``A,B,C``."""
+    if spec is not None and not _LAYER_SPEC.match(spec):
+        raise ConfigError(field, f"{spec!r} is not a layer range (all, top:K, bottom:K, A-B or A,B,C)")
+
+
+@dataclasses.dataclass
+class AdapterConfig:
+    """Which tensors the inner loop adapts (the *fast weights*).
+
+    Attributes:
+        kind: ``lora`` (PEFT LoRA), ``head`` (output embedding and final norm), ``bitfit`` (biases
+            and norm weights) or ``full`` (every weight of the selected layers).
+        rank: LoRA rank ``r``.
+        alpha: LoRA scaling numerator (``scale = alpha / rank``).
+        dropout: LoRA dropout; keep 0 for meta-learning (dropout makes the inner loop stochastic).
+        target_modules: Module names LoRA wraps; ``None`` uses PEFT's default for the architecture.
+        layers: Layer range the adapter covers (``all``, ``top:K``, ``bottom:K``, ``A-B``, ``A,B``);
+            ``None`` means all layers. Ignored by ``head``.
+    """
+
+    kind: Literal["lora", "head", "bitfit", "full"] = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+    layers: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError("adapter.rank", f"must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ConfigError("adapter.alpha", f"must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("adapter.dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError("adapter.target_modules", "must be null or a non-empty list")
+        check_layer_spec("adapter.layers", self.layers)
+
+
+@dataclasses.dataclass
+class MetaConfig:
+    """Which base-model weights the outer loop also updates (besides the adapter initialization).
+
+    Attributes:
+        shared: ``none`` (frozen LLM), ``norms`` (all norm weights), ``top:K`` (every weight of the
+            top K layers and the final norm) or ``all``. Fast weights are never counted here.
+    """
+
+    shared: str = "none"
+
+    def __post_init__(self) -> None:
+        if not _SHARED_SPEC.match(self.shared):
+            raise ConfigError("meta.shared", f"{self.shared!r} is not one of none, norms, top:K, all")
+
+
+@dataclasses.dataclass
+class InnerConfig:
+    """The inner loop's budget and update rule (see :func:`metalm.adapt`).
+
+    Attributes:
+        steps: Number of inner gradient steps on the support set.
+        lr: Inner learning rate (the initial value when the algorithm learns it).
+        first_order: Drop second-order terms (FOMAML-style meta-gradients).
+        optimizer: ``sgd`` or a differentiable ``adam``.
+        clip_grad_norm: Clip the global norm of each inner gradient to this value; ``None`` = off.
+        betas: Adam's ``(beta1, beta2)``.
+        eps: Adam's epsilon.
+    """
+
+    steps: int = 5
+    lr: float = 0.05
+    first_order: bool = False
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    clip_grad_norm: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError("inner.steps", f"must be >= 1, got {self.steps}")
+        if self.lr <= 0:
+            raise ConfigError("inner.lr", f"must be > 0, got {self.lr}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError("inner.clip_grad_norm", f"must be > 0 or null, got {self.clip_grad_norm}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError("inner.betas", f"each must be in [0, 1), got {self.betas}")
+        if self.eps <= 0:
+            raise ConfigError("inner.eps", f"must be > 0, got {self.eps}")
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`metalm.adapt` (everything but ``lr`` and ``first_order``)."""
+        return {"steps": self.steps, "optimizer": self.optimizer, "clip_grad_norm": self.clip_grad_norm,
+                "betas": self.betas, "eps": self.eps}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, field: str, source: str | None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (lists to tuples, ints to floats)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, field, source)
+            except ConfigError as err:
+                errors.append(err.message)
+        raise ConfigError(field, "; ".join(errors), source)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(field, f"{value!r} is not one of {', '.join(map(str, choices))}", source)
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(field, f"expected a mapping, got {type(value).__name__}", source)
+        return from_dict(tp, value, source=source, prefix=field)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(field, f"expected a list, got {type(value).__name__}", source)
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(field, f"expected {len(args)} items, got {len(value)}", source)
+            return tuple(_convert(v, a, f"{field}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_convert(v, item, f"{field}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(field, f"expected a mapping, got {type(value).__name__}", source)
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_convert(k, kt, field, source): _convert(v, vt, f"{field}.{k}", source) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(field, f"expected a number, got {value!r}", source)
+        return float(value)
+    if tp is int or tp is bool or tp is str:
+        if type(value) is not tp:
+            raise ConfigError(field, f"expected {_type_name(tp)}, got {value!r}", source)
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} on {field}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str | None = None, prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``, checking every key and value.
+
+    Args:
+        cls: A dataclass type.
+        data: Plain data (from YAML, JSON or the CLI).
+        source: File the data came from; named in errors.
+        prefix: Dotted path of ``data`` inside a larger config; named in errors.
+
+    Raises:
+        ConfigError: On an unknown key, a wrongly typed value or a value the dataclass rejects.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or cls.__name__, f"expected a mapping, got {type(data).__name__}", source)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    dotted = (prefix + ".") if prefix else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(dotted + str(unknown[0]), f"unknown field (known: {', '.join(sorted(fields))})", source)
+    kwargs = {}
+    for name, value in data.items():
+        default = fields[name].default_factory
+        if isinstance(value, dict) and default is not dataclasses.MISSING and dataclasses.is_dataclass(hints[name]):
+            # A partial section overrides this class's default for it (FOMAML's inner is first-order).
+            value = _deep_merge(to_dict(default()), value)
+        kwargs[name] = _convert(value, hints[name], dotted + name, source)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(dotted + missing[0], "required field is missing", source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        # Dataclasses name fields as "<section>.<field>"; re-root the path where this section sits.
+        field = dotted + err.field.split(".", 1)[-1] if dotted else err.field
+        raise ConfigError(field, err.message, source) from None
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The plain-data form of a config dataclass (tuples become lists), the inverse of :func:`from_dict`."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a YAML file into the dataclass ``cls``; every error names ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("<file>", f"cannot read: {err}", str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("<yaml>", f"malformed YAML: {err}".replace("\n", " "), str(path)) from None
+    return from_dict(cls, data if data is not None else {}, source=str(path))

@@ -1,0 +1,32 @@
+"""Exception types raised by metalm.
+
+Every error metalm raises on bad input is a :class:`MetalmError`; configuration problems are a
+:class:`ConfigError` that names the file (when there is one) and the field at fault.
+"""
+
+from __future__ import annotations
+
+
+class MetalmError(Exception):
+    """Base class of the errors metalm raises on bad input or unsupported use."""
+
+
+class ConfigError(MetalmError, ValueError):
+    """A configuration value is missing, unknown or invalid.
+
+    Args:
+        field: Dotted path of the field at fault, e.g. ``"inner.steps"``.
+        message: What is wrong with it.
+        source: The file the value came from, if any.
+    """
+
+    def __init__(self, field: str, message: str, source: str | None = None) -> None:
+        self.field = field
+        self.source = source
+        self.message = message
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: {message}")
+
+
+class BatchError(MetalmError, ValueError):
+    """A batch handed to the inner loop or a loss is malformed (missing keys, bad shapes, no targets)."""

@@ -1,0 +1,204 @@
+"""The one inner loop: pure, functional adaptation of fast weights on a support batch.
+
+Training (every algorithm), evaluation and baselines all call :func:`adapt` (or
+:func:`adapt_trajectory`, the same loop returning every step). The model is never modified:
+fast weights live in a dict and are swapped in with ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Literal, Mapping, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .errors import ConfigError, MetalmError
+from .losses import Batch, lm_loss, prepare_batch
+from .models import DOUBLE_BACKWARD_ATTENTION, attention_implementation
+
+LossFn = Callable[[nn.Module, Mapping[str, Tensor], Batch], Tensor]
+LearningRate = float | Mapping[str, Tensor]
+
+
+class Trajectory(NamedTuple):
+    """What :func:`adapt_trajectory` returns.
+
+    Attributes:
+        params: ``steps + 1`` dicts of fast weights: the initial ones, then after each step.
+        losses: The support loss before each step (``steps`` scalars, attached to the graph).
+    """
+
+    params: list[dict[str, Tensor]]
+    losses: list[Tensor]
+
+
+def _check_lr(lr: LearningRate, params: Mapping[str, Tensor], steps: int) -> None:
+    if not isinstance(lr, Mapping):
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr):
+            raise ConfigError("lr", f"must be a finite number or a dict of tensors, got {lr!r}")
+        return
+    missing = [n for n in params if n not in lr]
+    if missing:
+        raise ConfigError("lr", f"no learning rate for fast weight {missing[0]!r} ({len(missing)} missing)")
+    for name, p in params.items():
+        v = lr[name]
+        if v.dim() == p.dim() + 1:
+            if v.shape[0] < steps:
+                raise ConfigError(f"lr[{name}]", f"per-step rates for {v.shape[0]} steps, but steps={steps}")
+            v = v[0]
+        try:
+            torch.broadcast_shapes(v.shape, p.shape)
+        except RuntimeError:
+            raise ConfigError(f"lr[{name}]", f"shape {tuple(v.shape)} does not broadcast to {tuple(p.shape)}") from None
+
+
+def _lr_at(lr: LearningRate, name: str, p: Tensor, step: int) -> Tensor | float:
+    if not isinstance(lr, Mapping):
+        return lr
+    v = lr[name]
+    return v[step] if v.dim() == p.dim() + 1 else v
+
+
+def _safe_sqrt(x: Tensor) -> Tensor:
+    # sqrt'(0) is infinite: a zero gradient entry (LoRA's A at B=0) would make second-order terms NaN.
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def _attention_context(model: nn.Module, second_order: bool) -> contextlib.AbstractContextManager[None]:
+    if not second_order:
+        return contextlib.nullcontext()
+    impl = attention_implementation(model)
+    if impl not in DOUBLE_BACKWARD_ATTENTION:
+        raise MetalmError(f"attention implementation {impl!r} has no double backward; load the model with "
+                          f"attn_implementation='sdpa' or 'eager' for second-order meta-learning")
+    # SDPA's fused CPU/CUDA kernels have no double backward; its math kernel does.
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def adapt_trajectory(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    batch: Batch,
+    *,
+    steps: int,
+    lr: LearningRate,
+    first_order: bool = False,
+    optimizer: Literal["sgd", "adam"] = "sgd",
+    clip_grad_norm: float | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    loss_fn: LossFn = lm_loss,
+) -> Trajectory:
+    """Run the inner loop and return every intermediate set of fast weights.
+
+    Same contract as :func:`adapt`, which returns ``adapt_trajectory(...).params[-1]``.
+    MAML++'s multi-step loss reads the query loss at each entry of ``params``.
+    """
+    if steps < 0:
+        raise ConfigError("steps", f"must be >= 0, got {steps}")
+    if optimizer not in ("sgd", "adam"):
+        raise ConfigError("optimizer", f"{optimizer!r} is not one of sgd, adam")
+    if clip_grad_norm is not None and clip_grad_norm <= 0:
+        raise ConfigError("clip_grad_norm", f"must be > 0, got {clip_grad_norm}")
+    if not params:
+        raise ConfigError("params", "no fast weights to adapt")
+    _check_lr(lr, params, steps)
+    if loss_fn is lm_loss:
+        batch = prepare_batch(batch, "support batch")
+    b1, b2 = betas
+    names = list(params)
+    current = {n: (p if p.requires_grad else p.detach().requires_grad_()) for n, p in params.items()}
+    history, losses = [current], []
+    m1 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
+    m2 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
+    with torch.enable_grad(), _attention_context(model, not first_order and steps > 0):
+        for t in range(steps):
+            loss = loss_fn(model, current, batch)
+            grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=not first_order,
+                                        allow_unused=True, materialize_grads=True)
+            if first_order:
+                grads = tuple(g.detach() for g in grads)
+            if clip_grad_norm is not None:
+                total = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+                coef = torch.clamp(clip_grad_norm / (total + 1e-6), max=1.0)
+                grads = tuple(g * coef for g in grads)
+            new = {}
+            for n, g in zip(names, grads):
+                step_lr = _lr_at(lr, n, current[n], t)
+                if optimizer == "adam":
+                    m1[n] = b1 * m1[n] + (1 - b1) * g
+                    m2[n] = b2 * m2[n] + (1 - b2) * g * g
+                    m_hat = m1[n] / (1 - b1 ** (t + 1))
+                    v_hat = m2[n] / (1 - b2 ** (t + 1))
+                    g = m_hat / (_safe_sqrt(v_hat) + eps)
+                new[n] = current[n] - step_lr * g
+            current = new
+            history.append(current)
+            losses.append(loss)
+    return Trajectory(history, losses)
+
+
+def adapt(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    batch: Batch,
+    *,
+    steps: int,
+    lr: LearningRate,
+    first_order: bool = False,
+    optimizer: Literal["sgd", "adam"] = "sgd",
+    clip_grad_norm: float | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    loss_fn: LossFn = lm_loss,
+) -> dict[str, Tensor]:
+    """Adapt fast weights to a support batch with ``steps`` gradient steps; a pure function.
+
+    The model and its parameters are never modified: each step evaluates the loss with
+    ``torch.func.functional_call(model, params)`` and takes ``torch.autograd.grad`` of it.
+
+    Args:
+        model: The (PEFT-wrapped) causal LM. Keep dropout off (models from
+            :func:`metalm.load_model` are in eval mode).
+        params: Fast weights by name, as in ``model.named_parameters()``; usually the model's own
+            tensors (the meta-learned initialization), so the result is differentiable w.r.t. them.
+        batch: ``input_ids`` ``[B, T]``, ``attention_mask`` ``[B, T]``, ``labels`` ``[B, T]`` with
+            ``-100`` where there is no loss. The loss is the mean cross-entropy over target tokens,
+            with logits computed at target positions only.
+        steps: Number of inner steps (0 returns ``params`` unchanged).
+        lr: A float, or a dict name -> tensor of learned rates (Meta-SGD, MAML++). A tensor with as
+            many dims as its parameter (or fewer) broadcasts to it; one with an extra leading dim
+            is per step (``[steps, ...]``, row ``t`` used at step ``t``), e.g. ``[steps, 1, 1]`` for
+            a per-step per-tensor rate.
+        first_order: If False, the inner gradients are part of the graph (``create_graph=True``)
+            and the result is differentiable w.r.t. ``params`` and ``lr`` to second order (MAML).
+            If True, each step is ``p - lr * g.detach()``: the result stays connected to ``params``
+            through the identity, so backpropagating a query loss gives exactly the first-order
+            (FOMAML) meta-gradient, the query gradient at the adapted weights.
+        optimizer: ``sgd`` or ``adam`` (a differentiable Adam with bias correction, its state
+            starting at zero for every call).
+        clip_grad_norm: If set, each step's gradients are scaled so their global norm is at most this.
+        betas: Adam's ``(beta1, beta2)``.
+        eps: Adam's epsilon.
+        loss_fn: ``loss_fn(model, params, batch) -> scalar``; default :func:`metalm.losses.lm_loss`.
+
+    Returns:
+        The adapted fast weights, a new dict with the same names.
+
+    Raises:
+        ConfigError: On a bad ``steps``, ``lr``, ``optimizer`` or ``clip_grad_norm``.
+        BatchError: On a malformed batch.
+        MetalmError: For second-order adaptation with an attention kernel lacking double backward.
+
+    Example:
+        >>> fast = selection.fast_params(model)
+        >>> adapted = metalm.adapt(model, fast, support, steps=5, lr=0.1)
+        >>> metalm.lm_loss(model, adapted, query).backward()  # MAML meta-gradient on the init
+    """
+    return adapt_trajectory(model, params, batch, steps=steps, lr=lr, first_order=first_order,
+                            optimizer=optimizer, clip_grad_norm=clip_grad_norm, betas=betas, eps=eps,
+                            loss_fn=loss_fn).params[-1]

@@ -1,0 +1,134 @@
+"""Loading causal language models and attaching adapters.
+
+Any ``transformers`` causal LM works: from a local folder (or a hub name where a hub is reachable)
+or from a :class:`~transformers.PretrainedConfig` (tiny random models for tests and examples).
+Models come back in eval mode: dropout stays off so that the inner loop is deterministic and can
+later run under ``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
+
+from .config import AdapterConfig
+from .errors import ConfigError, MetalmError
+
+#: Attention implementations whose graphs support double backward. ``sdpa`` qualifies because the
+#: inner loop pins SDPA to its math kernel whenever it builds a second-order graph.
+DOUBLE_BACKWARD_ATTENTION = ("eager", "sdpa")
+
+
+def tiny_config(arch: Literal["gpt2", "llama"] = "gpt2", **overrides: Any) -> PretrainedConfig:
+    """A small randomly initializable config of a real architecture, for tests and examples.
+
+    Args:
+        arch: ``gpt2`` (learned positions, LayerNorm, Conv1D, tied head) or ``llama`` (RoPE,
+            RMSNorm, grouped-query attention, untied head).
+        **overrides: Config fields to change (e.g. ``vocab_size=8192``).
+    """
+    if arch == "gpt2":
+        fields: dict[str, Any] = dict(vocab_size=128, n_embd=32, n_layer=4, n_head=2, n_positions=64,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                                      eos_token_id=0)
+        fields.update(overrides)
+        return GPT2Config(**fields)
+    if arch == "llama":
+        fields = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+        fields.update(overrides)
+        return LlamaConfig(**fields)
+    raise ConfigError("arch", f"{arch!r} is not one of gpt2, llama")
+
+
+def load_model(
+    source: str | os.PathLike[str] | PretrainedConfig,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM in eval mode.
+
+    Args:
+        source: A local model folder, a hub name, or a config (randomly initialized weights).
+        dtype: Parameter dtype (float64 is handy for gradient checks).
+        attn_implementation: ``sdpa`` (default; pinned to the math kernel for second-order inner
+            loops), ``eager``, or another transformers implementation for first-order use only.
+        device: Where to put the model.
+        seed: Seed for the random initialization when ``source`` is a config.
+
+    Raises:
+        MetalmError: If the folder or name cannot be loaded as a causal LM.
+    """
+    if isinstance(source, PretrainedConfig):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(source, attn_implementation=attn_implementation)
+        model = model.to(dtype=dtype)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(os.fspath(source), dtype=dtype,
+                                                         attn_implementation=attn_implementation)
+        except (OSError, ValueError) as err:
+            raise MetalmError(f"cannot load a causal LM from {os.fspath(source)!r}: {err}") from err
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model
+
+
+def causal_lm(model: nn.Module) -> PreTrainedModel:
+    """The transformers causal LM inside ``model`` (unwraps a PEFT model; no copy)."""
+    get_base = getattr(model, "get_base_model", None)
+    inner = get_base() if callable(get_base) else model
+    if not isinstance(inner, PreTrainedModel) or inner.get_output_embeddings() is None:
+        raise MetalmError(f"{type(model).__name__} is not a transformers causal LM (or a PEFT wrapper of one)")
+    return inner
+
+
+def attention_implementation(model: nn.Module) -> str:
+    """The attention implementation the model runs with (``eager``, ``sdpa``, ...)."""
+    return str(getattr(causal_lm(model).config, "_attn_implementation", "eager"))
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, int]:
+    """Find the stack of decoder blocks: its dotted name in ``model`` and its length.
+
+    Returns:
+        ``(prefix, n_layers)``, e.g. ``("base_model.model.transformer.h", 12)``.
+    """
+    n = getattr(causal_lm(model).config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n is None or len(module) == n):
+            return name, len(module)
+    raise MetalmError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def apply_adapter(model: PreTrainedModel, adapter: AdapterConfig) -> nn.Module:
+    """Attach the adapter the config asks for.
+
+    ``lora`` wraps the model with PEFT (the model's modules gain LoRA layers, as PEFT does);
+    ``head``, ``bitfit`` and ``full`` need no new modules and return ``model`` itself: which of its
+    tensors are fast weights is decided by :func:`metalm.params.select_parameters`.
+    """
+    if adapter.kind != "lora":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    from .params import layer_indices
+
+    _, n_layers = decoder_layers(model)
+    layers = None if adapter.layers in (None, "all") else layer_indices(adapter.layers, n_layers, "adapter.layers")
+    try:
+        lora = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+                          target_modules=adapter.target_modules, layers_to_transform=layers, bias="none")
+        return get_peft_model(model, lora)
+    except ValueError as err:
+        raise ConfigError("adapter.target_modules", str(err)) from err
