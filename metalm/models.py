@@ -126,9 +126,12 @@ def apply_adapter(model: PreTrainedModel, adapter: AdapterConfig) -> nn.Module:
 
     _, n_layers = decoder_layers(model)
     layers = None if adapter.layers in (None, "all") else layer_indices(adapter.layers, n_layers, "adapter.layers")
+    # GPT-2 style Conv1D stores weights transposed; tell PEFT up front instead of letting it warn.
+    conv1d = any(type(m).__name__ == "Conv1D" for m in model.modules())
     try:
         lora = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                          target_modules=adapter.target_modules, layers_to_transform=layers, bias="none")
+                          target_modules=adapter.target_modules, layers_to_transform=layers, bias="none",
+                          fan_in_fan_out=conv1d)
         return get_peft_model(model, lora)
     except ValueError as err:
         raise ConfigError("adapter.target_modules", str(err)) from err

@@ -1,0 +1,72 @@
+"""Config dataclasses: validation names the field, YAML errors name the file."""
+
+import dataclasses
+
+import pytest
+
+from metalm import AdapterConfig, ConfigError, InnerConfig, from_dict, load_yaml, to_dict
+from metalm.algorithms import MAMLPlusPlusConfig, algorithm_config
+
+
+@dataclasses.dataclass
+class Run:
+    adapter: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
+    inner: InnerConfig = dataclasses.field(default_factory=InnerConfig)
+    seed: int = 0
+
+
+def test_round_trip():
+    run = from_dict(Run, {"adapter": {"rank": 4, "target_modules": ["q_proj"]}, "inner": {"betas": [0.8, 0.9]}})
+    assert run.adapter.rank == 4 and run.inner.betas == (0.8, 0.9) and run.inner.steps == 5
+    assert from_dict(Run, to_dict(run)) == run
+
+
+@pytest.mark.parametrize("data, field, message", [
+    ({"adaptor": {}}, "adaptor", "unknown field"),
+    ({"adapter": {"rnak": 4}}, "adapter.rnak", "unknown field"),
+    ({"adapter": {"rank": "8"}}, "adapter.rank", "expected int"),
+    ({"adapter": {"rank": 0}}, "adapter.rank", ">= 1"),
+    ({"adapter": {"kind": "prefix"}}, "adapter.kind", "not one of"),
+    ({"adapter": {"layers": "top"}}, "adapter.layers", "layer range"),
+    ({"inner": {"lr": -1}}, "inner.lr", "> 0"),
+    ({"inner": {"lr": True}}, "inner.lr", "expected a number"),
+    ({"inner": {"betas": [0.9]}}, "inner.betas", "2 items"),
+    ({"inner": {"clip_grad_norm": "big"}}, "inner.clip_grad_norm", "number"),
+    ({"inner": 3}, "inner", "mapping"),
+    ({"seed": 1.5}, "seed", "expected int"),
+])
+def test_errors_name_the_field(data, field, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        from_dict(Run, data)
+    assert err.value.field == field
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("adapter:\n  rank: 2\n  layers: top:2\n")
+    assert load_yaml(Run, good).adapter.layers == "top:2"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inner:\n  steps: -3\n")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(Run, bad)
+    assert err.value.source == str(bad) and err.value.field == "inner.steps"
+    assert str(err.value).startswith(f"{bad}: inner.steps:")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("inner: [unclosed\n")
+    with pytest.raises(ConfigError, match="malformed YAML") as err:
+        load_yaml(Run, broken)
+    assert str(broken) in str(err.value)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_yaml(Run, binary)
+
+
+def test_algorithm_sections_are_rooted_under_algorithm():
+    with pytest.raises(ConfigError) as err:
+        algorithm_config("maml", {"lr_per_step": True})
+    assert err.value.field == "algorithm.lr_per_step"
+    with pytest.raises(ConfigError) as err:
+        algorithm_config("maml++", {"inner": {"first_order": True}})
+    assert err.value.field == "algorithm.first_order_steps"
+    assert isinstance(algorithm_config("maml++"), MAMLPlusPlusConfig)
