@@ -164,7 +164,8 @@ def _convert(value: Any, tp: Any, field: str, source: str | None) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(field, f"expected {len(args)} items, got {len(value)}", source)
-            return tuple(_convert(v, a, f"{field}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+            pairs = enumerate(zip(value, args, strict=True))
+            return tuple(_convert(v, a, f"{field}[{i}]", source) for i, (v, a) in pairs)
         item = args[0] if args else Any
         items = [_convert(v, item, f"{field}[{i}]", source) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

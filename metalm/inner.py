@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Literal, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -127,7 +128,7 @@ def adapt_trajectory(
                 coef = torch.clamp(clip_grad_norm / (total + 1e-6), max=1.0)
                 grads = tuple(g * coef for g in grads)
             new = {}
-            for n, g in zip(names, grads):
+            for n, g in zip(names, grads, strict=True):
                 step_lr = _lr_at(lr, n, current[n], t)
                 if optimizer == "adam":
                     m1[n] = b1 * m1[n] + (1 - b1) * g

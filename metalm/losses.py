@@ -13,7 +13,7 @@ so equal-shaped episodes stay stackable for ``torch.func.vmap``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

@@ -133,7 +133,8 @@ def select_parameters(model: nn.Module, adapter: AdapterConfig, meta: MetaConfig
     if adapter.kind == "lora":
         fast = [n for n in names if "lora_" in n]
         if not fast:
-            raise ConfigError("adapter.kind", "lora selected but the model has no LoRA weights; call apply_adapter first")
+            raise ConfigError("adapter.kind", "lora selected but the model has no LoRA weights; "
+                                              "call apply_adapter first")
     elif adapter.kind == "head":
         fast = [n for n in names if n in head_names or n in final_norm]
     elif adapter.kind == "bitfit":

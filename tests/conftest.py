@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -32,7 +32,8 @@ def make_model(arch: str = "gpt2", *, dtype: torch.dtype = torch.float64, adapte
 
 
 def episodes(n: int = 2, shots: int = 2, queries: int = 2, seed: int = 0, vocab: int = 128) -> list[metalm.Episode]:
-    return SyntheticTasks(vocab, n_classes=3, seq_len=10).episodes(n, shots, queries, torch.Generator().manual_seed(seed))
+    tasks = SyntheticTasks(vocab, n_classes=3, seq_len=10)
+    return tasks.episodes(n, shots, queries, torch.Generator().manual_seed(seed))
 
 
 def reference_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -60,7 +61,7 @@ def grads_of(model: nn.Module, names, loss_fn: Callable[[nn.Module], Tensor]) ->
     named = dict(model.named_parameters())
     loss = loss_fn(model)
     gs = torch.autograd.grad(loss, [named[n] for n in names], allow_unused=True, materialize_grads=True)
-    return dict(zip(names, gs))
+    return dict(zip(names, gs, strict=True))
 
 
 @pytest.fixture(params=ARCHS)

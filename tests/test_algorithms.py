@@ -34,7 +34,8 @@ def objective(algo, eps) -> float:
             traj = adapt_trajectory(algo.model, fast, ep.support, lr=lr, first_order=True, **algo.inner.options())
             if getattr(cfg, "multi_step_loss", False):
                 w = multi_step_loss_weights(algo.inner.steps, algo.outer_steps, cfg.msl_anneal_steps)
-                total += sum(wt * metalm.lm_loss(algo.model, p, ep.query) for wt, p in zip(w, traj.params[1:]))
+                steps = zip(w, traj.params[1:], strict=True)
+                total += sum(wt * metalm.lm_loss(algo.model, p, ep.query) for wt, p in steps)
             else:
                 total += metalm.lm_loss(algo.model, traj.params[-1], ep.query)
     return float(total) / len(eps)
@@ -102,9 +103,9 @@ def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_weights(arch):
     for ep in eps:
         values = {n: p.detach().clone() for n, p in fast.items()}
         for _ in range(INNER["steps"]):  # the textbook SGD loop on a copy
-            g = grads_of(with_values(model, values), list(values), lambda m: reference_loss(m, ep.support))
+            g = grads_of(with_values(model, values), list(values), lambda m, ep=ep: reference_loss(m, ep.support))
             values = {n: values[n] - INNER["lr"] * g[n] for n in values}
-        g = grads_of(with_values(model, values), list(values), lambda m: reference_loss(m, ep.query))
+        g = grads_of(with_values(model, values), list(values), lambda m, ep=ep: reference_loss(m, ep.query))
         for n in expected:
             expected[n] += g[n] / len(eps)
     for n, p in fast.items():
@@ -118,7 +119,7 @@ def test_reptile_one_step_is_the_scaled_support_gradient(arch):
     fast = algo.selection.fast_params(model)
     for n, p in fast.items():
         copy = with_values(model, {n: p.detach()})
-        expected = sum(0.3 * grads_of(copy, [n], lambda m: reference_loss(m, ep.support))[n]
+        expected = sum(0.3 * grads_of(copy, [n], lambda m, ep=ep: reference_loss(m, ep.support))[n]
                        for ep in eps) / len(eps)
         assert torch.allclose(p.grad, expected, atol=1e-10), n
 

@@ -7,7 +7,8 @@ under a name with its config dataclass; :func:`build_algorithm` builds one by na
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,10 +20,10 @@ from ..inner import LearningRate, adapt
 from ..losses import Batch, lm_loss_and_accuracy
 from ..params import ParameterSelection
 
-_REGISTRY: dict[str, tuple[type["MetaLearner"], type]] = {}
+_REGISTRY: dict[str, tuple[type[MetaLearner], type]] = {}
 
 
-def register_algorithm(name: str, config_cls: type) -> Callable[[type["MetaLearner"]], type["MetaLearner"]]:
+def register_algorithm(name: str, config_cls: type) -> Callable[[type[MetaLearner]], type[MetaLearner]]:
     """Class decorator registering a :class:`MetaLearner` under ``name`` with its config dataclass.
 
     Raises:
@@ -43,7 +44,7 @@ def algorithm_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _lookup(name: str) -> tuple[type["MetaLearner"], type]:
+def _lookup(name: str) -> tuple[type[MetaLearner], type]:
     if name not in _REGISTRY:
         raise ConfigError("algorithm.name", f"unknown algorithm {name!r} (known: {', '.join(algorithm_names())})")
     return _REGISTRY[name]
@@ -55,7 +56,7 @@ def algorithm_config(name: str, data: Mapping[str, Any] | None = None, *, source
     return from_dict(config_cls, dict(data or {}), source=source, prefix="algorithm")
 
 
-def build_algorithm(name: str, model: nn.Module, selection: ParameterSelection, config: Any = None) -> "MetaLearner":
+def build_algorithm(name: str, model: nn.Module, selection: ParameterSelection, config: Any = None) -> MetaLearner:
     """Build the algorithm registered as ``name`` on ``model`` with the given parameter selection.
 
     Args:
@@ -155,7 +156,8 @@ class MetaLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """Algorithm state besides the model: learned rates and the outer-step counter."""
-        return {"outer_steps": self.outer_steps, "inner_lrs": {n: p.detach().clone() for n, p in self.inner_lrs.items()}}
+        lrs = {n: p.detach().clone() for n, p in self.inner_lrs.items()}
+        return {"outer_steps": self.outer_steps, "inner_lrs": lrs}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""

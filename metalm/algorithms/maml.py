@@ -11,7 +11,8 @@ second-order by default, first-order (FOMAML) with ``inner.first_order``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import nn
 
@@ -116,7 +117,7 @@ class MAML(MetaLearner):
             objective = q_loss
             if weights is not None:
                 objective = weights[-1] * q_loss
-                for w, params in zip(weights[:-1], traj.params[1:-1]):
+                for w, params in zip(weights[:-1], traj.params[1:-1], strict=True):
                     objective = objective + w * lm_loss_and_accuracy(self.model, params, ep.query)[0]
             (objective / len(episodes)).backward()
             totals["support_loss"] += traj.losses[0].item() if traj.losses else float("nan")

@@ -8,7 +8,7 @@ outer optimizer applies it; ``SGD(lr=ε)`` gives the paper's update ``θ ← θ 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -25,7 +25,7 @@ class Episode:
     query: dict[str, Tensor]
     task: str = ""
 
-    def to(self, device: torch.device | str) -> "Episode":
+    def to(self, device: torch.device | str) -> Episode:
         """A copy of the episode with every tensor on ``device``."""
         return Episode({k: v.to(device) for k, v in self.support.items()},
                        {k: v.to(device) for k, v in self.query.items()}, self.task)
