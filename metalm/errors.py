@@ -30,3 +30,16 @@ class ConfigError(MetalmError, ValueError):
 
 class BatchError(MetalmError, ValueError):
     """A batch handed to the inner loop or a loss is malformed (missing keys, bad shapes, no targets)."""
+
+
+class TaskError(ConfigError):
+    """A task definition, its data or a split is invalid; names the file and the field at fault.
+
+    Raised for malformed YAML, missing or misspelled fields, unknown sources, unsafe or broken
+    templates, classes with too few examples, empty text, non-UTF-8 files, duplicate task names
+    and empty or overlapping splits.
+    """
+
+
+class DataNotFoundError(MetalmError, FileNotFoundError):
+    """Packaged data is not in the cache; the message names the ``metalm download`` command to run."""

@@ -1,4 +1,4 @@
-"""The unit of meta-learning: one task's support batch and query batch."""
+"""The unit of meta-learning: one task's support set and query set, as text and as tensors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,46 @@ import dataclasses
 
 import torch
 from torch import Tensor
+
+
+@dataclasses.dataclass
+class Example:
+    """One rendered example.
+
+    Attributes:
+        prompt: The prompt text (empty for language modeling).
+        answer: The answer text appended to the prompt, its tokens are the targets.
+        options: Candidate answers for rank classification (classification and multiple choice),
+            each with the task's target prefix; empty for generation and language modeling.
+        label: Index of ``answer`` in ``options`` (``-1`` without options).
+        references: Acceptable answers for generation metrics.
+    """
+
+    prompt: str
+    answer: str
+    options: list[str] = dataclasses.field(default_factory=list)
+    label: int = -1
+    references: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TextEpisode:
+    """An episode before tokenization.
+
+    Attributes:
+        task: Task name.
+        type: Task type (``classification``, ``multiple_choice``, ``generation``, ``language_modeling``).
+        support: Examples to adapt on.
+        query: Examples to score.
+        classes: For classification, the episode's classes (original label names); position ``i``
+            is episode label ``i``.
+    """
+
+    task: str
+    type: str
+    support: list[Example]
+    query: list[Example]
+    classes: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -19,13 +59,15 @@ class Episode:
         support: The batch the inner loop adapts on.
         query: The batch the adapted weights are scored on (outer loss or evaluation).
         task: Name of the task the episode was drawn from.
+        text: The text episode it was tokenized from, when there is one (for scoring).
     """
 
     support: dict[str, Tensor]
     query: dict[str, Tensor]
     task: str = ""
+    text: TextEpisode | None = None
 
-    def to(self, device: torch.device | str) -> Episode:
+    def to(self, device: torch.device | str) -> "Episode":
         """A copy of the episode with every tensor on ``device``."""
         return Episode({k: v.to(device) for k, v in self.support.items()},
-                       {k: v.to(device) for k, v in self.query.items()}, self.task)
+                       {k: v.to(device) for k, v in self.query.items()}, self.task, self.text)

@@ -1,0 +1,86 @@
+"""Tokenization and collation: text examples -> batches ready for :func:`metalm.adapt`.
+
+Prompt and answer are tokenized separately (the prompt with the tokenizer's special tokens, such
+as a BOS, the answer without), so the answer's tokens are exactly the targets: ``labels`` is
+``-100`` everywhere else. A row longer than ``max_length`` loses the start of its prompt (after
+any BOS), never its answer; a language-modeling text that alone is too long is cut at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import BatchError, ConfigError
+from .episode import Episode, Example, TextEpisode
+
+
+@dataclasses.dataclass
+class CollateConfig:
+    """How examples become tensors.
+
+    Attributes:
+        max_length: Most tokens per row.
+        padding_side: ``right`` (training) or ``left`` (generation).
+        add_eos: Append the EOS token to every answer (teaches generation to stop).
+    """
+
+    max_length: int = 256
+    padding_side: Literal["right", "left"] = "right"
+    add_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError("collate.max_length", f"must be >= 2, got {self.max_length}")
+
+
+def encode(example: Example, tokenizer, config: CollateConfig) -> tuple[list[int], int]:  # noqa: ANN001
+    """Token ids of prompt + answer and how many of them (at the end) are the answer."""
+    prompt = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None and prompt and prompt[-1] == tokenizer.eos_token_id and example.prompt:
+        prompt = prompt[:-1]  # tokenizers that append EOS to every text: the prompt is not finished
+    answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    if config.add_eos and tokenizer.eos_token_id is not None:
+        answer = answer + [tokenizer.eos_token_id]
+    if not answer:
+        raise BatchError(f"answer {example.answer!r} encodes to no tokens")
+    bos = prompt[:1] if prompt and prompt[0] == tokenizer.bos_token_id else []
+    room = config.max_length - len(answer)
+    if room < len(bos):
+        if example.prompt:
+            raise BatchError(f"an answer of {len(answer)} tokens does not fit max_length={config.max_length}")
+        answer = answer[: config.max_length - len(bos)]
+        return bos + answer, len(answer)
+    if len(prompt) > room:
+        body = prompt[len(bos):]
+        prompt = bos + (body[len(body) - (room - len(bos)):] if room > len(bos) else [])
+    return prompt + answer, len(answer)
+
+
+def collate(examples: Sequence[Example], tokenizer, config: CollateConfig | None = None) -> dict[str, Tensor]:  # noqa: ANN001
+    """Tokenize and pad examples into ``input_ids``, ``attention_mask`` and ``labels`` (``[B, T]``)."""
+    config = config or CollateConfig()
+    if not examples:
+        raise BatchError("cannot collate an empty list of examples")
+    encoded = [encode(ex, tokenizer, config) for ex in examples]
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    for row, (tokens, n_answer) in enumerate(encoded):
+        start = 0 if config.padding_side == "right" else width - len(tokens)
+        span = slice(start, start + len(tokens))
+        ids[row, span] = torch.tensor(tokens)
+        mask[row, span] = 1
+        labels[row, start + len(tokens) - n_answer: start + len(tokens)] = torch.tensor(tokens[-n_answer:])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def tensorize(episode: TextEpisode, tokenizer, config: CollateConfig | None = None) -> Episode:  # noqa: ANN001
+    """The tensor :class:`Episode` of a text episode (which it keeps as ``text``)."""
+    return Episode(collate(episode.support, tokenizer, config), collate(episode.query, tokenizer, config),
+                   episode.task, episode)

