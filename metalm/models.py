@@ -13,7 +13,14 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from .config import AdapterConfig
 from .errors import ConfigError, MetalmError
@@ -135,3 +142,24 @@ def apply_adapter(model: PreTrainedModel, adapter: AdapterConfig) -> nn.Module:
         return get_peft_model(model, lora)
     except ValueError as err:
         raise ConfigError("adapter.target_modules", str(err)) from err
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train a small byte-level BPE tokenizer on ``texts`` (for tiny models in tests and examples).
+
+    It has ``<pad>`` (id 0), ``<s>`` (BOS, id 1, prepended to every encoded text with special
+    tokens), ``</s>`` (EOS, id 2) and ``<unk>`` (id 3), like the tokenizers of real causal LMs.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<pad>", "<s>", "</s>", "<unk>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")

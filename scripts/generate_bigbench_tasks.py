@@ -87,4 +87,5 @@ if __name__ == "__main__":
     import os
 
     default = Path(os.environ.get("METALM_HOME") or Path.home() / ".cache" / "metalm") / "data" / "bigbench"
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default, Path(__file__).resolve().parents[1] / "tasks" / "bigbench")
+    out = Path(__file__).resolve().parents[1] / "tasks" / "bigbench"
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default, out)

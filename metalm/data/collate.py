@@ -9,7 +9,8 @@ any BOS), never its answer; a language-modeling text that alone is too long is c
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor

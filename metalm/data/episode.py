@@ -67,7 +67,7 @@ class Episode:
     task: str = ""
     text: TextEpisode | None = None
 
-    def to(self, device: torch.device | str) -> "Episode":
+    def to(self, device: torch.device | str) -> Episode:
         """A copy of the episode with every tensor on ``device``."""
         return Episode({k: v.to(device) for k, v in self.support.items()},
                        {k: v.to(device) for k, v in self.query.items()}, self.task, self.text)

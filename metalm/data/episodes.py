@@ -13,13 +13,14 @@ process, and :meth:`EpisodeSampler.state_dict` captures the stream for exact res
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Literal, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import ConfigError, TaskError
 from .episode import Example, TextEpisode
-from .registry import Task
+from .registry import Split, Task, TaskRegistry
 
 
 @dataclasses.dataclass
@@ -197,3 +198,15 @@ class EpisodeSampler:
             raise ConfigError("sampler", "the saved sampler state is for another task pool, seed or rank")
         self._rng.bit_generator.state = state["rng"]
         self.drawn = int(state["drawn"])
+
+
+def split_sampler(split: Split, role: Literal["meta_train", "meta_val", "meta_test"], registry: TaskRegistry,
+                  config: SamplerConfig | None = None, **kwargs: Any) -> EpisodeSampler:
+    """A sampler over one list of a split; only that list's tasks are loaded.
+
+    Training code builds its sampler with ``role="meta_train"``, so held-out tasks are never read.
+    ``kwargs`` go to :class:`EpisodeSampler` (``seed``, ``rank``, ``world_size``).
+    """
+    if role not in ("meta_train", "meta_val", "meta_test"):
+        raise ConfigError("role", f"{role!r} is not one of meta_train, meta_val, meta_test")
+    return EpisodeSampler([registry[name] for name in getattr(split, role)], config, **kwargs)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import datasets
 import yaml
@@ -92,7 +93,7 @@ class TaskRegistry:
             self.add(task)
 
     @classmethod
-    def from_dirs(cls, *dirs: str | Path) -> "TaskRegistry":
+    def from_dirs(cls, *dirs: str | Path) -> TaskRegistry:
         """Index every ``*.yaml`` under ``dirs`` (a ``splits`` sub-folder holds splits, not tasks)."""
         registry = cls()
         for root in dirs:
@@ -161,7 +162,7 @@ class Split:
     meta_test: list[str]
     description: str = ""
 
-    def check(self, registry: TaskRegistry | None = None, source: str | None = None) -> "Split":
+    def check(self, registry: TaskRegistry | None = None, source: str | None = None) -> Split:
         """Raise :class:`TaskError` unless the lists are non-empty, duplicate-free, disjoint and known."""
         lists = {"meta_train": self.meta_train, "meta_val": self.meta_val, "meta_test": self.meta_test}
         for key, names in lists.items():

@@ -132,7 +132,8 @@ def _shakespeare_rows(spec: TaskSpec, source: str | None) -> list[dict[str, Any]
         plays = [known[f] for f in spec.source.files]
     rows = []
     for play in plays:
-        for i, chunk in enumerate(_chunks(_read_text(play, "source.files", source, spec.source.fallback_encoding), spec.source.chunk_chars)):
+        text = _read_text(play, "source.files", source, spec.source.fallback_encoding)
+        for i, chunk in enumerate(_chunks(text, spec.source.chunk_chars)):
             rows.append({"text": chunk, "play": play.stem, "chunk": i})
     return rows
 
@@ -192,7 +193,8 @@ def _normalize(spec: TaskSpec, ds: datasets.Dataset, source: str | None) -> data
         bad = [i for i, (opts, lab) in enumerate(zip(ds["options"], ds["label"], strict=True))
                if len(opts) < 2 or not 0 <= lab < len(opts)]
         if bad:
-            raise TaskError(spec.options_field, f"example {bad[0]} needs >= 2 options and a label indexing them", source)
+            raise TaskError(spec.options_field, f"example {bad[0]} needs >= 2 options and a label indexing them",
+                            source)
     elif spec.type == "generation":
         ds = ds.map(lambda r: {"target": str(r[field]),
                                "references": [str(x) for x in r.get("references") or [r[field]]]})

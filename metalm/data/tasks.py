@@ -142,7 +142,8 @@ class TaskSpec:
         want_metric = {"classification": ("accuracy",), "multiple_choice": ("accuracy",),
                        "generation": ("exact_match", "token_f1"), "language_modeling": ("perplexity",)}[self.type]
         if self.metric not in want_metric:
-            raise ConfigError("metric", f"{self.metric!r} does not fit a {self.type} task (use {', '.join(want_metric)})")
+            raise ConfigError("metric", f"{self.metric!r} does not fit a {self.type} task "
+                                        f"(use {', '.join(want_metric)})")
 
     def verbalize(self, label: str) -> str:
         """The answer text of a classification label."""

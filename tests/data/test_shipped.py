@@ -1,0 +1,81 @@
+"""The shipped task definitions and splits; the real-data test runs where `metalm download` filled the cache."""
+
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from metalm.data import SamplerConfig, default_registry, load_split, metalm_home, split_sampler
+from metalm.data.episodes import EpisodeSampler
+from metalm.data.registry import TaskRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHED = all((metalm_home() / "data" / n / "manifest.json").is_file() for n in ("bigbench", "bbc-news", "shakespeare"))
+needs_data = pytest.mark.skipif(not CACHED, reason=f"packaged data not in {metalm_home()}; run "
+                                                   "`metalm download bigbench bbc-news shakespeare`")
+
+
+def test_shipped_definitions_validate_and_cover_the_brief():
+    registry = TaskRegistry.from_dirs(ROOT / "tasks")
+    kinds = Counter((t.spec.source.kind, t.spec.type) for t in registry)
+    assert kinds[("bigbench", "classification")] + kinds[("bigbench", "multiple_choice")] >= 40
+    assert sum(n for (_, typ), n in kinds.items() if typ == "generation") >= 3
+    assert kinds[("bbc_news", "classification")] == 1 and kinds[("shakespeare", "language_modeling")] == 1
+    assert all(t.spec.canary for t in registry if t.spec.source.kind == "bigbench")
+
+
+@pytest.mark.parametrize("split", sorted(p.stem for p in (ROOT / "tasks" / "splits").glob("*.yaml")))
+def test_shipped_splits_are_disjoint_and_known(split):
+    s = load_split(split, TaskRegistry.from_dirs(ROOT / "tasks"))
+    lists = [set(s.meta_train), set(s.meta_val), set(s.meta_test)]
+    assert all(lists) and not (lists[0] & lists[1] or lists[0] & lists[2] or lists[1] & lists[2])
+
+
+def test_training_sampler_never_reads_held_out_tasks(registry, tmp_path):
+    split = load_split(tmp_path / "tasks" / "splits" / "toy.yaml", registry)
+    sampler = split_sampler(split, "meta_train", registry, SamplerConfig(ways=2, shots=1, queries=1), seed=0)
+    assert {sampler.sample().task for _ in range(50)} <= set(split.meta_train)
+    assert registry.loaded() == set(split.meta_train)
+
+
+@needs_data
+def test_every_shipped_task_loads_and_renders_real_data():
+    registry = default_registry()
+    for task in registry:
+        cfg = SamplerConfig(ways=3, shots=2, queries=2, drop_small_classes=True)
+        episode = EpisodeSampler([task], cfg, seed=0).sample()
+        assert episode.support and episode.query, task.name
+        for ex in episode.support + episode.query:
+            assert ex.answer.strip(), task.name
+            assert task.spec.type == "language_modeling" or ex.prompt.strip(), task.name
+            if ex.options:
+                assert ex.answer == ex.options[ex.label], task.name
+
+
+@needs_data
+def test_default_split_training_path_never_touches_meta_test():
+    registry = TaskRegistry.from_dirs(ROOT / "tasks")  # fresh: nothing loaded yet
+    split = load_split("default", registry)
+    sampler = split_sampler(split, "meta_train", registry, SamplerConfig(ways=5, shots=4, queries=4,
+                                                                         drop_small_classes=True), seed=0)
+    drawn = {sampler.sample().task for _ in range(300)}
+    assert drawn <= set(split.meta_train)
+    assert not registry.loaded() & set(split.meta_test)
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_task_definitions(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(ROOT),
+                    "-w", str(tmp_path)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("metalm-*.whl"))
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    code = "from metalm.data import default_registry, load_split, packaged_tasks_dir; " \
+           "print(packaged_tasks_dir(), len(default_registry()), len(load_split('default').meta_test))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(unpacked), "PATH": ""},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == str(unpacked / "metalm" / "_tasks")
+    assert int(out[1]) == len(TaskRegistry.from_dirs(ROOT / "tasks")) and int(out[2]) > 0

@@ -1,0 +1,56 @@
+"""The `metalm` command line: tasks, download and one-line errors."""
+
+import pytest
+
+from metalm.cli import main, parse_overrides
+from metalm.data import default_registry
+from metalm.errors import ConfigError
+
+from .data.test_shipped import needs_data
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    # default_registry() is cached with whatever task data earlier tests loaded.
+    default_registry.cache_clear()
+    yield
+    default_registry.cache_clear()
+
+
+def test_tasks_list_without_data_says_what_to_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALM_HOME", str(tmp_path))
+    assert main(["tasks", "list", "--split", "smoke"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["task", "type"] and len(out) == 1 + 7
+    assert all("metalm download bigbench" in line for line in out[1:])
+
+
+def test_tasks_show_unknown_task_is_a_one_line_error(capsys):
+    assert main(["tasks", "show", "navigat"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metalm: error: tasks: unknown task 'navigat'; did you mean navigate") and "\n" not in err
+
+
+def test_tasks_show_names_the_missing_download(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALM_HOME", str(tmp_path))
+    assert main(["tasks", "show", "bbc_news"]) == 2
+    assert "run `metalm download bbc-news`" in capsys.readouterr().err
+
+
+@needs_data
+def test_tasks_list_and_show_with_data(capsys):
+    assert main(["tasks", "list"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1 + len(default_registry())
+    assert "bbc_news" in out and "5: business, entertainment, politics, sports, tech" in out
+    assert main(["tasks", "show", "intent_recognition"]) == 0
+    out = capsys.readouterr().out
+    assert "name: intent_recognition" in out and "Intent:\u2588 " in out and "# options:" in out
+
+
+def test_overrides():
+    assert parse_overrides(["a.b=3", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 3, "c": "x"}, "d": [1, 2]}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["novalue"])
+    with pytest.raises(ConfigError, match="both a value and a section"):
+        parse_overrides(["a=1", "a.b=2"])
