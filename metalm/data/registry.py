@@ -16,7 +16,8 @@ from typing import Any
 import datasets
 import yaml
 
-from ..errors import TaskError
+from ..config import from_dict
+from ..errors import ConfigError, TaskError
 from .sources import load_examples
 from .tasks import TaskSpec, load_task_file
 
@@ -192,14 +193,10 @@ def load_split(name_or_path: str | Path, registry: TaskRegistry | None = None) -
         if not path.is_file():
             known = sorted(p.stem for p in path.parent.glob("*.yaml"))
             raise TaskError("split", f"unknown split {str(name_or_path)!r} (known: {', '.join(known)})")
-    from ..config import from_dict
-
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise TaskError("<file>", " ".join(f"cannot read the split: {err}".split()), str(path)) from None
-    from ..errors import ConfigError
-
     try:
         split = from_dict(Split, data, source=str(path))
     except ConfigError as err:

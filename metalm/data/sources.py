@@ -20,7 +20,7 @@ from typing import Any
 import datasets
 from jinja2 import meta as jinja_meta
 
-from ..errors import DataNotFoundError, TaskError
+from ..errors import TaskError
 from .download import require
 from .tasks import TaskSpec
 from .templates import _ENV
@@ -258,5 +258,3 @@ def load_examples(spec: TaskSpec, source: str | None = None) -> tuple[datasets.D
         raise
     return _normalize(spec, ds, source), header
 
-
-__all__ = ["DataNotFoundError", "load_examples"]
