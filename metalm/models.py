@@ -163,3 +163,17 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>")
+
+
+def save_tiny_model(path: str | os.PathLike[str], texts: list[str], arch: Literal["gpt2", "llama"] = "llama",
+                    vocab_size: int = 512, seed: int = 0, **overrides: Any) -> str:
+    """Write a tiny random causal LM with a BPE tokenizer trained on ``texts`` to a model folder.
+
+    The folder loads like any pretrained model (``metalm train`` with ``model: PATH``); used for
+    end-to-end tests and examples that must not download anything.
+    """
+    tokenizer = train_tokenizer(texts, vocab_size)
+    model = load_model(tiny_config(arch, vocab_size=len(tokenizer), **overrides), seed=seed)
+    model.save_pretrained(os.fspath(path))
+    tokenizer.save_pretrained(os.fspath(path))
+    return os.fspath(path)

@@ -56,3 +56,13 @@ def test_malformed_batches_raise_batch_error(change, message):
         prepare_batch(batch, "support")
     with pytest.raises(metalm.MetalmError):
         prepare_batch(batch)
+
+
+def test_left_and_right_padding_give_the_same_loss(arch):
+    # GPT-2 has absolute positions: positions must count real tokens, not padding.
+    model = make_model(arch)
+    right = padded_batch()
+    left = {k: torch.stack([v[0].roll(2), v[1]]) for k, v in right.items()}
+    left["labels"][0, :2] = -100
+    assert left["attention_mask"][0, :2].eq(0).all()
+    assert torch.allclose(lm_loss(model, {}, right), lm_loss(model, {}, left), atol=1e-10)

@@ -1,0 +1,154 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, written atomically.
+
+A checkpoint is a folder ``checkpoints/step-NNNNNNN/`` holding ``tensors.safetensors`` (the
+meta-parameters, the optimizer's tensor state and the torch RNG state) and ``state.json``
+(step, optimizer hyper-parameters, scheduler, sampler stream, algorithm counters, Python and
+NumPy RNG states, the config). It is written into a temporary folder and renamed into place, so a
+run killed at any moment leaves either the whole checkpoint or none; only the last ``keep`` are
+kept. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .errors import MetalmError
+
+PREFIX = "step-"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer's state dict into tensors (``opt/{param}/{key}``) and JSON-able data."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, Tensor):
+                tensors[f"opt/{pid}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}/{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], data: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_to_flat`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("opt/"):
+            _, pid, key = name.split("/", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in data["scalars"].items():
+        pid, key = name.split("/", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": data["param_groups"]})
+
+
+def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The global RNG states: torch's as tensors, Python's and NumPy's as JSON."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda{i}"] = s
+    py = random.getstate()
+    np_state = np.random.get_state()
+    data = {"python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return tensors, data
+
+
+def set_rng_state(tensors: dict[str, Tensor], data: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = data["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = data["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, Tensor], state: dict[str, Any],
+                    keep: int = 3) -> Path:
+    """Write a checkpoint atomically and prune all but the newest ``keep``.
+
+    Args:
+        run_dir: The run folder; checkpoints go to ``run_dir/checkpoints``.
+        step: The outer step the checkpoint is taken after.
+        tensors: Named tensors (saved with safetensors; shared storage is copied).
+        state: JSON-serializable state.
+        keep: How many checkpoints to keep.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    try:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+                  str(tmp / "tensors.safetensors"))
+        with open(tmp / "state.json", "w", encoding="utf-8") as fh:
+            json.dump({"step": step, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders of interrupted writes are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+                  and (p / "state.json").is_file() and (p / "tensors.safetensors").is_file())
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a checkpoint folder (safetensors and JSON only; nothing is unpickled)."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path / "tensors.safetensors"))
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise MetalmError(f"checkpoint {path} is unreadable: {err}") from err
+    return tensors, state
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove temporary folders left by writes that were killed."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,363 @@
+"""The meta-training recipe: config in, checkpoints and metrics out.
+
+``MetaTrainer`` draws meta-batches of episodes from a split's meta-train tasks, takes outer steps
+with the configured algorithm (AdamW with schedule and clipping by default, gradient accumulation
+over tasks), validates periodically on meta-val episodes, logs to ``log.jsonl`` (and TensorBoard
+when installed), and checkpoints atomically so that ``resume=True`` continues a killed run to the
+same final weights as an uninterrupted one (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from .algorithms import MetaLearner, algorithm_config, build_algorithm
+from .checkpoint import (
+    clean_partial,
+    list_checkpoints,
+    load_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import AdapterConfig, MetaConfig, from_dict, to_dict
+from .data import CollateConfig, EpisodeSampler, SamplerConfig, TaskRegistry, load_split, packaged_tasks_dir, tensorize
+from .errors import ConfigError, MetalmError
+from .hub import resolve_model
+from .models import apply_adapter, load_model
+from .params import select_parameters
+
+
+@dataclasses.dataclass
+class OuterConfig:
+    """The outer (meta) optimizer.
+
+    Attributes:
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``constant``, ``linear`` (to 0) or ``cosine`` (to 0) after warm-up.
+        warmup_steps: Linear warm-up steps.
+        clip_grad_norm: Clip the meta-gradient's global norm (``None``: off).
+        meta_batch: Episodes per outer step.
+        accumulate: Meta-batches whose meta-gradients are averaged before a step.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    clip_grad_norm: float | None = 1.0
+    meta_batch: int = 4
+    accumulate: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError("outer.lr", f"must be > 0, got {self.lr}")
+        for key in ("meta_batch", "accumulate"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"outer.{key}", f"must be >= 1, got {getattr(self, key)}")
+        if self.warmup_steps < 0:
+            raise ConfigError("outer.warmup_steps", "must be >= 0")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError("outer.clip_grad_norm", "must be > 0 or null")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a meta-training run needs (the YAML given to ``metalm train``).
+
+    Attributes:
+        model: An embedded model name (``smollm2-135m``), a model folder or a hub name.
+        dtype: Parameter dtype (``float32``; bf16 autocast is used on CUDA regardless).
+        adapter: Fast weights (LoRA on the top 4 layers by default).
+        meta: Base weights the outer loop also learns.
+        algorithm: ``name`` of a registered algorithm plus its config fields (``inner`` ...).
+        split: A split name (``tasks/splits``) or a split YAML path.
+        tasks: Meta-train tasks overriding the split's.
+        heldout: Held-out tasks overriding the split's meta-test list (never trained on).
+        task_dirs: Extra folders of task YAMLs indexed beside the shipped ones.
+        sampler: Episode shape and task sampling.
+        collate: Tokenization settings.
+        outer: Outer optimizer.
+        max_steps: Outer steps.
+        val_every: Validate on meta-val episodes every this many steps (0: never).
+        val_episodes: Meta-val episodes per validation.
+        checkpoint_every: Checkpoint every this many steps (and at the end).
+        keep_checkpoints: Checkpoints kept.
+        seed: Seed of the adapter initialization and the episode stream.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    """
+
+    model: str = "smollm2-135m"
+    dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    adapter: AdapterConfig = dataclasses.field(default_factory=lambda: AdapterConfig(rank=8, alpha=16.0,
+                                                                                     layers="top:4"))
+    meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
+    algorithm: dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "fomaml"})
+    split: str = "default"
+    tasks: list[str] | None = None
+    heldout: list[str] | None = None
+    task_dirs: list[str] = dataclasses.field(default_factory=list)
+    sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(drop_small_classes=True))
+    collate: CollateConfig = dataclasses.field(default_factory=lambda: CollateConfig(max_length=160))
+    outer: OuterConfig = dataclasses.field(default_factory=OuterConfig)
+    max_steps: int = 100
+    val_every: int = 25
+    val_episodes: int = 8
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 3
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if "name" not in self.algorithm:
+            raise ConfigError("algorithm.name", "required field is missing")
+        algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
+        for key in ("max_steps", "val_episodes", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.val_every < 0:
+            raise ConfigError("val_every", "must be >= 0")
+
+    def algorithm_config(self) -> Any:
+        return algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (or defaults when ``path`` is None) and apply ``overrides`` (nested dict)."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "command line"
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError("<file>", " ".join(f"cannot read the config: {err}".split()), source) from None
+        if not isinstance(data, dict):
+            raise ConfigError("<file>", "expected a mapping", source)
+    data = _merge(data, overrides or {})
+    return from_dict(TrainConfig, data, source=source)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_registry(config: TrainConfig) -> TaskRegistry:
+    """The shipped tasks plus the config's ``task_dirs``."""
+    return TaskRegistry.from_dirs(packaged_tasks_dir(), *config.task_dirs)
+
+
+def task_lists(config: TrainConfig, registry: TaskRegistry) -> tuple[list[str], list[str], list[str]]:
+    """Meta-train, meta-val and held-out task names after the ``tasks`` / ``heldout`` overrides.
+
+    Raises:
+        ConfigError: If a training task is also held out.
+    """
+    split = load_split(config.split, registry)
+    train = list(config.tasks or split.meta_train)
+    heldout = list(config.heldout or split.meta_test)
+    val = [t for t in split.meta_val if t not in heldout and t not in train] or train[:1]
+    leak = sorted(set(train) & set(heldout))
+    if leak:
+        raise ConfigError("tasks", f"{leak[0]!r} is held out (split meta_test or heldout) and cannot be trained on")
+    for name in (*train, *heldout):
+        registry[name]
+    return train, val, heldout
+
+
+def lr_lambda(config: OuterConfig, max_steps: int):  # noqa: ANN201 - a schedule function
+    """The learning-rate multiplier at each step (warm-up, then constant / linear / cosine)."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - config.warmup_steps) / max(1, max_steps - config.warmup_steps)
+        if config.schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 0.5 * (1 + math.cos(math.pi * min(1, progress)))
+
+    return factor
+
+
+class MetaTrainer:
+    """Meta-train a model on a split's meta-train tasks.
+
+    Args:
+        config: The run's config.
+        run_dir: Where the config, logs and checkpoints go.
+        registry: Tasks to draw from (default: shipped plus ``config.task_dirs``).
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, registry: TaskRegistry | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        self.config, self.run_dir = config, Path(run_dir)
+        if config.device == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device", "cuda requested but no GPU is available")
+        torch.manual_seed(config.seed)
+        path = resolve_model(config.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = getattr(torch, config.dtype)
+        model = load_model(path, dtype=dtype, device=self.device)
+        self.model = apply_adapter(model, config.adapter).to(self.device)
+        self.selection = select_parameters(self.model, config.adapter, config.meta)
+        self.algorithm: MetaLearner = build_algorithm(config.algorithm["name"], self.model, self.selection,
+                                                      config.algorithm_config())
+        self.optimizer = torch.optim.AdamW(list(self.algorithm.meta_parameters().values()), lr=config.outer.lr,
+                                           weight_decay=config.outer.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.outer, config.max_steps))
+        self.registry = registry or build_registry(config)
+        self.train_tasks, self.val_tasks, self.heldout = task_lists(config, self.registry)
+        self.sampler = EpisodeSampler([self.registry[t] for t in self.train_tasks], config.sampler, seed=config.seed)
+        self.step = 0
+
+    # ------------------------------------------------------------------ state
+    def _tensors_and_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"meta/{k}": v for k, v in self.algorithm.meta_parameters().items()}
+        opt_tensors, opt_state = optimizer_to_flat(self.optimizer)
+        rng_tensors, rng_data = rng_state()
+        tensors.update(opt_tensors)
+        tensors.update(rng_tensors)
+        state = {"optimizer": opt_state, "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                 "algorithm": {"outer_steps": self.algorithm.outer_steps}, "rng": rng_data,
+                 "config": to_dict(self.config), "fast": list(self.selection.fast),
+                 "shared": list(self.selection.shared)}
+        return tensors, state
+
+    def save(self) -> Path:
+        """Checkpoint the run now (atomically)."""
+        tensors, state = self._tensors_and_state()
+        return save_checkpoint(self.run_dir, self.step, tensors, state, keep=self.config.keep_checkpoints)
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint folder."""
+        tensors, state = load_checkpoint(path)
+        params = self.algorithm.meta_parameters()
+        missing = sorted(set(params) - {k[5:] for k in tensors if k.startswith("meta/")})
+        if missing:
+            raise MetalmError(f"checkpoint {path} does not match this model/adapter: no tensor for {missing[0]!r}")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[f"meta/{name}"])
+        optimizer_from_flat(self.optimizer, tensors, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
+        set_rng_state(tensors, state["rng"])
+        self.step = int(state["step"])
+
+    # ------------------------------------------------------------------ loop
+    def _episodes(self, sampler: EpisodeSampler, n: int) -> list:
+        return [tensorize(sampler.sample(), self.tokenizer, self.config.collate).to(self.device) for _ in range(n)]
+
+    def _autocast(self):  # noqa: ANN202
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def validate(self) -> dict[str, float]:
+        """Mean query loss and token accuracy on fixed meta-val episodes (the same ones every time)."""
+        sampler = EpisodeSampler([self.registry[t] for t in self.val_tasks], self.config.sampler,
+                                 seed=self.config.seed + 10_000)
+        totals: dict[str, float] = {}
+        for ep in self._episodes(sampler, self.config.val_episodes):
+            with self._autocast():
+                for k, v in self.algorithm.evaluate(ep).items():
+                    totals[k] = totals.get(k, 0.0) + v / self.config.val_episodes
+        return {f"val_{k}": v for k, v in totals.items()}
+
+    def train(self, *, resume: bool = False, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+        """Run (or continue) meta-training; returns the last logged metrics."""
+        cfg = self.config
+        max_steps = max_steps or cfg.max_steps
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        clean_partial(self.run_dir)
+        log_path = self.run_dir / "log.jsonl"
+        if resume and list_checkpoints(self.run_dir):
+            self.restore(list_checkpoints(self.run_dir)[-1])
+            # Drop log lines written after the checkpoint: they are recomputed identically.
+            if log_path.exists():
+                keep = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= self.step]
+                log_path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        elif not resume and list_checkpoints(self.run_dir):
+            raise MetalmError(f"{self.run_dir} already holds a run; pass --resume to continue it or use a new folder")
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        writer = _tensorboard(self.run_dir)
+        bar = _progress(progress, self.step, max_steps)
+        last: dict[str, Any] = {}
+        params = list(self.algorithm.meta_parameters().values())
+        with open(log_path, "a", encoding="utf-8") as log:
+            while self.step < max_steps:
+                start = time.perf_counter()
+                self.optimizer.zero_grad(set_to_none=True)
+                metrics: dict[str, float] = {}
+                for _ in range(cfg.outer.accumulate):
+                    with self._autocast():
+                        m = self.algorithm.meta_gradients(self._episodes(self.sampler, cfg.outer.meta_batch))
+                    for k, v in m.items():
+                        metrics[k] = metrics.get(k, 0.0) + v / cfg.outer.accumulate
+                if cfg.outer.accumulate > 1:
+                    for p in params:
+                        if p.grad is not None:
+                            p.grad.div_(cfg.outer.accumulate)
+                if cfg.outer.clip_grad_norm is not None:
+                    metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.outer.clip_grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.algorithm.outer_steps += 1
+                self.step += 1
+                last = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **metrics,
+                        "seconds": time.perf_counter() - start}
+                if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == max_steps):
+                    last.update(self.validate())
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+                if writer is not None:
+                    for k, v in last.items():
+                        if k != "step":
+                            writer.add_scalar(k, v, self.step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics.get('query_loss', float('nan')):.3f}",
+                                acc=f"{metrics.get('query_accuracy', float('nan')):.3f}")
+                if self.step % cfg.checkpoint_every == 0 or self.step == max_steps:
+                    self.save()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return last
+
+
+def _tensorboard(run_dir: Path):  # noqa: ANN202 - SummaryWriter or None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _progress(enabled: bool, start: int, total: int):  # noqa: ANN202 - a tqdm bar
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, desc="meta-train", dynamic_ncols=True)

@@ -1,0 +1,125 @@
+"""The meta-training recipe: checkpoints, exact resume after SIGKILL, accumulation, schedules, config errors."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from metalm.errors import ConfigError, MetalmError
+from metalm.models import save_tiny_model
+from metalm.train import MetaTrainer, OuterConfig, load_train_config, lr_lambda
+
+from .data.fixtures import corpus, make_home, make_tasks_dir
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    make_home(root / "home")
+    tasks = make_tasks_dir(root)
+    model = save_tiny_model(root / "model", corpus(), "llama")
+    config = {"model": model, "adapter": {"rank": 2, "layers": "top:2"},
+              "algorithm": {"name": "maml", "inner": {"steps": 2, "lr": 0.3}},
+              "split": str(tasks / "splits" / "toy.yaml"), "task_dirs": [str(tasks)],
+              "sampler": {"ways": 2, "shots": 2, "queries": 2}, "collate": {"max_length": 64},
+              "outer": {"lr": 0.01, "meta_batch": 2, "schedule": "cosine", "warmup_steps": 2},
+              "max_steps": 24, "val_every": 5, "val_episodes": 2, "checkpoint_every": 3, "keep_checkpoints": 2}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return {"root": root, "config": path, "env": {**os.environ, "METALM_HOME": str(root / "home")}}
+
+
+def run_cli(world, run_dir, *extra, wait=True):
+    cmd = [sys.executable, "-m", "metalm.cli", "train", str(world["config"]), "--run-dir", str(run_dir), "--quiet",
+           *extra]
+    proc = subprocess.Popen(cmd, env=world["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if wait:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    return proc
+
+
+def final_tensors(run_dir):
+    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    return last.name, load_file(str(last / "tensors.safetensors"))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_bit_identical(world, tmp_path):
+    reference = tmp_path / "reference"
+    run_cli(world, reference)
+    killed = tmp_path / "killed"
+    proc = run_cli(world, killed, wait=False)
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step-0000003")) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.Random(0).uniform(0.0, 0.6))  # an arbitrary moment after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    run_cli(world, killed, "--resume")
+    name_a, a = final_tensors(reference)
+    name_b, b = final_tensors(killed)
+    assert name_a == name_b == "step-0000024"
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng/")), "weights or optimizer state differ"
+    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))
+    assert len(list((killed / "checkpoints").glob("step-*"))) == 2
+
+
+def test_refuses_to_overwrite_and_ignores_partial_checkpoints(world, tmp_path, monkeypatch):
+    config = load_train_config(world["config"], {"max_steps": 3, "val_every": 0})
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    MetaTrainer(config, tmp_path / "run").train(progress=False)
+    with pytest.raises(MetalmError, match="--resume"):
+        MetaTrainer(config, tmp_path / "run").train(progress=False)
+    partial = tmp_path / "run" / "checkpoints" / ".step-0000004-abc"
+    partial.mkdir()
+    (partial / "state.json").write_text("{")
+    trainer = MetaTrainer(load_train_config(world["config"], {"max_steps": 4, "val_every": 0}), tmp_path / "run")
+    trainer.train(resume=True, progress=False)
+    assert trainer.step == 4 and not partial.exists()
+
+
+def test_accumulation_equals_a_larger_meta_batch(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    results = []
+    for outer in ({"meta_batch": 2, "accumulate": 1}, {"meta_batch": 1, "accumulate": 2}):
+        config = load_train_config(world["config"], {"max_steps": 2, "val_every": 0, "outer": outer,
+                                                      "dtype": "float64"})
+        trainer = MetaTrainer(config, tmp_path / str(outer["accumulate"]))
+        trainer.train(progress=False)
+        results.append({k: v.detach().clone() for k, v in trainer.algorithm.meta_parameters().items()})
+    assert all(torch.allclose(results[0][k], results[1][k], atol=1e-12) for k in results[0])
+
+
+def test_schedules_by_hand():
+    f = lr_lambda(OuterConfig(schedule="cosine", warmup_steps=2), max_steps=12)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0) and f(7) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)
+    g = lr_lambda(OuterConfig(schedule="linear"), max_steps=10)
+    assert g(0) == 1.0 and g(5) == pytest.approx(0.5) and g(10) == 0.0
+
+
+def test_config_errors(world, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as err:
+        load_train_config(world["config"], {"algorithm": {"name": "maml", "inner": {"stesp": 2}}})
+    assert err.value.field == "algorithm.inner.stesp" and err.value.source == str(world["config"])
+    with pytest.raises(ConfigError, match="unknown algorithm"):
+        load_train_config(None, {"algorithm": {"name": "mamI"}})
+    with pytest.raises(ConfigError) as err:
+        load_train_config(world["config"], {"outer": {"lr": 0}})
+    assert err.value.field == "outer.lr"
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    config = load_train_config(world["config"], {"tasks": ["toy_cls", "news"]})
+    with pytest.raises(ConfigError, match="'news' is held out"):
+        MetaTrainer(config, tmp_path / "leak")
