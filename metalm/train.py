@@ -194,6 +194,49 @@ def lr_lambda(config: OuterConfig, max_steps: int):  # noqa: ANN201 - a schedule
     return factor
 
 
+def build_model(config: TrainConfig, device: torch.device) -> tuple[Any, torch.nn.Module, Any, MetaLearner]:
+    """Tokenizer, adapter-wrapped model, parameter selection and algorithm of a config.
+
+    The adapter's initialization is drawn from ``config.seed``, so it is the same in every process.
+    """
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    path = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_model(path, dtype=getattr(torch, config.dtype), device=device)
+    model = apply_adapter(model, config.adapter).to(device)
+    selection = select_parameters(model, config.adapter, config.meta)
+    algorithm = build_algorithm(config.algorithm["name"], model, selection, config.algorithm_config())
+    return tokenizer, model, selection, algorithm
+
+
+def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[TrainConfig, Any, MetaLearner, dict]:
+    """Rebuild a trained run: its config, tokenizer and algorithm (model inside) at the last checkpoint.
+
+    Returns:
+        ``(config, tokenizer, algorithm, base)`` where ``base`` holds the meta-parameters before
+        training (the pretrained weights and the standard adapter initialization).
+    """
+    run_dir = Path(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not checkpoints:
+        raise MetalmError(f"{run_dir} holds no trained run (config.yaml and a checkpoint); run `metalm train` first")
+    config = load_train_config(run_dir / "config.yaml")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer, model, selection, algorithm = build_model(config, device)
+    params = algorithm.meta_parameters()
+    base = {k: v.detach().clone() for k, v in params.items()}
+    tensors, state = load_checkpoint(checkpoints[-1])
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[f"meta/{name}"])
+    algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
+    return config, tokenizer, algorithm, base
+
+
 class MetaTrainer:
     """Meta-train a model on a split's meta-train tasks.
 
@@ -204,8 +247,6 @@ class MetaTrainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, registry: TaskRegistry | None = None) -> None:
-        from transformers import AutoTokenizer
-
         self.config, self.run_dir = config, Path(run_dir)
         if config.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -213,17 +254,7 @@ class MetaTrainer:
             self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", "cuda requested but no GPU is available")
-        torch.manual_seed(config.seed)
-        path = resolve_model(config.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = getattr(torch, config.dtype)
-        model = load_model(path, dtype=dtype, device=self.device)
-        self.model = apply_adapter(model, config.adapter).to(self.device)
-        self.selection = select_parameters(self.model, config.adapter, config.meta)
-        self.algorithm: MetaLearner = build_algorithm(config.algorithm["name"], self.model, self.selection,
-                                                      config.algorithm_config())
+        self.tokenizer, self.model, self.selection, self.algorithm = build_model(config, self.device)
         self.optimizer = torch.optim.AdamW(list(self.algorithm.meta_parameters().values()), lr=config.outer.lr,
                                            weight_decay=config.outer.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.outer, config.max_steps))

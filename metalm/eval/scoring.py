@@ -1,0 +1,108 @@
+"""Scoring adapted weights on query examples: rank classification and greedy generation.
+
+Rank classification scores each candidate answer by its log-likelihood after the prompt (mean
+per answer token by default, so long labels are not penalized), computing logits only at the
+answer positions. Generation decodes greedily and is scored by exact match and token F1 against
+the references (normalized: lower case, punctuation and articles removed, as in SQuAD).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..data.collate import CollateConfig, collate
+from ..data.episode import Example
+from ..losses import IGNORE_INDEX, prepare_batch, target_logits
+
+
+@torch.no_grad()
+def option_scores(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
+                  config: CollateConfig, *, normalize: Literal["mean", "sum"] = "mean",
+                  batch_size: int = 32) -> list[list[float]]:
+    """Log-likelihood of every option of every example, ``scores[i][j]`` for option ``j`` of example ``i``."""
+    rows = [(i, Example(ex.prompt, option)) for i, ex in enumerate(examples) for option in ex.options]
+    flat: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = [ex for _, ex in rows[start:start + batch_size]]
+        batch = prepare_batch(collate(chunk, tokenizer, config))
+        batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+        logits = target_logits(model, params, batch).float()  # [B, M, V]
+        targets = batch["target_ids"]
+        valid = targets != IGNORE_INDEX
+        logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        total = (logp * valid).sum(1)
+        flat += (total / valid.sum(1) if normalize == "mean" else total).tolist()
+    out: list[list[float]] = [[] for _ in examples]
+    for (i, _), score in zip(rows, flat, strict=True):
+        out[i].append(score)
+    return out
+
+
+@torch.no_grad()
+def greedy_generate(model: nn.Module, params: Mapping[str, Tensor], prompts: Sequence[str], tokenizer,  # noqa: ANN001
+                    *, max_length: int = 256, max_new_tokens: int = 16, stop: str = "\n") -> list[str]:
+    """Greedy continuations of ``prompts`` (cut at ``stop`` and EOS), decoded and stripped."""
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"][-(max_length - max_new_tokens):] for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(encoded):  # left padding: every row ends at the last column
+        ids[row, width - len(tokens):] = torch.tensor(tokens)
+        mask[row, width - len(tokens):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    new: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for _ in range(max_new_tokens):
+        last = torch.full((len(prompts), 1), ids.shape[1] - 1, dtype=torch.long, device=device)
+        batch = {"input_ids": ids, "attention_mask": mask, "target_positions": last, "target_ids": last}
+        token = target_logits(model, params, batch)[:, 0].argmax(-1)
+        for row, t in enumerate(token.tolist()):
+            if not done[row]:
+                new[row].append(t)
+                text = tokenizer.decode(new[row], skip_special_tokens=True)
+                done[row] = t == tokenizer.eos_token_id or (stop in text and bool(text.strip()))
+        if all(done):
+            break
+        ids = torch.cat([ids, token.unsqueeze(1)], 1)
+        mask = torch.cat([mask, torch.ones_like(token).unsqueeze(1)], 1)
+    outs = []
+    for tokens in new:
+        text = tokenizer.decode(tokens, skip_special_tokens=True).lstrip("\n")
+        outs.append(text.split(stop)[0].strip() if stop else text.strip())
+    return outs
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    """1.0 if the normalized prediction equals a normalized reference."""
+    return float(any(normalize_answer(prediction) == normalize_answer(r) for r in references))
+
+
+def token_f1(prediction: str, references: Sequence[str]) -> float:
+    """Best token-overlap F1 of the prediction against the references (SQuAD)."""
+    best = 0.0
+    pred = normalize_answer(prediction).split()
+    for ref in references:
+        gold = normalize_answer(ref).split()
+        common = sum((Counter(pred) & Counter(gold)).values())
+        if not pred or not gold:
+            best = max(best, float(pred == gold))
+        elif common:
+            p, r = common / len(pred), common / len(gold)
+            best = max(best, 2 * p * r / (p + r))
+    return best
