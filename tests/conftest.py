@@ -16,6 +16,25 @@ from metalm import AdapterConfig, MetaConfig, SyntheticTasks
 ARCHS = ["gpt2", "llama"]
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """METALM_HOME holding the fixture data of tests/data/fixtures.py."""
+    from .data.fixtures import make_home
+
+    path = make_home(tmp_path / "home")
+    monkeypatch.setenv("METALM_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def registry(home, tmp_path):
+    from metalm.data import TaskRegistry
+
+    from .data.fixtures import make_tasks_dir
+
+    return TaskRegistry.from_dirs(make_tasks_dir(tmp_path))
+
+
 def make_model(arch: str = "gpt2", *, dtype: torch.dtype = torch.float64, adapter: AdapterConfig | None = None,
                attn: str = "sdpa", seed: int = 0, **overrides) -> nn.Module:
     """A tiny random causal LM of ``arch``, optionally wrapped with ``adapter``."""

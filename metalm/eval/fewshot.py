@@ -126,7 +126,11 @@ class Harness:
             raise ConfigError("methods", "meta needs a trained run (--run-dir)")
         self.algo, self.tokenizer, self.base, self.trained, self.config = algorithm, tokenizer, base, trained, config
         self.model = algorithm.model
-        self.collate = CollateConfig(max_length=config.max_length)
+        # Never longer than the model's position table (GPT-2 style models index it directly).
+        limit = getattr(self.model.config, "max_position_embeddings", None) or \
+            getattr(self.model.config, "n_positions", None) or config.max_length
+        self.max_length = min(config.max_length, int(limit))
+        self.collate = CollateConfig(max_length=self.max_length)
         self.inner: InnerConfig = algorithm.inner
         self._episodes: dict[tuple[str, int], list[TextEpisode]] = {}
         self.finetune_lr: float | None = None
@@ -149,7 +153,7 @@ class Harness:
     def _score(self, params: Mapping[str, Tensor], episode: TextEpisode, queries: list[Example]) -> dict[str, float]:
         if episode.type == "generation":
             preds = greedy_generate(self.model, params, [q.prompt for q in queries], self.tokenizer,
-                                    max_length=self.config.max_length, max_new_tokens=self.config.max_new_tokens)
+                                    max_length=self.max_length, max_new_tokens=self.config.max_new_tokens)
             em = [exact_match(p, q.references) for p, q in zip(preds, queries, strict=True)]
             f1 = [token_f1(p, q.references) for p, q in zip(preds, queries, strict=True)]
             return {"accuracy": sum(em) / len(em), "f1": sum(f1) / len(f1)}

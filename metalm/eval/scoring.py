@@ -33,7 +33,9 @@ def option_scores(model: nn.Module, params: Mapping[str, Tensor], examples: Sequ
         chunk = [ex for _, ex in rows[start:start + batch_size]]
         batch = prepare_batch(collate(chunk, tokenizer, config))
         batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
-        logits = target_logits(model, params, batch).float()  # [B, M, V]
+        logits = target_logits(model, params, batch)  # [B, M, V]
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         targets = batch["target_ids"]
         valid = targets != IGNORE_INDEX
         logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -69,7 +71,7 @@ def greedy_generate(model: nn.Module, params: Mapping[str, Tensor], prompts: Seq
             if not done[row]:
                 new[row].append(t)
                 text = tokenizer.decode(new[row], skip_special_tokens=True)
-                done[row] = t == tokenizer.eos_token_id or (stop in text and bool(text.strip()))
+                done[row] = t == tokenizer.eos_token_id or bool(stop and stop in text.lstrip(stop))
         if all(done):
             break
         ids = torch.cat([ids, token.unsqueeze(1)], 1)
