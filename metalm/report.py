@@ -62,12 +62,20 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Few-shot accuracy on held-out tasks (macro mean ± 95% CI over episodes)", "",
                   format_table(report), "", f"Tasks: {', '.join(report.get('tasks', []))}.", ""]
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for method in dict.fromkeys(r["method"] for r in report["macro"]):
-            rows = sorted((r for r in report["macro"] if r["method"] == method), key=lambda r: r["shots"])
-            ax.errorbar([r["shots"] for r in rows], [r["accuracy"] for r in rows], [r["ci95"] for r in rows],
-                        marker="o", capsize=3, label=method)
+        methods = list(dict.fromkeys(r["method"] for r in report["macro"]))
+        shots = sorted({r["shots"] for r in report["macro"]})
+        if len(shots) == 1:  # one shot count: a bar per method
+            rows = [next(r for r in report["macro"] if r["method"] == m) for m in methods]
+            ax.bar(methods, [r["accuracy"] for r in rows], yerr=[r["ci95"] for r in rows], capsize=4,
+                   color=[f"C{i}" for i in range(len(methods))])
+            ax.set_xlabel(f"method ({shots[0]}-shot)")
+        else:
+            for method in methods:
+                rows = sorted((r for r in report["macro"] if r["method"] == method), key=lambda r: r["shots"])
+                ax.errorbar([r["shots"] for r in rows], [r["accuracy"] for r in rows], [r["ci95"] for r in rows],
+                            marker="o", capsize=3, label=method)
+            ax.set_xlabel("shots (K)")
         ax.axhline(report["macro_chance"], color="grey", linestyle="--", label="chance")
-        ax.set_xlabel("shots (K)")
         ax.set_ylabel("macro accuracy")
         ax.legend()
         fig.tight_layout()

@@ -103,3 +103,20 @@ def test_episode_seeds_do_not_depend_on_process_state(registry):
     torch.manual_seed(99)
     b = EpisodeSampler([registry["toy_cls"]], SamplerConfig(ways=2, shots=1, queries=1), seed=5).sample()
     assert a == b
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shared_prompt_scoring_equals_separate_rows(arch, tmp_path):
+    path = save_tiny_model(tmp_path / arch, corpus(), arch)
+    model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), metalm.AdapterConfig(rank=2))
+    tok = AutoTokenizer.from_pretrained(path)
+    fast = {n: p.detach() + 0.05 for n, p in model.named_parameters() if "lora_" in n}
+    examples = [Example("Q: Is the apple number 1 yes?\nA:", " yes", [" yes", " no", " unsure maybe"], 0),
+                Example("Which follows river?", " river-1", [" river-0", " river-1", " river-2 tiger"], 1),
+                Example("Spell stone", " enots", [" enots", " stone"], 0),
+                Example(" ".join(["apple river stone"] * 40), " no", [" yes", " no", " unsure"], 1)]
+    config = CollateConfig(max_length=48)  # the last prompt is truncated from the left
+    shared = option_scores(model, fast, examples, tok, config, batch_size=4)
+    separate = option_scores(model, fast, examples, tok, config, shared_prompt=False)
+    assert [len(s) for s in shared] == [3, 3, 2, 3]
+    assert torch.allclose(torch.tensor(sum(shared, [])), torch.tensor(sum(separate, [])), atol=1e-9)

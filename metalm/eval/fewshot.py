@@ -77,7 +77,7 @@ class EvalConfig:
     queries: int = 2
     methods: list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
     seed: int = 1234
-    finetune_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
+    finetune_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.03, 0.1, 0.3])
     val_episodes: int = 2
     max_length: int = 256
     max_new_tokens: int = 12

@@ -8,6 +8,7 @@ the references (normalized: lower case, punctuation and articles removed, as in 
 
 from __future__ import annotations
 
+import inspect
 import re
 import string
 from collections import Counter
@@ -16,17 +17,99 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..data.collate import CollateConfig, collate
 from ..data.episode import Example
 from ..losses import IGNORE_INDEX, prepare_batch, target_logits
+from ..models import causal_lm
+
+
+class _PromptThenOptions(nn.Module):
+    """Encode each prompt once, then every option of it on the prompt's KV cache.
+
+    Holds the model as child ``m`` so ``functional_call`` can swap fast weights in. Prompts are
+    left-padded (so their last column is real), options right-padded; positions count real tokens.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, p_ids: Tensor, p_mask: Tensor, o_ids: Tensor, o_mask: Tensor, n: int) -> Tensor:
+        lm = causal_lm(self.m)
+        backbone = getattr(lm, lm.base_model_prefix)
+        out = backbone(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                       use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.2x renamed it "cache"
+        cache.batch_repeat_interleave(n)
+        p_mask = p_mask.repeat_interleave(n, 0)
+        positions = p_mask.sum(-1, keepdim=True) + torch.arange(o_ids.shape[1], device=o_ids.device)
+        cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+        hidden = backbone(input_ids=o_ids, attention_mask=torch.cat([p_mask, o_mask], 1), position_ids=positions,
+                          use_cache=True, **{cache_kw: cache}).last_hidden_state
+        # Option token j is predicted at option position j - 1, the first one at the prompt's last token.
+        first = out.last_hidden_state[:, -1:].repeat_interleave(n, 0)
+        return lm.get_output_embeddings()(torch.cat([first, hidden[:, :-1]], 1))  # [B*n, L, V]
+
+
+def _scores_shared(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
+                   config: CollateConfig, normalize: str, batch_size: int) -> list[list[float]]:
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[list[float]] = [[] for _ in examples]
+    by_count: dict[int, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_count.setdefault(len(ex.options), []).append(i)
+    swapped = {f"m.{k}": v for k, v in params.items()}
+    for n, members in by_count.items():
+        step = max(1, batch_size // n)
+        for start in range(0, len(members), step):
+            idx = members[start:start + step]
+            opts = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in examples[i].options] for i in idx]
+            longest = max(len(t) for row in opts for t in row)
+            prompts = [tokenizer(examples[i].prompt, add_special_tokens=True)["input_ids"] for i in idx]
+            bos = tokenizer.bos_token_id
+            keep = config.max_length - longest
+            prompts = [p if len(p) <= keep else (p[:1] if p[0] == bos else []) + p[len(p) - keep + (p[0] == bos):]
+                       for p in prompts]
+            width = max(len(p) for p in prompts)
+            p_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            p_mask = torch.zeros_like(p_ids)
+            for r, p in enumerate(prompts):
+                p_ids[r, width - len(p):] = torch.tensor(p)
+                p_mask[r, width - len(p):] = 1
+            flat = [t for row in opts for t in row]
+            o_ids = torch.full((len(flat), longest), pad, dtype=torch.long)
+            o_mask = torch.zeros_like(o_ids)
+            for r, t in enumerate(flat):
+                o_ids[r, :len(t)] = torch.tensor(t)
+                o_mask[r, :len(t)] = 1
+            args = (p_ids.to(device), p_mask.to(device), o_ids.to(device), o_mask.to(device), n)
+            logits = functional_call(_PromptThenOptions(model), swapped, args, strict=False)
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
+            logp = torch.log_softmax(logits, -1).gather(-1, o_ids.to(device).unsqueeze(-1)).squeeze(-1)
+            mask = o_mask.to(device)
+            total = (logp * mask).sum(1)
+            scores = (total / mask.sum(1) if normalize == "mean" else total).view(len(idx), n).tolist()
+            for i, row in zip(idx, scores, strict=True):
+                out[i] = row
+    return out
 
 
 @torch.no_grad()
 def option_scores(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
                   config: CollateConfig, *, normalize: Literal["mean", "sum"] = "mean",
-                  batch_size: int = 32) -> list[list[float]]:
-    """Log-likelihood of every option of every example, ``scores[i][j]`` for option ``j`` of example ``i``."""
+                  batch_size: int = 32, shared_prompt: bool = True) -> list[list[float]]:
+    """Log-likelihood of every option of every example, ``scores[i][j]`` for option ``j`` of example ``i``.
+
+    Args:
+        shared_prompt: Encode each prompt once and score its options on the prompt's KV cache
+            (default); ``False`` runs prompt + option as separate rows (the reference path).
+    """
+    if shared_prompt:
+        return _scores_shared(model, params, examples, tokenizer, config, normalize, batch_size)
     rows = [(i, Example(ex.prompt, option)) for i, ex in enumerate(examples) for option in ex.options]
     flat: list[float] = []
     for start in range(0, len(rows), batch_size):

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# End-to-end runs of the CLI: train -> eval -> report -> export, on a tiny model and on the real
+# SmolLM2-135M with a very small budget. Needs the packaged data (make data) and the venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+echo "== tiny model (random Llama, BPE tokenizer trained on the smoke split's text)"
+$BIN/python - "$WORK/tiny" <<'PY'
+import sys
+from metalm.data import default_registry, load_split
+from metalm.models import save_tiny_model
+split = load_split("smoke")
+texts = [t for name in split.meta_train + split.meta_val + split.meta_test
+         for t in default_registry()[name].data["input"][:200]]
+save_tiny_model(sys.argv[1], texts, "llama", vocab_size=1024)
+PY
+$BIN/metalm train --run-dir "$WORK/tiny-run" --quiet model="$WORK/tiny" split=smoke max_steps=4 val_every=2 \
+  checkpoint_every=2 adapter.layers=top:2 sampler.ways=2 sampler.shots=2 sampler.queries=2 collate.max_length=96
+$BIN/metalm eval --run-dir "$WORK/tiny-run" --shots 1,2 --episodes 2 --ways 2 --queries 1 --quiet max_length=96
+$BIN/metalm report "$WORK/tiny-run"
+$BIN/metalm export "$WORK/tiny-run" "$WORK/tiny-export"
+test -f "$WORK/tiny-run/report/accuracy_vs_shots.png" && test -f "$WORK/tiny-export/adapter_model.safetensors"
+
+echo "== SmolLM2-135M, very small budget"
+$BIN/metalm train benchmarks/fewshot/main.yaml --run-dir "$WORK/smol-run" --quiet split=smoke max_steps=2 \
+  val_every=0 checkpoint_every=1 outer.meta_batch=1
+$BIN/metalm eval --run-dir "$WORK/smol-run" --tasks navigate --shots 1 --episodes 1 --ways 2 --queries 1 \
+  --methods zeroshot,meta --quiet
+$BIN/metalm report "$WORK/smol-run"
+$BIN/metalm export "$WORK/smol-run" "$WORK/smol-export"
+test -f "$WORK/smol-export/adapter_model.safetensors"
+echo "end-to-end: ok"
