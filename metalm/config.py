@@ -210,7 +210,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str | None = None, 
         default = fields[name].default_factory
         if isinstance(value, dict) and default is not dataclasses.MISSING and dataclasses.is_dataclass(hints[name]):
             # A partial section overrides this class's default for it (FOMAML's inner is first-order).
-            value = _deep_merge(to_dict(default()), value)
+            value = deep_merge(to_dict(default()), value)
         kwargs[name] = _convert(value, hints[name], dotted + name, source)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -224,10 +224,11 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str | None = None, 
         raise ConfigError(field, err.message, source) from None
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in, recursively for nested mappings (neither is modified)."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -30,7 +30,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import AdapterConfig, MetaConfig, from_dict, to_dict
+from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, to_dict
 from .data import CollateConfig, EpisodeSampler, SamplerConfig, TaskRegistry, load_split, packaged_tasks_dir, tensorize
 from .errors import ConfigError, MetalmError
 from .hub import resolve_model
@@ -144,15 +144,7 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
             raise ConfigError("<file>", " ".join(f"cannot read the config: {err}".split()), source) from None
         if not isinstance(data, dict):
             raise ConfigError("<file>", "expected a mapping", source)
-    data = _merge(data, overrides or {})
-    return from_dict(TrainConfig, data, source=source)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return from_dict(TrainConfig, deep_merge(data, overrides or {}), source=source)
 
 
 def build_registry(config: TrainConfig) -> TaskRegistry:
