@@ -87,6 +87,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
     from .eval import EvalConfig, Harness, eval_tasks, format_table
@@ -104,7 +106,7 @@ def _eval(args: argparse.Namespace) -> int:
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.run_dir:
-        config, tokenizer, algorithm, base = load_run(args.run_dir, device)
+        config, tokenizer, algorithm, base = load_run(args.run_dir[0], device)
         trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
@@ -117,15 +119,37 @@ def _eval(args: argparse.Namespace) -> int:
     names = args.tasks.split(",") if args.tasks else heldout
     harness = Harness(algorithm, tokenizer, base, trained, eval_cfg)
     if "finetune" in eval_cfg.methods:
-        lr = harness.choose_finetune_lr(eval_tasks(registry, val))
-        print(f"finetune: inner lr {lr} chosen on meta-val tasks {', '.join(val)}", flush=True)
-    report = harness.run(eval_tasks(registry, names), progress=not args.quiet)
+        lr, steps = harness.choose_finetune(eval_tasks(registry, val))
+        print(f"finetune: inner lr {lr}, {steps} steps, chosen on meta-val tasks {', '.join(val)}", flush=True)
+    tasks = eval_tasks(registry, names)
+    report = harness.run(tasks, progress=not args.quiet)
     report["tasks"] = names
+    if len(args.run_dir or []) > 1:
+        # More runs: their meta-learned initializations on the same episodes, a row each.
+        label = {"meta": f"meta:{config.algorithm['name']}"}
+        for run in args.run_dir[1:]:
+            other_cfg, other_tok, other_algo, other_base = load_run(run, device)
+            if other_cfg.model != config.model:
+                raise ConfigError("--run-dir", f"{run} meta-trained {other_cfg.model}, not {config.model}: "
+                                                "compared runs must share the base model")
+            other = Harness(other_algo, other_tok, other_base,
+                            {k: v.detach().clone() for k, v in other_algo.meta_parameters().items()},
+                            dataclasses.replace(eval_cfg, methods=["meta"], inner_steps=None))
+            extra = other.run(tasks, progress=not args.quiet)
+            name = f"meta:{other_cfg.algorithm['name']}"
+            name = name if name not in label.values() else f"{name}({Path(run).name})"
+            for row in extra["results"] + extra["macro"]:
+                row["method"] = name
+            report["results"] += extra["results"]
+            report["macro"] += extra["macro"]
+            del other, other_algo
+        for row in report["results"] + report["macro"] + report.get("inner_steps_sweep", []):
+            row["method"] = label.get(row["method"], row["method"])
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text, encoding="utf-8")
     if args.run_dir:
-        (Path(args.run_dir) / "eval.json").write_text(text, encoding="utf-8")
+        (Path(args.run_dir[0]) / "eval.json").write_text(text, encoding="utf-8")
     print(format_table(report))
     return 0
 
@@ -226,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="few-shot evaluation of every method on the same held-out episodes")
-    ev.add_argument("--run-dir", help="a trained run (enables the meta method)")
+    ev.add_argument("--run-dir", action="append", help="a trained run (enables the meta method); repeat it to "
+                                                       "compare several runs' initializations on the same episodes")
     ev.add_argument("--model", help="a model (embedded name, folder or hub name) without meta-training")
     ev.add_argument("--split", help="split whose meta_test tasks are evaluated (default: the run's)")
     ev.add_argument("--tasks", help="comma-separated tasks to evaluate instead")

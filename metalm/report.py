@@ -81,7 +81,23 @@ def write_report(run_dir: str | Path) -> Path:
         fig.tight_layout()
         fig.savefig(out / "accuracy_vs_shots.png", dpi=110)
         plt.close(fig)
-        lines += ["![accuracy vs shots](accuracy_vs_shots.png)", "", "### Per task", "",
+        lines += ["![accuracy vs shots](accuracy_vs_shots.png)", ""]
+        sweep = report.get("inner_steps_sweep")
+        if sweep:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for method in dict.fromkeys(r["method"] for r in sweep):
+                rows = sorted((r for r in sweep if r["method"] == method), key=lambda r: r["inner_steps"])
+                ax.errorbar([r["inner_steps"] for r in rows], [r["accuracy"] for r in rows],
+                            [r["ci95"] for r in rows], marker="o", capsize=3, label=method)
+            ax.axhline(report["macro_chance"], color="grey", linestyle="--", label="chance")
+            ax.set_xlabel(f"inner steps ({sweep[0]['shots']}-shot)")
+            ax.set_ylabel("macro accuracy")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out / "accuracy_vs_inner_steps.png", dpi=110)
+            plt.close(fig)
+            lines += ["![accuracy vs inner steps](accuracy_vs_inner_steps.png)", ""]
+        lines += ["### Per task", "",
                   "| method | task | shots | accuracy | ci95 |", "|---|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['task']} | {r['shots']} | {r['accuracy']:.3f} | {r['ci95']:.3f} |"
                   for r in report["results"]]

@@ -89,8 +89,8 @@ def test_finetune_lr_is_chosen_on_validation_tasks(tiny, registry):
     base = {k: v.detach().clone() for k, v in algo.meta_parameters().items()}
     harness = Harness(algo, tok, base, None, EvalConfig(methods=["finetune"], finetune_lrs=[0.0, 1.0], ways=2,
                                                         queries=1, val_episodes=1))
-    lr = harness.choose_finetune_lr([registry["toy_mc"]])
-    assert lr in (0.0, 1.0) and harness.finetune_lr == lr
+    lr, steps = harness.choose_finetune([registry["toy_mc"]])
+    assert lr in (0.0, 1.0) and harness.finetune_lr == lr and steps == algo.inner.steps == harness.finetune_steps
     assert set(k[0] for k in harness._episodes) == {"toy_mc"}  # only validation episodes were drawn
     with pytest.raises(ConfigError, match="meta needs a trained run"):
         Harness(algo, tok, base, None, EvalConfig(methods=["meta"]))

@@ -138,15 +138,21 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
     run = tmp_path / "run"
     assert main(["train", str(world["config"]), "--run-dir", str(run), "--max-steps", "4", "--quiet",
                  "val_every=2", "meta.shared=norms"]) == 0
+    other = tmp_path / "reptile"
+    assert main(["train", str(world["config"]), "--run-dir", str(other), "--max-steps", "2", "--quiet",
+                 "val_every=0", "algorithm.name=reptile"]) == 0
     out = tmp_path / "eval.json"
-    assert main(["eval", "--run-dir", str(run), "--shots", "1,2", "--episodes", "2", "--ways", "2", "--queries", "1",
-                 "--json", str(out), "--quiet", "finetune_lrs=[0.1]"]) == 0
+    assert main(["eval", "--run-dir", str(run), "--run-dir", str(other), "--shots", "1,2", "--episodes", "2",
+                 "--ways", "2", "--queries", "1", "--json", str(out), "--quiet", "finetune_lrs=[0.1]",
+                 "inner_steps=[1,2]"]) == 0
     report = json.loads(out.read_text())
-    assert {r["method"] for r in report["macro"]} == {"zeroshot", "icl", "finetune", "meta"}
-    assert "| meta |" in capsys.readouterr().out
+    assert {r["method"] for r in report["macro"]} == {"zeroshot", "icl", "finetune", "meta:maml", "meta:reptile"}
+    assert {(r["method"], r["inner_steps"]) for r in report["inner_steps_sweep"]} == \
+        {(m, k) for m in ("finetune", "meta:maml") for k in (1, 2)}
+    assert "| meta:reptile |" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
-    assert (run / "report" / "training.png").stat().st_size > 1000
-    assert (run / "report" / "accuracy_vs_shots.png").stat().st_size > 1000
+    for png in ("training.png", "accuracy_vs_shots.png", "accuracy_vs_inner_steps.png"):
+        assert (run / "report" / png).stat().st_size > 1000
     assert "| chance |" in (run / "report" / "report.md").read_text()
     export = tmp_path / "export"
     assert main(["export", str(run), str(export)]) == 0

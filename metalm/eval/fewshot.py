@@ -65,7 +65,11 @@ class EvalConfig:
         methods: Methods to compare (see the module doc).
         seed: Seed of the evaluation episodes.
         finetune_lrs: Candidate inner learning rates for ``finetune`` (chosen on meta-val tasks).
+        finetune_steps: Candidate inner step counts for ``finetune`` (default: the meta-learner's
+            budget only, so both use the same number of steps).
         val_episodes: Episodes per meta-val task for that choice.
+        inner_steps: Also evaluate ``finetune`` and ``meta`` at these inner step counts (first shot
+            count only), for the accuracy-vs-inner-steps curve; ``None``: off.
         max_length: Most tokens per scored row (demonstrations included).
         max_new_tokens: Longest generated answer.
         batch_size: Rows per scoring forward pass.
@@ -77,8 +81,10 @@ class EvalConfig:
     queries: int = 2
     methods: list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
     seed: int = 1234
-    finetune_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.03, 0.1, 0.3])
+    finetune_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
+    finetune_steps: list[int] | None = None
     val_episodes: int = 2
+    inner_steps: list[int] | None = None
     max_length: int = 256
     max_new_tokens: int = 12
     batch_size: int = 16
@@ -134,6 +140,7 @@ class Harness:
         self.inner: InnerConfig = algorithm.inner
         self._episodes: dict[tuple[str, int], list[TextEpisode]] = {}
         self.finetune_lr: float | None = None
+        self.finetune_steps: int | None = None
 
     def episodes(self, task: Task, shots: int, n: int | None = None, salt: int = 0) -> list[TextEpisode]:
         """The fixed evaluation episodes of ``task`` at ``shots`` (the same for every method)."""
@@ -166,8 +173,11 @@ class Harness:
         device = next(self.model.parameters()).device
         return {k: v.to(device) for k, v in collate(episode.support, self.tokenizer, self.collate).items()}
 
-    def run_episode(self, method: str, episode: TextEpisode) -> dict[str, float]:
-        """Adapt (or not) with ``method`` on the support set and score the queries."""
+    def run_episode(self, method: str, episode: TextEpisode, steps: int | None = None) -> dict[str, float]:
+        """Adapt (or not) with ``method`` on the support set and score the queries.
+
+        ``steps`` overrides the inner step count of ``finetune`` and ``meta``.
+        """
         if method == "zeroshot":
             return self._score(self._fast(), episode, episode.query)
         if method == "icl":
@@ -176,25 +186,39 @@ class Harness:
             return self._score(self._fast(), episode, queries)
         if method == "finetune":
             lr = self.finetune_lr if self.finetune_lr is not None else self.inner.lr
-            params = adapt(self.model, self._fast(), self._support(episode), lr=lr, first_order=True,
-                           **self.inner.options())
+            options = {**self.inner.options(), "steps": steps or self.finetune_steps or self.inner.steps}
+            params = adapt(self.model, self._fast(), self._support(episode), lr=lr, first_order=True, **options)
             return self._score({k: v.detach() for k, v in params.items()}, episode, episode.query)
-        return self._score(self.algo.adapt(self._support(episode)), episode, episode.query)
+        return self._score(self.algo.adapt(self._support(episode), steps=steps), episode, episode.query)
 
-    def choose_finetune_lr(self, val_tasks: list[Task]) -> float:
-        """Pick ``finetune``'s inner learning rate by mean accuracy on meta-val episodes."""
+    def choose_finetune(self, val_tasks: list[Task]) -> tuple[float, int]:
+        """Pick ``finetune``'s inner learning rate and step count by mean accuracy on meta-val episodes."""
         shots = self.config.shots[0]
-        best, best_acc = self.config.finetune_lrs[0], -1.0
+        grid = [(lr, steps) for steps in (self.config.finetune_steps or [self.inner.steps])
+                for lr in self.config.finetune_lrs]
+        best, best_acc = grid[0], -1.0
         with swapped(self.algo.meta_parameters(), self.base):
-            for lr in self.config.finetune_lrs:
-                self.finetune_lr = lr
+            for lr, steps in grid:
+                self.finetune_lr, self.finetune_steps = lr, steps
                 accs = [self.run_episode("finetune", ep)["accuracy"] for task in val_tasks
                         for ep in self.episodes(task, shots, self.config.val_episodes, salt=1)]
                 acc = sum(accs) / len(accs)
                 if acc > best_acc:
-                    best, best_acc = lr, acc
-        self.finetune_lr = best
+                    best, best_acc = (lr, steps), acc
+        self.finetune_lr, self.finetune_steps = best
         return best
+
+    def inner_steps_sweep(self, tasks: list[Task]) -> list[dict[str, Any]]:
+        """Macro accuracy of ``finetune`` and ``meta`` at each of ``config.inner_steps`` (first shot count)."""
+        shots, out = self.config.shots[0], []
+        for method in [m for m in ("finetune", "meta") if m in self.config.methods]:
+            with swapped(self.algo.meta_parameters(), self.trained if method == "meta" else self.base):
+                for steps in self.config.inner_steps or []:
+                    accs = [[self.run_episode(method, ep, steps)["accuracy"] for ep in self.episodes(t, shots)]
+                            for t in tasks]
+                    mean, ci = mean_ci95([sum(a[e] for a in accs) / len(tasks) for e in range(len(accs[0]))])
+                    out.append({"method": method, "shots": shots, "inner_steps": steps, "accuracy": mean, "ci95": ci})
+        return out
 
     def run(self, tasks: list[Task], progress: bool = False) -> dict[str, Any]:
         """Evaluate every method on every task and shot count; returns the JSON-ready results."""
@@ -229,9 +253,12 @@ class Harness:
                               for e in range(self.config.episodes)]
                 mean, ci = mean_ci95(by_episode)
                 macro.append({"method": method, "shots": shots, "accuracy": mean, "ci95": ci})
-        return {"results": results, "macro": macro, "chance": chance,
-                "macro_chance": sum(chance.values()) / len(chance), "finetune_lr": self.finetune_lr,
-                "inner_steps": self.inner.steps}
+        report = {"results": results, "macro": macro, "chance": chance,
+                  "macro_chance": sum(chance.values()) / len(chance), "finetune_lr": self.finetune_lr,
+                  "finetune_steps": self.finetune_steps, "inner_steps": self.inner.steps}
+        if self.config.inner_steps:
+            report["inner_steps_sweep"] = self.inner_steps_sweep(tasks)
+        return report
 
 
 def eval_tasks(registry: TaskRegistry, names: list[str]) -> list[Task]:
