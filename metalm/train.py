@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -321,12 +322,17 @@ class MetaTrainer:
             self.restore(list_checkpoints(self.run_dir)[-1])
             # Drop log lines written after the checkpoint: they are recomputed identically.
             if log_path.exists():
-                keep = [line for line in log_path.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= self.step]
-                log_path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+                keep = []
+                for line in log_path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        if json.loads(line).get("step", 0) <= self.step:
+                            keep.append(line)
+                    except json.JSONDecodeError:  # a line cut short by the kill
+                        continue
+                _write_atomic(log_path, "".join(line + "\n" for line in keep))
         elif not resume and list_checkpoints(self.run_dir):
             raise MetalmError(f"{self.run_dir} already holds a run; pass --resume to continue it or use a new folder")
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        _write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         writer = _tensorboard(self.run_dir)
         bar = _progress(progress, self.step, max_steps)
         last: dict[str, Any] = {}
@@ -370,6 +376,12 @@ class MetaTrainer:
         if writer is not None:
             writer.close()
         return last
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _tensorboard(run_dir: Path):  # noqa: ANN202 - SummaryWriter or None

@@ -145,7 +145,7 @@ class Harness:
     def episodes(self, task: Task, shots: int, n: int | None = None, salt: int = 0) -> list[TextEpisode]:
         """The fixed evaluation episodes of ``task`` at ``shots`` (the same for every method)."""
         n = n or self.config.episodes
-        key = (task.name, shots, salt)
+        key = (task.name, shots, salt, n)
         if key not in self._episodes:
             seed = zlib.crc32(f"{task.name}/{shots}/{self.config.seed}/{salt}".encode())
             cfg = SamplerConfig(ways=self.config.ways, shots=shots, queries=self.config.queries,
