@@ -1,0 +1,16 @@
+"""Every shipped run config validates, and names only tasks that exist."""
+
+from pathlib import Path
+
+import pytest
+
+from metalm.train import build_registry, load_train_config, task_lists
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_config_validates(path):
+    config = load_train_config(path)
+    train, val, heldout = task_lists(config, build_registry(config))
+    assert train and val and heldout and not set(train) & set(heldout)
