@@ -25,6 +25,14 @@ def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _curves(ax, rows: list[dict[str, Any]], x: str) -> None:  # noqa: ANN001 - a matplotlib Axes
+    """One accuracy curve (with 95% CI bars) per method against ``x``."""
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r[x])
+        ax.errorbar([r[x] for r in mine], [r["accuracy"] for r in mine], [r["ci95"] for r in mine],
+                    marker="o", capsize=3, label=method)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report/report.md`` and its plots for a run folder; returns the markdown path."""
     import matplotlib
@@ -70,10 +78,7 @@ def write_report(run_dir: str | Path) -> Path:
                    color=[f"C{i}" for i in range(len(methods))])
             ax.set_xlabel(f"method ({shots[0]}-shot)")
         else:
-            for method in methods:
-                rows = sorted((r for r in report["macro"] if r["method"] == method), key=lambda r: r["shots"])
-                ax.errorbar([r["shots"] for r in rows], [r["accuracy"] for r in rows], [r["ci95"] for r in rows],
-                            marker="o", capsize=3, label=method)
+            _curves(ax, report["macro"], "shots")
             ax.set_xlabel("shots (K)")
         ax.axhline(report["macro_chance"], color="grey", linestyle="--", label="chance")
         ax.set_ylabel("macro accuracy")
@@ -85,10 +90,7 @@ def write_report(run_dir: str | Path) -> Path:
         sweep = report.get("inner_steps_sweep")
         if sweep:
             fig, ax = plt.subplots(figsize=(5, 3.5))
-            for method in dict.fromkeys(r["method"] for r in sweep):
-                rows = sorted((r for r in sweep if r["method"] == method), key=lambda r: r["inner_steps"])
-                ax.errorbar([r["inner_steps"] for r in rows], [r["accuracy"] for r in rows],
-                            [r["ci95"] for r in rows], marker="o", capsize=3, label=method)
+            _curves(ax, sweep, "inner_steps")
             ax.axhline(report["macro_chance"], color="grey", linestyle="--", label="chance")
             ax.set_xlabel(f"inner steps ({sweep[0]['shots']}-shot)")
             ax.set_ylabel("macro accuracy")
