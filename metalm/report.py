@@ -33,6 +33,18 @@ def _curves(ax, rows: list[dict[str, Any]], x: str) -> None:  # noqa: ANN001 - a
                     marker="o", capsize=3, label=method)
 
 
+def _save_accuracy_plot(fig, ax, chance: float, path: Path) -> None:  # noqa: ANN001 - matplotlib objects
+    """Chance line, labels and legend, then write the figure to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.axhline(chance, color="grey", linestyle="--", label="chance")
+    ax.set_ylabel("macro accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report/report.md`` and its plots for a run folder; returns the markdown path."""
     import matplotlib
@@ -80,24 +92,14 @@ def write_report(run_dir: str | Path) -> Path:
         else:
             _curves(ax, report["macro"], "shots")
             ax.set_xlabel("shots (K)")
-        ax.axhline(report["macro_chance"], color="grey", linestyle="--", label="chance")
-        ax.set_ylabel("macro accuracy")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_shots.png", dpi=110)
-        plt.close(fig)
+        _save_accuracy_plot(fig, ax, report["macro_chance"], out / "accuracy_vs_shots.png")
         lines += ["![accuracy vs shots](accuracy_vs_shots.png)", ""]
         sweep = report.get("inner_steps_sweep")
         if sweep:
             fig, ax = plt.subplots(figsize=(5, 3.5))
             _curves(ax, sweep, "inner_steps")
-            ax.axhline(report["macro_chance"], color="grey", linestyle="--", label="chance")
             ax.set_xlabel(f"inner steps ({sweep[0]['shots']}-shot)")
-            ax.set_ylabel("macro accuracy")
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(out / "accuracy_vs_inner_steps.png", dpi=110)
-            plt.close(fig)
+            _save_accuracy_plot(fig, ax, report["macro_chance"], out / "accuracy_vs_inner_steps.png")
             lines += ["![accuracy vs inner steps](accuracy_vs_inner_steps.png)", ""]
         lines += ["### Per task", "",
                   "| method | task | shots | accuracy | ci95 |", "|---|---|---|---|---|"]
