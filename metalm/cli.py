@@ -86,13 +86,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kind(config: Any) -> str:
+    """``mtl`` for a multi-task run, ``meta`` for a meta-learning run."""
+    return "mtl" if config.algorithm["name"] == "multitask" else "meta"
+
+
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     import torch
 
     from .eval import EvalConfig, Harness, eval_tasks, format_table
-    from .train import TrainConfig, build_model, build_registry, load_run, task_lists
+    from .train import TrainConfig, build_model, build_registry, load_run, load_train_config, task_lists
 
     if bool(args.run_dir) == bool(args.model):
         raise ConfigError("--run-dir/--model", "give exactly one")
@@ -103,54 +108,142 @@ def _eval(args: argparse.Namespace) -> int:
     for key in ("episodes", "seed", "ways", "queries"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    runs = args.run_dir or []
+    configs = [load_train_config(Path(r) / "config.yaml") if (Path(r) / "config.yaml").is_file() else None
+               for r in runs]
+    kinds = [_kind(c) if c else "meta" for c in configs]
+    # Default methods: the baselines plus whatever the given runs provide (meta, mtl).
+    overrides.setdefault("methods", ["zeroshot", "icl", "finetune", *(k for k in ("meta", "mtl") if k in kinds)])
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for method in ("meta", "mtl"):
+        if runs and method in eval_cfg.methods and method not in kinds:
+            what = "a run trained with algorithm: multitask" if method == "mtl" else "a meta-learning run"
+            raise ConfigError("--methods", f"{method} needs {what} among --run-dir")
+    # mtl adapts with the inner loop (steps, rate, optimizer) of the first meta-learning run: the same budget.
+    reference_inner = next((c.algorithm_config().inner for c, k in zip(configs, kinds, strict=True)
+                            if c and k == "meta"), None)
+    untrained = [m for m in eval_cfg.methods if m not in ("meta", "mtl")]
     if args.run_dir:
-        config, tokenizer, algorithm, base = load_run(args.run_dir[0], device)
+        config, tokenizer, algorithm, base = load_run(runs[0], device)
         trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
+        if kinds[0] == "mtl" and reference_inner is not None:
+            algorithm.inner = reference_inner
+        methods = [*untrained, *([kinds[0]] if kinds[0] in eval_cfg.methods else [])]
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
         tokenizer, _, _, algorithm = build_model(config, device)
         base, trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}, None
+        methods = eval_cfg.methods
     if args.split:
         config.split = args.split
     registry = build_registry(config)
     _, val, heldout = task_lists(config, registry)
     names = args.tasks.split(",") if args.tasks else heldout
-    harness = Harness(algorithm, tokenizer, base, trained, eval_cfg)
-    if "finetune" in eval_cfg.methods:
+    harness = Harness(algorithm, tokenizer, base, trained, dataclasses.replace(eval_cfg, methods=methods))
+    if "finetune" in methods:
         lr, steps = harness.choose_finetune(eval_tasks(registry, val))
         print(f"finetune: inner lr {lr}, {steps} steps, chosen on meta-val tasks {', '.join(val)}", flush=True)
     tasks = eval_tasks(registry, names)
     report = harness.run(tasks, progress=not args.quiet)
     report["tasks"] = names
-    if len(args.run_dir or []) > 1:
-        # More runs: their meta-learned initializations on the same episodes, a row each.
-        label = {"meta": f"meta:{config.algorithm['name']}"}
-        for run in args.run_dir[1:]:
+    if len(runs) > 1:
+        # More runs: their trained initializations on the same episodes, a row each.
+        labels = [_label(c, k, len(runs)) for c, k in zip(configs, kinds, strict=True)]
+        rename = {kinds[0]: labels[0]}
+        for run, kind, label in zip(runs[1:], kinds[1:], labels[1:], strict=True):
+            if kind not in eval_cfg.methods:
+                continue
             other_cfg, other_tok, other_algo, other_base = load_run(run, device)
             if other_cfg.model != config.model:
-                raise ConfigError("--run-dir", f"{run} meta-trained {other_cfg.model}, not {config.model}: "
+                raise ConfigError("--run-dir", f"{run} trained {other_cfg.model}, not {config.model}: "
                                                 "compared runs must share the base model")
+            if kind == "mtl" and reference_inner is not None:
+                other_algo.inner = reference_inner
             other = Harness(other_algo, other_tok, other_base,
                             {k: v.detach().clone() for k, v in other_algo.meta_parameters().items()},
-                            dataclasses.replace(eval_cfg, methods=["meta"], inner_steps=None))
+                            dataclasses.replace(eval_cfg, methods=[kind], inner_steps=None))
             extra = other.run(tasks, progress=not args.quiet)
-            name = f"meta:{other_cfg.algorithm['name']}"
-            name = name if name not in label.values() else f"{name}({Path(run).name})"
+            name = label if label not in {r["method"] for r in report["macro"]} | set(rename.values()) \
+                else f"{label}({Path(run).name})"
             for row in extra["results"] + extra["macro"]:
                 row["method"] = name
             report["results"] += extra["results"]
             report["macro"] += extra["macro"]
             del other, other_algo
         for row in report["results"] + report["macro"] + report.get("inner_steps_sweep", []):
-            row["method"] = label.get(row["method"], row["method"])
+            row["method"] = rename.get(row["method"], row["method"])
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text, encoding="utf-8")
     if args.run_dir:
         (Path(args.run_dir[0]) / "eval.json").write_text(text, encoding="utf-8")
     print(format_table(report))
+    return 0
+
+
+def _label(config: Any, kind: str, n_runs: int) -> str:
+    """Row name of a run in a comparison: ``meta:<algorithm>`` for meta-learning, ``mtl`` for multi-task."""
+    return "mtl" if kind == "mtl" else f"meta:{config.algorithm['name']}" if n_runs > 1 else "meta"
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .diagnose import conflict_batches, generalization_gap, gradient_conflict, plot_conflict, plot_gap
+    from .eval import EvalConfig, Harness, eval_tasks
+    from .train import TrainConfig, build_model, build_registry, load_run, task_lists
+
+    if bool(args.run_dir) == bool(args.model):
+        raise ConfigError("--run-dir/--model", "give exactly one")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.run_dir:
+        config, tokenizer, algorithm, base = load_run(args.run_dir, device)
+    else:
+        config = from_dict(TrainConfig, {"model": args.model}, source="command line")
+        tokenizer, _, _, algorithm = build_model(config, device)
+        base = None
+    if args.split:
+        config.split = args.split
+    registry = build_registry(config)
+    train, _, heldout = task_lists(config, registry)
+    names = args.tasks.split(",") if args.tasks else train
+    names = list(dict.fromkeys([*names, *(args.extra_tasks.split(",") if args.extra_tasks else [])]))
+    sampler = config.sampler
+    for key in ("ways", "shots", "queries"):
+        if getattr(args, key) is not None:
+            sampler = dataclasses.replace(sampler, **{key: getattr(args, key)})
+    print(f"metalm diagnose: gradient conflict of {len(names)} tasks, {args.batches} batches each", flush=True)
+    batches = conflict_batches([registry[n] for n in names], tokenizer, batches=args.batches, sampler=sampler,
+                               collate_config=config.collate, seed=args.seed, device=device)
+    model = algorithm.model
+    result = gradient_conflict(model, algorithm.selection.meta_params(model), batches)
+    out = Path(args.json)
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    plot_conflict(result, plot)
+    print(f"mean off-diagonal cosine {result['mean_offdiag']:.3f}, most negative {result['min_offdiag']:.3f}; "
+          f"heatmap {plot}")
+    if args.gap:
+        methods = ["zeroshot", *([_kind(config)] if args.run_dir else [])]
+        cfg = from_dict(EvalConfig, {"shots": [args.gap_shots], "episodes": args.episodes, "methods": methods,
+                                     "ways": sampler.ways, "queries": 2}, source="command line")
+        trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()} if args.run_dir else None
+        base = base or {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
+        harness = Harness(algorithm, tokenizer, base, trained, cfg)
+        scoreable = [n for n in train if registry[n].spec.type != "language_modeling"]
+        seen = [scoreable[round(i * (len(scoreable) - 1) / max(args.seen - 1, 1))]
+                for i in range(min(args.seen, len(scoreable)))]
+        result["gap"] = generalization_gap(harness, eval_tasks(registry, list(dict.fromkeys(seen))),
+                                           eval_tasks(registry, heldout))
+        result["gap_tasks"] = {"seen": list(dict.fromkeys(seen)), "heldout": heldout}
+        plot_gap(result["gap"], out.with_name(out.stem + "_gap.png"))
+        print("| method | seen | held-out | gap |\n|---|---|---|---|")
+        for row in result["gap"]:
+            print(f"| {row['method']} | {row['seen']:.3f} ± {row['seen_ci95']:.3f} | "
+                  f"{row['heldout']:.3f} ± {row['heldout_ci95']:.3f} | {row['gap']:+.3f} |")
+    out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
 
 
@@ -257,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", help="comma-separated tasks to evaluate instead")
     ev.add_argument("--shots", help="comma-separated shot counts, e.g. 1,4,8,16")
     ev.add_argument("--episodes", type=int, help="episodes per task and shot count")
-    ev.add_argument("--methods", help="comma-separated: zeroshot,icl,finetune,meta")
+    ev.add_argument("--methods", help="comma-separated: zeroshot,icl,finetune,meta,mtl (meta and mtl rows come "
+                                      "from the --run-dir runs: meta-learning and algorithm: multitask)")
     ev.add_argument("--ways", type=int)
     ev.add_argument("--queries", type=int)
     ev.add_argument("--seed", type=int)
@@ -265,6 +359,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="EvalConfig fields, e.g. max_length=256")
     ev.set_defaults(func=_eval)
+
+    dg = sub.add_parser("diagnose", help="objective conflict (cosine of per-task gradients) and the seen vs "
+                                         "held-out generalization gap")
+    dg.add_argument("--run-dir", help="a trained run (its weights and parameter selection)")
+    dg.add_argument("--model", help="a model without training (standard adapter initialization)")
+    dg.add_argument("--split", help="split whose meta-train tasks are measured (default: the run's)")
+    dg.add_argument("--tasks", help="comma-separated tasks instead of the meta-train tasks")
+    dg.add_argument("--extra-tasks", help="comma-separated tasks added, e.g. shakespeare (the LM objective)")
+    dg.add_argument("--batches", type=int, default=4, help="batches per task averaged over (default 4)")
+    dg.add_argument("--ways", type=int)
+    dg.add_argument("--shots", type=int)
+    dg.add_argument("--queries", type=int)
+    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--json", required=True, help="write {tasks, cosine, ...} here (heatmap beside it as .png)")
+    dg.add_argument("--plot", help="heatmap path (default: the JSON path with .png)")
+    dg.add_argument("--gap", action="store_true", help="also few-shot accuracy on seen vs held-out tasks")
+    dg.add_argument("--seen", type=int, default=10, help="seen (meta-train) tasks in the gap (default 10)")
+    dg.add_argument("--gap-shots", type=int, default=4)
+    dg.add_argument("--episodes", type=int, default=4, help="episodes per task in the gap (default 4)")
+    dg.set_defaults(func=_diagnose)
 
     rp = sub.add_parser("report", help="markdown table and PNG plots of a run folder")
     rp.add_argument("run_dir")

@@ -66,9 +66,9 @@ class _TargetHead(nn.Module):
     (tied embeddings stay tied); the model itself is not modified.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, head: bool = True) -> None:
         super().__init__()
-        self.m = model
+        self.m, self.head = model, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, positions: Tensor) -> Tensor:
         lm = causal_lm(self.m)
@@ -78,6 +78,8 @@ class _TargetHead(nn.Module):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
         picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, M, H]
+        if not self.head:
+            return picked
         logits = lm.get_output_embeddings()(picked)  # [B, M, V]
         cap = getattr(lm.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
@@ -94,6 +96,17 @@ def target_logits(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) 
     swapped = {f"m.{k}": v for k, v in params.items()}
     args = (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"])
     return functional_call(_TargetHead(model), swapped, args, strict=False)
+
+
+def target_hidden(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+    """Final hidden states at the target positions, ``[B, M, H]`` (the input of the output head).
+
+    Task-specific heads (:class:`metalm.algorithms.Multitask` with ``heads: task``) read the first
+    one, the position that predicts the answer's first token.
+    """
+    swapped = {f"m.{k}": v for k, v in params.items()}
+    args = (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"])
+    return functional_call(_TargetHead(model, head=False), swapped, args, strict=False)
 
 
 def _upcast(logits: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,16 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, to_dict
-from .data import CollateConfig, EpisodeSampler, SamplerConfig, TaskRegistry, load_split, packaged_tasks_dir, tensorize
+from .data import (
+    CollateConfig,
+    EpisodeSampler,
+    SamplerConfig,
+    Task,
+    TaskRegistry,
+    load_split,
+    packaged_tasks_dir,
+    tensorize,
+)
 from .errors import ConfigError, MetalmError
 from .hub import resolve_model
 from .models import apply_adapter, load_model
@@ -86,6 +96,8 @@ class TrainConfig:
         split: A split name (``tasks/splits``) or a split YAML path.
         tasks: Meta-train tasks overriding the split's.
         heldout: Held-out tasks overriding the split's meta-test list (never trained on).
+        extra_tasks: Tasks trained on besides the meta-train ones, e.g. ``[shakespeare]`` for the
+            language-modeling objective.
         task_dirs: Extra folders of task YAMLs indexed beside the shipped ones.
         sampler: Episode shape and task sampling.
         collate: Tokenization settings.
@@ -95,6 +107,11 @@ class TrainConfig:
         val_episodes: Meta-val episodes per validation.
         checkpoint_every: Checkpoint every this many steps (and at the end).
         keep_checkpoints: Checkpoints kept.
+        conflict_every: Measure the objective conflict (pairwise cosine of per-task gradients,
+            :mod:`metalm.diagnose`) every this many steps on fixed batches (0: never); the mean
+            off-diagonal cosine goes to the log, the matrices to ``conflict.jsonl``.
+        conflict_tasks: Training tasks in that measurement (evenly spread over the list; extra
+            tasks always included).
         seed: Seed of the adapter initialization and the episode stream.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
@@ -108,6 +125,7 @@ class TrainConfig:
     split: str = "default"
     tasks: list[str] | None = None
     heldout: list[str] | None = None
+    extra_tasks: list[str] = dataclasses.field(default_factory=list)
     task_dirs: list[str] = dataclasses.field(default_factory=list)
     sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(drop_small_classes=True))
     collate: CollateConfig = dataclasses.field(default_factory=lambda: CollateConfig(max_length=160))
@@ -117,6 +135,8 @@ class TrainConfig:
     val_episodes: int = 8
     checkpoint_every: int = 25
     keep_checkpoints: int = 3
+    conflict_every: int = 0
+    conflict_tasks: int = 8
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -129,6 +149,10 @@ class TrainConfig:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if self.val_every < 0:
             raise ConfigError("val_every", "must be >= 0")
+        if self.conflict_every < 0:
+            raise ConfigError("conflict_every", "must be >= 0")
+        if self.conflict_tasks < 2:
+            raise ConfigError("conflict_tasks", f"must be >= 2, got {self.conflict_tasks}")
 
     def algorithm_config(self) -> Any:
         return algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
@@ -160,7 +184,7 @@ def task_lists(config: TrainConfig, registry: TaskRegistry) -> tuple[list[str], 
         ConfigError: If a training task is also held out.
     """
     split = load_split(config.split, registry)
-    train = list(config.tasks or split.meta_train)
+    train = list(dict.fromkeys([*(config.tasks or split.meta_train), *config.extra_tasks]))
     heldout = list(config.heldout or split.meta_test)
     val = [t for t in split.meta_val if t not in heldout and t not in train] or train[:1]
     leak = sorted(set(train) & set(heldout))
@@ -187,10 +211,12 @@ def lr_lambda(config: OuterConfig, max_steps: int):  # noqa: ANN201 - a schedule
     return factor
 
 
-def build_model(config: TrainConfig, device: torch.device) -> tuple[Any, torch.nn.Module, Any, MetaLearner]:
+def build_model(config: TrainConfig, device: torch.device,
+                tasks: Sequence[Task] = ()) -> tuple[Any, torch.nn.Module, Any, MetaLearner]:
     """Tokenizer, adapter-wrapped model, parameter selection and algorithm of a config.
 
     The adapter's initialization is drawn from ``config.seed``, so it is the same in every process.
+    ``tasks`` (the training tasks) get their per-task parameters (:meth:`MetaLearner.bind_tasks`).
     """
     from transformers import AutoTokenizer
 
@@ -203,6 +229,7 @@ def build_model(config: TrainConfig, device: torch.device) -> tuple[Any, torch.n
     model = apply_adapter(model, config.adapter).to(device)
     selection = select_parameters(model, config.adapter, config.meta)
     algorithm = build_algorithm(config.algorithm["name"], model, selection, config.algorithm_config())
+    algorithm.bind_tasks(tasks)
     return tokenizer, model, selection, algorithm
 
 
@@ -219,7 +246,9 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[T
         raise MetalmError(f"{run_dir} holds no trained run (config.yaml and a checkpoint); run `metalm train` first")
     config = load_train_config(run_dir / "config.yaml")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer, model, selection, algorithm = build_model(config, device)
+    registry = build_registry(config)
+    train, _, _ = task_lists(config, registry)
+    tokenizer, model, selection, algorithm = build_model(config, device, [registry[t] for t in train])
     params = algorithm.meta_parameters()
     base = {k: v.detach().clone() for k, v in params.items()}
     tensors, state = load_checkpoint(checkpoints[-1])
@@ -227,6 +256,7 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[T
         for name, p in params.items():
             p.copy_(tensors[f"meta/{name}"])
     algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
+    algorithm.load_extra_state(state["algorithm"].get("extra", {}))
     return config, tokenizer, algorithm, base
 
 
@@ -247,14 +277,16 @@ class MetaTrainer:
             self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", "cuda requested but no GPU is available")
-        self.tokenizer, self.model, self.selection, self.algorithm = build_model(config, self.device)
+        self.registry = registry or build_registry(config)
+        self.train_tasks, self.val_tasks, self.heldout = task_lists(config, self.registry)
+        self.tokenizer, self.model, self.selection, self.algorithm = build_model(
+            config, self.device, [self.registry[t] for t in self.train_tasks])
         self.optimizer = torch.optim.AdamW(list(self.algorithm.meta_parameters().values()), lr=config.outer.lr,
                                            weight_decay=config.outer.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.outer, config.max_steps))
-        self.registry = registry or build_registry(config)
-        self.train_tasks, self.val_tasks, self.heldout = task_lists(config, self.registry)
         self.sampler = EpisodeSampler([self.registry[t] for t in self.train_tasks], config.sampler, seed=config.seed)
         self.step = 0
+        self._conflict_batches: dict[str, list] | None = None
 
     # ------------------------------------------------------------------ state
     def _tensors_and_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -264,7 +296,8 @@ class MetaTrainer:
         tensors.update(opt_tensors)
         tensors.update(rng_tensors)
         state = {"optimizer": opt_state, "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-                 "algorithm": {"outer_steps": self.algorithm.outer_steps}, "rng": rng_data,
+                 "algorithm": {"outer_steps": self.algorithm.outer_steps, "extra": self.algorithm.extra_state()},
+                 "rng": rng_data,
                  "config": to_dict(self.config), "fast": list(self.selection.fast),
                  "shared": list(self.selection.shared)}
         return tensors, state
@@ -288,6 +321,7 @@ class MetaTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
+        self.algorithm.load_extra_state(state["algorithm"].get("extra", {}))
         set_rng_state(tensors, state["rng"])
         self.step = int(state["step"])
 
@@ -311,6 +345,23 @@ class MetaTrainer:
                     totals[k] = totals.get(k, 0.0) + v / self.config.val_episodes
         return {f"val_{k}": v for k, v in totals.items()}
 
+    def conflict(self) -> dict[str, Any]:
+        """The objective conflict of the current weights on fixed batches of the training tasks
+        (:func:`metalm.diagnose.gradient_conflict`)."""
+        from .diagnose import conflict_batches, gradient_conflict
+
+        cfg = self.config
+        if self._conflict_batches is None:
+            main = [t for t in self.train_tasks if t not in cfg.extra_tasks]
+            k = max(0, min(cfg.conflict_tasks - len(cfg.extra_tasks), len(main)))
+            picked = [main[round(i * (len(main) - 1) / max(k - 1, 1))] for i in range(k)] if k else []
+            names = list(dict.fromkeys([*picked, *cfg.extra_tasks]))
+            self._conflict_batches = conflict_batches([self.registry[t] for t in names], self.tokenizer, batches=2,
+                                                      sampler=cfg.sampler, collate_config=cfg.collate,
+                                                      seed=cfg.seed, device=self.device)
+        with self._autocast():
+            return gradient_conflict(self.model, self.selection.meta_params(self.model), self._conflict_batches)
+
     def train(self, *, resume: bool = False, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
         """Run (or continue) meta-training; returns the last logged metrics."""
         cfg = self.config
@@ -321,15 +372,9 @@ class MetaTrainer:
         if resume and list_checkpoints(self.run_dir):
             self.restore(list_checkpoints(self.run_dir)[-1])
             # Drop log lines written after the checkpoint: they are recomputed identically.
-            if log_path.exists():
-                keep = []
-                for line in log_path.read_text(encoding="utf-8").splitlines():
-                    try:
-                        if json.loads(line).get("step", 0) <= self.step:
-                            keep.append(line)
-                    except json.JSONDecodeError:  # a line cut short by the kill
-                        continue
-                _write_atomic(log_path, "".join(line + "\n" for line in keep))
+            for path in (log_path, self.run_dir / "conflict.jsonl"):
+                if path.exists():
+                    _write_atomic(path, "".join(line + "\n" for line in _lines_upto(path, self.step)))
         elif not resume and list_checkpoints(self.run_dir):
             raise MetalmError(f"{self.run_dir} already holds a run; pass --resume to continue it or use a new folder")
         _write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -361,6 +406,11 @@ class MetaTrainer:
                         "seconds": time.perf_counter() - start}
                 if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == max_steps):
                     last.update(self.validate())
+                if cfg.conflict_every and (self.step % cfg.conflict_every == 0 or self.step == max_steps):
+                    measured = self.conflict()
+                    last.update(conflict_mean=measured["mean_offdiag"], conflict_min=measured["min_offdiag"])
+                    with open(self.run_dir / "conflict.jsonl", "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps({"step": self.step, **measured}) + "\n")
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 if writer is not None:
@@ -376,6 +426,18 @@ class MetaTrainer:
         if writer is not None:
             writer.close()
         return last
+
+
+def _lines_upto(path: Path, step: int) -> list[str]:
+    """The JSON lines of ``path`` logged at or before ``step`` (a line cut short by a kill is dropped)."""
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    return keep
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -171,3 +171,48 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
     assert torch.allclose(torch.tensor(ours), torch.tensor(theirs), atol=1e-5)
     assert any(abs(a - b) > 1e-3 for a, b in zip(ours[0], option_scores(AutoModelForCausalLM.from_pretrained(
         config.model), {}, episode.query, tok, CollateConfig(max_length=64))[0], strict=True))  # training mattered
+
+
+def test_multitask_run_resumes_exactly_and_is_the_mtl_row(world, tmp_path, monkeypatch, capsys):
+    from metalm.cli import main
+
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    mtl = ["algorithm={name: multitask, weighting: dwa, heads: task, inner: {steps: 2, lr: 0.3}}",
+           "extra_tasks=[plays]", "conflict_every=2", "conflict_tasks=3", "val_every=2"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["train", str(world["config"]), "--run-dir", str(whole), "--max-steps", "4", "--quiet", *mtl]) == 0
+    assert main(["train", str(world["config"]), "--run-dir", str(split), "--max-steps", "2", "--quiet", *mtl]) == 0
+    assert main(["train", str(world["config"]), "--run-dir", str(split), "--max-steps", "4", "--quiet",
+                 "--resume"]) == 0
+    (name_a, a), (name_b, b) = final_tensors(whole), final_tensors(split)
+    assert name_a == name_b and a.keys() == b.keys()
+    assert any(k.startswith("meta/task/head/toy_cls/") for k in a)  # the task head is trained and saved
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = json.loads((sorted((whole / "checkpoints").glob("step-*"))[-1] / "state.json").read_text())
+    assert set(state["algorithm"]["extra"]["history"]) == {"toy_cls", "toy_mc", "plays"}
+    logs = [json.loads(line) for line in (split / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4] and "conflict_mean" in logs[1] and "val_query_loss" in logs[3]
+    conflict = [json.loads(line) for line in (split / "conflict.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in conflict] == [2, 4] and "plays" in conflict[0]["tasks"]
+
+    meta = tmp_path / "meta"
+    assert main(["train", str(world["config"]), "--run-dir", str(meta), "--max-steps", "2", "--quiet",
+                 "val_every=0"]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run-dir", str(meta), "--run-dir", str(whole), "--shots", "1", "--episodes", "2",
+                 "--ways", "2", "--queries", "1", "--json", str(out), "--quiet", "finetune_lrs=[0.1]"]) == 0
+    report = json.loads(out.read_text())
+    assert {r["method"] for r in report["macro"]} == {"zeroshot", "icl", "finetune", "meta:maml", "mtl"}
+    assert "| mtl |" in capsys.readouterr().out
+    assert main(["eval", "--run-dir", str(meta), "--methods", "zeroshot,mtl", "--quiet"]) == 2
+    assert "mtl needs a run trained with algorithm: multitask" in capsys.readouterr().err
+
+    diag = tmp_path / "diag.json"
+    assert main(["diagnose", "--run-dir", str(whole), "--batches", "2", "--json", str(diag), "--gap", "--seen", "2",
+                 "--episodes", "2", "--gap-shots", "1"]) == 0
+    result = json.loads(diag.read_text())
+    assert result["tasks"] == ["toy_cls", "toy_mc", "plays"]
+    assert len(result["cosine"]) == 3 and all(len(r) == 3 for r in result["cosine"])
+    assert {r["method"] for r in result["gap"]} == {"zeroshot", "mtl"}
+    assert diag.with_suffix(".png").stat().st_size > 1000 and (tmp_path / "diag_gap.png").stat().st_size > 1000
+

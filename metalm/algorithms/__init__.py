@@ -5,10 +5,11 @@ from .base import MetaLearner, algorithm_config, algorithm_names, build_algorith
 from .maml import FOMAML, MAML, FOMAMLConfig, MAMLConfig, multi_step_loss_weights
 from .mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig
 from .metasgd import MetaSGD, MetaSGDConfig
+from .multitask import Multitask, MultitaskConfig
 from .reptile import Reptile, ReptileConfig
 
 __all__ = [
     "ANIL", "ANILConfig", "FOMAML", "FOMAMLConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPlusPlusConfig",
-    "MetaLearner", "MetaSGD", "MetaSGDConfig", "Reptile", "ReptileConfig", "algorithm_config", "algorithm_names",
-    "build_algorithm", "multi_step_loss_weights", "register_algorithm",
+    "MetaLearner", "MetaSGD", "MetaSGDConfig", "Multitask", "MultitaskConfig", "Reptile", "ReptileConfig",
+    "algorithm_config", "algorithm_names", "build_algorithm", "multi_step_loss_weights", "register_algorithm",
 ]

@@ -114,6 +114,17 @@ class MetaLearner:
                 shape = (self.inner.steps, *shape)
             self.inner_lrs[n] = nn.Parameter(torch.full(shape, self.inner.lr, dtype=p.dtype, device=p.device))
 
+    def bind_tasks(self, tasks: Sequence[Any]) -> None:
+        """Create per-task meta-parameters for the training tasks (``Task`` objects); the trainer calls
+        it before building the outer optimizer. The meta-learners have none."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-serializable algorithm state besides tensors (saved in checkpoints)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
     # ------------------------------------------------------------------ adaptation
     def adapt(self, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:
         """Adapt the learned initialization to ``support`` for evaluation (no meta-graph kept).

@@ -10,7 +10,9 @@ examples. Methods:
 * ``finetune``: the inner loop from the standard initialization, with the meta-learner's inner
   budget; its learning rate is chosen on meta-val tasks, never on the held-out ones;
 * ``meta``: the run's meta-learned initialization (and learned rates, shared weights) adapted by
-  the same inner loop.
+  the same inner loop;
+* ``mtl``: the same for a run trained with ``algorithm: multitask``
+  (:mod:`metalm.algorithms.multitask`): the multi-task initialization adapted by the inner loop.
 
 Classification and multiple choice are scored by rank classification, generation by exact match
 (token F1 reported too). Accuracy is averaged over an episode's queries; each task gets the mean
@@ -37,7 +39,8 @@ from ..errors import ConfigError, TaskError
 from ..inner import adapt
 from .scoring import exact_match, greedy_generate, option_scores, token_f1
 
-METHODS = ("zeroshot", "icl", "finetune", "meta")
+METHODS = ("zeroshot", "icl", "finetune", "meta", "mtl")
+TRAINED = ("meta", "mtl")  # methods that start from a run's trained weights
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; 1.96 beyond.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
@@ -68,7 +71,7 @@ class EvalConfig:
         finetune_steps: Candidate inner step counts for ``finetune`` (default: the meta-learner's
             budget only, so both use the same number of steps).
         val_episodes: Episodes per meta-val task for that choice.
-        inner_steps: Also evaluate ``finetune`` and ``meta`` at these inner step counts (first shot
+        inner_steps: Also evaluate ``finetune`` and ``meta``/``mtl`` at these inner step counts (first shot
             count only), for the accuracy-vs-inner-steps curve; ``None``: off.
         max_length: Most tokens per scored row (demonstrations included).
         max_new_tokens: Longest generated answer.
@@ -79,7 +82,7 @@ class EvalConfig:
     episodes: int = 4
     ways: int = 5
     queries: int = 2
-    methods: list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["zeroshot", "icl", "finetune", "meta"])
     seed: int = 1234
     finetune_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
     finetune_steps: list[int] | None = None
@@ -122,14 +125,15 @@ class Harness:
             for ``meta``, its learned state are used).
         tokenizer: The model's tokenizer.
         base: Meta-parameter values of the pretrained model with the standard adapter init.
-        trained: Meta-parameter values after meta-training (``None``: no ``meta`` method).
+        trained: Meta-parameter values after training (``None``: no ``meta``/``mtl`` method).
         config: Evaluation settings.
     """
 
     def __init__(self, algorithm: MetaLearner, tokenizer, base: Mapping[str, Tensor],  # noqa: ANN001
                  trained: Mapping[str, Tensor] | None, config: EvalConfig) -> None:
-        if "meta" in config.methods and trained is None:
-            raise ConfigError("methods", "meta needs a trained run (--run-dir)")
+        needs_run = [m for m in config.methods if m in TRAINED]
+        if needs_run and trained is None:
+            raise ConfigError("methods", f"{needs_run[0]} needs a trained run (--run-dir)")
         self.algo, self.tokenizer, self.base, self.trained, self.config = algorithm, tokenizer, base, trained, config
         self.model = algorithm.model
         # Never longer than the model's position table (GPT-2 style models index it directly).
@@ -176,7 +180,7 @@ class Harness:
     def run_episode(self, method: str, episode: TextEpisode, steps: int | None = None) -> dict[str, float]:
         """Adapt (or not) with ``method`` on the support set and score the queries.
 
-        ``steps`` overrides the inner step count of ``finetune`` and ``meta``.
+        ``steps`` overrides the inner step count of ``finetune``, ``meta`` and ``mtl``.
         """
         if method == "zeroshot":
             return self._score(self._fast(), episode, episode.query)
@@ -209,10 +213,10 @@ class Harness:
         return best
 
     def inner_steps_sweep(self, tasks: list[Task]) -> list[dict[str, Any]]:
-        """Macro accuracy of ``finetune`` and ``meta`` at each of ``config.inner_steps`` (first shot count)."""
+        """Macro accuracy of ``finetune`` and ``meta``/``mtl`` at each of ``config.inner_steps`` (first shot count)."""
         shots, out = self.config.shots[0], []
-        for method in [m for m in ("finetune", "meta") if m in self.config.methods]:
-            with swapped(self.algo.meta_parameters(), self.trained if method == "meta" else self.base):
+        for method in [m for m in ("finetune", *TRAINED) if m in self.config.methods]:
+            with swapped(self.algo.meta_parameters(), self.trained if method in TRAINED else self.base):
                 for steps in self.config.inner_steps or []:
                     accs = [[self.run_episode(method, ep, steps)["accuracy"] for ep in self.episodes(t, shots)]
                             for t in tasks]
@@ -229,7 +233,7 @@ class Harness:
         todo = [(m, t, k) for m in self.config.methods for t in tasks for k in self.config.shots]
         bar = tqdm(total=len(todo) * self.config.episodes, disable=not progress, desc="evaluate")
         for method in self.config.methods:
-            values = self.trained if method == "meta" else self.base
+            values = self.trained if method in TRAINED else self.base
             with swapped(self.algo.meta_parameters(), values):
                 for task in tasks:
                     for shots in self.config.shots:

@@ -1,0 +1,146 @@
+"""Instruments for the problem metalm addresses: objective conflict and uneven generalization.
+
+* :func:`gradient_conflict`: the pairwise cosine similarity of per-task gradients w.r.t. the
+  trained parameters, averaged over batches (``T x T``). A negative entry means one step down
+  task ``i``'s loss goes up task ``j``'s (the conflict measure of Yu et al. 2020, "Gradient
+  Surgery for Multi-Task Learning", arXiv:2001.06782). The language-modeling objective is one
+  more task (e.g. ``shakespeare``).
+* :func:`generalization_gap`: few-shot accuracy on seen (meta-train) tasks vs held-out tasks for
+  each method, and the gap between them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data import CollateConfig, EpisodeSampler, SamplerConfig, Task, collate
+from .errors import ConfigError
+from .losses import Batch, lm_loss
+
+
+def task_gradient(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+    """The gradient of the batch's mean target-token loss w.r.t. ``params`` (the model's own tensors),
+    flattened to ``[n]`` in fp32 (zeros for tensors the loss does not reach)."""
+    tensors = list(params.values())
+    grads = torch.autograd.grad(lm_loss(model, {}, batch), tensors, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).float().flatten() for p, g in zip(tensors, grads,
+                                                                                                  strict=True)])
+
+
+def cosine_matrix(grads: Tensor) -> Tensor:
+    """Pairwise cosine similarities ``[T, T]`` of the rows of ``grads`` ``[T, n]`` (0 for a zero row)."""
+    unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return unit @ unit.T
+
+
+def conflict_batches(tasks: Sequence[Task], tokenizer, *, batches: int = 4,  # noqa: ANN001
+                     sampler: SamplerConfig | None = None, collate_config: CollateConfig | None = None,
+                     seed: int = 0, device: torch.device | str = "cpu") -> dict[str, list[dict[str, Tensor]]]:
+    """Fixed batches per task: each is one episode's support and query examples together.
+
+    The episodes depend only on the task name, ``seed`` and the sampler config, so repeated
+    measurements (over a training run, or of several runs) see the same data.
+    """
+    sampler = sampler or SamplerConfig(ways=3, shots=2, queries=2, drop_small_classes=True)
+    out = {}
+    for task in tasks:
+        stream = EpisodeSampler([task], sampler, seed=zlib.crc32(f"conflict/{task.name}/{seed}".encode()))
+        out[task.name] = []
+        for _ in range(batches):
+            ep = stream.sample()
+            batch = collate([*ep.support, *ep.query], tokenizer, collate_config)
+            out[task.name].append({k: v.to(device) for k, v in batch.items()})
+    return out
+
+
+def gradient_conflict(model: nn.Module, params: Mapping[str, Tensor],
+                      batches: Mapping[str, Sequence[Batch]]) -> dict[str, Any]:
+    """Cosine similarity of per-task gradients, averaged over batch index.
+
+    Args:
+        model: The causal LM (adapter-wrapped); its own tensors are differentiated.
+        params: The tensors to differentiate, by name (e.g. the run's meta-parameters).
+        batches: Batches per task name; batch ``b`` of every task forms one measurement.
+
+    Returns:
+        ``{"tasks": [T names], "cosine": [[T x T]], "batches": B, "mean_offdiag": float,
+        "min_offdiag": float, "params": n}``.
+    """
+    names = list(batches)
+    if len(names) < 2:
+        raise ConfigError("tasks", "the conflict of objectives needs at least two tasks")
+    n_batches = min(len(v) for v in batches.values())
+    if n_batches < 1:
+        raise ConfigError("batches", "needs at least one batch per task")
+    mats = [cosine_matrix(torch.stack([task_gradient(model, params, batches[t][b]) for t in names]))
+            for b in range(n_batches)]
+    mean = torch.stack(mats).mean(0)
+    off = mean[~torch.eye(len(names), dtype=torch.bool)]
+    return {"tasks": names, "cosine": mean.tolist(), "batches": n_batches, "mean_offdiag": float(off.mean()),
+            "min_offdiag": float(off.min()), "params": sum(p.numel() for p in params.values())}
+
+
+def plot_conflict(result: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """Draw the cosine matrix of :func:`gradient_conflict` as a heatmap PNG (red: conflict)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = result["tasks"]
+    size = max(4.0, 0.22 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(result["cosine"], cmap="RdBu", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6 if len(names) > 20 else 8)
+    ax.set_yticks(range(len(names)), names, fontsize=6 if len(names) > 20 else 8)
+    fig.colorbar(image, ax=ax, label="cosine of task gradients")
+    ax.set_title(title or f"objective conflict (mean off-diagonal {result['mean_offdiag']:.3f})")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def generalization_gap(harness: Any, seen: Sequence[Task], heldout: Sequence[Task]) -> list[dict[str, Any]]:
+    """Macro accuracy of every method of ``harness`` (a :class:`metalm.eval.Harness`) on seen and on
+    held-out tasks, and the gap ``seen - heldout``, per method and shot count."""
+    on_seen, on_heldout = harness.run(list(seen)), harness.run(list(heldout))
+    rows = []
+    for a in on_seen["macro"]:
+        b = next(r for r in on_heldout["macro"] if r["method"] == a["method"] and r["shots"] == a["shots"])
+        rows.append({"method": a["method"], "shots": a["shots"], "seen": a["accuracy"], "seen_ci95": a["ci95"],
+                     "heldout": b["accuracy"], "heldout_ci95": b["ci95"], "gap": a["accuracy"] - b["accuracy"]})
+    return rows
+
+
+def plot_gap(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Bars of seen vs held-out accuracy per method (first shot count), with 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shots = rows[0]["shots"]
+    rows = [r for r in rows if r["shots"] == shots]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
+    ax.bar([x - 0.2 for x in xs], [r["seen"] for r in rows], 0.4, yerr=[r["seen_ci95"] for r in rows],
+           label="seen (meta-train) tasks")
+    ax.bar([x + 0.2 for x in xs], [r["heldout"] for r in rows], 0.4, yerr=[r["heldout_ci95"] for r in rows],
+           label="held-out tasks")
+    ax.set_xticks(list(xs), [r["method"] for r in rows])
+    ax.set_ylabel(f"accuracy ({shots}-shot)")
+    ax.set_title("generalization: seen vs held-out tasks")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
