@@ -149,7 +149,7 @@ class Multitask(MetaLearner):
         kind = self.config.weighting
         if kind in aggregators():
             self._aggregate(names, losses)
-            metrics["loss"] = float(losses.mean())
+            metrics["loss"] = float(losses.detach().mean())
         else:
             weights = self._weights(names, losses)
             if kind == "uncertainty":
