@@ -79,10 +79,13 @@ def _train(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in overrides.items() if k == "max_steps"}
     config = load_train_config(config_path, overrides)
     trainer = MetaTrainer(config, args.run_dir)
-    print(f"metalm train: {config.algorithm['name']} on {len(trainer.train_tasks)} tasks, model {config.model}, "
-          f"{trainer.device}; run folder {args.run_dir}", flush=True)
+    procs = f", {trainer.ctx.world_size} processes" if trainer.ctx.enabled else ""
+    if trainer.ctx.is_main:
+        print(f"metalm train: {config.algorithm['name']} on {len(trainer.train_tasks)} tasks, model {config.model}, "
+              f"{trainer.device}{procs}; run folder {args.run_dir}", flush=True)
     last = trainer.train(resume=args.resume, progress=not args.quiet)
-    print(json.dumps(last))
+    if trainer.ctx.is_main:
+        print(json.dumps(last))
     return 0
 
 
@@ -96,6 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
+    from . import distributed
     from .eval import EvalConfig, Harness, eval_tasks, format_table
     from .train import TrainConfig, build_model, build_registry, load_run, load_train_config, task_lists
 
@@ -115,7 +119,8 @@ def _eval(args: argparse.Namespace) -> int:
     # Default methods: the baselines plus whatever the given runs provide (meta, mtl).
     overrides.setdefault("methods", ["zeroshot", "icl", "finetune", *(k for k in ("meta", "mtl") if k in kinds)])
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
+    device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     for method in ("meta", "mtl"):
         if runs and method in eval_cfg.methods and method not in kinds:
             what = "a run trained with algorithm: multitask" if method == "mtl" else "a meta-learning run"
@@ -143,7 +148,8 @@ def _eval(args: argparse.Namespace) -> int:
     harness = Harness(algorithm, tokenizer, base, trained, dataclasses.replace(eval_cfg, methods=methods))
     if "finetune" in methods:
         lr, steps = harness.choose_finetune(eval_tasks(registry, val))
-        print(f"finetune: inner lr {lr}, {steps} steps, chosen on meta-val tasks {', '.join(val)}", flush=True)
+        if ctx.is_main:
+            print(f"finetune: inner lr {lr}, {steps} steps, chosen on meta-val tasks {', '.join(val)}", flush=True)
     tasks = eval_tasks(registry, names)
     report = harness.run(tasks, progress=not args.quiet)
     report["tasks"] = names
@@ -173,6 +179,8 @@ def _eval(args: argparse.Namespace) -> int:
             del other, other_algo
         for row in report["results"] + report["macro"] + report.get("inner_steps_sweep", []):
             row["method"] = rename.get(row["method"], row["method"])
+    if not ctx.is_main:
+        return 0
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text, encoding="utf-8")

@@ -9,6 +9,7 @@ same final weights as an uninterrupted one (bit-identical on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from . import distributed
 from .algorithms import MetaLearner, algorithm_config, build_algorithm
 from .checkpoint import (
     clean_partial,
@@ -271,12 +273,11 @@ class MetaTrainer:
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, registry: TaskRegistry | None = None) -> None:
         self.config, self.run_dir = config, Path(run_dir)
-        if config.device == "auto":
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(config.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
+        if config.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", "cuda requested but no GPU is available")
+        self.ctx = distributed.init(config.device)
+        cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda", self.ctx.local_rank) if cuda else torch.device("cpu")
         self.registry = registry or build_registry(config)
         self.train_tasks, self.val_tasks, self.heldout = task_lists(config, self.registry)
         self.tokenizer, self.model, self.selection, self.algorithm = build_model(
@@ -284,7 +285,14 @@ class MetaTrainer:
         self.optimizer = torch.optim.AdamW(list(self.algorithm.meta_parameters().values()), lr=config.outer.lr,
                                            weight_decay=config.outer.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.outer, config.max_steps))
-        self.sampler = EpisodeSampler([self.registry[t] for t in self.train_tasks], config.sampler, seed=config.seed)
+        # One episode stream per slot of the global meta-batch (meta_batch x accumulate slots), so the
+        # episodes of every outer step are the same whatever the number of processes, and accumulating
+        # A meta-batches of B equals one meta-batch of A*B. Each process draws only its own slots.
+        batch, micro = config.outer.meta_batch, config.outer.accumulate
+        self.micro_slots = [[a * batch + j for j in distributed.shard(batch, self.ctx)] for a in range(micro)]
+        pool = [self.registry[t] for t in self.train_tasks]
+        self.samplers = {j: EpisodeSampler(pool, config.sampler, seed=config.seed, rank=j, world_size=batch * micro)
+                         for slots in self.micro_slots for j in slots}
         self.step = 0
         self._conflict_batches: dict[str, list] | None = None
 
@@ -295,17 +303,24 @@ class MetaTrainer:
         rng_tensors, rng_data = rng_state()
         tensors.update(opt_tensors)
         tensors.update(rng_tensors)
-        state = {"optimizer": opt_state, "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+        slots: dict[str, Any] = {}
+        for part in distributed.gather_objects({str(j): s.state_dict() for j, s in self.samplers.items()}, self.ctx):
+            slots.update(part)
+        state = {"optimizer": opt_state, "scheduler": self.scheduler.state_dict(), "sampler": {"slots": slots},
                  "algorithm": {"outer_steps": self.algorithm.outer_steps, "extra": self.algorithm.extra_state()},
                  "rng": rng_data,
                  "config": to_dict(self.config), "fast": list(self.selection.fast),
                  "shared": list(self.selection.shared)}
         return tensors, state
 
-    def save(self) -> Path:
-        """Checkpoint the run now (atomically)."""
+    def save(self) -> Path | None:
+        """Checkpoint the run now (atomically); under torchrun every process calls it, rank 0 writes."""
         tensors, state = self._tensors_and_state()
-        return save_checkpoint(self.run_dir, self.step, tensors, state, keep=self.config.keep_checkpoints)
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(self.run_dir, self.step, tensors, state, keep=self.config.keep_checkpoints)
+        distributed.barrier(self.ctx)
+        return path
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint folder."""
@@ -319,7 +334,13 @@ class MetaTrainer:
                 p.copy_(tensors[f"meta/{name}"])
         optimizer_from_flat(self.optimizer, tensors, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
+        slots = state["sampler"].get("slots", {})
+        if len(slots) != len(self.micro_slots) * self.config.outer.meta_batch:
+            raise MetalmError(f"checkpoint {path} was written with {len(slots)} episode streams (meta_batch x "
+                              f"accumulate), not {len(self.micro_slots) * self.config.outer.meta_batch}: resume "
+                              "with the same outer config (any number of processes dividing meta_batch works)")
+        for j, sampler in self.samplers.items():
+            sampler.load_state_dict(slots[str(j)])
         self.algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
         self.algorithm.load_extra_state(state["algorithm"].get("extra", {}))
         set_rng_state(tensors, state["rng"])
@@ -328,6 +349,11 @@ class MetaTrainer:
     # ------------------------------------------------------------------ loop
     def _episodes(self, sampler: EpisodeSampler, n: int) -> list:
         return [tensorize(sampler.sample(), self.tokenizer, self.config.collate).to(self.device) for _ in range(n)]
+
+    def _local_batch(self, micro: int) -> list:
+        """This process's episodes of accumulation step ``micro`` of the next outer step (one per slot)."""
+        return [tensorize(self.samplers[j].sample(), self.tokenizer, self.config.collate).to(self.device)
+                for j in self.micro_slots[micro]]
 
     def _autocast(self):  # noqa: ANN202
         if self.device.type == "cuda":
@@ -363,39 +389,47 @@ class MetaTrainer:
             return gradient_conflict(self.model, self.selection.meta_params(self.model), self._conflict_batches)
 
     def train(self, *, resume: bool = False, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-        """Run (or continue) meta-training; returns the last logged metrics."""
-        cfg = self.config
+        """Run (or continue) meta-training; returns the last logged metrics.
+
+        Under torchrun every process runs this; rank 0 alone writes the config, logs and checkpoints.
+        """
+        cfg, main = self.config, self.ctx.is_main
         max_steps = max_steps or cfg.max_steps
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        clean_partial(self.run_dir)
         log_path = self.run_dir / "log.jsonl"
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            clean_partial(self.run_dir)
+        distributed.barrier(self.ctx)
         if resume and list_checkpoints(self.run_dir):
             self.restore(list_checkpoints(self.run_dir)[-1])
             # Drop log lines written after the checkpoint: they are recomputed identically.
             for path in (log_path, self.run_dir / "conflict.jsonl"):
-                if path.exists():
+                if main and path.exists():
                     _write_atomic(path, "".join(line + "\n" for line in _lines_upto(path, self.step)))
         elif not resume and list_checkpoints(self.run_dir):
             raise MetalmError(f"{self.run_dir} already holds a run; pass --resume to continue it or use a new folder")
-        _write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        writer = _tensorboard(self.run_dir)
-        bar = _progress(progress, self.step, max_steps)
+        if main:
+            _write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        writer = _tensorboard(self.run_dir) if main else None
+        bar = _progress(progress and main, self.step, max_steps)
         last: dict[str, Any] = {}
         params = list(self.algorithm.meta_parameters().values())
-        with open(log_path, "a", encoding="utf-8") as log:
+        with open(log_path, "a", encoding="utf-8") if main else contextlib.nullcontext() as log:
             while self.step < max_steps:
                 start = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
                 metrics: dict[str, float] = {}
-                for _ in range(cfg.outer.accumulate):
+                for micro in range(cfg.outer.accumulate):
                     with self._autocast():
-                        m = self.algorithm.meta_gradients(self._episodes(self.sampler, cfg.outer.meta_batch))
+                        m = self.algorithm.meta_gradients(self._local_batch(micro))
                     for k, v in m.items():
                         metrics[k] = metrics.get(k, 0.0) + v / cfg.outer.accumulate
                 if cfg.outer.accumulate > 1:
                     for p in params:
                         if p.grad is not None:
                             p.grad.div_(cfg.outer.accumulate)
+                distributed.average_gradients(params, self.ctx)
+                metrics = distributed.average_metrics(metrics, self.ctx)
                 if cfg.outer.clip_grad_norm is not None:
                     metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.outer.clip_grad_norm))
                 self.optimizer.step()
@@ -404,15 +438,16 @@ class MetaTrainer:
                 self.step += 1
                 last = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **metrics,
                         "seconds": time.perf_counter() - start}
-                if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == max_steps):
+                if main and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == max_steps):
                     last.update(self.validate())
-                if cfg.conflict_every and (self.step % cfg.conflict_every == 0 or self.step == max_steps):
+                if main and cfg.conflict_every and (self.step % cfg.conflict_every == 0 or self.step == max_steps):
                     measured = self.conflict()
                     last.update(conflict_mean=measured["mean_offdiag"], conflict_min=measured["min_offdiag"])
                     with open(self.run_dir / "conflict.jsonl", "a", encoding="utf-8") as fh:
                         fh.write(json.dumps({"step": self.step, **measured}) + "\n")
-                log.write(json.dumps(last) + "\n")
-                log.flush()
+                if log is not None:
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
                 if writer is not None:
                     for k, v in last.items():
                         if k != "step":

@@ -35,6 +35,7 @@ from ..algorithms import MetaLearner
 from ..config import InnerConfig
 from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, TaskRegistry, collate
 from ..data.episode import Example, TextEpisode
+from ..distributed import current, map_sharded
 from ..errors import ConfigError, TaskError
 from ..inner import adapt
 from .scoring import exact_match, greedy_generate, option_scores, token_f1
@@ -204,8 +205,8 @@ class Harness:
         with swapped(self.algo.meta_parameters(), self.base):
             for lr, steps in grid:
                 self.finetune_lr, self.finetune_steps = lr, steps
-                accs = [self.run_episode("finetune", ep)["accuracy"] for task in val_tasks
-                        for ep in self.episodes(task, shots, self.config.val_episodes, salt=1)]
+                eps = [ep for task in val_tasks for ep in self.episodes(task, shots, self.config.val_episodes, salt=1)]
+                accs = map_sharded(eps, lambda ep: self.run_episode("finetune", ep)["accuracy"])
                 acc = sum(accs) / len(accs)
                 if acc > best_acc:
                     best, best_acc = (lr, steps), acc
@@ -218,33 +219,44 @@ class Harness:
         for method in [m for m in ("finetune", *TRAINED) if m in self.config.methods]:
             with swapped(self.algo.meta_parameters(), self.trained if method in TRAINED else self.base):
                 for steps in self.config.inner_steps or []:
-                    accs = [[self.run_episode(method, ep, steps)["accuracy"] for ep in self.episodes(t, shots)]
-                            for t in tasks]
+                    items = [(i, ep) for i, t in enumerate(tasks) for ep in self.episodes(t, shots)]
+                    flat = map_sharded(items, lambda x, m=method, k=steps: self.run_episode(m, x[1], k)["accuracy"])
+                    accs = [[a for (i, _), a in zip(items, flat, strict=True) if i == j] for j in range(len(tasks))]
                     mean, ci = mean_ci95([sum(a[e] for a in accs) / len(tasks) for e in range(len(accs[0]))])
                     out.append({"method": method, "shots": shots, "inner_steps": steps, "accuracy": mean, "ci95": ci})
         return out
 
     def run(self, tasks: list[Task], progress: bool = False) -> dict[str, Any]:
-        """Evaluate every method on every task and shot count; returns the JSON-ready results."""
+        """Evaluate every method on every task and shot count; returns the JSON-ready results.
+
+        Under ``torchrun`` the episodes are dealt over the processes and gathered, so every process
+        returns the same results as one process would.
+        """
         from tqdm.auto import tqdm
 
         per_episode: dict[tuple[str, str, int], list[float]] = {}
         chance: dict[str, float] = {}
-        todo = [(m, t, k) for m in self.config.methods for t in tasks for k in self.config.shots]
-        bar = tqdm(total=len(todo) * self.config.episodes, disable=not progress, desc="evaluate")
+        ctx = current()
+        items = [(t, k, e) for t in tasks for k in self.config.shots for e in range(self.config.episodes)]
+        bar = tqdm(total=len(self.config.methods) * len(items), disable=not progress or not ctx.is_main,
+                   desc="evaluate")
+
+        def score(method: str, item: tuple[Task, int, int]) -> float:
+            task, shots, e = item
+            acc = self.run_episode(method, self.episodes(task, shots)[e])["accuracy"]
+            bar.update(ctx.world_size)
+            return acc
+
         for method in self.config.methods:
             values = self.trained if method in TRAINED else self.base
             with swapped(self.algo.meta_parameters(), values):
-                for task in tasks:
-                    for shots in self.config.shots:
-                        eps = self.episodes(task, shots)
-                        accs = []
-                        for ep in eps:
-                            accs.append(self.run_episode(method, ep)["accuracy"])
-                            bar.update(1)
-                        per_episode[(method, task.name, shots)] = accs
-                        q = eps[0].query
-                        chance[task.name] = (sum(1 / len(x.options) for x in q) / len(q)) if q[0].options else 0.0
+                accs = map_sharded(items, lambda x, m=method: score(m, x), ctx)
+            for (task, shots, _), acc in zip(items, accs, strict=True):
+                per_episode.setdefault((method, task.name, shots), []).append(acc)
+        for task in tasks:
+            for shots in self.config.shots:
+                q = self.episodes(task, shots)[0].query
+                chance[task.name] = (sum(1 / len(x.options) for x in q) / len(q)) if q[0].options else 0.0
         bar.close()
         results, macro = [], []
         for (method, task, shots), accs in per_episode.items():

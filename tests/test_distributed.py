@@ -1,0 +1,95 @@
+"""torchrun on CPU (gloo, loopback): the same meta-parameters and evaluation table as one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from metalm import ConfigError
+from metalm.distributed import Context, init, map_sharded, shard
+from metalm.models import save_tiny_model
+
+from .data.fixtures import corpus, make_home, make_tasks_dir
+
+
+def test_shard_splits_the_meta_batch_evenly():
+    assert [shard(4, Context(r, 2)) for r in range(2)] == [range(0, 2), range(2, 4)]
+    assert shard(3, Context()) == range(0, 3)
+    with pytest.raises(ConfigError, match="outer.meta_batch.*3 episodes cannot be split evenly over 2"):
+        shard(3, Context(0, 2))
+    assert map_sharded([1, 2, 3], lambda x: x * 10) == [10, 20, 30]
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_engines_are_refused(monkeypatch, var):
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(ConfigError, match="breaks double backward"):
+        init()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    make_home(root / "home")
+    tasks = make_tasks_dir(root)
+    model = save_tiny_model(root / "model", corpus(), "llama")
+    config = {"model": model, "adapter": {"rank": 2, "layers": "top:2"},
+              "algorithm": {"name": "maml", "inner": {"steps": 2, "lr": 0.3}},  # second order
+              "split": str(tasks / "splits" / "toy.yaml"), "task_dirs": [str(tasks)],
+              "sampler": {"ways": 2, "shots": 2, "queries": 2}, "collate": {"max_length": 64},
+              "outer": {"lr": 0.01, "meta_batch": 4}, "max_steps": 3, "val_every": 0, "checkpoint_every": 1}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "METALM_HOME": str(root / "home"), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    return {"root": root, "config": path, "env": env}
+
+
+def metalm(world, *args, procs=1):
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] \
+        if procs > 1 else [sys.executable]
+    proc = subprocess.run([*launch, "-m", "metalm.cli", *map(str, args)], env=world["env"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def meta_tensors(run_dir):
+    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    return last.name, {k: v for k, v in load_file(str(last / "tensors.safetensors")).items() if k.startswith("meta/")}
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_resume_with_another_world_size(world, tmp_path):
+    one, two, mixed = tmp_path / "one", tmp_path / "two", tmp_path / "mixed"
+    metalm(world, "train", world["config"], "--run-dir", one, "--quiet")
+    metalm(world, "train", world["config"], "--run-dir", two, "--quiet", procs=2)
+    (step_a, a), (step_b, b) = meta_tensors(one), meta_tensors(two)
+    assert step_a == step_b and int(step_a.split("-")[1]) == 3
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], load_file(str(sorted((one / "checkpoints").glob("step-*"))[0] /
+                                                   "tensors.safetensors"))[k]) for k in a)
+    # Rank 0 alone wrote the log; the meta-batch metrics are averaged over ranks.
+    assert len((two / "log.jsonl").read_text().splitlines()) == 3
+    # Two processes for 2 steps, then one process resumes: the same run.
+    metalm(world, "train", world["config"], "--run-dir", mixed, "--quiet", "--max-steps", 2, procs=2)
+    metalm(world, "train", world["config"], "--run-dir", mixed, "--quiet", "--resume", "--max-steps", 3)
+    _, c = meta_tensors(mixed)
+    assert all(torch.allclose(a[k], c[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_equals_one_process(world, tmp_path):
+    run = tmp_path / "run"
+    metalm(world, "train", world["config"], "--run-dir", run, "--quiet", "--max-steps", 1)
+    common = ["eval", "--run-dir", run, "--shots", "1,2", "--episodes", "3", "--ways", "2", "--queries", "1",
+              "--quiet", "finetune_lrs=[0.1,0.3]", "inner_steps=[1,2]"]
+    metalm(world, *common, "--json", tmp_path / "one.json")
+    metalm(world, *common, "--json", tmp_path / "two.json", procs=2)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for key in ("results", "macro", "inner_steps_sweep", "finetune_lr"):
+        assert one[key] == two[key], key
