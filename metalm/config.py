@@ -93,6 +93,9 @@ class InnerConfig:
         clip_grad_norm: Clip the global norm of each inner gradient to this value; ``None`` = off.
         betas: Adam's ``(beta1, beta2)``.
         eps: Adam's epsilon.
+        cache_prefix: Run the decoder layers below the lowest adapted or meta-learned layer once per
+            batch instead of at every step (:func:`metalm.losses.cache_prefix`; the same values and
+            gradients). Used when the inner loop takes 2 or more steps.
     """
 
     steps: int = 5
@@ -102,6 +105,7 @@ class InnerConfig:
     clip_grad_norm: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    cache_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -9,19 +9,26 @@ runs only on the ``M`` target positions of each row.
 :func:`prepare_batch` adds ``target_positions`` / ``target_ids`` ``[B, M]`` once per batch (``M``
 = most targets in a row; padding entries have id ``-100``). Their shapes depend only on the batch,
 so equal-shaped episodes stay stackable for ``torch.func.vmap``.
+
+:func:`cache_prefix` adds a frozen-prefix cache: when nothing below decoder layer ``L0`` is adapted
+or meta-learned, the input of layer ``L0`` (and the arguments the model passes its upper layers)
+is computed once per batch without gradient, and every later loss on that batch runs only layers
+``L0..N-1``: the same values and gradients, at a fraction of the cost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .errors import BatchError
-from .models import causal_lm
+from .errors import BatchError, MetalmError
+from .models import causal_lm, decoder_layers
 
 Batch = Mapping[str, Tensor]
 IGNORE_INDEX = -100
@@ -70,19 +77,99 @@ class _TargetHead(nn.Module):
         super().__init__()
         self.m, self.head = model, head
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, positions: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, positions: Tensor,
+                prefix: PrefixCache | None = None) -> Tensor:
         lm = causal_lm(self.m)
         backbone = getattr(lm, lm.base_model_prefix)
-        # Positions count real tokens, so left-padded rows get the same positions as unpadded ones.
-        position_ids = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state
+        if prefix is not None:
+            hidden = _final_norm(backbone)(_run_upper(self.m, prefix))
+        else:
+            # Positions count real tokens, so left-padded rows get the same positions as unpadded ones.
+            position_ids = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).last_hidden_state
         picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, M, H]
         if not self.head:
             return picked
         logits = lm.get_output_embeddings()(picked)  # [B, M, V]
         cap = getattr(lm.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
+
+
+@dataclasses.dataclass
+class PrefixCache:
+    """Decoder layers below ``layer``, computed once.
+
+    Attributes:
+        layer: The first decoder layer that is run (``L0``).
+        hidden: The input of layer ``L0``, ``[B, T, H]`` (no gradient).
+        calls: For each layer ``L0..N-1``: the positional arguments after the hidden states and the
+            keyword arguments the model passed it (attention mask, rotary embeddings ...), and
+            whether the hidden states came by keyword.
+    """
+
+    layer: int
+    hidden: Tensor
+    calls: list[tuple[tuple[Any, ...], dict[str, Any], bool]]
+
+
+def _final_norm(backbone: nn.Module) -> nn.Module:
+    for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm"):
+        module = getattr(backbone, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise MetalmError(f"frozen-prefix cache: cannot find the final norm of {type(backbone).__name__}; "
+                      "set inner.cache_prefix: false")
+
+
+def _run_upper(model: nn.Module, prefix: PrefixCache) -> Tensor:
+    """Decoder layers ``L0..N-1`` on the cached input of ``L0`` (before the final norm), ``[B, T, H]``."""
+    name, _ = decoder_layers(model)
+    layers = model.get_submodule(name)
+    hidden = prefix.hidden
+    for i, (args, kwargs, by_keyword) in enumerate(prefix.calls):
+        layer = layers[prefix.layer + i]
+        out = layer(*args, hidden_states=hidden, **kwargs) if by_keyword else layer(hidden, *args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def cache_prefix(model: nn.Module, batch: Batch, layer: int | None) -> dict[str, Any]:
+    """The batch with a frozen-prefix cache (``prefix_cache``) from one no-grad forward pass.
+
+    Valid only while the tensors of the decoder layers below ``layer`` (and the embeddings) keep their
+    values: use ``ParameterSelection.lowest_adapted_layer()``. ``layer`` ``None`` or ``0`` returns
+    the prepared batch without a cache.
+
+    Args:
+        model: The (PEFT-wrapped) causal LM.
+        batch: A batch as :func:`lm_loss` takes it.
+        layer: The lowest decoder layer holding an adapted or meta-learned tensor.
+    """
+    batch = prepare_batch(batch)
+    _, n_layers = decoder_layers(model)
+    if not layer or layer >= n_layers or "prefix_cache" in batch:
+        return batch
+    name, _ = decoder_layers(model)
+    layers = model.get_submodule(name)
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        calls.append((args, dict(kwargs)))
+
+    handles = [layers[i].register_forward_pre_hook(record, with_kwargs=True) for i in range(layer, n_layers)]
+    try:
+        with torch.no_grad():
+            _TargetHead(model, head=False)(batch["input_ids"], batch.get("attention_mask"), batch["target_positions"])
+    finally:
+        for h in handles:
+            h.remove()
+    args, kwargs = calls[0]
+    by_keyword = not args
+    hidden = kwargs["hidden_states"] if by_keyword else args[0]
+    stripped = [(a, {k: v for k, v in kw.items() if k != "hidden_states"}, by_keyword) if by_keyword
+                else (a[1:], kw, by_keyword) for a, kw in calls]
+    return {**batch, "prefix_cache": PrefixCache(layer, hidden.detach(), stripped)}
 
 
 def target_logits(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
@@ -94,7 +181,7 @@ def target_logits(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) 
         batch: A batch that went through :func:`prepare_batch`.
     """
     swapped = {f"m.{k}": v for k, v in params.items()}
-    args = (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"])
+    args = (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"], batch.get("prefix_cache"))
     return functional_call(_TargetHead(model), swapped, args, strict=False)
 
 
@@ -105,7 +192,7 @@ def target_hidden(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) 
     one, the position that predicts the answer's first token.
     """
     swapped = {f"m.{k}": v for k, v in params.items()}
-    args = (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"])
+    args = (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"], batch.get("prefix_cache"))
     return functional_call(_TargetHead(model, head=False), swapped, args, strict=False)
 
 

@@ -118,7 +118,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     Writes, into ``out``: the LoRA adapter in PEFT format (``adapter_config.json``,
     ``adapter_model.safetensors``) when the adapter is LoRA, else ``fast_weights.safetensors``;
     ``shared_weights.safetensors`` when the outer loop updated base weights (load them into the
-    base model before the adapter); ``inner_lrs.safetensors`` for learned inner rates; and
+    base model before the adapter); ``inner_lrs.safetensors`` for learned inner rates;
+    ``task_params.safetensors`` for a multi-task run's task heads and log-variances; and
     ``metalm.json`` describing the run.
     """
     from .train import load_run
@@ -140,6 +141,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     if algorithm.inner_lrs:
         save_file({n: p.detach().contiguous() for n, p in algorithm.inner_lrs.items()},
                   str(out / "inner_lrs.safetensors"))
+    task_params = getattr(algorithm, "task_params", {})  # multi-task heads and log-variances
+    if task_params:
+        save_file({n: p.detach().contiguous() for n, p in task_params.items()}, str(out / "task_params.safetensors"))
     tokenizer.save_pretrained(str(out))
     meta = {"base_model": config.model, "algorithm": config.algorithm, "adapter": config.adapter.kind,
             "inner": {"steps": algorithm.inner.steps, "lr": algorithm.inner.lr, "optimizer": algorithm.inner.optimizer},

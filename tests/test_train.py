@@ -194,6 +194,9 @@ def test_multitask_run_resumes_exactly_and_is_the_mtl_row(world, tmp_path, monke
     assert [r["step"] for r in logs] == [1, 2, 3, 4] and "conflict_mean" in logs[1] and "val_query_loss" in logs[3]
     conflict = [json.loads(line) for line in (split / "conflict.jsonl").read_text().splitlines()]
     assert [c["step"] for c in conflict] == [2, 4] and "plays" in conflict[0]["tasks"]
+    assert main(["export", str(whole), str(tmp_path / "export")]) == 0
+    heads = load_file(str(tmp_path / "export" / "task_params.safetensors"))
+    assert torch.equal(heads["head/toy_cls/weight"], a["meta/task/head/toy_cls/weight"])
 
     meta = tmp_path / "meta"
     assert main(["train", str(world["config"]), "--run-dir", str(meta), "--max-steps", "2", "--quiet",

@@ -17,7 +17,7 @@ from ..config import InnerConfig, from_dict
 from ..data.episode import Episode
 from ..errors import ConfigError
 from ..inner import LearningRate, adapt
-from ..losses import Batch, lm_loss_and_accuracy
+from ..losses import Batch, cache_prefix, lm_loss_and_accuracy
 from ..params import ParameterSelection
 
 _REGISTRY: dict[str, tuple[type[MetaLearner], type]] = {}
@@ -91,6 +91,8 @@ class MetaLearner:
         self.model, self.selection, self.config = model, selection, config
         self.inner: InnerConfig = config.inner
         selection.apply(model)
+        # Layers below this one never change (not adapted, not meta-learned): cacheable per batch.
+        self.prefix_layer = selection.lowest_adapted_layer() if self.inner.cache_prefix else None
         self.inner_lrs: dict[str, nn.Parameter] = {}
         self.outer_steps = 0
 
@@ -126,6 +128,13 @@ class MetaLearner:
         """Restore what :meth:`extra_state` returned."""
 
     # ------------------------------------------------------------------ adaptation
+    def prefixed(self, batch: Batch, uses: int | None = None) -> Batch:
+        """``batch`` with a frozen-prefix cache when it will be run ``uses`` times (default: the inner
+        steps) and ``uses >= 2``; a single pass gains nothing from a cache."""
+        if (self.inner.steps if uses is None else uses) < 2:
+            return batch
+        return cache_prefix(self.model, batch, self.prefix_layer)
+
     def adapt(self, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:
         """Adapt the learned initialization to ``support`` for evaluation (no meta-graph kept).
 
@@ -136,7 +145,8 @@ class MetaLearner:
         lr = self.inner_lr()
         lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr
         steps = self.inner.steps if steps is None else steps
-        out = adapt(self.model, params, support, lr=lr, first_order=True, **{**self.inner.options(), "steps": steps})
+        out = adapt(self.model, params, self.prefixed(support, steps), lr=lr, first_order=True,
+                    **{**self.inner.options(), "steps": steps})
         return {n: v.detach() for n, v in out.items()}
 
     def evaluate(self, episode: Episode) -> dict[str, float]:

@@ -111,14 +111,15 @@ class MAML(MetaLearner):
         fast = self.selection.fast_params(self.model)
         totals = {"support_loss": 0.0, "query_loss": 0.0, "query_accuracy": 0.0}
         for ep in episodes:
-            traj = adapt_trajectory(self.model, fast, ep.support, lr=self.inner_lr(), first_order=first_order,
-                                    **self.inner.options())
-            q_loss, q_acc = lm_loss_and_accuracy(self.model, traj.params[-1], ep.query)
+            traj = adapt_trajectory(self.model, fast, self.prefixed(ep.support), lr=self.inner_lr(),
+                                    first_order=first_order, **self.inner.options())
+            query = self.prefixed(ep.query, self.inner.steps if weights is not None else 1)
+            q_loss, q_acc = lm_loss_and_accuracy(self.model, traj.params[-1], query)
             objective = q_loss
             if weights is not None:
                 objective = weights[-1] * q_loss
                 for w, params in zip(weights[:-1], traj.params[1:-1], strict=True):
-                    objective = objective + w * lm_loss_and_accuracy(self.model, params, ep.query)[0]
+                    objective = objective + w * lm_loss_and_accuracy(self.model, params, query)[0]
             (objective / len(episodes)).backward()
             totals["support_loss"] += traj.losses[0].item() if traj.losses else float("nan")
             totals["query_loss"] += q_loss.item()

@@ -55,7 +55,8 @@ class Reptile(MetaLearner):
         start = {n: p.detach() for n, p in fast.items()}
         totals = {"query_loss": 0.0, "query_accuracy": 0.0}
         for ep in episodes:
-            adapted = adapt(self.model, start, ep.support, lr=self.inner.lr, first_order=True, **self.inner.options())
+            adapted = adapt(self.model, start, self.prefixed(ep.support), lr=self.inner.lr, first_order=True,
+                            **self.inner.options())
             with torch.no_grad():
                 for n, p in fast.items():
                     delta = (p - adapted[n]) / len(episodes)

@@ -192,7 +192,8 @@ class Harness:
         if method == "finetune":
             lr = self.finetune_lr if self.finetune_lr is not None else self.inner.lr
             options = {**self.inner.options(), "steps": steps or self.finetune_steps or self.inner.steps}
-            params = adapt(self.model, self._fast(), self._support(episode), lr=lr, first_order=True, **options)
+            support = self.algo.prefixed(self._support(episode), options["steps"])
+            params = adapt(self.model, self._fast(), support, lr=lr, first_order=True, **options)
             return self._score({k: v.detach() for k, v in params.items()}, episode, episode.query)
         return self._score(self.algo.adapt(self._support(episode), steps=steps), episode, episode.query)
 
