@@ -1,0 +1,205 @@
+"""Meta-step time and peak memory: metalm vs higher vs a naive torch.autograd loop, and FOMAML vs ideal.
+
+Full-parameter MAML on a tiny GPT-2 with a small-LM vocabulary (8,192 tokens, width 128, 4 layers),
+rows of 48 tokens of which the last 4 are targets; one task (support and query of ``--rows`` rows).
+The three MAML variants compute the same meta-gradient (checked here):
+
+* ``metalm``: :func:`metalm.adapt` + :func:`metalm.lm_loss` (logits only at the 4 target positions);
+* ``higher``: ``higher.innerloop_ctx`` with a differentiable SGD over the model's ordinary forward;
+* ``naive``: ``functional_call`` + ``torch.autograd.grad(create_graph=True)`` over the ordinary forward.
+
+Time: median of ``--repeats`` interleaved runs in one process. Memory: each variant runs in a
+subprocess, and the peak is the growth of the peak resident set over the model's own footprint
+(``ru_maxrss``; on CUDA ``torch.cuda.max_memory_allocated``). FOMAML is compared with its ideal,
+``(k + 1)`` plain forward+backward steps of the same batch and weights.
+
+    python benchmarks/speed/meta_step.py --steps 1,2,4,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import metalm
+
+LR = 0.01
+
+
+def build(device: torch.device, rows: int, seed: int = 0) -> tuple[torch.nn.Module, dict, dict]:
+    config = metalm.tiny_config("gpt2", vocab_size=8192, n_embd=128, n_layer=4, n_head=4, n_positions=64)
+    model = metalm.load_model(config, seed=seed, device=device)
+    g = torch.Generator().manual_seed(seed)
+
+    def batch() -> dict:
+        ids = torch.randint(0, 8192, (rows, 48), generator=g)
+        labels = torch.full_like(ids, -100)
+        labels[:, -4:] = ids[:, -4:]
+        return {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                             "labels": labels}.items()}
+
+    return model, batch(), batch()
+
+
+def full_loss(model: torch.nn.Module, params: dict, batch: dict) -> torch.Tensor:
+    """The ordinary forward: logits at every position, loss on the targets."""
+    logits = functional_call(model, params, (batch["input_ids"],), {"attention_mask": batch["attention_mask"]}).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+
+def math_attention(fn: Callable) -> Callable:
+    """Run ``fn`` with SDPA's math kernel: the fused CPU kernels have no double backward (metalm pins
+    it by itself for second-order inner loops; the peers need it done for them)."""
+
+    def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def step_metalm(model, support, query, k, first_order=False):  # noqa: ANN001, ANN201
+    params = dict(model.named_parameters())
+    adapted = metalm.adapt(model, params, support, steps=k, lr=LR, first_order=first_order)
+    return torch.autograd.grad(metalm.lm_loss(model, adapted, query), list(params.values()))
+
+
+@math_attention
+def step_naive(model, support, query, k, first_order=False):  # noqa: ANN001, ANN201
+    params = dict(model.named_parameters())
+    fast = dict(params)
+    for _ in range(k):
+        grads = torch.autograd.grad(full_loss(model, fast, support), list(fast.values()), create_graph=not first_order)
+        fast = {n: p - LR * g for (n, p), g in zip(fast.items(), grads, strict=True)}
+    return torch.autograd.grad(full_loss(model, fast, query), list(params.values()))
+
+
+@math_attention
+def step_higher(model, support, query, k, first_order=False):  # noqa: ANN001, ANN201
+    import higher
+
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    with higher.innerloop_ctx(model, opt, copy_initial_weights=False, track_higher_grads=not first_order) as (f, d):
+        for _ in range(k):
+            logits = f(input_ids=support["input_ids"], attention_mask=support["attention_mask"]).logits
+            d.step(F.cross_entropy(logits[:, :-1].flatten(0, 1), support["labels"][:, 1:].flatten(),
+                                   ignore_index=-100))
+        logits = f(input_ids=query["input_ids"], attention_mask=query["attention_mask"]).logits
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), query["labels"][:, 1:].flatten(), ignore_index=-100)
+        return torch.autograd.grad(loss, list(model.parameters()))
+
+
+def step_ideal(model, support, query, k, first_order=True):  # noqa: ANN001, ANN201
+    """(k + 1) plain forward+backward passes of the same loss on the same weights (no update)."""
+    params = dict(model.named_parameters())
+    for batch in [support] * k + [query]:
+        grads = torch.autograd.grad(metalm.lm_loss(model, params, batch), list(params.values()))
+    return grads
+
+
+VARIANTS: dict[str, Callable] = {"metalm": step_metalm, "higher": step_higher, "naive": step_naive,
+                                 "ideal": step_ideal}
+
+
+def timed(fn: Callable, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peak_memory(variant: str, k: int, first_order: bool, rows: int, device: torch.device) -> float:
+    """MiB above the model's footprint at the peak of one meta-step, measured in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--memory-of", variant, "--steps", str(k), "--rows", str(rows),
+                          *(["--first-order"] if first_order else []), "--device", device.type],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["mib"]
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM; ru_maxrss would carry the launching parent's peak across exec)."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _memory_child(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    model, support, query = build(device, args.rows)
+    k = int(args.steps)
+    with torch.no_grad():  # touch the weights once, so lazily mapped pages count in the baseline
+        metalm.lm_loss(model, {}, support)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        VARIANTS[args.memory_of](model, support, query, k, args.first_order)
+        mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        base = _peak_rss_kib()
+        VARIANTS[args.memory_of](model, support, query, k, args.first_order)
+        mib = (_peak_rss_kib() - base) / 1024
+    print(json.dumps({"mib": mib}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", default="1,2,4,8")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--first-order", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        return _memory_child(args)
+    device = torch.device(args.device)
+    model, support, query = build(device, args.rows)
+    ref = step_naive(model, support, query, 2)
+    for name in ("metalm", "higher"):
+        got = VARIANTS[name](model, support, query, 2)
+        assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(ref, got, strict=True)), name
+    print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), {args.rows} rows x 48 tokens (4 targets) per set, "
+          f"{device}; the three MAML meta-gradients agree")
+    print("| k | MAML metalm s | higher s | naive s | metalm / higher time | metalm / higher peak memory "
+          "| FOMAML metalm s | ideal (k+1)(fwd+bwd) s | FOMAML / ideal |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k in (int(x) for x in args.steps.split(",")):
+        times: dict[str, list[float]] = {n: [] for n in ("metalm", "higher", "naive", "fomaml", "ideal")}
+        for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
+            for name in ("metalm", "higher", "naive"):
+                times[name].append(timed(lambda n=name, k=k: VARIANTS[n](model, support, query, k), device))
+            times["fomaml"].append(timed(lambda k=k: step_metalm(model, support, query, k, True), device))
+            times["ideal"].append(timed(lambda k=k: step_ideal(model, support, query, k), device))
+        med = {n: statistics.median(v) for n, v in times.items()}
+        mem = "-"
+        if not args.no_memory:
+            ours, theirs = (peak_memory(n, k, False, args.rows, device) for n in ("metalm", "higher"))
+            mem = f"{ours / theirs:.2f} ({ours:.0f} / {theirs:.0f} MiB)"
+        print(f"| {k} | {med['metalm']:.3f} | {med['higher']:.3f} | {med['naive']:.3f} | "
+              f"{med['metalm'] / med['higher']:.2f} | {mem} | {med['fomaml']:.3f} | {med['ideal']:.3f} | "
+              f"{med['fomaml'] / med['ideal']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
