@@ -118,6 +118,8 @@ class Multitask(MetaLearner):
     # ------------------------------------------------------------------ losses
     def _loss(self, episode: Episode, batch: Batch, part: str) -> tuple[Tensor, Tensor]:
         if episode.task not in self.head_labels:
+            if self.config.heads == "task" and episode.text is not None and episode.text.type == "classification":
+                self._task_param(f"head/{episode.task}/weight")  # an unbound task: say so
             return lm_loss_and_accuracy(self.model, {}, batch)
         if episode.text is None:
             raise ConfigError("algorithm.heads", "task heads need episodes that keep their text "
