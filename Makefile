@@ -28,7 +28,7 @@ test: install
 	$(PY) -m pytest
 
 RUN ?= runs/main
-MAIN_EVAL ?= --shots 2 --episodes 3 --ways 3 --queries 2
+MAIN_EVAL ?= --shots 2 --episodes 3 --ways 3 --queries 2 "finetune_lrs=[0.3,1.0,3.0]"
 
 main: data
 	rm -rf $(RUN) $(RUN)-mtl
