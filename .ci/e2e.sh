@@ -24,6 +24,20 @@ $BIN/metalm report "$WORK/tiny-run"
 $BIN/metalm export "$WORK/tiny-run" "$WORK/tiny-export"
 test -f "$WORK/tiny-run/report/accuracy_vs_shots.png" && test -f "$WORK/tiny-export/adapter_model.safetensors"
 
+echo "== tiny model: multi-task run (torchjd UPGrad, LM objective added), mtl row, diagnostics, 2 processes"
+TINY=(model="$WORK/tiny" split=smoke adapter.layers=top:2 sampler.ways=2 sampler.shots=2 sampler.queries=2
+      collate.max_length=96 val_every=0)
+$BIN/metalm train --run-dir "$WORK/tiny-mtl" --quiet "${TINY[@]}" max_steps=2 checkpoint_every=2 \
+  "algorithm={name: multitask, weighting: upgrad}" "extra_tasks=[shakespeare]"
+$BIN/metalm eval --run-dir "$WORK/tiny-run" --run-dir "$WORK/tiny-mtl" --shots 1 --episodes 1 --ways 2 --queries 1 \
+  --quiet max_length=96 --json "$WORK/mtl-eval.json"
+grep -q '"mtl"' "$WORK/mtl-eval.json"
+$BIN/metalm diagnose --run-dir "$WORK/tiny-mtl" --batches 1 --json "$WORK/diag.json"
+test -f "$WORK/diag.png"
+GLOO_SOCKET_IFNAME=lo $BIN/python -m torch.distributed.run --standalone --nproc_per_node=2 -m metalm.cli train \
+  --run-dir "$WORK/tiny-dist" --quiet "${TINY[@]}" max_steps=2 checkpoint_every=2 outer.meta_batch=2
+test -d "$WORK/tiny-dist/checkpoints"
+
 echo "== SmolLM2-135M, very small budget"
 $BIN/metalm train benchmarks/fewshot/main.yaml --run-dir "$WORK/smol-run" --quiet split=smoke max_steps=2 \
   val_every=0 checkpoint_every=1 outer.meta_batch=1
