@@ -200,7 +200,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .diagnose import conflict_batches, generalization_gap, gradient_conflict, plot_conflict, plot_gap
+    from .diagnose import conflict_batches, generalization_gap, gradient_conflict, plot_conflict, plot_gap, spread
     from .eval import EvalConfig, Harness, eval_tasks
     from .train import TrainConfig, build_model, build_registry, load_run, task_lists
 
@@ -241,11 +241,9 @@ def _diagnose(args: argparse.Namespace) -> int:
         base = base or {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
         harness = Harness(algorithm, tokenizer, base, trained, cfg)
         scoreable = [n for n in train if registry[n].spec.type != "language_modeling"]
-        seen = [scoreable[round(i * (len(scoreable) - 1) / max(args.seen - 1, 1))]
-                for i in range(min(args.seen, len(scoreable)))]
-        result["gap"] = generalization_gap(harness, eval_tasks(registry, list(dict.fromkeys(seen))),
-                                           eval_tasks(registry, heldout))
-        result["gap_tasks"] = {"seen": list(dict.fromkeys(seen)), "heldout": heldout}
+        seen = spread(scoreable, args.seen)
+        result["gap"] = generalization_gap(harness, eval_tasks(registry, seen), eval_tasks(registry, heldout))
+        result["gap_tasks"] = {"seen": seen, "heldout": heldout}
         plot_gap(result["gap"], out.with_name(out.stem + "_gap.png"))
         print("| method | seen | held-out | gap |\n|---|---|---|---|")
         for row in result["gap"]:

@@ -24,6 +24,15 @@ from .errors import ConfigError
 from .losses import Batch, lm_loss
 
 
+def spread(items: Sequence[str], k: int) -> list[str]:
+    """``k`` items evenly spread over ``items``, first and last included (all of them if ``k >= len``)."""
+    if k >= len(items):
+        return list(items)
+    if k <= 1:
+        return list(items[:k])
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
 def task_gradient(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
     """The gradient of the batch's mean target-token loss w.r.t. ``params`` (the model's own tensors),
     flattened to ``[n]`` in fp32 (zeros for tensors the loss does not reach)."""

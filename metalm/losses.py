@@ -106,11 +106,13 @@ class PrefixCache:
         calls: For each layer ``L0..N-1``: the positional arguments after the hidden states and the
             keyword arguments the model passed it (attention mask, rotary embeddings ...), and
             whether the hidden states came by keyword.
+        layers_name: Dotted name of the decoder-layer list in the model (found once, not per step).
     """
 
     layer: int
     hidden: Tensor
     calls: list[tuple[tuple[Any, ...], dict[str, Any], bool]]
+    layers_name: str
 
 
 def _final_norm(backbone: nn.Module) -> nn.Module:
@@ -124,8 +126,7 @@ def _final_norm(backbone: nn.Module) -> nn.Module:
 
 def _run_upper(model: nn.Module, prefix: PrefixCache) -> Tensor:
     """Decoder layers ``L0..N-1`` on the cached input of ``L0`` (before the final norm), ``[B, T, H]``."""
-    name, _ = decoder_layers(model)
-    layers = model.get_submodule(name)
+    layers = model.get_submodule(prefix.layers_name)
     hidden = prefix.hidden
     for i, (args, kwargs, by_keyword) in enumerate(prefix.calls):
         layer = layers[prefix.layer + i]
@@ -147,10 +148,9 @@ def cache_prefix(model: nn.Module, batch: Batch, layer: int | None) -> dict[str,
         layer: The lowest decoder layer holding an adapted or meta-learned tensor.
     """
     batch = prepare_batch(batch)
-    _, n_layers = decoder_layers(model)
+    name, n_layers = decoder_layers(model)
     if not layer or layer >= n_layers or "prefix_cache" in batch:
         return batch
-    name, _ = decoder_layers(model)
     layers = model.get_submodule(name)
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
@@ -169,7 +169,7 @@ def cache_prefix(model: nn.Module, batch: Batch, layer: int | None) -> dict[str,
     hidden = kwargs["hidden_states"] if by_keyword else args[0]
     stripped = [(a, {k: v for k, v in kw.items() if k != "hidden_states"}, by_keyword) if by_keyword
                 else (a[1:], kw, by_keyword) for a, kw in calls]
-    return {**batch, "prefix_cache": PrefixCache(layer, hidden.detach(), stripped)}
+    return {**batch, "prefix_cache": PrefixCache(layer, hidden.detach(), stripped, name)}
 
 
 def target_logits(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:

@@ -374,13 +374,12 @@ class MetaTrainer:
     def conflict(self) -> dict[str, Any]:
         """The objective conflict of the current weights on fixed batches of the training tasks
         (:func:`metalm.diagnose.gradient_conflict`)."""
-        from .diagnose import conflict_batches, gradient_conflict
+        from .diagnose import conflict_batches, gradient_conflict, spread
 
         cfg = self.config
         if self._conflict_batches is None:
             main = [t for t in self.train_tasks if t not in cfg.extra_tasks]
-            k = max(0, min(cfg.conflict_tasks - len(cfg.extra_tasks), len(main)))
-            picked = [main[round(i * (len(main) - 1) / max(k - 1, 1))] for i in range(k)] if k else []
+            picked = spread(main, max(0, cfg.conflict_tasks - len(cfg.extra_tasks)))
             names = list(dict.fromkeys([*picked, *cfg.extra_tasks]))
             self._conflict_batches = conflict_batches([self.registry[t] for t in names], self.tokenizer, batches=2,
                                                       sampler=cfg.sampler, collate_config=cfg.collate,

@@ -45,3 +45,12 @@ def test_opposite_tasks_conflict_and_identical_tasks_agree(tmp_path):
     assert cos[0, 2] > 0.9  # the same task on other inputs
     assert torch.allclose(cos.diagonal(), torch.ones(3))
     assert (plot_conflict(result, tmp_path / "conflict.png")).stat().st_size > 1000
+
+
+def test_spread_picks_evenly_including_both_ends():
+    from metalm.diagnose import spread
+
+    items = [str(i) for i in range(10)]
+    assert spread(items, 4) == ["0", "3", "6", "9"]
+    assert spread(items, 1) == ["0"] and spread(items, 0) == []
+    assert spread(items, 20) == items
