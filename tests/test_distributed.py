@@ -1,20 +1,17 @@
 """torchrun on CPU (gloo, loopback): the same meta-parameters and evaluation table as one process."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from metalm import ConfigError
 from metalm.distributed import Context, init, map_sharded, shard
-from metalm.models import save_tiny_model
 
-from .data.fixtures import corpus, make_home, make_tasks_dir
+from .data.fixtures import make_world
 
 
 def test_shard_splits_the_meta_batch_evenly():
@@ -34,19 +31,11 @@ def test_sharded_engines_are_refused(monkeypatch, var):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    make_home(root / "home")
-    tasks = make_tasks_dir(root)
-    model = save_tiny_model(root / "model", corpus(), "llama")
-    config = {"model": model, "adapter": {"rank": 2, "layers": "top:2"},
-              "algorithm": {"name": "maml", "inner": {"steps": 2, "lr": 0.3}},  # second order
-              "split": str(tasks / "splits" / "toy.yaml"), "task_dirs": [str(tasks)],
-              "sampler": {"ways": 2, "shots": 2, "queries": 2}, "collate": {"max_length": 64},
-              "outer": {"lr": 0.01, "meta_batch": 4}, "max_steps": 3, "val_every": 0, "checkpoint_every": 1}
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "METALM_HOME": str(root / "home"), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    return {"root": root, "config": path, "env": env}
+    # maml: second-order meta-gradients across processes
+    world = make_world(tmp_path_factory.mktemp("dist"), outer={"lr": 0.01, "meta_batch": 4}, max_steps=3,
+                       val_every=0, checkpoint_every=1)
+    world["env"].update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    return world
 
 
 def metalm(world, *args, procs=1):

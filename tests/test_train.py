@@ -1,7 +1,6 @@
 """The meta-training recipe: checkpoints, exact resume after SIGKILL, accumulation, schedules, config errors."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -10,31 +9,19 @@ import time
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from metalm.errors import ConfigError, MetalmError
-from metalm.models import save_tiny_model
 from metalm.train import MetaTrainer, OuterConfig, load_train_config, lr_lambda
 
-from .data.fixtures import corpus, make_home, make_tasks_dir
+from .data.fixtures import make_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    make_home(root / "home")
-    tasks = make_tasks_dir(root)
-    model = save_tiny_model(root / "model", corpus(), "llama")
-    config = {"model": model, "adapter": {"rank": 2, "layers": "top:2"},
-              "algorithm": {"name": "maml", "inner": {"steps": 2, "lr": 0.3}},
-              "split": str(tasks / "splits" / "toy.yaml"), "task_dirs": [str(tasks)],
-              "sampler": {"ways": 2, "shots": 2, "queries": 2}, "collate": {"max_length": 64},
-              "outer": {"lr": 0.01, "meta_batch": 2, "schedule": "cosine", "warmup_steps": 2},
-              "max_steps": 24, "val_every": 5, "val_episodes": 2, "checkpoint_every": 3, "keep_checkpoints": 2}
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return {"root": root, "config": path, "env": {**os.environ, "METALM_HOME": str(root / "home")}}
+    return make_world(tmp_path_factory.mktemp("world"),
+                      outer={"lr": 0.01, "meta_batch": 2, "schedule": "cosine", "warmup_steps": 2},
+                      max_steps=24, val_every=5, val_episodes=2, checkpoint_every=3, keep_checkpoints=2)
 
 
 def run_cli(world, run_dir, *extra, wait=True):

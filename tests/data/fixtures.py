@@ -78,3 +78,22 @@ def corpus() -> list[str]:
             "Which follows apple? Spell backwards: Reversed: Topic: story Body of business sports tech",
             *[f"{w} {w[::-1]} {w.upper()}" for w in WORDS],
             "HAMLET. TEMPEST. Line of the play, with some words to read. 0 1 2 3 4 5 6 7 8 9"]
+
+
+def make_world(root: Path, **config: object) -> dict:
+    """A data home, the fixture tasks, a tiny Llama and a training config on them (``config`` overrides
+    top-level keys); returns ``{"root", "config" (the YAML path), "env" (with METALM_HOME)}``."""
+    import os
+
+    from metalm.models import save_tiny_model
+
+    make_home(root / "home")
+    tasks = make_tasks_dir(root)
+    model = save_tiny_model(root / "model", corpus(), "llama")
+    base = {"model": model, "adapter": {"rank": 2, "layers": "top:2"},
+            "algorithm": {"name": "maml", "inner": {"steps": 2, "lr": 0.3}},
+            "split": str(tasks / "splits" / "toy.yaml"), "task_dirs": [str(tasks)],
+            "sampler": {"ways": 2, "shots": 2, "queries": 2}, "collate": {"max_length": 64}}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump({**base, **config}), encoding="utf-8")
+    return {"root": root, "config": path, "env": {**os.environ, "METALM_HOME": str(root / "home")}}
