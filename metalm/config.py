@@ -96,6 +96,11 @@ class InnerConfig:
         cache_prefix: Run the decoder layers below the lowest adapted or meta-learned layer once per
             batch instead of at every step (:func:`metalm.losses.cache_prefix`; the same values and
             gradients). Used when the inner loop takes 2 or more steps.
+        vmap: Run the tasks of a meta-batch together with ``torch.func.vmap``
+            (:mod:`metalm.batching`; the same losses and meta-gradients as the loop). Needs the same
+            number of support rows and of query rows in every task; otherwise, or when the model
+            does not run under ``vmap``, the tasks run one by one. Peak memory holds every task's
+            graph at once.
     """
 
     steps: int = 5
@@ -106,6 +111,7 @@ class InnerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     cache_prefix: bool = True
+    vmap: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -69,6 +69,35 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
+def under_vmap() -> bool:
+    """Whether the caller runs inside a ``torch.func`` transform (e.g. :func:`metalm.batching.vmap_tasks`)."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _loss_and_grads(loss_fn: LossFn, model: nn.Module, current: Mapping[str, Tensor], batch: Batch,
+                    names: list[str], create_graph: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The support loss and its gradient w.r.t. each fast weight (zeros where unused).
+
+    ``torch.autograd.grad`` (less overhead) unless inside ``vmap``, where batched tensors need
+    ``torch.func.grad``; both keep the outer graph when ``create_graph`` (second order) and both
+    compose with the outer ``backward``.
+    """
+    if not under_vmap():
+        loss = loss_fn(model, current, batch)
+        grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=create_graph,
+                                    allow_unused=True, materialize_grads=True)
+        return loss, grads
+
+    def f(ps: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        value = loss_fn(model, ps, batch)
+        return value, value
+
+    # First order: the outer level records nothing (torch.func.grad still differentiates inside).
+    with contextlib.nullcontext() if create_graph else torch.no_grad():
+        grads, loss = torch.func.grad(f, has_aux=True)(dict(current))
+    return loss, tuple(grads[n] for n in names)
+
+
 def _attention_context(model: nn.Module, second_order: bool) -> contextlib.AbstractContextManager[None]:
     if not second_order:
         return contextlib.nullcontext()
@@ -112,15 +141,14 @@ def adapt_trajectory(
         batch = prepare_batch(batch, "support batch")
     b1, b2 = betas
     names = list(params)
-    current = {n: (p if p.requires_grad else p.detach().requires_grad_()) for n, p in params.items()}
+    # torch.func.grad (under vmap) differentiates any input; torch.autograd.grad needs graph leaves.
+    current = {n: (p if p.requires_grad or under_vmap() else p.detach().requires_grad_()) for n, p in params.items()}
     history, losses = [current], []
     m1 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
     m2 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
     with torch.enable_grad(), _attention_context(model, not first_order and steps > 0):
         for t in range(steps):
-            loss = loss_fn(model, current, batch)
-            grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=not first_order,
-                                        allow_unused=True, materialize_grads=True)
+            loss, grads = _loss_and_grads(loss_fn, model, current, batch, names, create_graph=not first_order)
             if first_order:
                 grads = tuple(g.detach() for g in grads)
             if clip_grad_norm is not None:

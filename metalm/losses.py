@@ -78,7 +78,7 @@ class _TargetHead(nn.Module):
         self.m, self.head = model, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, positions: Tensor,
-                prefix: PrefixCache | None = None) -> Tensor:
+                prefix: PrefixCache | None = None, dense_mask: Tensor | None = None) -> Tensor:
         lm = causal_lm(self.m)
         backbone = getattr(lm, lm.base_model_prefix)
         if prefix is not None:
@@ -86,8 +86,8 @@ class _TargetHead(nn.Module):
         else:
             # Positions count real tokens, so left-padded rows get the same positions as unpadded ones.
             position_ids = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False).last_hidden_state
+            hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                              attention_mask=attention_mask if dense_mask is None else dense_mask).last_hidden_state
         picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, M, H]
         if not self.head:
             return picked
@@ -160,7 +160,7 @@ def cache_prefix(model: nn.Module, batch: Batch, layer: int | None) -> dict[str,
     handles = [layers[i].register_forward_pre_hook(record, with_kwargs=True) for i in range(layer, n_layers)]
     try:
         with torch.no_grad():
-            _TargetHead(model, head=False)(batch["input_ids"], batch.get("attention_mask"), batch["target_positions"])
+            _TargetHead(model, head=False)(*_head_args(batch))
     finally:
         for h in handles:
             h.remove()
@@ -172,6 +172,11 @@ def cache_prefix(model: nn.Module, batch: Batch, layer: int | None) -> dict[str,
     return {**batch, "prefix_cache": PrefixCache(layer, hidden.detach(), stripped, name)}
 
 
+def _head_args(batch: Batch) -> tuple[Any, ...]:
+    return (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"], batch.get("prefix_cache"),
+            batch.get("dense_mask"))
+
+
 def target_logits(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
     """Logits at the target positions, ``[B, M, V]``, with ``params`` swapped into the model.
 
@@ -181,8 +186,7 @@ def target_logits(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) 
         batch: A batch that went through :func:`prepare_batch`.
     """
     swapped = {f"m.{k}": v for k, v in params.items()}
-    args = (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"], batch.get("prefix_cache"))
-    return functional_call(_TargetHead(model), swapped, args, strict=False)
+    return functional_call(_TargetHead(model), swapped, _head_args(batch), strict=False)
 
 
 def target_hidden(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
@@ -192,8 +196,7 @@ def target_hidden(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) 
     one, the position that predicts the answer's first token.
     """
     swapped = {f"m.{k}": v for k, v in params.items()}
-    args = (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"], batch.get("prefix_cache"))
-    return functional_call(_TargetHead(model, head=False), swapped, args, strict=False)
+    return functional_call(_TargetHead(model, head=False), swapped, _head_args(batch), strict=False)
 
 
 def _upcast(logits: Tensor) -> Tensor:

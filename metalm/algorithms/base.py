@@ -7,12 +7,14 @@ under a name with its config dataclass; :func:`build_algorithm` builds one by na
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..batching import is_vmap_error, stack_batches, vmap_tasks
 from ..config import InnerConfig, from_dict
 from ..data.episode import Episode
 from ..errors import ConfigError
@@ -95,6 +97,7 @@ class MetaLearner:
         self.prefix_layer = selection.lowest_adapted_layer() if self.inner.cache_prefix else None
         self.inner_lrs: dict[str, nn.Parameter] = {}
         self.outer_steps = 0
+        self.vmap_failure: str | None = None  # why vmap over tasks did not run (then the loop is used)
 
     # ------------------------------------------------------------------ parameters
     def meta_parameters(self) -> dict[str, Tensor]:
@@ -134,6 +137,30 @@ class MetaLearner:
         if (self.inner.steps if uses is None else uses) < 2:
             return batch
         return cache_prefix(self.model, batch, self.prefix_layer)
+
+    def vmapped(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[Episode]) -> Any | None:
+        """``fn(support, query)`` run for every episode at once under ``torch.func.vmap``.
+
+        Returns ``fn``'s outputs stacked along a leading task dimension, or ``None`` when the
+        caller should loop instead: ``inner.vmap`` is off, there is a single episode, the
+        episodes' row counts differ, or the model does not run under ``vmap`` (warned once, with
+        the reason kept in :attr:`vmap_failure`; later steps loop).
+        """
+        if not self.inner.vmap or self.vmap_failure is not None or len(episodes) < 2:
+            return None
+        supports = stack_batches([ep.support for ep in episodes], self.model)
+        queries = stack_batches([ep.query for ep in episodes], self.model)
+        if supports is None or queries is None:
+            return None
+        try:
+            return vmap_tasks(fn, supports, queries)
+        except (RuntimeError, NotImplementedError) as err:
+            if not is_vmap_error(err):
+                raise
+            self.vmap_failure = str(err).splitlines()[0][:300]
+            warnings.warn(f"inner.vmap: this model does not run under torch.func.vmap ({self.vmap_failure}); "
+                          "running the tasks one by one", RuntimeWarning, stacklevel=2)
+            return None
 
     def adapt(self, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:
         """Adapt the learned initialization to ``support`` for evaluation (no meta-graph kept).

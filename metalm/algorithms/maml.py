@@ -11,16 +11,18 @@ second-order by default, first-order (FOMAML) with ``inner.first_order``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..config import InnerConfig
 from ..data.episode import Episode
 from ..errors import ConfigError
 from ..inner import adapt_trajectory
-from ..losses import lm_loss_and_accuracy
+from ..losses import Batch, lm_loss_and_accuracy
 from ..params import ParameterSelection
 from .base import MetaLearner, register_algorithm
 
@@ -103,28 +105,40 @@ class MAML(MetaLearner):
         """Whether this outer step is first-order (config, or MAML++ annealing still in force)."""
         return self.inner.first_order or self.outer_steps < self.config.first_order_steps
 
+    def task_objective(self, support: Batch, query: Batch, *, first_order: bool,
+                       weights: list[float] | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One task's outer objective, with its first support loss, query loss and query accuracy
+        (the last three detached); runs alone or under ``vmap`` (:meth:`vmapped`)."""
+        fast = self.selection.fast_params(self.model)
+        traj = adapt_trajectory(self.model, fast, self.prefixed(support), lr=self.inner_lr(),
+                                first_order=first_order, **self.inner.options())
+        query = self.prefixed(query, self.inner.steps if weights is not None else 1)
+        q_loss, q_acc = lm_loss_and_accuracy(self.model, traj.params[-1], query)
+        objective = q_loss
+        if weights is not None:
+            objective = weights[-1] * q_loss
+            for w, params in zip(weights[:-1], traj.params[1:-1], strict=True):
+                objective = objective + w * lm_loss_and_accuracy(self.model, params, query)[0]
+        return objective, traj.losses[0].detach(), q_loss.detach(), q_acc.detach()
+
     def meta_gradients(self, episodes: Sequence[Episode]) -> dict[str, float]:
         cfg: MAMLConfig = self.config
         first_order = self.first_order_now()
         weights = (multi_step_loss_weights(self.inner.steps, self.outer_steps, cfg.msl_anneal_steps)
                    if cfg.multi_step_loss else None)
-        fast = self.selection.fast_params(self.model)
-        totals = {"support_loss": 0.0, "query_loss": 0.0, "query_accuracy": 0.0}
-        for ep in episodes:
-            traj = adapt_trajectory(self.model, fast, self.prefixed(ep.support), lr=self.inner_lr(),
-                                    first_order=first_order, **self.inner.options())
-            query = self.prefixed(ep.query, self.inner.steps if weights is not None else 1)
-            q_loss, q_acc = lm_loss_and_accuracy(self.model, traj.params[-1], query)
-            objective = q_loss
-            if weights is not None:
-                objective = weights[-1] * q_loss
-                for w, params in zip(weights[:-1], traj.params[1:-1], strict=True):
-                    objective = objective + w * lm_loss_and_accuracy(self.model, params, query)[0]
-            (objective / len(episodes)).backward()
-            totals["support_loss"] += traj.losses[0].item() if traj.losses else float("nan")
-            totals["query_loss"] += q_loss.item()
-            totals["query_accuracy"] += q_acc.item()
-        out = {k: v / len(episodes) for k, v in totals.items()}
+        task = functools.partial(self.task_objective, first_order=first_order, weights=weights)
+        stacked = self.vmapped(task, episodes)
+        if stacked is not None:
+            stacked[0].mean().backward()
+            rows = stacked[1:]
+        else:
+            per_task = []
+            for ep in episodes:
+                objective, *metrics = task(ep.support, ep.query)
+                (objective / len(episodes)).backward()
+                per_task.append(metrics)
+            rows = tuple(torch.stack(col) for col in zip(*per_task, strict=True))
+        out = {k: float(v.mean()) for k, v in zip(("support_loss", "query_loss", "query_accuracy"), rows, strict=True)}
         out["first_order"] = float(first_order)
         return out
 

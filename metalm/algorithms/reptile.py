@@ -11,13 +11,13 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import InnerConfig
 from ..data.episode import Episode
 from ..errors import ConfigError
 from ..inner import adapt
-from ..losses import lm_loss_and_accuracy
+from ..losses import Batch, lm_loss_and_accuracy
 from ..params import ParameterSelection
 from .base import MetaLearner, register_algorithm
 
@@ -50,18 +50,34 @@ class Reptile(MetaLearner):
                                              "none and choose an adapter (bitfit, full) that covers those weights")
         super().__init__(model, selection, config)
 
+    def task_update(self, support: Batch, query: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """One task's adapted fast weights (detached), query loss and accuracy; runs alone or under
+        ``vmap`` (:meth:`vmapped`)."""
+        start = {n: p.detach() for n, p in self.selection.fast_params(self.model).items()}
+        adapted = adapt(self.model, start, self.prefixed(support), lr=self.inner.lr, first_order=True,
+                        **self.inner.options())
+        adapted = {n: v.detach() for n, v in adapted.items()}
+        with torch.no_grad():
+            q_loss, q_acc = lm_loss_and_accuracy(self.model, adapted, query)
+        return adapted, q_loss, q_acc
+
     def meta_gradients(self, episodes: Sequence[Episode]) -> dict[str, float]:
         fast = self.selection.fast_params(self.model)
-        start = {n: p.detach() for n, p in fast.items()}
-        totals = {"query_loss": 0.0, "query_accuracy": 0.0}
-        for ep in episodes:
-            adapted = adapt(self.model, start, self.prefixed(ep.support), lr=self.inner.lr, first_order=True,
-                            **self.inner.options())
-            with torch.no_grad():
+        stacked = self.vmapped(self.task_update, episodes)
+        # Either all tasks at once or one at a time (a leading task dim of 1), accumulated as they come.
+        parts = [stacked] if stacked is not None else (_one_task(self.task_update(ep.support, ep.query))
+                                                       for ep in episodes)
+        losses, accuracies = [], []
+        with torch.no_grad():
+            for adapted, q_loss, q_acc in parts:
                 for n, p in fast.items():
-                    delta = (p - adapted[n]) / len(episodes)
+                    delta = (p - adapted[n]).sum(0) / len(episodes)
                     p.grad = delta if p.grad is None else p.grad + delta
-                q_loss, q_acc = lm_loss_and_accuracy(self.model, adapted, ep.query)
-            totals["query_loss"] += float(q_loss)
-            totals["query_accuracy"] += float(q_acc)
-        return {k: v / len(episodes) for k, v in totals.items()}
+                losses.append(q_loss)
+                accuracies.append(q_acc)
+        return {"query_loss": float(torch.cat(losses).mean()), "query_accuracy": float(torch.cat(accuracies).mean())}
+
+
+def _one_task(out: tuple[dict[str, Tensor], Tensor, Tensor]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    adapted, q_loss, q_acc = out
+    return {n: v[None] for n, v in adapted.items()}, q_loss[None], q_acc[None]
