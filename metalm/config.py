@@ -99,8 +99,10 @@ class InnerConfig:
         vmap: Run the tasks of a meta-batch together with ``torch.func.vmap``
             (:mod:`metalm.batching`; the same losses and meta-gradients as the loop). Needs the same
             number of support rows and of query rows in every task; otherwise, or when the model
-            does not run under ``vmap``, the tasks run one by one. Peak memory holds every task's
-            graph at once.
+            does not run under ``vmap``, the tasks run one by one. Peak memory holds the graphs of
+            every task of a vmap call at once (see ``vmap_chunk``).
+        vmap_chunk: Tasks per vmap call; each call's graph is freed by its backward before the
+            next. ``0`` = the whole meta-batch in one call.
     """
 
     steps: int = 5
@@ -112,6 +114,7 @@ class InnerConfig:
     eps: float = 1e-8
     cache_prefix: bool = True
     vmap: bool = False
+    vmap_chunk: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -124,6 +127,8 @@ class InnerConfig:
             raise ConfigError("inner.betas", f"each must be in [0, 1), got {self.betas}")
         if self.eps <= 0:
             raise ConfigError("inner.eps", f"must be > 0, got {self.eps}")
+        if self.vmap_chunk < 0:
+            raise ConfigError("inner.vmap_chunk", f"must be >= 0 (0 = the whole meta-batch), got {self.vmap_chunk}")
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`metalm.adapt` (everything but ``lr`` and ``first_order``)."""

@@ -39,11 +39,12 @@ def vmap_calls(monkeypatch):
     return calls
 
 
-def meta_step(algo: str, arch: str, vmap: bool, *, shared: str, layers: str, attn: str = "sdpa"):
+def meta_step(algo: str, arch: str, vmap: bool, *, shared: str, layers: str, attn: str = "sdpa", chunk: int = 0):
     adapter = AdapterConfig(kind="lora", rank=2, layers=layers)
     model = make_model(arch, adapter=adapter, attn=attn)
     sel = metalm.select_parameters(model, adapter, MetaConfig(shared=shared))
-    config = {"inner": InnerConfig(steps=3, lr=0.3, vmap=vmap, first_order=algo in ("fomaml", "reptile"))}
+    config = {"inner": InnerConfig(steps=3, lr=0.3, vmap=vmap, vmap_chunk=chunk,
+                                   first_order=algo in ("fomaml", "reptile"))}
     if algo == "maml++":
         config["first_order_steps"] = 0
     learner = metalm.build_algorithm(algo, model, sel, config)
@@ -72,6 +73,17 @@ def test_vmap_matches_the_loop(algo, shared, layers, arch, vmap_calls):
     assert grads.keys() == loop_grads.keys() and len(grads) > 0
     for n, g in loop_grads.items():
         assert g.abs().sum() > 0, n
+        assert torch.allclose(grads[n], g, rtol=0, atol=1e-12), n
+
+
+@pytest.mark.parametrize("algo", ["maml", "reptile"])
+def test_vmap_in_chunks_matches_the_loop(algo, vmap_calls):
+    """3 tasks in chunks of 2: one vmap call of 2 tasks, then the last task alone."""
+    _, loop_metrics, loop_grads = meta_step(algo, "gpt2", False, shared="none", layers="all")
+    _, metrics, grads = meta_step(algo, "gpt2", True, shared="none", layers="all", chunk=2)
+    assert vmap_calls == [2]
+    assert metrics == pytest.approx(loop_metrics, abs=1e-12)
+    for n, g in loop_grads.items():
         assert torch.allclose(grads[n], g, rtol=0, atol=1e-12), n
 
 

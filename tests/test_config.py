@@ -32,6 +32,7 @@ def test_round_trip():
     ({"inner": {"lr": True}}, "inner.lr", "expected a number"),
     ({"inner": {"betas": [0.9]}}, "inner.betas", "2 items"),
     ({"inner": {"clip_grad_norm": "big"}}, "inner.clip_grad_norm", "number"),
+    ({"inner": {"vmap_chunk": -1}}, "inner.vmap_chunk", ">= 0"),
     ({"inner": 3}, "inner", "mapping"),
     ({"seed": 1.5}, "seed", "expected int"),
 ])

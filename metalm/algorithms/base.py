@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from ..batching import is_vmap_error, stack_batches, vmap_tasks
 from ..config import InnerConfig, from_dict
@@ -138,6 +139,24 @@ class MetaLearner:
             return batch
         return cache_prefix(self.model, batch, self.prefix_layer)
 
+    def run_tasks(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[Episode]) -> Iterator[Any]:
+        """Yield ``fn(support, query)`` for the episodes, outputs stacked along a leading task dim.
+
+        With ``inner.vmap``, groups of ``inner.vmap_chunk`` tasks (default: all) run together under
+        ``torch.func.vmap`` (:mod:`metalm.batching`); otherwise, or for a group that cannot (see
+        :meth:`vmapped`), one task at a time (a task dim of 1). A consumer that runs ``backward``
+        on each item before taking the next keeps one group's graph alive at a time.
+        """
+        size = (self.inner.vmap_chunk or len(episodes)) if self.inner.vmap else 1
+        for start in range(0, len(episodes), size):
+            group = episodes[start:start + size]
+            stacked = self.vmapped(fn, group)
+            if stacked is not None:
+                yield stacked
+                continue
+            for ep in group:
+                yield tree_map(lambda t: t.unsqueeze(0), fn(ep.support, ep.query))
+
     def vmapped(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[Episode]) -> Any | None:
         """``fn(support, query)`` run for every episode at once under ``torch.func.vmap``.
 
@@ -159,7 +178,7 @@ class MetaLearner:
                 raise
             self.vmap_failure = str(err).splitlines()[0][:300]
             warnings.warn(f"inner.vmap: this model does not run under torch.func.vmap ({self.vmap_failure}); "
-                          "running the tasks one by one", RuntimeWarning, stacklevel=2)
+                          "running the tasks one by one", RuntimeWarning, stacklevel=3)
             return None
 
     def adapt(self, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:

@@ -108,7 +108,7 @@ class MAML(MetaLearner):
     def task_objective(self, support: Batch, query: Batch, *, first_order: bool,
                        weights: list[float] | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One task's outer objective, with its first support loss, query loss and query accuracy
-        (the last three detached); runs alone or under ``vmap`` (:meth:`vmapped`)."""
+        (the last three detached); runs alone or under ``vmap`` (:meth:`run_tasks`)."""
         fast = self.selection.fast_params(self.model)
         traj = adapt_trajectory(self.model, fast, self.prefixed(support), lr=self.inner_lr(),
                                 first_order=first_order, **self.inner.options())
@@ -127,17 +127,11 @@ class MAML(MetaLearner):
         weights = (multi_step_loss_weights(self.inner.steps, self.outer_steps, cfg.msl_anneal_steps)
                    if cfg.multi_step_loss else None)
         task = functools.partial(self.task_objective, first_order=first_order, weights=weights)
-        stacked = self.vmapped(task, episodes)
-        if stacked is not None:
-            stacked[0].mean().backward()
-            rows = stacked[1:]
-        else:
-            per_task = []
-            for ep in episodes:
-                objective, *metrics = task(ep.support, ep.query)
-                (objective / len(episodes)).backward()
-                per_task.append(metrics)
-            rows = tuple(torch.stack(col) for col in zip(*per_task, strict=True))
+        parts = []
+        for objective, *metrics in self.run_tasks(task, episodes):
+            (objective.sum() / len(episodes)).backward()
+            parts.append(metrics)
+        rows = [torch.cat(col) for col in zip(*parts, strict=True)]
         out = {k: float(v.mean()) for k, v in zip(("support_loss", "query_loss", "query_accuracy"), rows, strict=True)}
         out["first_order"] = float(first_order)
         return out

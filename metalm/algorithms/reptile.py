@@ -52,7 +52,7 @@ class Reptile(MetaLearner):
 
     def task_update(self, support: Batch, query: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """One task's adapted fast weights (detached), query loss and accuracy; runs alone or under
-        ``vmap`` (:meth:`vmapped`)."""
+        ``vmap`` (:meth:`run_tasks`)."""
         start = {n: p.detach() for n, p in self.selection.fast_params(self.model).items()}
         adapted = adapt(self.model, start, self.prefixed(support), lr=self.inner.lr, first_order=True,
                         **self.inner.options())
@@ -63,21 +63,12 @@ class Reptile(MetaLearner):
 
     def meta_gradients(self, episodes: Sequence[Episode]) -> dict[str, float]:
         fast = self.selection.fast_params(self.model)
-        stacked = self.vmapped(self.task_update, episodes)
-        # Either all tasks at once or one at a time (a leading task dim of 1), accumulated as they come.
-        parts = [stacked] if stacked is not None else (_one_task(self.task_update(ep.support, ep.query))
-                                                       for ep in episodes)
         losses, accuracies = [], []
-        with torch.no_grad():
-            for adapted, q_loss, q_acc in parts:
+        for adapted, q_loss, q_acc in self.run_tasks(self.task_update, episodes):
+            with torch.no_grad():
                 for n, p in fast.items():
                     delta = (p - adapted[n]).sum(0) / len(episodes)
                     p.grad = delta if p.grad is None else p.grad + delta
-                losses.append(q_loss)
-                accuracies.append(q_acc)
+            losses.append(q_loss)
+            accuracies.append(q_acc)
         return {"query_loss": float(torch.cat(losses).mean()), "query_accuracy": float(torch.cat(accuracies).mean())}
-
-
-def _one_task(out: tuple[dict[str, Tensor], Tensor, Tensor]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    adapted, q_loss, q_acc = out
-    return {n: v[None] for n, v in adapted.items()}, q_loss[None], q_acc[None]
