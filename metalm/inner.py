@@ -164,7 +164,8 @@ def adapt_trajectory(
                     m_hat = m1[n] / (1 - b1 ** (t + 1))
                     v_hat = m2[n] / (1 - b2 ** (t + 1))
                     g = m_hat / (_safe_sqrt(v_hat) + eps)
-                new[n] = current[n] - step_lr * g
+                # One fused op (and one allocation) for a plain rate: every step copies each fast weight.
+                new[n] = torch.add(current[n], g, alpha=-step_lr) if isinstance(step_lr, (int, float)) else current[n] - step_lr * g
             current = new
             history.append(current)
             losses.append(loss)

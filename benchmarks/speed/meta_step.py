@@ -101,6 +101,22 @@ def step_higher(model, support, query, k, first_order=False):  # noqa: ANN001, A
         return torch.autograd.grad(loss, list(model.parameters()))
 
 
+@math_attention
+def step_learn2learn(model, support, query, k, first_order=False):  # noqa: ANN001, ANN201
+    """learn2learn's MAML wrapper: ``clone()`` the model, ``adapt(loss)`` k times (separate environment,
+    see learn2learn_env.sh)."""
+    import learn2learn as l2l
+
+    learner = l2l.algorithms.MAML(model, lr=LR, first_order=first_order).clone()
+    for _ in range(k):
+        logits = learner(input_ids=support["input_ids"], attention_mask=support["attention_mask"]).logits
+        learner.adapt(F.cross_entropy(logits[:, :-1].flatten(0, 1), support["labels"][:, 1:].flatten(),
+                                      ignore_index=-100))
+    logits = learner(input_ids=query["input_ids"], attention_mask=query["attention_mask"]).logits
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), query["labels"][:, 1:].flatten(), ignore_index=-100)
+    return torch.autograd.grad(loss, list(model.parameters()))
+
+
 def step_ideal(model, support, query, k, first_order=True):  # noqa: ANN001, ANN201
     """(k + 1) plain forward+backward passes of the same loss on the same weights (no update)."""
     params = dict(model.named_parameters())
@@ -110,7 +126,7 @@ def step_ideal(model, support, query, k, first_order=True):  # noqa: ANN001, ANN
 
 
 VARIANTS: dict[str, Callable] = {"metalm": step_metalm, "higher": step_higher, "naive": step_naive,
-                                 "ideal": step_ideal}
+                                 "ideal": step_ideal, "learn2learn": step_learn2learn}
 
 
 def timed(fn: Callable, device: torch.device) -> float:
@@ -168,6 +184,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--learn2learn", action="store_true",
+                        help="compare with learn2learn's MAML instead (run in the learn2learn_env.sh environment)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--first-order", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -176,9 +194,11 @@ def main() -> None:
     device = torch.device(args.device)
     model, support, query = build(device, args.rows)
     ref = step_naive(model, support, query, 2)
-    for name in ("metalm", "higher"):
+    for name in ("metalm", "learn2learn" if args.learn2learn else "higher"):
         got = VARIANTS[name](model, support, query, 2)
         assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(ref, got, strict=True)), name
+    if args.learn2learn:
+        return compare_learn2learn(args, device, model, support, query)
     print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), {args.rows} rows x 48 tokens (4 targets) per set, "
           f"{device}; the three MAML meta-gradients agree")
     print("| k | MAML metalm s | higher s | naive s | metalm / higher time | metalm / higher peak memory "
@@ -199,6 +219,30 @@ def main() -> None:
         print(f"| {k} | {med['metalm']:.3f} | {med['higher']:.3f} | {med['naive']:.3f} | "
               f"{med['metalm'] / med['higher']:.2f} | {mem} | {med['fomaml']:.3f} | {med['ideal']:.3f} | "
               f"{med['fomaml'] / med['ideal']:.2f} |", flush=True)
+
+
+def compare_learn2learn(args: argparse.Namespace, device: torch.device, model, support, query) -> None:  # noqa: ANN001
+    import learn2learn
+
+    print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), {args.rows} rows x 48 tokens (4 targets) per set, "
+          f"{device}, torch {torch.__version__}, learn2learn {learn2learn.__version__}; meta-gradients agree")
+    print("| k | MAML metalm s | learn2learn s | metalm / learn2learn time | metalm / learn2learn peak memory "
+          "| FOMAML metalm s | learn2learn s | metalm / learn2learn |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in (int(x) for x in args.steps.split(",")):
+        times: dict[str, list[float]] = {n: [] for n in ("metalm", "l2l", "fo_metalm", "fo_l2l")}
+        for _ in range(args.repeats):
+            times["metalm"].append(timed(lambda k=k: step_metalm(model, support, query, k), device))
+            times["l2l"].append(timed(lambda k=k: step_learn2learn(model, support, query, k), device))
+            times["fo_metalm"].append(timed(lambda k=k: step_metalm(model, support, query, k, True), device))
+            times["fo_l2l"].append(timed(lambda k=k: step_learn2learn(model, support, query, k, True), device))
+        med = {n: statistics.median(v) for n, v in times.items()}
+        mem = "-"
+        if not args.no_memory:
+            ours, theirs = (peak_memory(n, k, False, args.rows, device) for n in ("metalm", "learn2learn"))
+            mem = f"{ours / theirs:.2f} ({ours:.0f} / {theirs:.0f} MiB)"
+        print(f"| {k} | {med['metalm']:.3f} | {med['l2l']:.3f} | {med['metalm'] / med['l2l']:.2f} | {mem} | "
+              f"{med['fo_metalm']:.3f} | {med['fo_l2l']:.3f} | {med['fo_metalm'] / med['fo_l2l']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
