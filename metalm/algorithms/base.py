@@ -19,8 +19,8 @@ from ..batching import is_vmap_error, stack_batches, vmap_tasks
 from ..config import InnerConfig, from_dict
 from ..data.episode import Episode
 from ..errors import ConfigError
-from ..inner import LearningRate, adapt
-from ..losses import Batch, cache_prefix, lm_loss_and_accuracy
+from ..inner import LearningRate, LossFn, adapt
+from ..losses import Batch, cache_prefix, lm_loss, lm_loss_and_accuracy, prepare_batch
 from ..params import ParameterSelection
 
 _REGISTRY: dict[str, tuple[type[MetaLearner], type]] = {}
@@ -99,6 +99,7 @@ class MetaLearner:
         self.inner_lrs: dict[str, nn.Parameter] = {}
         self.outer_steps = 0
         self.vmap_failure: str | None = None  # why vmap over tasks did not run (then the loop is used)
+        self._compiled_loss: LossFn | None = None
 
     # ------------------------------------------------------------------ parameters
     def meta_parameters(self) -> dict[str, Tensor]:
@@ -132,11 +133,20 @@ class MetaLearner:
         """Restore what :meth:`extra_state` returned."""
 
     # ------------------------------------------------------------------ adaptation
+    def inner_loss(self, first_order: bool) -> LossFn:
+        """The support loss of the inner loop: :func:`metalm.lm_loss`, through ``torch.compile``
+        (built once, dynamic shapes) for first-order loops when ``inner.compile`` is set."""
+        if not (self.inner.compile and first_order):
+            return lm_loss
+        if self._compiled_loss is None:
+            self._compiled_loss = torch.compile(lm_loss, dynamic=True)
+        return self._compiled_loss
+
     def prefixed(self, batch: Batch, uses: int | None = None) -> Batch:
         """``batch`` with a frozen-prefix cache when it will be run ``uses`` times (default: the inner
         steps) and ``uses >= 2``; a single pass gains nothing from a cache."""
         if (self.inner.steps if uses is None else uses) < 2:
-            return batch
+            return prepare_batch(batch)  # target positions found once, outside any compiled loss
         return cache_prefix(self.model, batch, self.prefix_layer)
 
     def run_tasks(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[Episode]) -> Iterator[Any]:
@@ -192,7 +202,7 @@ class MetaLearner:
         lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr
         steps = self.inner.steps if steps is None else steps
         out = adapt(self.model, params, self.prefixed(support, steps), lr=lr, first_order=True,
-                    **{**self.inner.options(), "steps": steps})
+                    loss_fn=self.inner_loss(True), **{**self.inner.options(), "steps": steps})
         return {n: v.detach() for n, v in out.items()}
 
     def evaluate(self, episode: Episode) -> dict[str, float]:

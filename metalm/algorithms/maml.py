@@ -111,7 +111,7 @@ class MAML(MetaLearner):
         (the last three detached); runs alone or under ``vmap`` (:meth:`run_tasks`)."""
         fast = self.selection.fast_params(self.model)
         traj = adapt_trajectory(self.model, fast, self.prefixed(support), lr=self.inner_lr(),
-                                first_order=first_order, **self.inner.options())
+                                first_order=first_order, loss_fn=self.inner_loss(first_order), **self.inner.options())
         query = self.prefixed(query, self.inner.steps if weights is not None else 1)
         q_loss, q_acc = lm_loss_and_accuracy(self.model, traj.params[-1], query)
         objective = q_loss

@@ -55,7 +55,7 @@ class Reptile(MetaLearner):
         ``vmap`` (:meth:`run_tasks`)."""
         start = {n: p.detach() for n, p in self.selection.fast_params(self.model).items()}
         adapted = adapt(self.model, start, self.prefixed(support), lr=self.inner.lr, first_order=True,
-                        **self.inner.options())
+                        loss_fn=self.inner_loss(True), **self.inner.options())
         adapted = {n: v.detach() for n, v in adapted.items()}
         with torch.no_grad():
             q_loss, q_acc = lm_loss_and_accuracy(self.model, adapted, query)
