@@ -87,7 +87,8 @@ def stack_batches(batches: Sequence[Batch], model: nn.Module) -> dict[str, Tenso
     padded = [_pad(b, width, targets) for b in prepared]
     out = {k: torch.stack([b[k] for b in padded]) for k in STACKED_KEYS}
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    out["dense_mask"] = dense_mask(out["attention_mask"].flatten(0, 1), model, dtype).unflatten(0, out["input_ids"].shape[:2])
+    mask = dense_mask(out["attention_mask"].flatten(0, 1), model, dtype)
+    out["dense_mask"] = mask.unflatten(0, out["input_ids"].shape[:2])
     return out
 
 

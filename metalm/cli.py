@@ -89,11 +89,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kind(config: Any) -> str:
-    """``mtl`` for a multi-task run, ``meta`` for a meta-learning run."""
-    return "mtl" if config.algorithm["name"] == "multitask" else "meta"
-
-
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -101,6 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from . import distributed
     from .eval import EvalConfig, Harness, eval_tasks, format_table
+    from .eval.compare import add_runs, reference_inner, run_kind
     from .train import TrainConfig, build_model, build_registry, load_run, load_train_config, task_lists
 
     if bool(args.run_dir) == bool(args.model):
@@ -115,7 +111,7 @@ def _eval(args: argparse.Namespace) -> int:
     runs = args.run_dir or []
     configs = [load_train_config(Path(r) / "config.yaml") if (Path(r) / "config.yaml").is_file() else None
                for r in runs]
-    kinds = [_kind(c) if c else "meta" for c in configs]
+    kinds = [run_kind(c) if c else "meta" for c in configs]
     # Default methods: the baselines plus whatever the given runs provide (meta, mtl).
     overrides.setdefault("methods", ["zeroshot", "icl", "finetune", *(k for k in ("meta", "mtl") if k in kinds)])
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
@@ -126,14 +122,13 @@ def _eval(args: argparse.Namespace) -> int:
             what = "a run trained with algorithm: multitask" if method == "mtl" else "a meta-learning run"
             raise ConfigError("--methods", f"{method} needs {what} among --run-dir")
     # mtl adapts with the inner loop (steps, rate, optimizer) of the first meta-learning run: the same budget.
-    reference_inner = next((c.algorithm_config().inner for c, k in zip(configs, kinds, strict=True)
-                            if c and k == "meta"), None)
+    inner = reference_inner(configs, kinds)
     untrained = [m for m in eval_cfg.methods if m not in ("meta", "mtl")]
     if args.run_dir:
         config, tokenizer, algorithm, base = load_run(runs[0], device)
         trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
-        if kinds[0] == "mtl" and reference_inner is not None:
-            algorithm.inner = reference_inner
+        if kinds[0] == "mtl" and inner is not None:
+            algorithm.inner = inner
         methods = [*untrained, *([kinds[0]] if kinds[0] in eval_cfg.methods else [])]
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
@@ -154,31 +149,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = harness.run(tasks, progress=not args.quiet)
     report["tasks"] = names
     if len(runs) > 1:
-        # More runs: their trained initializations on the same episodes, a row each.
-        labels = [_label(c, k, len(runs)) for c, k in zip(configs, kinds, strict=True)]
-        rename = {kinds[0]: labels[0]}
-        for run, kind, label in zip(runs[1:], kinds[1:], labels[1:], strict=True):
-            if kind not in eval_cfg.methods:
-                continue
-            other_cfg, other_tok, other_algo, other_base = load_run(run, device)
-            if other_cfg.model != config.model:
-                raise ConfigError("--run-dir", f"{run} trained {other_cfg.model}, not {config.model}: "
-                                                "compared runs must share the base model")
-            if kind == "mtl" and reference_inner is not None:
-                other_algo.inner = reference_inner
-            other = Harness(other_algo, other_tok, other_base,
-                            {k: v.detach().clone() for k, v in other_algo.meta_parameters().items()},
-                            dataclasses.replace(eval_cfg, methods=[kind], inner_steps=None))
-            extra = other.run(tasks, progress=not args.quiet)
-            name = label if label not in {r["method"] for r in report["macro"]} | set(rename.values()) \
-                else f"{label}({Path(run).name})"
-            for row in extra["results"] + extra["macro"]:
-                row["method"] = name
-            report["results"] += extra["results"]
-            report["macro"] += extra["macro"]
-            del other, other_algo
-        for row in report["results"] + report["macro"] + report.get("inner_steps_sweep", []):
-            row["method"] = rename.get(row["method"], row["method"])
+        add_runs(report, tasks, runs, configs, kinds, eval_cfg, device, model=config.model, progress=not args.quiet)
     if not ctx.is_main:
         return 0
     text = json.dumps(report, indent=1)
@@ -190,11 +161,6 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _label(config: Any, kind: str, n_runs: int) -> str:
-    """Row name of a run in a comparison: ``meta:<algorithm>`` for meta-learning, ``mtl`` for multi-task."""
-    return "mtl" if kind == "mtl" else f"meta:{config.algorithm['name']}" if n_runs > 1 else "meta"
-
-
 def _diagnose(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -202,6 +168,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     from .diagnose import conflict_batches, generalization_gap, gradient_conflict, plot_conflict, plot_gap, spread
     from .eval import EvalConfig, Harness, eval_tasks
+    from .eval.compare import run_kind
     from .train import TrainConfig, build_model, build_registry, load_run, task_lists
 
     if bool(args.run_dir) == bool(args.model):
@@ -234,7 +201,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     print(f"mean off-diagonal cosine {result['mean_offdiag']:.3f}, most negative {result['min_offdiag']:.3f}; "
           f"heatmap {plot}")
     if args.gap:
-        methods = ["zeroshot", *([_kind(config)] if args.run_dir else [])]
+        methods = ["zeroshot", *([run_kind(config)] if args.run_dir else [])]
         cfg = from_dict(EvalConfig, {"shots": [args.gap_shots], "episodes": args.episodes, "methods": methods,
                                      "ways": sampler.ways, "queries": 2}, source="command line")
         trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()} if args.run_dir else None

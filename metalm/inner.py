@@ -165,7 +165,8 @@ def adapt_trajectory(
                     v_hat = m2[n] / (1 - b2 ** (t + 1))
                     g = m_hat / (_safe_sqrt(v_hat) + eps)
                 # One fused op (and one allocation) for a plain rate: every step copies each fast weight.
-                new[n] = torch.add(current[n], g, alpha=-step_lr) if isinstance(step_lr, (int, float)) else current[n] - step_lr * g
+                plain = isinstance(step_lr, (int, float))
+                new[n] = torch.add(current[n], g, alpha=-step_lr) if plain else current[n] - step_lr * g
             current = new
             history.append(current)
             losses.append(loss)

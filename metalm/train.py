@@ -291,8 +291,9 @@ class MetaTrainer:
         batch, micro = config.outer.meta_batch, config.outer.accumulate
         self.micro_slots = [[a * batch + j for j in distributed.shard(batch, self.ctx)] for a in range(micro)]
         pool = [self.registry[t] for t in self.train_tasks]
-        self.samplers = {j: EpisodeSampler(pool, config.sampler, seed=config.seed, rank=j, world_size=batch * micro)
-                         for slots in self.micro_slots for j in slots}
+        # One task index, one independent stream per slot of the global meta-batch.
+        first = EpisodeSampler(pool, config.sampler, seed=config.seed, world_size=batch * micro)
+        self.samplers = {j: first.fork(j) for slots in self.micro_slots for j in slots}
         self.step = 0
         self._conflict_batches: dict[str, list] | None = None
 

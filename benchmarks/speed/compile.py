@@ -18,10 +18,10 @@ import statistics
 import time
 
 import torch
+from vmap_tasks import meta_step, tasks
 
 import metalm
 from metalm import AdapterConfig, InnerConfig, MetaConfig
-from vmap_tasks import meta_step, tasks
 
 
 def build(layers: str, compile: bool, steps: int) -> metalm.algorithms.MetaLearner:

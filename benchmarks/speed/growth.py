@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import torch
+from vmap_tasks import build, meta_step, tasks  # noqa: E402  (same directory)
 
 import metalm
-from vmap_tasks import build, meta_step, tasks  # noqa: E402  (same directory)
 
 BASE = {"k": 2, "tasks": 4, "tokens": 48}
 AXES = {"k": [1, 2, 4, 8], "tasks": [1, 2, 4, 8, 16], "tokens": [32, 64, 128, 256]}
@@ -73,7 +73,8 @@ def plot(rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
     for col, axis in enumerate(AXES):
         for variant in VARIANTS:
-            pts = sorted((r[axis], r["seconds"], r["mib"]) for r in rows if r["axis"] == axis and r["variant"] == variant)
+            pts = sorted((r[axis], r["seconds"], r["mib"]) for r in rows
+                         if r["axis"] == axis and r["variant"] == variant)
             xs = [p[0] for p in pts]
             axes[0, col].plot(xs, [p[1] for p in pts], marker="o", label=variant)
             axes[1, col].plot(xs, [p[2] for p in pts], marker="o", label=variant)

@@ -61,8 +61,9 @@ def main() -> None:
     for n in (int(x) for x in args.labels.split(",")):
         exs = examples(tokenizer, args.examples, n, args.prompt_tokens)
 
-        def run(shared: bool) -> list[list[float]]:
-            return option_scores(model, params, exs, tokenizer, config, batch_size=args.batch_size, shared_prompt=shared)
+        def run(shared: bool, exs: list[Example] = exs) -> list[list[float]]:
+            return option_scores(model, params, exs, tokenizer, config, batch_size=args.batch_size,
+                                 shared_prompt=shared)
 
         a, b = run(False), run(True)
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-3), "scores differ"

@@ -84,8 +84,8 @@ def main() -> None:
             assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), f"{algo}: gradients differ"
             times: dict[str, list[float]] = {"loop": [], "vmap": []}
             for _ in range(args.repeats):
-                times["loop"].append(timed(lambda: meta_step(loop, episodes), device))
-                times["vmap"].append(timed(lambda: meta_step(vmapped, episodes), device))
+                for name, learner in (("loop", loop), ("vmap", vmapped)):
+                    times[name].append(timed(lambda lr=learner, eps=episodes: meta_step(lr, eps), device))
             t_loop, t_vmap = statistics.median(times["loop"]), statistics.median(times["vmap"])
             print(f"| {algo} | {n} | {t_loop:.3f} | {t_vmap:.3f} | {t_loop / t_vmap:.2f} |", flush=True)
 

@@ -12,6 +12,7 @@ process, and :meth:`EpisodeSampler.state_dict` captures the stream for exact res
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -114,6 +115,16 @@ class EpisodeSampler:
         self.task_probs = weights / weights.sum()
         self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(rank,))))
         self.drawn = 0
+
+    def fork(self, rank: int) -> EpisodeSampler:
+        """The stream of ``rank`` (same seed, pool and world size) sharing this sampler's task index,
+        so many streams do not index every task's labels again; it starts at its beginning."""
+        if not 0 <= rank < self.world_size:
+            raise ConfigError("rank", f"must be in 0..{self.world_size - 1}, got {rank}")
+        other = copy.copy(self)
+        other.rank, other.drawn = rank, 0
+        other._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(rank,))))
+        return other
 
     @property
     def tasks(self) -> list[str]:

@@ -120,6 +120,19 @@ def test_ranks_have_independent_streams(registry):
         EpisodeSampler(tasks, cfg, seed=3, rank=2, world_size=2)
 
 
+def test_a_fork_is_the_other_ranks_stream_over_the_same_index(registry):
+    cfg = SamplerConfig(ways=2, shots=2, queries=2)
+    tasks = pool(registry, "toy_cls", "toy_mc")
+    first = EpisodeSampler(tasks, cfg, seed=3, rank=0, world_size=2)
+    first.sample()  # the fork starts at its own beginning whatever the parent drew
+    fork = first.fork(1)
+    assert fork.index is first.index and fork.drawn == 0
+    assert episode_digest(fork, 4) == episode_digest(EpisodeSampler(tasks, cfg, seed=3, rank=1, world_size=2), 4)
+    assert fork.state_dict()["rank"] == 1
+    with pytest.raises(ConfigError, match="rank"):
+        first.fork(2)
+
+
 def test_state_dict_resumes_exactly(registry):
     cfg = SamplerConfig(ways=2, shots=2, queries=2)
     tasks = pool(registry, "toy_cls", "toy_mc", "toy_gen")
