@@ -89,11 +89,15 @@ class _TargetHead(nn.Module):
             hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                               attention_mask=attention_mask if dense_mask is None else dense_mask).last_hidden_state
         picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, M, H]
-        if not self.head:
-            return picked
-        logits = lm.get_output_embeddings()(picked)  # [B, M, V]
-        cap = getattr(lm.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return output_logits(lm, picked) if self.head else picked
+
+
+def output_logits(lm: nn.Module, hidden: Tensor) -> Tensor:
+    """The causal LM's output head on final hidden states ``[..., H]`` -> ``[..., V]`` (with the final
+    logit soft-capping some architectures apply, e.g. Gemma 2)."""
+    logits = lm.get_output_embeddings()(hidden)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @dataclasses.dataclass

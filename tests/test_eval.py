@@ -39,10 +39,12 @@ def test_option_scores_match_a_full_forward(tiny):
         assert score == pytest.approx(expected, abs=1e-9)
 
 
-def test_greedy_generation_matches_hf_generate(tiny):
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_greedy_generation_matches_hf_generate(tiny, kv_cache):
+    """A batch of prompts of different lengths (left-padded) against HF generate on each alone."""
     model, tok, _ = tiny
     prompts = ["Spell apple backwards:", "Which follows river? Reversed:"]
-    ours = greedy_generate(model, {}, prompts, tok, max_new_tokens=6, stop="")
+    ours = greedy_generate(model, {}, prompts, tok, max_new_tokens=6, stop="", kv_cache=kv_cache)
     for prompt, text in zip(prompts, ours, strict=True):
         ids = tok(prompt, return_tensors="pt")
         out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,

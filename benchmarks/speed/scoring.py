@@ -1,10 +1,12 @@
-"""Rank-classification scoring: shared prompt (one pass per prompt, options on its KV cache) vs naive.
+"""Scoring speed: rank classification with a shared prompt vs naive, greedy generation with a KV cache vs without.
 
 ``metalm.eval.scoring.option_scores`` with ``shared_prompt`` on and off, on the same examples and
 weights (SmolLM2-135M by default): the naive path runs ``prompt + option`` as one row per option,
 so its cost grows with (labels x prompt length); the shared path runs each prompt once. Prompts
 are ~``--prompt-tokens`` tokens of text (an in-context prompt's length; the content does not
-change the cost), options are label words. Scores are checked equal first.
+change the cost), options are label words. Scores are checked equal first. Then greedy generation
+(``greedy_generate``) of ``--new-tokens`` tokens for the same prompts, each new token on the KV
+cache of the ones before it vs the whole sequence again (the outputs are checked equal).
 
     python benchmarks/speed/scoring.py --labels 2,5,10
 """
@@ -21,7 +23,7 @@ from transformers import AutoTokenizer
 import metalm
 from metalm.data.collate import CollateConfig
 from metalm.data.episode import Example
-from metalm.eval.scoring import option_scores
+from metalm.eval.scoring import greedy_generate, option_scores
 from metalm.hub import resolve_model
 
 LABELS = ["positive", "negative", "neutral", "sports", "business", "science", "world", "politics", "health",
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=8, help="query examples scored per call")
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32, help="rows per forward (option_scores' batch_size)")
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per prompt")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -79,6 +82,24 @@ def main() -> None:
                 times[shared].append(time.perf_counter() - start)
         naive, shared = statistics.median(times[False]), statistics.median(times[True])
         print(f"| {n} | {naive:.3f} | {shared:.3f} | {naive / shared:.2f} |", flush=True)
+    prompts = [ex.prompt for ex in examples(tokenizer, args.examples, 2, args.prompt_tokens)]
+
+    def generate(cached: bool) -> list[str]:
+        return greedy_generate(model, params, prompts, tokenizer, max_length=args.prompt_tokens + 64,
+                               max_new_tokens=args.new_tokens, stop="", kv_cache=cached)
+
+    assert generate(False) == generate(True), "generations differ"
+    gen: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.repeats):
+        for cached in (False, True):
+            start = time.perf_counter()
+            generate(cached)
+            gen[cached].append(time.perf_counter() - start)
+    full, cached = statistics.median(gen[False]), statistics.median(gen[True])
+    print(f"\ngreedy generation, {args.new_tokens} new tokens for each of the {len(prompts)} prompts")
+    print("| whole sequence per token s | KV cache s | speed-up |")
+    print("|---|---|---|")
+    print(f"| {full:.3f} | {cached:.3f} | {full / cached:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

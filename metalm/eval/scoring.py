@@ -13,7 +13,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from torch.func import functional_call
 
 from ..data.collate import CollateConfig, collate
 from ..data.episode import Example
-from ..losses import IGNORE_INDEX, prepare_batch, target_logits
+from ..losses import IGNORE_INDEX, output_logits, prepare_batch, target_logits
 from ..models import causal_lm
 
 
@@ -41,7 +41,7 @@ class _PromptThenOptions(nn.Module):
         backbone = getattr(lm, lm.base_model_prefix)
         out = backbone(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
                        use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.2x renamed it "cache"
+        cache = _cache_of(out)
         cache.batch_repeat_interleave(n)
         p_mask = p_mask.repeat_interleave(n, 0)
         positions = p_mask.sum(-1, keepdim=True) + torch.arange(o_ids.shape[1], device=o_ids.device)
@@ -50,7 +50,32 @@ class _PromptThenOptions(nn.Module):
                           use_cache=True, **{cache_kw: cache}).last_hidden_state
         # Option token j is predicted at option position j - 1, the first one at the prompt's last token.
         first = out.last_hidden_state[:, -1:].repeat_interleave(n, 0)
-        return lm.get_output_embeddings()(torch.cat([first, hidden[:, :-1]], 1))  # [B*n, L, V]
+        return output_logits(lm, torch.cat([first, hidden[:, :-1]], 1))  # [B*n, L, V]
+
+
+def _cache_of(out: Any) -> Any:
+    return getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.2x renamed it "cache"
+
+
+class _NextToken(nn.Module):
+    """Logits of the next token after ``ids`` ``[B, T]``, continuing a KV cache (``None`` at first).
+
+    Holds the model as child ``m`` so ``functional_call`` can swap fast weights in; returns
+    ``(logits [B, V], cache)``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        lm = causal_lm(self.m)
+        backbone = getattr(lm, lm.base_model_prefix)
+        kwargs = {}
+        if cache is not None:
+            kwargs["cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"] = cache
+        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        return output_logits(lm, out.last_hidden_state[:, -1]), _cache_of(out)
 
 
 def _scores_shared(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
@@ -132,8 +157,14 @@ def option_scores(model: nn.Module, params: Mapping[str, Tensor], examples: Sequ
 
 @torch.no_grad()
 def greedy_generate(model: nn.Module, params: Mapping[str, Tensor], prompts: Sequence[str], tokenizer,  # noqa: ANN001
-                    *, max_length: int = 256, max_new_tokens: int = 16, stop: str = "\n") -> list[str]:
-    """Greedy continuations of ``prompts`` (cut at ``stop`` and EOS), decoded and stripped."""
+                    *, max_length: int = 256, max_new_tokens: int = 16, stop: str = "\n",
+                    kv_cache: bool = True) -> list[str]:
+    """Greedy continuations of ``prompts`` (cut at ``stop`` and EOS), decoded and stripped.
+
+    Args:
+        kv_cache: Run each new token on the KV cache of the tokens before it (default); ``False``
+            runs the whole sequence again for every token (the reference path).
+    """
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"][-(max_length - max_new_tokens):] for p in prompts]
     width = max(len(e) for e in encoded)
@@ -146,10 +177,17 @@ def greedy_generate(model: nn.Module, params: Mapping[str, Tensor], prompts: Seq
     ids, mask = ids.to(device), mask.to(device)
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
+    swapped = {f"m.{k}": v for k, v in params.items()}
+    cache, fed = None, ids  # with the cache, only the tokens not yet seen are fed
     for _ in range(max_new_tokens):
-        last = torch.full((len(prompts), 1), ids.shape[1] - 1, dtype=torch.long, device=device)
-        batch = {"input_ids": ids, "attention_mask": mask, "target_positions": last, "target_ids": last}
-        token = target_logits(model, params, batch)[:, 0].argmax(-1)
+        if kv_cache:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1]:]
+            logits, cache = functional_call(_NextToken(model), swapped, (fed, mask, positions, cache), strict=False)
+        else:
+            last = torch.full((len(prompts), 1), ids.shape[1] - 1, dtype=torch.long, device=device)
+            batch = {"input_ids": ids, "attention_mask": mask, "target_positions": last, "target_ids": last}
+            logits = target_logits(model, params, batch)[:, 0]
+        token = logits.argmax(-1)
         for row, t in enumerate(token.tolist()):
             if not done[row]:
                 new[row].append(t)
@@ -157,8 +195,9 @@ def greedy_generate(model: nn.Module, params: Mapping[str, Tensor], prompts: Seq
                 done[row] = t == tokenizer.eos_token_id or bool(stop and stop in text.lstrip(stop))
         if all(done):
             break
-        ids = torch.cat([ids, token.unsqueeze(1)], 1)
-        mask = torch.cat([mask, torch.ones_like(token).unsqueeze(1)], 1)
+        fed = token.unsqueeze(1)
+        ids = torch.cat([ids, fed], 1)
+        mask = torch.cat([mask, torch.ones_like(fed)], 1)
     outs = []
     for tokens in new:
         text = tokenizer.decode(tokens, skip_special_tokens=True).lstrip("\n")
