@@ -37,6 +37,10 @@ test -f "$WORK/diag.png"
 GLOO_SOCKET_IFNAME=lo $BIN/python -m torch.distributed.run --standalone --nproc_per_node=2 -m metalm.cli train \
   --run-dir "$WORK/tiny-dist" --quiet "${TINY[@]}" max_steps=2 checkpoint_every=2 outer.meta_batch=2
 test -d "$WORK/tiny-dist/checkpoints"
+# Second-order MAML with the meta-batch's tasks under torch.func.vmap: no fallback to the loop.
+$BIN/metalm train --run-dir "$WORK/tiny-vmap" --quiet "${TINY[@]}" max_steps=2 checkpoint_every=2 \
+  outer.meta_batch=4 "algorithm={name: maml, inner: {steps: 2, vmap: true}}" 2> "$WORK/vmap.err"
+if grep -q "does not run under torch.func.vmap" "$WORK/vmap.err"; then cat "$WORK/vmap.err"; exit 1; fi
 
 echo "== SmolLM2-135M, very small budget"
 $BIN/metalm train benchmarks/fewshot/main.yaml --run-dir "$WORK/smol-run" --quiet split=smoke max_steps=2 \

@@ -114,14 +114,24 @@ def test_stacked_batches_give_each_tasks_own_loss(attn):
         assert torch.allclose(lm_loss(model, params, one), lm_loss(model, params, batch), rtol=0, atol=1e-12)
 
 
-def test_unequal_row_counts_run_the_loop(vmap_calls):
-    model = make_model("gpt2", adapter=AdapterConfig(kind="lora", rank=2))
-    sel = metalm.select_parameters(model, AdapterConfig(kind="lora", rank=2), MetaConfig())
-    learner = metalm.build_algorithm("fomaml", model, sel, {"inner": InnerConfig(steps=1, vmap=True, first_order=True)})
-    eps = [ragged_episodes(1, shots=2)[0], ragged_episodes(1, shots=3)[0]]
-    assert stack_batches([e.support for e in eps], model) is None
-    metrics = learner.meta_gradients(eps)
-    assert vmap_calls == [] and learner.vmap_failure is None and metrics["query_loss"] > 0
+def test_episodes_are_grouped_by_row_counts(vmap_calls):
+    """Episodes of 2, 3 and 2 shots: the two 2-shot ones run together, the 3-shot one alone."""
+    adapter = AdapterConfig(kind="lora", rank=2)
+    eps = [ragged_episodes(1, shots=2)[0], ragged_episodes(2, shots=3)[1], ragged_episodes(3, shots=2)[2]]
+    assert stack_batches([e.support for e in eps[:2]], make_model("gpt2")) is None
+    results = []
+    for vmap in (False, True):
+        model = make_model("gpt2", adapter=adapter)
+        sel = metalm.select_parameters(model, adapter, MetaConfig())
+        learner = metalm.build_algorithm("fomaml", model, sel, {"inner": InnerConfig(steps=2, vmap=vmap,
+                                                                                      first_order=True)})
+        metrics = learner.meta_gradients(eps)
+        results.append((metrics, {n: p.grad.clone() for n, p in learner.meta_parameters().items()}))
+    assert vmap_calls == [2]
+    (m_loop, g_loop), (m_vmap, g_vmap) = results
+    assert m_vmap == pytest.approx(m_loop, abs=1e-12)
+    for n, g in g_loop.items():
+        assert torch.allclose(g_vmap[n], g, rtol=0, atol=1e-12), n
 
 
 def test_a_model_that_cannot_run_under_vmap_falls_back_with_one_warning(vmap_calls):

@@ -152,20 +152,27 @@ class MetaLearner:
     def run_tasks(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[Episode]) -> Iterator[Any]:
         """Yield ``fn(support, query)`` for the episodes, outputs stacked along a leading task dim.
 
-        With ``inner.vmap``, groups of ``inner.vmap_chunk`` tasks (default: all) run together under
-        ``torch.func.vmap`` (:mod:`metalm.batching`); otherwise, or for a group that cannot (see
-        :meth:`vmapped`), one task at a time (a task dim of 1). A consumer that runs ``backward``
-        on each item before taking the next keeps one group's graph alive at a time.
+        With ``inner.vmap``, the episodes with the same numbers of support and query rows (a
+        classification task's N-way K-shot episode has N*K support rows, other tasks' K) run
+        together under ``torch.func.vmap`` (:mod:`metalm.batching`), ``inner.vmap_chunk`` at a
+        time (default: all); a lone episode, or a group that cannot (see :meth:`vmapped`), runs
+        one task at a time (a task dim of 1). A consumer that runs ``backward`` on each item
+        before taking the next keeps one group's graph alive at a time.
         """
+        shapes: dict[tuple[int, int], list[Episode]] = {}
+        for ep in episodes:
+            key = (ep.support["input_ids"].shape[0], ep.query["input_ids"].shape[0]) if self.inner.vmap else (0, 0)
+            shapes.setdefault(key, []).append(ep)
         size = (self.inner.vmap_chunk or len(episodes)) if self.inner.vmap else 1
-        for start in range(0, len(episodes), size):
-            group = episodes[start:start + size]
-            stacked = self.vmapped(fn, group)
-            if stacked is not None:
-                yield stacked
-                continue
-            for ep in group:
-                yield tree_map(lambda t: t.unsqueeze(0), fn(ep.support, ep.query))
+        for same in shapes.values():
+            for start in range(0, len(same), size):
+                group = same[start:start + size]
+                stacked = self.vmapped(fn, group)
+                if stacked is not None:
+                    yield stacked
+                    continue
+                for ep in group:
+                    yield tree_map(lambda t: t.unsqueeze(0), fn(ep.support, ep.query))
 
     def vmapped(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[Episode]) -> Any | None:
         """``fn(support, query)`` run for every episode at once under ``torch.func.vmap``.
