@@ -97,9 +97,9 @@ class InnerConfig:
             batch instead of at every step (:func:`metalm.losses.cache_prefix`; the same values and
             gradients). Used when the inner loop takes 2 or more steps.
         vmap: Run the tasks of a meta-batch together with ``torch.func.vmap``
-            (:mod:`metalm.batching`; the same losses and meta-gradients as the loop). Needs the same
-            number of support rows and of query rows in every task; otherwise, or when the model
-            does not run under ``vmap``, the tasks run one by one. Peak memory holds the graphs of
+            (:mod:`metalm.batching`; the same losses and meta-gradients as the loop). Episodes with
+            the same numbers of support and query rows run together; a lone one, or a model that
+            does not run under ``vmap``, runs one by one. Peak memory holds the graphs of
             every task of a vmap call at once (see ``vmap_chunk``).
         vmap_chunk: Tasks per vmap call; each call's graph is freed by its backward before the
             next. ``0`` = the whole meta-batch in one call.
