@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from meta_step import timed  # same directory
 
 import metalm
 from metalm import AdapterConfig, InnerConfig, MetaConfig
@@ -48,16 +48,6 @@ def meta_step(learner: metalm.algorithms.MetaLearner, episodes: list[metalm.Epis
         p.grad = None
     learner.meta_gradients(episodes)
     return {n: p.grad for n, p in learner.meta_parameters().items()}
-
-
-def timed(fn, device: torch.device) -> float:  # noqa: ANN001
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
