@@ -142,7 +142,9 @@ def adapt_trajectory(
     b1, b2 = betas
     names = list(params)
     # torch.func.grad (under vmap) differentiates any input; torch.autograd.grad needs graph leaves.
-    current = {n: (p if p.requires_grad or under_vmap() else p.detach().requires_grad_()) for n, p in params.items()}
+    leaves_needed = not under_vmap()
+    current = {n: (p.detach().requires_grad_() if leaves_needed and not p.requires_grad else p)
+               for n, p in params.items()}
     history, losses = [current], []
     m1 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
     m2 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}

@@ -10,6 +10,9 @@ runs only on the ``M`` target positions of each row.
 = most targets in a row; padding entries have id ``-100``). Their shapes depend only on the batch,
 so equal-shaped episodes stay stackable for ``torch.func.vmap``.
 
+:func:`metalm.batching.stack_batches` adds ``dense_mask`` ``[B, 1, T, T]``, a ready attention mask the
+model uses instead of building one from ``attention_mask`` (which ``vmap`` cannot run).
+
 :func:`cache_prefix` adds a frozen-prefix cache: when nothing below decoder layer ``L0`` is adapted
 or meta-learned, the input of layer ``L0`` (and the arguments the model passes its upper layers)
 is computed once per batch without gradient, and every later loss on that batch runs only layers

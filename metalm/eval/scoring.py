@@ -45,9 +45,8 @@ class _PromptThenOptions(nn.Module):
         cache.batch_repeat_interleave(n)
         p_mask = p_mask.repeat_interleave(n, 0)
         positions = p_mask.sum(-1, keepdim=True) + torch.arange(o_ids.shape[1], device=o_ids.device)
-        cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
         hidden = backbone(input_ids=o_ids, attention_mask=torch.cat([p_mask, o_mask], 1), position_ids=positions,
-                          use_cache=True, **{cache_kw: cache}).last_hidden_state
+                          use_cache=True, **{_cache_kwarg(backbone): cache}).last_hidden_state
         # Option token j is predicted at option position j - 1, the first one at the prompt's last token.
         first = out.last_hidden_state[:, -1:].repeat_interleave(n, 0)
         return output_logits(lm, torch.cat([first, hidden[:, :-1]], 1))  # [B*n, L, V]
@@ -55,6 +54,11 @@ class _PromptThenOptions(nn.Module):
 
 def _cache_of(out: Any) -> Any:
     return getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.2x renamed it "cache"
+
+
+def _cache_kwarg(backbone: nn.Module) -> str:
+    """The name under which this transformers version's backbone takes a KV cache."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
 class _NextToken(nn.Module):
@@ -71,9 +75,7 @@ class _NextToken(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> tuple[Tensor, Any]:
         lm = causal_lm(self.m)
         backbone = getattr(lm, lm.base_model_prefix)
-        kwargs = {}
-        if cache is not None:
-            kwargs["cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"] = cache
+        kwargs = {} if cache is None else {_cache_kwarg(backbone): cache}
         out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         return output_logits(lm, out.last_hidden_state[:, -1]), _cache_of(out)
 
