@@ -29,7 +29,8 @@ class Trajectory(NamedTuple):
 
     Attributes:
         params: ``steps + 1`` dicts of fast weights: the initial ones, then after each step.
-        losses: The support loss before each step (``steps`` scalars, attached to the graph).
+        losses: The support loss before each step (``steps`` scalars, attached to the graph; detached
+            in a first-order loop under ``vmap``).
     """
 
     params: list[dict[str, Tensor]]
