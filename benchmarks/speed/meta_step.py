@@ -129,6 +129,29 @@ VARIANTS: dict[str, Callable] = {"metalm": step_metalm, "higher": step_higher, "
                                  "ideal": step_ideal, "learn2learn": step_learn2learn}
 
 
+def saved_tensors(model, support, query, k: int) -> None:  # noqa: ANN001
+    """Print what metalm's MAML step keeps for the backward, by tensor shape (distinct storages)."""
+    import collections
+
+    by_shape: collections.Counter[str] = collections.Counter()
+    seen: set[tuple[int, int]] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:
+            seen.add(key)
+            by_shape[str(tuple(t.shape))] += key[1]
+        return t
+
+    params = dict(model.named_parameters())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        metalm.lm_loss(model, metalm.adapt(model, params, support, steps=k, lr=LR), query)
+    print(f"saved for backward by a metalm MAML step, k={k}: {sum(by_shape.values()) / 2**20:.1f} MiB")
+    print("| shape | MiB |\n|---|---|")
+    for shape, size in by_shape.most_common(8):
+        print(f"| {shape} | {size / 2**20:.1f} |")
+
+
 def timed(fn: Callable, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -184,6 +207,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--saved", action="store_true", help="only list what a MAML step saves for backward")
     parser.add_argument("--learn2learn", action="store_true",
                         help="compare with learn2learn's MAML instead (run in the learn2learn_env.sh environment)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -193,6 +217,8 @@ def main() -> None:
         return _memory_child(args)
     device = torch.device(args.device)
     model, support, query = build(device, args.rows)
+    if args.saved:
+        return saved_tensors(model, support, query, int(args.steps.split(",")[0]))
     ref = step_naive(model, support, query, 2)
     for name in ("metalm", "learn2learn" if args.learn2learn else "higher"):
         got = VARIANTS[name](model, support, query, 2)
