@@ -51,10 +51,16 @@ def build(device: torch.device, rows: int, seed: int = 0) -> tuple[torch.nn.Modu
     return model, batch(), batch()
 
 
-def full_loss(model: torch.nn.Module, params: dict, batch: dict) -> torch.Tensor:
-    """The ordinary forward: logits at every position, loss on the targets."""
-    logits = functional_call(model, params, (batch["input_ids"],), {"attention_mask": batch["attention_mask"]}).logits
+def ordinary_loss(module: Callable, batch: dict) -> torch.Tensor:
+    """The ordinary forward of ``module`` (the model, or a peer's functional copy of it): logits at
+    every position, loss on the targets."""
+    logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+
+def full_loss(model: torch.nn.Module, params: dict, batch: dict) -> torch.Tensor:
+    """:func:`ordinary_loss` with ``params`` swapped in (``functional_call``)."""
+    return ordinary_loss(lambda **kw: functional_call(model, params, (), kw), batch)
 
 
 def math_attention(fn: Callable) -> Callable:
@@ -93,12 +99,8 @@ def step_higher(model, support, query, k, first_order=False):  # noqa: ANN001, A
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     with higher.innerloop_ctx(model, opt, copy_initial_weights=False, track_higher_grads=not first_order) as (f, d):
         for _ in range(k):
-            logits = f(input_ids=support["input_ids"], attention_mask=support["attention_mask"]).logits
-            d.step(F.cross_entropy(logits[:, :-1].flatten(0, 1), support["labels"][:, 1:].flatten(),
-                                   ignore_index=-100))
-        logits = f(input_ids=query["input_ids"], attention_mask=query["attention_mask"]).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), query["labels"][:, 1:].flatten(), ignore_index=-100)
-        return torch.autograd.grad(loss, list(model.parameters()))
+            d.step(ordinary_loss(f, support))
+        return torch.autograd.grad(ordinary_loss(f, query), list(model.parameters()))
 
 
 @math_attention
@@ -109,12 +111,8 @@ def step_learn2learn(model, support, query, k, first_order=False):  # noqa: ANN0
 
     learner = l2l.algorithms.MAML(model, lr=LR, first_order=first_order).clone()
     for _ in range(k):
-        logits = learner(input_ids=support["input_ids"], attention_mask=support["attention_mask"]).logits
-        learner.adapt(F.cross_entropy(logits[:, :-1].flatten(0, 1), support["labels"][:, 1:].flatten(),
-                                      ignore_index=-100))
-    logits = learner(input_ids=query["input_ids"], attention_mask=query["attention_mask"]).logits
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), query["labels"][:, 1:].flatten(), ignore_index=-100)
-    return torch.autograd.grad(loss, list(model.parameters()))
+        learner.adapt(ordinary_loss(learner, support))
+    return torch.autograd.grad(ordinary_loss(learner, query), list(model.parameters()))
 
 
 def step_ideal(model, support, query, k, first_order=True):  # noqa: ANN001, ANN201
