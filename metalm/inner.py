@@ -126,9 +126,18 @@ def adapt_trajectory(
 ) -> Trajectory:
     """Run the inner loop and return every intermediate set of fast weights.
 
-    Same contract as :func:`adapt`, which returns ``adapt_trajectory(...).params[-1]``.
-    MAML++'s multi-step loss reads the query loss at each entry of ``params``.
+    Same contract as :func:`adapt`, which returns the last entry of ``params`` (without keeping the
+    others alive). MAML++'s multi-step loss reads the query loss at each entry of ``params``.
     """
+    return _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
+                       loss_fn, keep_history=True)
+
+
+def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, steps: int, lr: LearningRate,
+                first_order: bool, optimizer: str, clip_grad_norm: float | None, betas: tuple[float, float],
+                eps: float, loss_fn: LossFn, *, keep_history: bool) -> Trajectory:
+    # Without keep_history only the newest fast weights are held: a first-order loop over many
+    # weights (Reptile, evaluation) then keeps one copy of them, not one per step.
     if steps < 0:
         raise ConfigError("steps", f"must be >= 0, got {steps}")
     if optimizer not in ("sgd", "adam"):
@@ -171,7 +180,10 @@ def adapt_trajectory(
                 plain = isinstance(step_lr, (int, float))
                 new[n] = torch.add(current[n], g, alpha=-step_lr) if plain else current[n] - step_lr * g
             current = new
-            history.append(current)
+            if keep_history:
+                history.append(current)
+            else:
+                history[0] = current
             losses.append(loss)
     return Trajectory(history, losses)
 
@@ -233,6 +245,5 @@ def adapt(
         >>> adapted = metalm.adapt(model, fast, support, steps=5, lr=0.1)
         >>> metalm.lm_loss(model, adapted, query).backward()  # MAML meta-gradient on the init
     """
-    return adapt_trajectory(model, params, batch, steps=steps, lr=lr, first_order=first_order,
-                            optimizer=optimizer, clip_grad_norm=clip_grad_norm, betas=betas, eps=eps,
-                            loss_fn=loss_fn).params[-1]
+    return _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
+                       loss_fn, keep_history=False).params[-1]

@@ -123,8 +123,50 @@ def step_ideal(model, support, query, k, first_order=True):  # noqa: ANN001, ANN
     return grads
 
 
+def reptile_metalm(model, support, query, k, first_order=True):  # noqa: ANN001, ANN201
+    """Reptile's update direction θ - φ after k first-order steps of :func:`metalm.adapt` (no graph kept)."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    adapted = metalm.adapt(model, params, support, steps=k, lr=LR, first_order=True)
+    with torch.no_grad():
+        return [p - adapted[n] for n, p in params.items()]
+
+
+def reptile_naive(model, support, query, k, first_order=True):  # noqa: ANN001, ANN201
+    """The same with the ordinary forward and a plain ``torch.autograd.grad`` loop."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    fast = {n: p.requires_grad_() for n, p in ((n, p.clone()) for n, p in params.items())}
+    for _ in range(k):
+        grads = torch.autograd.grad(full_loss(model, fast, support), list(fast.values()))
+        with torch.no_grad():
+            fast = {n: (p - LR * g).requires_grad_() for (n, p), g in zip(fast.items(), grads, strict=True)}
+    with torch.no_grad():
+        return [p - fast[n] for n, p in params.items()]
+
+
+def reptile_higher(model, support, query, k, first_order=True):  # noqa: ANN001, ANN201
+    """The same with ``higher`` (``track_higher_grads=False``: no meta-graph)."""
+    import higher
+
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    with higher.innerloop_ctx(model, opt, copy_initial_weights=True, track_higher_grads=False) as (f, d):
+        for _ in range(k):
+            d.step(ordinary_loss(f, support))
+        with torch.no_grad():
+            return [p - q for p, q in zip(model.parameters(), f.parameters(), strict=True)]
+
+
+def reptile_ideal(model, support, query, k, first_order=True):  # noqa: ANN001, ANN201
+    """k plain forward+backward passes of the support loss (no update): Reptile's floor."""
+    params = dict(model.named_parameters())
+    for _ in range(k):
+        grads = torch.autograd.grad(metalm.lm_loss(model, params, support), list(params.values()))
+    return grads
+
+
 VARIANTS: dict[str, Callable] = {"metalm": step_metalm, "higher": step_higher, "naive": step_naive,
-                                 "ideal": step_ideal, "learn2learn": step_learn2learn}
+                                 "ideal": step_ideal, "learn2learn": step_learn2learn,
+                                 "reptile_metalm": reptile_metalm, "reptile_naive": reptile_naive,
+                                 "reptile_higher": reptile_higher, "reptile_ideal": reptile_ideal}
 
 
 def saved_tensors(model, support, query, k: int) -> None:  # noqa: ANN001
@@ -208,6 +250,7 @@ def main() -> None:
     parser.add_argument("--saved", action="store_true", help="only list what a MAML step saves for backward")
     parser.add_argument("--learn2learn", action="store_true",
                         help="compare with learn2learn's MAML instead (run in the learn2learn_env.sh environment)")
+    parser.add_argument("--reptile", action="store_true", help="the Reptile table instead")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--first-order", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,6 +260,8 @@ def main() -> None:
     model, support, query = build(device, args.rows)
     if args.saved:
         return saved_tensors(model, support, query, int(args.steps.split(",")[0]))
+    if args.reptile:
+        return compare_reptile(args, device, model, support, query)
     ref = step_naive(model, support, query, 2)
     for name in ("metalm", "learn2learn" if args.learn2learn else "higher"):
         got = VARIANTS[name](model, support, query, 2)
@@ -243,6 +288,32 @@ def main() -> None:
         print(f"| {k} | {med['metalm']:.3f} | {med['higher']:.3f} | {med['naive']:.3f} | "
               f"{med['metalm'] / med['higher']:.2f} | {mem} | {med['fomaml']:.3f} | {med['ideal']:.3f} | "
               f"{med['fomaml'] / med['ideal']:.2f} |", flush=True)
+
+
+def compare_reptile(args: argparse.Namespace, device: torch.device, model, support, query) -> None:  # noqa: ANN001
+    ref = reptile_naive(model, support, query, 2)
+    for name in ("reptile_metalm", "reptile_higher"):
+        got = VARIANTS[name](model, support, query, 2)
+        assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-7) for a, b in zip(ref, got, strict=True)), name
+    print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), {args.rows} rows x 48 tokens (4 targets) per set, "
+          f"{device}; Reptile's update θ - φ agrees across the three")
+    print("| k | Reptile metalm s | higher s | naive s | metalm / higher time | metalm / higher peak memory "
+          "| ideal k(fwd+bwd) s | metalm / ideal |")
+    print("|---|---|---|---|---|---|---|---|")
+    names = ("reptile_metalm", "reptile_higher", "reptile_naive", "reptile_ideal")
+    for k in (int(x) for x in args.steps.split(",")):
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(args.repeats):
+            for name in names:
+                times[name].append(timed(lambda n=name, k=k: VARIANTS[n](model, support, query, k), device))
+        med = {n.removeprefix("reptile_"): statistics.median(v) for n, v in times.items()}
+        mem = "-"
+        if not args.no_memory:
+            ours, theirs = (peak_memory(n, k, True, args.rows, device) for n in ("reptile_metalm", "reptile_higher"))
+            mem = f"{ours / theirs:.2f} ({ours:.0f} / {theirs:.0f} MiB)"
+        print(f"| {k} | {med['metalm']:.3f} | {med['higher']:.3f} | {med['naive']:.3f} | "
+              f"{med['metalm'] / med['higher']:.2f} | {mem} | {med['ideal']:.3f} | "
+              f"{med['metalm'] / med['ideal']:.2f} |", flush=True)
 
 
 def compare_learn2learn(args: argparse.Namespace, device: torch.device, model, support, query) -> None:  # noqa: ANN001
