@@ -274,20 +274,33 @@ def main() -> None:
           "| FOMAML metalm s | ideal (k+1)(fwd+bwd) s | FOMAML / ideal |")
     print("|---|---|---|---|---|---|---|---|---|")
     for k in (int(x) for x in args.steps.split(",")):
-        times: dict[str, list[float]] = {n: [] for n in ("metalm", "higher", "naive", "fomaml", "ideal")}
-        for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
-            for name in ("metalm", "higher", "naive"):
-                times[name].append(timed(lambda n=name, k=k: VARIANTS[n](model, support, query, k), device))
-            times["fomaml"].append(timed(lambda k=k: step_metalm(model, support, query, k, True), device))
-            times["ideal"].append(timed(lambda k=k: step_ideal(model, support, query, k), device))
-        med = {n: statistics.median(v) for n, v in times.items()}
-        mem = "-"
-        if not args.no_memory:
-            ours, theirs = (peak_memory(n, k, False, args.rows, device) for n in ("metalm", "higher"))
-            mem = f"{ours / theirs:.2f} ({ours:.0f} / {theirs:.0f} MiB)"
+        med = medians({**{n: (VARIANTS[n], False) for n in ("metalm", "higher", "naive")},
+                       "fomaml": (step_metalm, True), "ideal": (step_ideal, True)},
+                      model, support, query, k, args.repeats, device)
+        mem = memory_ratio(args, "metalm", "higher", k, False, device)
         print(f"| {k} | {med['metalm']:.3f} | {med['higher']:.3f} | {med['naive']:.3f} | "
               f"{med['metalm'] / med['higher']:.2f} | {mem} | {med['fomaml']:.3f} | {med['ideal']:.3f} | "
               f"{med['fomaml'] / med['ideal']:.2f} |", flush=True)
+
+
+def medians(variants: dict[str, tuple[Callable, bool]], model, support, query, k: int, repeats: int,  # noqa: ANN001
+            device: torch.device) -> dict[str, float]:
+    """Median seconds of each ``name -> (step function, first_order)`` over ``repeats`` interleaved
+    runs, so drifts in machine load hit every variant alike."""
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    for _ in range(repeats):
+        for name, (fn, first_order) in variants.items():
+            times[name].append(timed(lambda fn=fn, fo=first_order: fn(model, support, query, k, fo), device))
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def memory_ratio(args: argparse.Namespace, ours: str, theirs: str, k: int, first_order: bool,
+                 device: torch.device) -> str:
+    """``ours / theirs`` peak memory of two variants (fresh processes), or ``-`` with ``--no-memory``."""
+    if args.no_memory:
+        return "-"
+    a, b = (peak_memory(n, k, first_order, args.rows, device) for n in (ours, theirs))
+    return f"{a / b:.2f} ({a:.0f} / {b:.0f} MiB)"
 
 
 def compare_reptile(args: argparse.Namespace, device: torch.device, model, support, query) -> None:  # noqa: ANN001
@@ -300,17 +313,10 @@ def compare_reptile(args: argparse.Namespace, device: torch.device, model, suppo
     print("| k | Reptile metalm s | higher s | naive s | metalm / higher time | metalm / higher peak memory "
           "| ideal k(fwd+bwd) s | metalm / ideal |")
     print("|---|---|---|---|---|---|---|---|")
-    names = ("reptile_metalm", "reptile_higher", "reptile_naive", "reptile_ideal")
     for k in (int(x) for x in args.steps.split(",")):
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(args.repeats):
-            for name in names:
-                times[name].append(timed(lambda n=name, k=k: VARIANTS[n](model, support, query, k), device))
-        med = {n.removeprefix("reptile_"): statistics.median(v) for n, v in times.items()}
-        mem = "-"
-        if not args.no_memory:
-            ours, theirs = (peak_memory(n, k, True, args.rows, device) for n in ("reptile_metalm", "reptile_higher"))
-            mem = f"{ours / theirs:.2f} ({ours:.0f} / {theirs:.0f} MiB)"
+        med = medians({n: (VARIANTS[f"reptile_{n}"], True) for n in ("metalm", "higher", "naive", "ideal")},
+                      model, support, query, k, args.repeats, device)
+        mem = memory_ratio(args, "reptile_metalm", "reptile_higher", k, True, device)
         print(f"| {k} | {med['metalm']:.3f} | {med['higher']:.3f} | {med['naive']:.3f} | "
               f"{med['metalm'] / med['higher']:.2f} | {mem} | {med['ideal']:.3f} | "
               f"{med['metalm'] / med['ideal']:.2f} |", flush=True)
@@ -325,20 +331,12 @@ def compare_learn2learn(args: argparse.Namespace, device: torch.device, model, s
           "| FOMAML metalm s | learn2learn s | metalm / learn2learn |")
     print("|---|---|---|---|---|---|---|---|")
     for k in (int(x) for x in args.steps.split(",")):
-        times: dict[str, list[float]] = {n: [] for n in ("metalm", "l2l", "fo_metalm", "fo_l2l")}
-        for _ in range(args.repeats):
-            times["metalm"].append(timed(lambda k=k: step_metalm(model, support, query, k), device))
-            times["l2l"].append(timed(lambda k=k: step_learn2learn(model, support, query, k), device))
-            times["fo_metalm"].append(timed(lambda k=k: step_metalm(model, support, query, k, True), device))
-            times["fo_l2l"].append(timed(lambda k=k: step_learn2learn(model, support, query, k, True), device))
-        med = {n: statistics.median(v) for n, v in times.items()}
-        mem = "-"
-        if not args.no_memory:
-            ours, theirs = (peak_memory(n, k, False, args.rows, device) for n in ("metalm", "learn2learn"))
-            mem = f"{ours / theirs:.2f} ({ours:.0f} / {theirs:.0f} MiB)"
+        med = medians({"metalm": (step_metalm, False), "l2l": (step_learn2learn, False),
+                       "fo_metalm": (step_metalm, True), "fo_l2l": (step_learn2learn, True)},
+                      model, support, query, k, args.repeats, device)
+        mem = memory_ratio(args, "metalm", "learn2learn", k, False, device)
         print(f"| {k} | {med['metalm']:.3f} | {med['l2l']:.3f} | {med['metalm'] / med['l2l']:.2f} | {mem} | "
               f"{med['fo_metalm']:.3f} | {med['fo_l2l']:.3f} | {med['fo_metalm'] / med['fo_l2l']:.2f} |", flush=True)
-
 
 if __name__ == "__main__":
     main()
