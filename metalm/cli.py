@@ -95,8 +95,9 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from . import distributed
-    from .eval import EvalConfig, Harness, eval_tasks, format_table
-    from .eval.compare import add_runs, reference_inner, run_kind
+    from .eval import EvalConfig, Harness, eval_tasks, format_paired, format_table, init_from_values, init_of
+    from .eval.compare import measure_separately, run_kind, run_rows
+    from .eval.fewshot import UNADAPTED
     from .train import TrainConfig, build_model, build_registry, load_run, load_train_config, task_lists
 
     if bool(args.run_dir) == bool(args.model):
@@ -104,52 +105,64 @@ def _eval(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     for key in ("shots", "methods"):
         if getattr(args, key):
-            overrides[key] = [int(x) if key == "shots" else x for x in getattr(args, key).split(",")]
-    for key in ("episodes", "seed", "ways", "queries"):
+            overrides[key] = [_int(x, "--shots") if key == "shots" else x for x in getattr(args, key).split(",")]
+    for key in ("episodes", "seed", "ways", "queries", "seeds", "reference"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     runs = args.run_dir or []
-    configs = [load_train_config(Path(r) / "config.yaml") if (Path(r) / "config.yaml").is_file() else None
-               for r in runs]
-    kinds = [run_kind(c) if c else "meta" for c in configs]
+    for run in runs:
+        if not (Path(run) / "config.yaml").is_file():
+            raise ConfigError("--run-dir", f"{run} holds no trained run (no config.yaml); run `metalm train` first")
+    configs = [load_train_config(Path(r) / "config.yaml") for r in runs]
+    kinds = [run_kind(c) for c in configs]
     # Default methods: the baselines plus whatever the given runs provide (meta, mtl).
-    overrides.setdefault("methods", ["zeroshot", "icl", "finetune", *(k for k in ("meta", "mtl") if k in kinds)])
+    overrides.setdefault("methods", ["zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune",
+                                     *(k for k in ("meta", "mtl") if k in kinds)])
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     for method in ("meta", "mtl"):
-        if runs and method in eval_cfg.methods and method not in kinds:
+        if method in eval_cfg.methods and method not in kinds:
             what = "a run trained with algorithm: multitask" if method == "mtl" else "a meta-learning run"
             raise ConfigError("--methods", f"{method} needs {what} among --run-dir")
-    # mtl adapts with the inner loop (steps, rate, optimizer) of the first meta-learning run: the same budget.
-    inner = reference_inner(configs, kinds)
-    untrained = [m for m in eval_cfg.methods if m not in ("meta", "mtl")]
-    if args.run_dir:
-        config, tokenizer, algorithm, base = load_run(runs[0], device)
-        trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
-        if kinds[0] == "mtl" and inner is not None:
-            algorithm.inner = inner
-        methods = [*untrained, *([kinds[0]] if kinds[0] in eval_cfg.methods else [])]
+    if runs:
+        config, tokenizer, learner, base_values = load_run(runs[0], device)
+        base = dataclasses.replace(init_from_values(learner, base_values), lr=None)
+        rows = run_rows(runs, configs, kinds, learner, base)
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
-        tokenizer, _, _, algorithm = build_model(config, device)
-        base, trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}, None
-        methods = eval_cfg.methods
+        tokenizer, _, _, learner = build_model(config, device)
+        base = dataclasses.replace(init_of(learner), lr=None)
+        rows = None
     if args.split:
         config.split = args.split
     registry = build_registry(config)
     _, val, heldout = task_lists(config, registry)
     names = args.tasks.split(",") if args.tasks else heldout
-    harness = Harness(algorithm, tokenizer, base, trained, dataclasses.replace(eval_cfg, methods=methods))
-    if "finetune" in methods:
-        lr, steps = harness.choose_finetune(eval_tasks(registry, val))
-        if ctx.is_main:
-            print(f"finetune: inner lr {lr}, {steps} steps, chosen on meta-val tasks {', '.join(val)}", flush=True)
     tasks = eval_tasks(registry, names)
-    report = harness.run(tasks, progress=not args.quiet)
+    harness = Harness(learner.model, tokenizer, base, eval_cfg, rows.rows if rows else [],
+                      learner.selection.lowest_adapted_layer())
+    if "finetune" in eval_cfg.methods:
+        ft = harness.choose_finetune(eval_tasks(registry, val)).inner
+        if ctx.is_main:
+            print(f"finetune: {ft.optimizer}, inner lr {ft.lr:g}, {ft.steps} steps, chosen on meta-val tasks "
+                  f"{', '.join(val)}", flush=True)
+    evaluated = [m for m in UNADAPTED if m in eval_cfg.methods] + list(harness.rows()) + \
+        [label + suffix for _, label, kind in (rows.separate if rows else []) if kind in eval_cfg.methods
+         for suffix in ("", "@ft")]
+    if eval_cfg.reference is not None and eval_cfg.reference not in evaluated:
+        raise ConfigError("--reference", f"{eval_cfg.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
+    data = harness.measure(tasks, progress=not args.quiet)
+    budgets = {}
+    if rows and rows.separate:
+        extra, budgets = measure_separately(harness, tasks, rows.separate, configs, kinds, device,
+                                            progress=not args.quiet)
+        data.update(extra)
+    report = harness.summarize(data, tasks)
+    report["budgets"].update(budgets)
     report["tasks"] = names
-    if len(runs) > 1:
-        add_runs(report, tasks, runs, configs, kinds, eval_cfg, device, model=config.model, progress=not args.quiet)
+    if eval_cfg.inner_steps:
+        report["inner_steps_sweep"] = harness.inner_steps_sweep(tasks)
     if not ctx.is_main:
         return 0
     text = json.dumps(report, indent=1)
@@ -158,7 +171,18 @@ def _eval(args: argparse.Namespace) -> int:
     if args.run_dir:
         (Path(args.run_dir[0]) / "eval.json").write_text(text, encoding="utf-8")
     print(format_table(report))
+    paired = format_paired(report)
+    if paired:
+        print(f"\nPaired differences on the same episodes ({len(names)} tasks x {eval_cfg.episodes} episodes x "
+              f"{eval_cfg.seeds} seeds; paired t):\n{paired}")
     return 0
+
+
+def _int(text: str, field: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(field, f"expected comma-separated whole numbers, got {text!r}") from None
 
 
 def _diagnose(args: argparse.Namespace) -> int:
@@ -206,7 +230,7 @@ def _diagnose(args: argparse.Namespace) -> int:
                                      "ways": sampler.ways, "queries": 2}, source="command line")
         trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()} if args.run_dir else None
         base = base or {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
-        harness = Harness(algorithm, tokenizer, base, trained, cfg)
+        harness = Harness.from_learner(algorithm, tokenizer, base, trained, cfg, kind=methods[-1])
         scoreable = [n for n in train if registry[n].spec.type != "language_modeling"]
         seen = spread(scoreable, args.seen)
         result["gap"] = generalization_gap(harness, eval_tasks(registry, seen), eval_tasks(registry, heldout))
@@ -323,8 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", help="comma-separated tasks to evaluate instead")
     ev.add_argument("--shots", help="comma-separated shot counts, e.g. 1,4,8,16")
     ev.add_argument("--episodes", type=int, help="episodes per task and shot count")
-    ev.add_argument("--methods", help="comma-separated: zeroshot,icl,finetune,meta,mtl (meta and mtl rows come "
-                                      "from the --run-dir runs: meta-learning and algorithm: multitask)")
+    ev.add_argument("--methods", help="comma-separated: zeroshot,zeroshot-cal,zeroshot-channel,icl,icl-cal,"
+                                      "icl-channel,finetune,meta,mtl (meta and mtl rows come from the --run-dir "
+                                      "runs: meta-learning and algorithm: multitask)")
+    ev.add_argument("--seeds", type=int, help="independent sets of evaluation episodes (mean and worst reported)")
+    ev.add_argument("--reference", help="method the others are compared with (paired differences); default: the "
+                                        "best baseline")
     ev.add_argument("--ways", type=int)
     ev.add_argument("--queries", type=int)
     ev.add_argument("--seed", type=int)

@@ -76,7 +76,8 @@ def under_vmap() -> bool:
 
 
 def _loss_and_grads(loss_fn: LossFn, model: nn.Module, current: Mapping[str, Tensor], batch: Batch,
-                    names: list[str], create_graph: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+                    names: list[str], create_graph: bool,
+                    frozen: Mapping[str, Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The support loss and its gradient w.r.t. each fast weight (zeros where unused).
 
     ``torch.autograd.grad`` (less overhead) unless inside ``vmap``, where batched tensors need
@@ -84,13 +85,13 @@ def _loss_and_grads(loss_fn: LossFn, model: nn.Module, current: Mapping[str, Ten
     compose with the outer ``backward``.
     """
     if not under_vmap():
-        loss = loss_fn(model, current, batch)
+        loss = loss_fn(model, {**frozen, **current} if frozen else current, batch)
         grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=create_graph,
                                     allow_unused=True, materialize_grads=True)
         return loss, grads
 
     def f(ps: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        value = loss_fn(model, ps, batch)
+        value = loss_fn(model, {**frozen, **ps} if frozen else ps, batch)
         return value, value
 
     # First order: the outer level records nothing (torch.func.grad still differentiates inside).
@@ -123,6 +124,7 @@ def adapt_trajectory(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     loss_fn: LossFn = lm_loss,
+    frozen: Mapping[str, Tensor] | None = None,
 ) -> Trajectory:
     """Run the inner loop and return every intermediate set of fast weights.
 
@@ -130,12 +132,13 @@ def adapt_trajectory(
     others alive). MAML++'s multi-step loss reads the query loss at each entry of ``params``.
     """
     return _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                       loss_fn, keep_history=True)
+                       loss_fn, frozen, keep_history=True)
 
 
 def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, steps: int, lr: LearningRate,
                 first_order: bool, optimizer: str, clip_grad_norm: float | None, betas: tuple[float, float],
-                eps: float, loss_fn: LossFn, *, keep_history: bool) -> Trajectory:
+                eps: float, loss_fn: LossFn, frozen: Mapping[str, Tensor] | None, *,
+                keep_history: bool) -> Trajectory:
     # Without keep_history only the newest fast weights are held: a first-order loop over many
     # weights (Reptile, evaluation) then keeps one copy of them, not one per step.
     if steps < 0:
@@ -147,6 +150,9 @@ def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, st
     if not params:
         raise ConfigError("params", "no fast weights to adapt")
     _check_lr(lr, params, steps)
+    overlap = sorted(set(frozen or {}) & set(params))
+    if overlap:
+        raise ConfigError("frozen", f"{overlap[0]!r} is a fast weight; frozen tensors are the ones not adapted")
     if loss_fn is lm_loss:
         batch = prepare_batch(batch, "support batch")
     b1, b2 = betas
@@ -160,7 +166,7 @@ def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, st
     m2 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
     with torch.enable_grad(), _attention_context(model, not first_order and steps > 0):
         for t in range(steps):
-            loss, grads = _loss_and_grads(loss_fn, model, current, batch, names, create_graph=not first_order)
+            loss, grads = _loss_and_grads(loss_fn, model, current, batch, names, not first_order, frozen or {})
             if first_order:
                 grads = tuple(g.detach() for g in grads)
             if clip_grad_norm is not None:
@@ -201,6 +207,7 @@ def adapt(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     loss_fn: LossFn = lm_loss,
+    frozen: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Adapt fast weights to a support batch with ``steps`` gradient steps; a pure function.
 
@@ -231,6 +238,10 @@ def adapt(
         betas: Adam's ``(beta1, beta2)``.
         eps: Adam's epsilon.
         loss_fn: ``loss_fn(model, params, batch) -> scalar``; default :func:`metalm.losses.lm_loss`.
+        frozen: Tensors by name used in place of the model's own but never adapted nor
+            differentiated by the inner loop (e.g. a trained run's shared weights), so they are
+            passed as values instead of being written into the model. The returned dict holds
+            the fast weights only: pass ``{**frozen, **adapted}`` to score with both.
 
     Returns:
         The adapted fast weights, a new dict with the same names.
@@ -246,4 +257,4 @@ def adapt(
         >>> metalm.lm_loss(model, adapted, query).backward()  # MAML meta-gradient on the init
     """
     return _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                       loss_fn, keep_history=False).params[-1]
+                       loss_fn, frozen, keep_history=False).params[-1]

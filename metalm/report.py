@@ -52,7 +52,7 @@ def write_report(run_dir: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .eval import format_table
+    from .eval import format_paired, format_table
 
     run_dir = Path(run_dir)
     out = run_dir / "report"
@@ -81,6 +81,20 @@ def write_report(run_dir: str | Path) -> Path:
         report = json.loads(eval_path.read_text(encoding="utf-8"))
         lines += ["## Few-shot accuracy on held-out tasks (macro mean ± 95% CI over episodes)", "",
                   format_table(report), "", f"Tasks: {', '.join(report.get('tasks', []))}.", ""]
+        paired = format_paired(report)
+        if paired:
+            lines += ["### Paired differences against the reference (same episodes, paired t)", "", paired, ""]
+        seeds = report.get("seeds", {})
+        if len(seeds.get("seeds", [])) > 1:
+            lines += ["### Seeds of example choice (macro accuracy per seed)", "",
+                      "| method | shots | " + " | ".join(f"seed {s}" for s in seeds["seeds"]) + " | mean | worst |",
+                      "|---|---|" + "---|" * (len(seeds["seeds"]) + 2)]
+            for row in seeds["summary"]:
+                per = [r["accuracy"] for r in seeds["per_seed"]
+                       if r["method"] == row["method"] and r["shots"] == row["shots"]]
+                lines.append(f"| {row['method']} | {row['shots']} | " + " | ".join(f"{v:.3f}" for v in per) +
+                             f" | {row['mean']:.3f} | {row['worst']:.3f} |")
+            lines.append("")
         fig, ax = plt.subplots(figsize=(5, 3.5))
         methods = list(dict.fromkeys(r["method"] for r in report["macro"]))
         shots = sorted({r["shots"] for r in report["macro"]})

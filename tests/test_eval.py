@@ -10,7 +10,7 @@ import metalm
 from metalm.data import CollateConfig, EpisodeSampler, SamplerConfig
 from metalm.data.episode import Example
 from metalm.errors import ConfigError
-from metalm.eval import EvalConfig, Harness, exact_match, greedy_generate, mean_ci95, option_scores, token_f1
+from metalm.eval import METHODS, EvalConfig, Harness, exact_match, greedy_generate, mean_ci95, option_scores, token_f1
 from metalm.models import save_tiny_model
 from metalm.train import TrainConfig, build_model
 
@@ -58,18 +58,27 @@ def test_metrics_by_hand():
     assert token_f1("", [""]) == 1.0 and token_f1("x", ["y", "x"]) == 1.0
     mean, ci = mean_ci95([0.5, 1.0, 0.0, 0.5])
     sd = math.sqrt((0 + 0.25 + 0.25 + 0) / 3)
-    assert mean == 0.5 and ci == pytest.approx(3.182 * sd / 2)
+    assert mean == 0.5 and ci == pytest.approx(3.1824463 * sd / 2)  # t(0.975, 3), from a table
     assert mean_ci95([0.7]) == (0.7, 0.0)
+
+
+def _learner(path, **algorithm):
+    # float64: scores computed by different batchings agree to ~1e-13, far below any gap between options.
+    config = TrainConfig(model=path, dtype="float64", adapter=metalm.AdapterConfig(rank=2),
+                         collate=CollateConfig(max_length=64),
+                         algorithm={"name": "fomaml", "inner": {"steps": 1, "lr": 0.1}, **algorithm})
+    tok, model, _, algo = build_model(config, torch.device("cpu"))
+    base = {k: v.detach().clone() for k, v in algo.meta_parameters().items()}
+    return tok, algo, base
 
 
 def test_harness_pairs_episodes_and_keeps_the_model(tiny, registry):
     _, _, path = tiny
-    config = TrainConfig(model=path, adapter=metalm.AdapterConfig(rank=2), collate=CollateConfig(max_length=64),
-                         algorithm={"name": "fomaml", "inner": {"steps": 1, "lr": 0.1}})
-    tok, model, _, algo = build_model(config, torch.device("cpu"))
-    base = {k: v.detach().clone() for k, v in algo.meta_parameters().items()}
+    tok, algo, base = _learner(path)
     trained = {k: v + 0.01 * torch.randn_like(v) for k, v in base.items()}
-    harness = Harness(algo, tok, base, trained, EvalConfig(shots=[1, 2], episodes=2, ways=2, queries=1))
+    config = EvalConfig(shots=[1, 2], episodes=2, ways=2, queries=1, methods=["zeroshot", "icl", "finetune", "meta"],
+                        finetune_steps=None)
+    harness = Harness.from_learner(algo, tok, base, trained, config)
     tasks = [registry["toy_cls"], registry["toy_gen"]]
     eps = harness.episodes(tasks[0], 1)
     assert harness.episodes(tasks[0], 1) is eps  # every method reads the same episodes
@@ -78,26 +87,54 @@ def test_harness_pairs_episodes_and_keeps_the_model(tiny, registry):
         {(m, t.name, k) for m in ("zeroshot", "icl", "finetune", "meta") for t in tasks for k in (1, 2)}
     assert all(0 <= r["accuracy"] <= 1 and r["episodes"] == 2 for r in report["results"])
     assert report["chance"]["toy_cls"] == 0.5 and report["chance"]["toy_gen"] == 0.0
-    assert all(torch.equal(v, base[k]) for k, v in algo.meta_parameters().items())  # swapped back
+    assert report["majority"]["toy_cls"] == 0.5  # 2-way, one query per class
+    assert all(torch.equal(v, base[k]) for k, v in algo.meta_parameters().items())  # the model is untouched
     # The same episodes scored twice give the same numbers.
-    again = Harness(algo, tok, base, trained, EvalConfig(shots=[1, 2], episodes=2, ways=2, queries=1)).run(tasks)
+    again = Harness.from_learner(algo, tok, base, trained, config).run(tasks)
     assert again["results"] == report["results"]
 
 
-def test_finetune_lr_is_chosen_on_validation_tasks(tiny, registry):
+def test_shared_work_gives_the_reference_paths_accuracies(tiny, registry):
+    """Prefix reuse, batching across episodes and one trajectory per grid point against the plain
+    path that computes every method on every episode on its own."""
     _, _, path = tiny
-    config = TrainConfig(model=path, adapter=metalm.AdapterConfig(rank=2), collate=CollateConfig(max_length=64))
-    tok, _, _, algo = build_model(config, torch.device("cpu"))
-    base = {k: v.detach().clone() for k, v in algo.meta_parameters().items()}
-    harness = Harness(algo, tok, base, None, EvalConfig(methods=["finetune"], finetune_lrs=[0.0, 1.0], ways=2,
-                                                        queries=1, val_episodes=1))
-    lr, steps = harness.choose_finetune([registry["toy_mc"]])
-    assert lr in (0.0, 1.0) and harness.finetune_lr == lr and steps == algo.inner.steps == harness.finetune_steps
+    tok, algo, base = _learner(path)
+    trained = {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()}
+    tasks = [registry["toy_cls"], registry["toy_mc"], registry["toy_gen"]]
+    reports = []
+    for shared in (True, False):
+        config = EvalConfig(shots=[2], episodes=2, seeds=2, ways=3, queries=2, methods=list(METHODS[:-1]),
+                            finetune_lrs=[0.3, 1.0], finetune_adam_lrs=[0.01], finetune_steps=[1, 3],
+                            shared_work=shared)
+        harness = Harness.from_learner(algo, tok, base, trained, config)
+        harness.choose_finetune([registry["toy_cls"]])
+        reports.append((harness.finetune_grid, harness.measure(tasks)))
+    (grid_a, a), (grid_b, b) = reports
+    assert [g["val_accuracy"] for g in grid_a] == [g["val_accuracy"] for g in grid_b]
+    assert a == b
+
+
+def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    harness = Harness.from_learner(algo, tok, base, None, EvalConfig(
+        methods=["finetune"], finetune_lrs=[1e-9, 1.0], finetune_adam_lrs=[0.01], finetune_steps=[1, 2], ways=2,
+        queries=1, val_episodes=1))
+    chosen = harness.choose_finetune([registry["toy_mc"]])
+    grid = harness.finetune_grid
+    assert [(g["optimizer"], g["lr"], g["steps"]) for g in grid] == \
+        [("sgd", 1e-9, 1), ("sgd", 1e-9, 2), ("sgd", 1.0, 1), ("sgd", 1.0, 2), ("adam", 0.01, 1), ("adam", 0.01, 2)]
+    best = max(grid, key=lambda g: g["val_accuracy"])
+    assert (chosen.inner.optimizer, chosen.inner.lr, chosen.inner.steps) == (best["optimizer"], best["lr"], best["steps"])
     assert set(k[0] for k in harness._episodes) == {"toy_mc"}  # only validation episodes were drawn
     with pytest.raises(ConfigError, match="meta needs a trained run"):
-        Harness(algo, tok, base, None, EvalConfig(methods=["meta"]))
+        Harness.from_learner(algo, tok, base, None, EvalConfig(methods=["meta"]))
     with pytest.raises(ConfigError, match="unknown method"):
         EvalConfig(methods=["mtl2"])
+    for bad in ({"seeds": 0}, {"finetune_steps": []}, {"finetune_lrs": [], "finetune_optimizers": ["sgd"]},
+                {"finetune_optimizers": []}, {"finetune_lrs": [float("nan")]}):
+        with pytest.raises(ConfigError):
+            EvalConfig(**bad)
 
 
 def test_episode_seeds_do_not_depend_on_process_state(registry):
@@ -122,3 +159,126 @@ def test_shared_prompt_scoring_equals_separate_rows(arch, tmp_path):
     separate = option_scores(model, fast, examples, tok, config, shared_prompt=False)
     assert [len(s) for s in shared] == [3, 3, 2, 3]
     assert torch.allclose(torch.tensor(sum(shared, [])), torch.tensor(sum(separate, [])), atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prepared_queries_score_like_full_forwards(arch, tmp_path):
+    """Layers below the adapter run once; any fast weights then give option_scores' values."""
+    from metalm.eval.prepared import prepare_queries, score_prepared
+
+    path = save_tiny_model(tmp_path / arch, corpus(), arch)
+    model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64),
+                                 metalm.AdapterConfig(rank=2, layers="top:1"))
+    tok = AutoTokenizer.from_pretrained(path)
+    sel = metalm.select_parameters(model, metalm.AdapterConfig(rank=2, layers="top:1"))
+    layer = sel.lowest_adapted_layer()
+    assert 0 < layer < sel.n_layers
+    init = {n: p.detach() for n, p in sel.fast_params(model).items()}
+    examples = [Example("Q: Is the apple number 1 yes?\nA:", " yes", [" yes", " no", " unsure maybe"], 0),
+                Example("Which follows river?", " river-1", [" river-0", " river-1", " river-2 tiger"], 1),
+                Example("Spell stone", " enots", [" enots", " stone"], 0),
+                Example(" ".join(["apple river stone"] * 40), " no", [" yes", " no", " unsure"], 1)]
+    config = CollateConfig(max_length=48)  # the last prompt is truncated from the left
+    scores, prepared = prepare_queries(model, init, examples, tok, config, layer, batch_size=4)
+    assert prepared is not None
+    assert torch.allclose(torch.tensor(sum(scores, [])), torch.tensor(sum(option_scores(
+        model, init, examples, tok, config, shared_prompt=False), [])), atol=1e-9)
+    for shift in (0.05, -0.3):
+        fast = {n: v + shift for n, v in init.items()}
+        reuse = score_prepared(model, fast, prepared)
+        full = option_scores(model, fast, examples, tok, config, shared_prompt=False)
+        assert [len(s) for s in reuse] == [3, 3, 2, 3]
+        assert torch.allclose(torch.tensor(sum(reuse, [])), torch.tensor(sum(full, [])), atol=1e-9)
+        assert not torch.allclose(torch.tensor(sum(reuse, [])), torch.tensor(sum(scores, [])), atol=1e-3)
+
+
+def _logp(model, context: str, continuation: str, tok) -> list[float]:
+    """Log-probabilities of ``continuation``'s tokens after ``context``, by a plain HF forward."""
+    prompt = tok(context)["input_ids"]
+    answer = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([prompt + answer])).logits[0], -1)
+    return [logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(answer)]
+
+
+def _short_episode():
+    """A 2-way episode short enough for the tiny models' 64 positions, demonstrations included."""
+    from metalm.data.episode import TextEpisode
+
+    def ex(word, label):
+        return Example(f"W: {word}\nA:", [" yes", " no"][label], [" yes", " no"], label,
+                       content_free=("W: N/A\nA:", "W: \nA:"))
+    return TextEpisode("short", "classification", [ex("apple", 0), ex("river", 1)], [ex("stone", 1)], ["yes", "no"])
+
+
+def test_contextual_calibration_by_hand(tiny, registry):
+    """zeroshot-cal and icl-cal against Zhao et al.'s formula computed from plain HF forwards."""
+    model, tok, path = tiny
+    tok2, algo, base = _learner(path)
+    config = EvalConfig(shots=[1], episodes=1, ways=2, queries=1, methods=["zeroshot-cal", "icl-cal"],
+                        content_free=["N/A", ""], max_length=128)
+    harness = Harness.from_learner(algo, tok2, base, None, config)
+    (sampled,) = harness.episodes(registry["toy_cls"], 1)
+    q = sampled.query[0]
+    assert len(q.content_free) == 2 and "N/A" in q.content_free[0] and "N/A" not in q.prompt
+    assert q.content_free[1] == q.content_free[0].replace("N/A", "") != q.prompt
+    episode = _short_episode()
+    q = episode.query[0]
+    demos = "\n\n".join(ex.prompt + ex.answer for ex in episode.support)
+    assert len(tok(demos + "\n\n" + q.prompt + q.options[0])["input_ids"]) < 64  # nothing truncated
+    for method, prefix in (("zeroshot-cal", ""), ("icl-cal", demos + "\n\n")):
+        def probs(prompt):
+            s = torch.tensor([sum(v) / len(v) for v in (_logp(model, prompt, o, tok) for o in q.options)],
+                             dtype=torch.float64)
+            return torch.softmax(s, 0)
+        p = probs(prefix + q.prompt)
+        p_cf = (probs(prefix + q.content_free[0]) + probs(prefix + q.content_free[1])) / 2
+        ours = harness._unadapted(method, [episode])[0][0]
+        assert torch.allclose(torch.tensor(ours, dtype=torch.float64), (p / p_cf).log(), atol=1e-6)
+
+
+def test_channel_scores_are_input_likelihoods_given_the_label(tiny, registry):
+    """Channel scoring (Min et al. 2022) against log P(input | demos, label) from plain HF forwards."""
+    model, tok, path = tiny
+    tok2, algo, base = _learner(path)
+    harness = Harness.from_learner(algo, tok2, base, None, EvalConfig(
+        shots=[1], episodes=1, ways=2, queries=1, methods=["zeroshot-channel", "icl-channel"], max_length=128))
+    episode = _short_episode()
+    q = episode.query[0]
+    demos = "\n\n".join(f"{ex.answer.strip()}\n{ex.prompt}" for ex in episode.support)
+    assert len(tok(demos + "\n\n" + q.options[0] + "\n" + q.prompt)["input_ids"]) < 64  # nothing truncated
+    for method, prefix in (("zeroshot-channel", ""), ("icl-channel", demos + "\n\n")):
+        expected = [sum(_logp(model, f"{prefix}{o.strip()}\n", q.prompt, tok)) for o in q.options]
+        ours = harness._unadapted(method, [episode])[0][0]
+        assert ours == pytest.approx(expected, abs=1e-6)
+
+
+def test_paired_interval_holds_a_known_difference_and_is_narrower():
+    """Two methods whose per-episode accuracies differ by exactly 0.25: the paired interval is that
+    constant with zero width; the unpaired intervals are wide because the episodes vary a lot."""
+    from metalm.eval import paired, summarize
+
+    rng = torch.Generator().manual_seed(0)
+    tasks, n = ["a", "b", "c"], 12
+    data, d = {}, 0.25
+    for t in tasks:
+        base = (torch.randint(0, 5, (2, n), generator=rng) / 8).tolist()  # multiples of 1/8: exact sums
+        data[("zeroshot", t, 4)] = base
+        data[("meta", t, 4)] = [[a + d for a in row] for row in base]
+    report = summarize(data, tasks, [4], chance={t: 0.5 for t in tasks}, majority={t: 0.5 for t in tasks},
+                       seeds=[1, 2], baselines=["zeroshot"])
+    (macro,) = [p for p in report["paired"] if p["task"] == "macro"]
+    assert macro["reference"] == "zeroshot" and macro["n"] == 2 * n
+    assert macro["diff"] == pytest.approx(d) and macro["ci95"] == 0.0 and macro["p"] == 0.0
+    unpaired = {r["method"]: r["ci95"] for r in report["macro"]}
+    assert min(unpaired.values()) > 0.01 > macro["ci95"]  # the episodes vary; their differences do not
+    # With noise on the difference, the paired interval still contains it and is narrower.
+    noisy = [x + y for x, y in zip([0.25] * 24, (torch.randn(24, generator=rng) * 0.01).tolist(), strict=True)]
+    values = [v for row in data[("zeroshot", "a", 4)] for v in row]
+    got = paired([v + e for v, e in zip(values, noisy, strict=True)], values)
+    assert got["diff"] - got["ci95"] < 0.25 < got["diff"] + got["ci95"] < 0.25 + 0.05
+    assert got["ci95"] < mean_ci95(values)[1] and 0 < got["mde80"] < 0.05 and got["p"] < 1e-6
+    seeds = {(r["method"], r["seed"]) for r in report["seeds"]["per_seed"]}
+    assert seeds == {(m, s) for m in ("zeroshot", "meta") for s in (1, 2)}
+    with pytest.raises(ConfigError, match="not evaluated"):
+        summarize(data, tasks, [4], chance={}, majority={}, seeds=[1, 2], baselines=[], reference="icl")

@@ -133,7 +133,14 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
                  "--ways", "2", "--queries", "1", "--json", str(out), "--quiet", "finetune_lrs=[0.1]",
                  "inner_steps=[1,2]"]) == 0
     report = json.loads(out.read_text())
-    assert {r["method"] for r in report["macro"]} == {"zeroshot", "icl", "finetune", "meta:maml", "meta:reptile"}
+    rows = {"zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune", "meta:maml", "meta:reptile"}
+    assert {r["method"] for r in report["macro"]} == rows | {"meta:maml@ft", "meta:reptile@ft"}  # ft's budget too
+    best = max((r for r in report["macro"] if r["method"] in rows - {"meta:maml", "meta:reptile"}),
+               key=lambda r: r["accuracy"])["method"]  # the default reference: the best baseline
+    assert {(p["method"], p["reference"], p["task"]) for p in report["paired"] if p["shots"] == 1} == \
+        {(m, report["reference"]["1"], t) for m in rows | {"meta:maml@ft", "meta:reptile@ft"} if m != best
+         for t in ("macro", *report["tasks"])}
+    assert report["reference"]["1"] == best and report["seeds"]["seeds"] == [1234]
     assert {(r["method"], r["inner_steps"]) for r in report["inner_steps_sweep"]} == \
         {(m, k) for m in ("finetune", "meta:maml") for k in (1, 2)}
     assert "| meta:reptile |" in capsys.readouterr().out
@@ -141,6 +148,7 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
     for png in ("training.png", "accuracy_vs_shots.png", "accuracy_vs_inner_steps.png"):
         assert (run / "report" / png).stat().st_size > 1000
     assert "| chance |" in (run / "report" / "report.md").read_text()
+    assert "Paired differences" in (run / "report" / "report.md").read_text()
     export = tmp_path / "export"
     assert main(["export", str(run), str(export)]) == 0
     assert (export / "shared_weights.safetensors").is_file()
@@ -192,10 +200,18 @@ def test_multitask_run_resumes_exactly_and_is_the_mtl_row(world, tmp_path, monke
     assert main(["eval", "--run-dir", str(meta), "--run-dir", str(whole), "--shots", "1", "--episodes", "2",
                  "--ways", "2", "--queries", "1", "--json", str(out), "--quiet", "finetune_lrs=[0.1]"]) == 0
     report = json.loads(out.read_text())
-    assert {r["method"] for r in report["macro"]} == {"zeroshot", "icl", "finetune", "meta:maml", "mtl"}
+    assert {r["method"] for r in report["macro"]} == {"zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune",
+                                                      "meta:maml", "meta:maml@ft", "mtl", "mtl@ft"}
     assert "| mtl |" in capsys.readouterr().out
     assert main(["eval", "--run-dir", str(meta), "--methods", "zeroshot,mtl", "--quiet"]) == 2
     assert "mtl needs a run trained with algorithm: multitask" in capsys.readouterr().err
+    for bad, field in ((["--reference", "nosuch"], "reference"), (["--seeds", "0"], "seeds"),
+                       (["finetune_lrs=[]", "finetune_optimizers=[sgd]"], "finetune_lrs"),
+                       (["--reference", "mtl", "--methods", "zeroshot,meta"], "reference"),
+                       (["--shots", "a,b"], "--shots")):
+        assert main(["eval", "--run-dir", str(meta), "--quiet", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("metalm: error: ") and field in err and "\n" not in err
 
     diag = tmp_path / "diag.json"
     assert main(["diagnose", "--run-dir", str(whole), "--batches", "2", "--json", str(diag), "--gap", "--seen", "2",

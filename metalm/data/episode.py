@@ -19,6 +19,9 @@ class Example:
             each with the task's target prefix; empty for generation and language modeling.
         label: Index of ``answer`` in ``options`` (``-1`` without options).
         references: Acceptable answers for generation metrics.
+        content_free: The prompt rendered with the example's input fields replaced by each of the
+            sampler's ``content_free`` strings (contextual calibration, Zhao et al. 2021); empty
+            unless asked for.
     """
 
     prompt: str
@@ -26,6 +29,7 @@ class Example:
     options: list[str] = dataclasses.field(default_factory=list)
     label: int = -1
     references: list[str] = dataclasses.field(default_factory=list)
+    content_free: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass

@@ -38,6 +38,9 @@ class SamplerConfig:
         permute_verbalizers: Shuffle the verbalized answers among an episode's classes.
         drop_small_classes: Leave out classes with fewer than ``shots + queries`` examples
             instead of raising.
+        content_free: Also render each classification and multiple-choice prompt with its input
+            fields (every text field but the answer's) replaced by each of these strings, into
+            ``Example.content_free`` (contextual calibration, e.g. ``["N/A", "", "[MASK]"]``).
     """
 
     ways: int = 5
@@ -47,6 +50,7 @@ class SamplerConfig:
     temperature: float = 2.0
     permute_verbalizers: bool = False
     drop_small_classes: bool = False
+    content_free: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key in ("ways", "shots", "queries"):
@@ -183,16 +187,24 @@ class EpisodeSampler:
             if spec.type == "classification":
                 assert labels is not None and options is not None
                 row["options"] = [o.strip() for o in options]
-                out.append(Example(spec.prompt(row, ix.task.path), options[labels[j]], list(options), labels[j]))
+                out.append(Example(spec.prompt(row, ix.task.path), options[labels[j]], list(options), labels[j],
+                                   content_free=self._content_free(ix, row)))
             elif spec.type == "multiple_choice":
                 opts = [spec.target_prefix + o for o in row["options"]]
-                out.append(Example(spec.prompt(row, ix.task.path), opts[row["label"]], opts, int(row["label"])))
+                out.append(Example(spec.prompt(row, ix.task.path), opts[row["label"]], opts, int(row["label"]),
+                                   content_free=self._content_free(ix, row)))
             elif spec.type == "generation":
                 out.append(Example(spec.prompt(row, ix.task.path), spec.target_prefix + row["target"],
                                    references=list(row["references"])))
             else:
                 out.append(Example("", row["text"]))
         return out
+
+    def _content_free(self, ix: _TaskIndex, row: dict[str, Any]) -> tuple[str, ...]:
+        answer_fields = {"label", "options", "target", "references", "text"}
+        return tuple(ix.spec.prompt({k: (cf if isinstance(v, str) and k not in answer_fields else v)
+                                     for k, v in row.items()}, ix.task.path)
+                     for cf in self.config.content_free)
 
     def __iter__(self) -> Iterator[TextEpisode]:
         while True:

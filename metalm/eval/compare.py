@@ -1,9 +1,11 @@
 """Several trained runs on the same held-out episodes: one row per run (``metalm eval --run-dir A --run-dir B``).
 
-The first run's harness evaluates the untrained baselines and its own row; each further run adds
-its row on the same tasks and episodes (the harness draws them from the same seed). A multi-task
-run (``mtl``) adapts with the inner loop of the first meta-learning run, so both get the same
-adaptation budget.
+Runs that share the first run's model, adapter and parameter selection are rows of the first run's
+harness: their initializations are read from their checkpoints as values (:class:`Init`) and
+adapted on the same model object, episode by episode, beside every baseline. A run with another
+adapter needs a model of its own and is measured by a harness of its own on the same episodes
+(the episodes depend only on the task, shot count and seed). A multi-task run (``mtl``) adapts with
+the inner loop of the first meta-learning run, so both get the same adaptation budget.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import list_checkpoints
 from ..config import InnerConfig
 from ..errors import ConfigError
-from .fewshot import EvalConfig, Harness
+from .fewshot import Harness, Measurements, Trained
+from .inits import Init, init_from_checkpoint, init_from_values, init_of
 
 
 def run_kind(config: Any) -> str:
@@ -35,47 +39,78 @@ def reference_inner(configs: Sequence[Any], kinds: Sequence[str]) -> InnerConfig
     return next((c.algorithm_config().inner for c, k in zip(configs, kinds, strict=True) if c and k == "meta"), None)
 
 
-def add_runs(report: dict[str, Any], tasks: Sequence[Any], runs: Sequence[str], configs: Sequence[Any],
-             kinds: Sequence[str], eval_cfg: EvalConfig, device: torch.device, *, model: str,
-             progress: bool = True) -> None:
-    """Add the rows of ``runs[1:]`` to the first run's ``report`` and rename every run's rows.
+@dataclasses.dataclass
+class RunRows:
+    """The rows of several runs: those the first run's harness evaluates (``rows``), and runs that need
+    a model of their own (``separate``: run folder, label and kind)."""
 
-    Args:
-        report: The first run's :meth:`Harness.run` output; extended in place.
-        tasks: The tasks it was evaluated on (``eval_tasks``).
-        runs: Run directories, the first one already evaluated.
-        configs: Their ``TrainConfig`` objects.
-        kinds: Their :func:`run_kind`.
-        eval_cfg: The evaluation config (its methods decide which runs are evaluated).
-        model: The first run's base model; every run must share it.
+    rows: list[Trained]
+    separate: list[tuple[str, str, str]]
+
+
+def _labels(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for run, config, kind in zip(runs, configs, kinds, strict=True):
+        label = run_label(config, kind, len(runs))
+        out.append(label if label not in out else f"{label}({Path(run).name})")
+    return out
+
+
+def _with_inner(init: Init, kind: str, inner: InnerConfig | None) -> Init:
+    return dataclasses.replace(init, inner=inner, lr=None) if kind == "mtl" and inner is not None else init
+
+
+def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], first: Any, base: Init) -> RunRows:
+    """The trained rows of ``runs`` (their ``TrainConfig`` and :func:`run_kind`); ``first`` is the first
+    run's learner (its model holds the trained weights) and ``base`` its pretrained :class:`Init`.
 
     Raises:
         ConfigError: If a run trained another base model than the first.
     """
-    from ..train import load_run
-
-    labels = [run_label(c, k, len(runs)) for c, k in zip(configs, kinds, strict=True)]
-    rename = {kinds[0]: labels[0]}
     inner = reference_inner(configs, kinds)
-    for run, kind, label in zip(runs[1:], kinds[1:], labels[1:], strict=True):
-        if kind not in eval_cfg.methods:
-            continue
-        config, tokenizer, algorithm, base = load_run(run, device)
-        if config.model != model:
-            raise ConfigError("--run-dir", f"{run} trained {config.model}, not {model}: "
+    out = RunRows([], [])
+    for i, (run, config, kind, label) in enumerate(zip(runs, configs, kinds, _labels(runs, configs, kinds),
+                                                       strict=True)):
+        if i and config.model != configs[0].model:
+            raise ConfigError("--run-dir", f"{run} trained {config.model}, not {configs[0].model}: "
                                             "compared runs must share the base model")
-        if kind == "mtl" and inner is not None:
-            algorithm.inner = inner
-        trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
-        harness = Harness(algorithm, tokenizer, base, trained,
-                          dataclasses.replace(eval_cfg, methods=[kind], inner_steps=None))
-        extra = harness.run(tasks, progress=progress)
-        taken = {r["method"] for r in report["macro"]} | set(rename.values())
-        name = label if label not in taken else f"{label}({Path(run).name})"
-        for row in extra["results"] + extra["macro"]:
-            row["method"] = name
-        report["results"] += extra["results"]
-        report["macro"] += extra["macro"]
-        del harness, algorithm
-    for row in report["results"] + report["macro"] + report.get("inner_steps_sweep", []):
-        row["method"] = rename.get(row["method"], row["method"])
+        if i == 0:
+            init: Init | None = init_of(first)
+        elif (config.adapter, config.meta, config.dtype) == (configs[0].adapter, configs[0].meta, configs[0].dtype):
+            init = init_from_checkpoint(list_checkpoints(Path(run))[-1], base, config.algorithm_config().inner)
+        else:
+            init = None
+        if init is None:
+            out.separate.append((run, label, kind))
+        else:
+            out.rows.append(Trained(label, kind, _with_inner(init, kind, inner)))
+    return out
+
+
+def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequence[tuple[str, str, str]],
+                       configs: Sequence[Any], kinds: Sequence[str], device: torch.device, *,
+                       progress: bool = True) -> tuple[Measurements, dict[str, str]]:
+    """Measure runs with another adapter on ``harness``'s episodes, each on a model of its own.
+
+    Returns their per-episode accuracies and their rows' adaptation budgets.
+    """
+    from ..train import load_run
+    from .fewshot import budget
+
+    inner = reference_inner(configs, kinds)
+    data: Measurements = {}
+    budgets: dict[str, str] = {}
+    for run, label, kind in separate:
+        if kind not in harness.config.methods:
+            continue
+        _, tokenizer, learner, base_values = load_run(run, device)
+        base = dataclasses.replace(init_from_values(learner, base_values), lr=None)
+        row = Trained(label, kind, _with_inner(init_of(learner), kind, inner))
+        other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), [row],
+                        learner.selection.lowest_adapted_layer())
+        other.finetune = harness.finetune  # the same fine-tuning budget for its @ft row
+        other._episodes = harness._episodes  # the very same episodes
+        data.update(other.measure(tasks, progress))
+        budgets.update({r: budget(i) for r, i in other.rows().items()})
+        del other, learner
+    return data, budgets

@@ -1,281 +1,518 @@
 """Few-shot evaluation on held-out tasks: every method on the same episodes (paired comparisons).
 
-For each task and shot count, ``episodes`` episodes are drawn from a seed fixed by the task name,
-the shot count and the evaluation seed, so every method sees exactly the same support and query
-examples. Methods:
+For each task, shot count and evaluation seed, ``episodes`` episodes are drawn from a seed fixed by
+the task name, the shot count and the seed, so every method sees exactly the same support and
+query examples. Methods:
 
 * ``zeroshot``: the pretrained model (standard adapter initialization, i.e. LoRA's zero update);
-* ``icl``: the pretrained model with the K support examples as demonstrations in the prompt
-  (the oldest demonstrations are truncated first when the context is full);
-* ``finetune``: the inner loop from the standard initialization, with the meta-learner's inner
-  budget; its learning rate is chosen on meta-val tasks, never on the held-out ones;
-* ``meta``: the run's meta-learned initialization (and learned rates, shared weights) adapted by
-  the same inner loop;
-* ``mtl``: the same for a run trained with ``algorithm: multitask``
-  (:mod:`metalm.algorithms.multitask`): the multi-task initialization adapted by the inner loop.
+* ``icl``: the K support examples as demonstrations in the prompt (:mod:`metalm.data.demos`);
+* ``zeroshot-cal``, ``icl-cal``: the same with contextual calibration (Zhao et al. 2021, "Calibrate
+  Before Use"): option probabilities divided by their mean over content-free inputs
+  (``N/A``, empty, ``[MASK]`` in place of the input fields);
+* ``zeroshot-channel``, ``icl-channel``: channel scoring (Min et al. 2022): each option ranked by
+  the likelihood of the input given the option (and channel demonstrations);
+* ``finetune``: the inner loop from the standard initialization, with the optimizer, learning rate
+  and steps chosen on meta-val tasks (never on held-out ones);
+* ``meta``, ``mtl``: trained initializations (a meta-learning run, a multi-task run) adapted by
+  their run's inner loop; ``meta@ft`` / ``mtl@ft`` also adapt them with fine-tuning's chosen
+  budget, so no method wins by having more steps.
 
 Classification and multiple choice are scored by rank classification, generation by exact match
-(token F1 reported too). Accuracy is averaged over an episode's queries; each task gets the mean
-and a 95% t-interval over episodes, and the macro mean is taken over tasks per episode index.
+(calibration and channel scoring do not apply to generation: those rows equal their plain method
+there). :mod:`metalm.eval.summary` turns the per-episode accuracies into means, intervals, paired
+differences and per-seed figures.
+
+Work shared by the methods is done once (``shared_work``): the support set's frozen layers and
+the queries' frozen layers once per episode (:mod:`metalm.eval.prepared`), the unadapted methods'
+queries of all of a block's episodes in the same forward passes, and one inner-loop trajectory per
+fine-tuning optimizer and rate for every step count of the grid.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..algorithms import MetaLearner
-from ..config import InnerConfig
 from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, TaskRegistry, collate
+from ..data.demos import channel_examples, demonstrations, with_demonstrations
 from ..data.episode import Example, TextEpisode
 from ..distributed import current, map_sharded
 from ..errors import ConfigError, TaskError
-from ..inner import adapt
-from .scoring import exact_match, greedy_generate, option_scores, token_f1
+from ..inner import adapt_trajectory
+from ..losses import cache_prefix, prepare_batch
+from .inits import Init, init_from_values
+from .prepared import PreparedQueries, prepare_queries, score_prepared
+from .scoring import exact_match, greedy_generate, option_scores
+from .summary import Measurements, query_baselines, summarize
 
-METHODS = ("zeroshot", "icl", "finetune", "meta", "mtl")
+__all__ = ["BASELINES", "METHODS", "EvalConfig", "Harness", "Measurements", "Trained", "budget", "eval_tasks"]
+
+UNADAPTED = ("zeroshot", "zeroshot-cal", "zeroshot-channel", "icl", "icl-cal", "icl-channel")
+BASELINES = (*UNADAPTED, "finetune")
 TRAINED = ("meta", "mtl")  # methods that start from a run's trained weights
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; 1.96 beyond.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, (_T975[n - 2] if n - 1 <= 30 else 1.96) * sd / math.sqrt(n)
+METHODS = (*BASELINES, *TRAINED)
+CONTENT_FREE = ["N/A", "", "[MASK]"]  # Zhao et al. 2021, section 5
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Settings of :func:`evaluate`.
+    """Settings of few-shot evaluation (the fields of ``metalm eval``'s ``key=value`` overrides).
 
     Attributes:
         shots: Shot counts K to evaluate.
-        episodes: Episodes per task and shot count.
+        episodes: Episodes per task, shot count and seed.
+        seeds: Independent sets of evaluation episodes (seeds ``seed``, ``seed + 1``, ...); the
+            report gives each method's mean and worst over them (as MetaICL reports 5 seeds).
         ways: Classes per classification episode.
         queries: Query examples per class (classification) or per episode.
         methods: Methods to compare (see the module doc).
-        seed: Seed of the evaluation episodes.
-        finetune_lrs: Candidate inner learning rates for ``finetune`` (chosen on meta-val tasks).
-        finetune_steps: Candidate inner step counts for ``finetune`` (default: the meta-learner's
-            budget only, so both use the same number of steps).
+        seed: Seed of the first set of evaluation episodes.
+        reference: The method every other is compared with (paired differences); default: the
+            best baseline by macro mean at each shot count.
+        finetune_optimizers: Optimizers of fine-tuning's grid (``sgd``, ``adam``).
+        finetune_lrs: SGD learning rates of the grid.
+        finetune_adam_lrs: Adam learning rates of the grid.
+        finetune_steps: Step counts of the grid (``None``: the meta-learner's inner steps only).
         val_episodes: Episodes per meta-val task for that choice.
-        inner_steps: Also evaluate ``finetune`` and ``meta``/``mtl`` at these inner step counts (first shot
-            count only), for the accuracy-vs-inner-steps curve; ``None``: off.
+        inner_steps: Also evaluate ``finetune`` and the trained rows at these inner step counts
+            (first shot count, first seed), for the accuracy-vs-inner-steps curve; ``None``: off.
+        content_free: Inputs of contextual calibration.
         max_length: Most tokens per scored row (demonstrations included).
         max_new_tokens: Longest generated answer.
         batch_size: Rows per scoring forward pass.
+        shared_work: Do the work methods share once (see the module doc); ``False`` computes every
+            method on every episode on its own (the reference path, same accuracies).
     """
 
     shots: list[int] = dataclasses.field(default_factory=lambda: [4])
-    episodes: int = 4
+    episodes: int = 10
+    seeds: int = 1
     ways: int = 5
-    queries: int = 2
-    methods: list[str] = dataclasses.field(default_factory=lambda: ["zeroshot", "icl", "finetune", "meta"])
+    queries: int = 4
+    methods: list[str] = dataclasses.field(
+        default_factory=lambda: ["zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune", "meta"])
     seed: int = 1234
+    reference: str | None = None
+    finetune_optimizers: list[str] = dataclasses.field(default_factory=lambda: ["sgd", "adam"])
     finetune_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0])
-    finetune_steps: list[int] | None = None
+    finetune_adam_lrs: list[float] = dataclasses.field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    finetune_steps: list[int] | None = dataclasses.field(default_factory=lambda: [5, 10, 20])
     val_episodes: int = 2
     inner_steps: list[int] | None = None
+    content_free: list[str] = dataclasses.field(default_factory=lambda: list(CONTENT_FREE))
     max_length: int = 256
     max_new_tokens: int = 12
     batch_size: int = 16
+    shared_work: bool = True
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError("methods", f"unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+        if not self.methods:
+            raise ConfigError("methods", "needs at least one method")
         if not self.shots or min(self.shots) < 1:
             raise ConfigError("shots", "needs shot counts >= 1")
-        if self.episodes < 1:
-            raise ConfigError("episodes", "must be >= 1")
+        for key in ("episodes", "seeds", "queries", "val_episodes", "max_length", "max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.ways < 2:
+            raise ConfigError("ways", f"must be >= 2, got {self.ways}")
+        bad = [o for o in self.finetune_optimizers if o not in ("sgd", "adam")]
+        if bad:
+            raise ConfigError("finetune_optimizers", f"{bad[0]!r} is not one of sgd, adam")
+        if "finetune" in self.methods:
+            if not self.finetune_optimizers:
+                raise ConfigError("finetune_optimizers", "the fine-tuning grid is empty")
+            for opt in self.finetune_optimizers:
+                key = "finetune_lrs" if opt == "sgd" else "finetune_adam_lrs"
+                if not getattr(self, key):
+                    raise ConfigError(key, f"the fine-tuning grid has no {opt} learning rate")
+            if self.finetune_steps is not None and not self.finetune_steps:
+                raise ConfigError("finetune_steps", "the fine-tuning grid is empty (null: the run's inner steps)")
+        for key in ("finetune_lrs", "finetune_adam_lrs"):
+            if any(not lr > 0 or lr == float("inf") for lr in getattr(self, key)):
+                raise ConfigError(key, "learning rates must be finite and > 0")
+        if self.finetune_steps and min(self.finetune_steps) < 1:
+            raise ConfigError("finetune_steps", "step counts must be >= 1")
+        if self.inner_steps is not None and (not self.inner_steps or min(self.inner_steps) < 1):
+            raise ConfigError("inner_steps", "needs step counts >= 1 (or null)")
+        # A trained row is named after its method: meta, meta:maml, meta:maml(run), meta@ft ...
+        kind = (self.reference or "").split("@")[0].split(":")[0].split("(")[0]
+        if self.reference is not None and self.reference not in self.methods and \
+                not (kind in TRAINED and kind in self.methods):
+            raise ConfigError("reference", f"{self.reference!r} is not among the evaluated methods "
+                                           f"({', '.join(self.methods)})")
+
+    def grid(self, default_steps: int) -> list[tuple[str, float, list[int]]]:
+        """Fine-tuning's grid: ``(optimizer, lr, step counts)`` (one inner-loop trajectory each)."""
+        steps = sorted(set(self.finetune_steps or [default_steps]))
+        return [(opt, lr, steps) for opt in self.finetune_optimizers
+                for lr in (self.finetune_lrs if opt == "sgd" else self.finetune_adam_lrs)]
 
 
-@contextlib.contextmanager
-def swapped(params: Mapping[str, Tensor], values: Mapping[str, Tensor]) -> Iterator[None]:
-    """Temporarily copy ``values`` into the tensors ``params`` (same names); restore them afterwards."""
-    saved = {k: params[k].detach().clone() for k in values}
-    with torch.no_grad():
-        for k, v in values.items():
-            params[k].copy_(v)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for k, v in saved.items():
-                params[k].copy_(v)
+@dataclasses.dataclass
+class Trained:
+    """A trained initialization evaluated as a row: ``label`` (e.g. ``meta:maml``), ``kind``
+    (``meta`` or ``mtl``, the method that enables it) and its :class:`Init`."""
+
+    label: str
+    kind: str
+    init: Init
+
+
+def _accuracy(scores: Sequence[Sequence[float]], queries: Sequence[Example]) -> float:
+    hits = [max(range(len(s)), key=s.__getitem__) == q.label for s, q in zip(scores, queries, strict=True)]
+    return sum(hits) / len(hits)
+
+
+def _calibrated(scores: Sequence[float], content_free: Sequence[Sequence[float]]) -> list[float]:
+    """Log of ``p / mean(p_cf)`` per option (Zhao et al. 2021, eq. 1 with ``W = diag(p_cf)^-1``, ``b = 0``):
+    ``p`` are the option probabilities renormalized over the options."""
+    def probs(s: Sequence[float]) -> Tensor:
+        return torch.softmax(torch.tensor(s, dtype=torch.float64), 0)
+
+    p_cf = torch.stack([probs(s) for s in content_free]).mean(0)
+    return (probs(scores).log() - p_cf.log()).tolist()
 
 
 class Harness:
     """Runs the methods on shared episodes.
 
     Args:
-        algorithm: A meta-learner whose model holds the adapter (its selection, inner config and,
-            for ``meta``, its learned state are used).
+        model: The (adapter-wrapped) causal LM; its own tensors are never changed.
         tokenizer: The model's tokenizer.
-        base: Meta-parameter values of the pretrained model with the standard adapter init.
-        trained: Meta-parameter values after training (``None``: no ``meta``/``mtl`` method).
+        base: The pretrained initialization (standard adapter init) and the inner loop whose steps
+            are fine-tuning's default budget.
         config: Evaluation settings.
+        trained: Trained initializations (rows ``meta``/``mtl`` ...), each enabled by its kind
+            being in ``config.methods``.
+        prefix_layer: The lowest decoder layer holding a fast or shared weight of any
+            initialization (``ParameterSelection.lowest_adapted_layer``): layers below it are
+            computed once per episode. ``None``: no reuse.
     """
 
-    def __init__(self, algorithm: MetaLearner, tokenizer, base: Mapping[str, Tensor],  # noqa: ANN001
-                 trained: Mapping[str, Tensor] | None, config: EvalConfig) -> None:
-        needs_run = [m for m in config.methods if m in TRAINED]
-        if needs_run and trained is None:
-            raise ConfigError("methods", f"{needs_run[0]} needs a trained run (--run-dir)")
-        self.algo, self.tokenizer, self.base, self.trained, self.config = algorithm, tokenizer, base, trained, config
-        self.model = algorithm.model
+    def __init__(self, model: torch.nn.Module, tokenizer, base: Init, config: EvalConfig,  # noqa: ANN001
+                 trained: Sequence[Trained] = (), prefix_layer: int | None = None) -> None:
+        for kind in TRAINED:
+            if kind in config.methods and not any(t.kind == kind for t in trained):
+                what = "a run trained with algorithm: multitask" if kind == "mtl" else "a trained run (--run-dir)"
+                raise ConfigError("methods", f"{kind} needs {what}")
+        self.model, self.tokenizer, self.base, self.config = model, tokenizer, base, config
+        self.trained = [t for t in trained if t.kind in config.methods]
         # Never longer than the model's position table (GPT-2 style models index it directly).
-        limit = getattr(self.model.config, "max_position_embeddings", None) or \
-            getattr(self.model.config, "n_positions", None) or config.max_length
+        limit = getattr(model.config, "max_position_embeddings", None) or \
+            getattr(model.config, "n_positions", None) or config.max_length
         self.max_length = min(config.max_length, int(limit))
         self.collate = CollateConfig(max_length=self.max_length)
-        self.inner: InnerConfig = algorithm.inner
-        self._episodes: dict[tuple[str, int], list[TextEpisode]] = {}
-        self.finetune_lr: float | None = None
-        self.finetune_steps: int | None = None
+        self.layer = prefix_layer
+        self.prefix_layer = prefix_layer if config.shared_work else None  # queries' frozen layers reused
+        self.device = next(model.parameters()).device
+        self._episodes: dict[tuple[str, int, int, int, int], list[TextEpisode]] = {}
+        self.finetune: Init | None = None
 
-    def episodes(self, task: Task, shots: int, n: int | None = None, salt: int = 0) -> list[TextEpisode]:
-        """The fixed evaluation episodes of ``task`` at ``shots`` (the same for every method)."""
+    @classmethod
+    def from_learner(cls, learner: Any, tokenizer, base: Mapping[str, Tensor],  # noqa: ANN001
+                     trained: Mapping[str, Tensor] | None, config: EvalConfig, kind: str = "meta") -> Harness:
+        """A harness for a :class:`~metalm.algorithms.MetaLearner`'s model, from meta-parameter values
+        (``meta_parameters()`` names) before and after training."""
+        start = dataclasses.replace(init_from_values(learner, base), lr=None)
+        rows = [Trained(kind, kind, init_from_values(learner, trained))] if trained is not None else []
+        return cls(learner.model, tokenizer, start, config, rows, learner.selection.lowest_adapted_layer())
+
+    # ------------------------------------------------------------------ episodes
+    def episodes(self, task: Task, shots: int, seed: int = 0, n: int | None = None,
+                 salt: int = 0) -> list[TextEpisode]:
+        """The fixed evaluation episodes of ``task`` at ``shots`` for seed index ``seed``."""
         n = n or self.config.episodes
-        key = (task.name, shots, salt, n)
+        key = (task.name, shots, seed, salt, n)
         if key not in self._episodes:
-            seed = zlib.crc32(f"{task.name}/{shots}/{self.config.seed}/{salt}".encode())
+            value = zlib.crc32(f"{task.name}/{shots}/{self.config.seed + seed}/{salt}".encode())
             cfg = SamplerConfig(ways=self.config.ways, shots=shots, queries=self.config.queries,
-                                drop_small_classes=True)
-            sampler = EpisodeSampler([task], cfg, seed=seed)
+                                drop_small_classes=True, content_free=list(self.config.content_free))
+            sampler = EpisodeSampler([task], cfg, seed=value)
             self._episodes[key] = [sampler.sample() for _ in range(n)]
         return self._episodes[key]
 
-    def _fast(self) -> dict[str, Tensor]:
-        return {n: p.detach() for n, p in self.algo.selection.fast_params(self.model).items()}
-
-    def _score(self, params: Mapping[str, Tensor], episode: TextEpisode, queries: list[Example]) -> dict[str, float]:
-        if episode.type == "generation":
-            preds = greedy_generate(self.model, params, [q.prompt for q in queries], self.tokenizer,
-                                    max_length=self.max_length, max_new_tokens=self.config.max_new_tokens)
-            em = [exact_match(p, q.references) for p, q in zip(preds, queries, strict=True)]
-            f1 = [token_f1(p, q.references) for p, q in zip(preds, queries, strict=True)]
-            return {"accuracy": sum(em) / len(em), "f1": sum(f1) / len(f1)}
-        scores = option_scores(self.model, params, queries, self.tokenizer, self.collate,
-                               batch_size=self.config.batch_size)
-        hits = [max(range(len(s)), key=s.__getitem__) == q.label for s, q in zip(scores, queries, strict=True)]
-        return {"accuracy": sum(hits) / len(hits)}
-
-    def _support(self, episode: TextEpisode) -> dict[str, Tensor]:
-        device = next(self.model.parameters()).device
-        return {k: v.to(device) for k, v in collate(episode.support, self.tokenizer, self.collate).items()}
-
-    def run_episode(self, method: str, episode: TextEpisode, steps: int | None = None) -> dict[str, float]:
-        """Adapt (or not) with ``method`` on the support set and score the queries.
-
-        ``steps`` overrides the inner step count of ``finetune``, ``meta`` and ``mtl``.
-        """
-        if method == "zeroshot":
-            return self._score(self._fast(), episode, episode.query)
-        if method == "icl":
-            demos = "\n\n".join(ex.prompt + ex.answer for ex in episode.support)
-            queries = [dataclasses.replace(q, prompt=f"{demos}\n\n{q.prompt}") for q in episode.query]
-            return self._score(self._fast(), episode, queries)
-        if method == "finetune":
-            lr = self.finetune_lr if self.finetune_lr is not None else self.inner.lr
-            options = {**self.inner.options(), "steps": steps or self.finetune_steps or self.inner.steps}
-            support = self.algo.prefixed(self._support(episode), options["steps"])
-            params = adapt(self.model, self._fast(), support, lr=lr, first_order=True, **options)
-            return self._score({k: v.detach() for k, v in params.items()}, episode, episode.query)
-        return self._score(self.algo.adapt(self._support(episode), steps=steps), episode, episode.query)
-
-    def choose_finetune(self, val_tasks: list[Task]) -> tuple[float, int]:
-        """Pick ``finetune``'s inner learning rate and step count by mean accuracy on meta-val episodes."""
-        shots = self.config.shots[0]
-        grid = [(lr, steps) for steps in (self.config.finetune_steps or [self.inner.steps])
-                for lr in self.config.finetune_lrs]
-        best, best_acc = grid[0], -1.0
-        with swapped(self.algo.meta_parameters(), self.base):
-            for lr, steps in grid:
-                self.finetune_lr, self.finetune_steps = lr, steps
-                eps = [ep for task in val_tasks for ep in self.episodes(task, shots, self.config.val_episodes, salt=1)]
-                accs = map_sharded(eps, lambda ep: self.run_episode("finetune", ep)["accuracy"])
-                acc = sum(accs) / len(accs)
-                if acc > best_acc:
-                    best, best_acc = (lr, steps), acc
-        self.finetune_lr, self.finetune_steps = best
-        return best
-
-    def inner_steps_sweep(self, tasks: list[Task]) -> list[dict[str, Any]]:
-        """Macro accuracy of ``finetune`` and ``meta``/``mtl`` at each of ``config.inner_steps`` (first shot count)."""
-        shots, out = self.config.shots[0], []
-        for method in [m for m in ("finetune", *TRAINED) if m in self.config.methods]:
-            with swapped(self.algo.meta_parameters(), self.trained if method in TRAINED else self.base):
-                for steps in self.config.inner_steps or []:
-                    items = [(i, ep) for i, t in enumerate(tasks) for ep in self.episodes(t, shots)]
-                    flat = map_sharded(items, lambda x, m=method, k=steps: self.run_episode(m, x[1], k)["accuracy"])
-                    accs = [[a for (i, _), a in zip(items, flat, strict=True) if i == j] for j in range(len(tasks))]
-                    mean, ci = mean_ci95([sum(a[e] for a in accs) / len(tasks) for e in range(len(accs[0]))])
-                    out.append({"method": method, "shots": shots, "inner_steps": steps, "accuracy": mean, "ci95": ci})
+    def rows(self) -> dict[str, Init]:
+        """The adapted rows and their initializations (``finetune`` once it is chosen)."""
+        out: dict[str, Init] = {}
+        if "finetune" in self.config.methods:
+            out["finetune"] = self.finetune or self.base
+        for t in self.trained:
+            out[t.label] = t.init
+            if self.finetune is not None and not t.init.same_budget(self.finetune):
+                out[f"{t.label}@ft"] = t.init.with_budget(self.finetune.inner.optimizer, self.finetune.inner.lr,
+                                                          self.finetune.inner.steps)
         return out
 
-    def run(self, tasks: list[Task], progress: bool = False) -> dict[str, Any]:
-        """Evaluate every method on every task and shot count; returns the JSON-ready results.
+    # ------------------------------------------------------------------ scoring
+    def _scores(self, params: Mapping[str, Tensor], examples: Sequence[Example],
+                normalize: str = "mean") -> list[list[float]]:
+        if not self.config.shared_work:  # the reference path: a scoring call per episode
+            return option_scores(self.model, params, examples, self.tokenizer, self.collate, normalize=normalize,
+                                 batch_size=self.config.batch_size)
+        return option_scores(self.model, params, examples, self.tokenizer, self.collate, normalize=normalize,
+                             batch_size=max(self.config.batch_size, 32))
 
-        Under ``torchrun`` the episodes are dealt over the processes and gathered, so every process
-        returns the same results as one process would.
+    def _generate(self, params: Mapping[str, Tensor], prompts: list[str]) -> list[str]:
+        return greedy_generate(self.model, params, prompts, self.tokenizer, max_length=self.max_length,
+                               max_new_tokens=self.config.max_new_tokens)
+
+    def _support(self, episode: TextEpisode, uses: int) -> dict[str, Any]:
+        """The support batch, with its frozen prefix computed when it is used twice or more (by
+        several rows when work is shared, else by several inner steps)."""
+        batch = {k: v.to(self.device) for k, v in collate(episode.support, self.tokenizer, self.collate).items()}
+        if self.layer and (self.config.shared_work or uses >= 2):
+            return cache_prefix(self.model, batch, self.layer)
+        return prepare_batch(batch)
+
+    def _adapt(self, init: Init, support: Mapping[str, Any], steps: Sequence[int]) -> list[dict[str, Tensor]]:
+        """The fast weights after each of ``steps`` inner steps (one trajectory), as scoring params."""
+        opts = {**init.inner.options(), "steps": max(steps)}
+        traj = adapt_trajectory(self.model, init.fast, support, lr=init.rate(), first_order=True,
+                                frozen=init.frozen, **opts)
+        return [init.params({k: v.detach() for k, v in traj.params[k].items()}) for k in steps]
+
+    def _unadapted(self, method: str, episodes: Sequence[TextEpisode]) -> list[list[list[float]]]:
+        """Option scores of ``method`` (a non-adapting method) for every query of ``episodes``."""
+        params = self.base.params()
+        channel, icl = method.endswith("-channel"), method.startswith("icl")
+        flat: list[Example] = []
+        groups: list[list[tuple[int, int]]] = []  # per episode, per query: (start, stop) in flat
+        for ep in episodes:
+            demos = demonstrations(ep.support, channel=channel) if icl else ""
+            spans = []
+            for q in ep.query:
+                start = len(flat)
+                if channel:
+                    flat += channel_examples(demos, q)
+                elif method.endswith("-cal"):
+                    flat.append(dataclasses.replace(q, prompt=with_demonstrations(demos, q.prompt)))
+                    flat += [dataclasses.replace(q, prompt=with_demonstrations(demos, cf)) for cf in q.content_free]
+                else:
+                    flat.append(dataclasses.replace(q, prompt=with_demonstrations(demos, q.prompt)))
+                spans.append((start, len(flat)))
+            groups.append(spans)
+        if self.config.shared_work:
+            scores = self._scores(params, flat, "sum" if channel else "mean")
+        else:
+            scores, at = [], 0
+            for spans in groups:
+                stop = spans[-1][1]
+                scores += self._scores(params, flat[at:stop], "sum" if channel else "mean")
+                at = stop
+        out = []
+        for spans in groups:
+            per_query = []
+            for start, stop in spans:
+                if channel:
+                    per_query.append([s[0] for s in scores[start:stop]])
+                elif method.endswith("-cal"):
+                    if stop - start < 2:
+                        raise TaskError("content_free", "calibration needs content-free prompts; the sampler made none")
+                    per_query.append(_calibrated(scores[start], scores[start + 1:stop]))
+                else:
+                    per_query.append(scores[start])
+            out.append(per_query)
+        return out
+
+    # ------------------------------------------------------------------ one block of episodes
+    def block(self, task: Task, shots: int, seed: int) -> dict[str, list[float]]:
+        """Per-episode accuracy of every row on the episodes of ``task`` at ``shots`` for ``seed``."""
+        episodes = self.episodes(task, shots, seed)
+        if episodes[0].type == "generation":
+            return self._generation_block(episodes)
+        out: dict[str, list[float]] = {}
+        unadapted = [m for m in UNADAPTED if m in self.config.methods]
+        rows = self.rows()
+        prepare = bool(rows) and self.prefix_layer is not None
+        zs_from_prepare: list[float] = []
+        prepared: list[PreparedQueries | None] = []
+        if prepare:
+            for ep in episodes:
+                scores, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
+                                               self.prefix_layer, batch_size=max(self.config.batch_size, 32))
+                zs_from_prepare.append(_accuracy(scores, ep.query))
+                prepared.append(prep)
+        for method in unadapted:
+            if method == "zeroshot" and prepare:
+                out[method] = zs_from_prepare
+                continue
+            out[method] = [_accuracy(s, ep.query) for s, ep in zip(self._unadapted(method, episodes), episodes,
+                                                                      strict=True)]
+        for e, ep in enumerate(episodes):
+            support = None
+            for row, init in rows.items():
+                if support is None or not self.config.shared_work:
+                    support = self._support(ep, init.inner.steps)
+                params = self._adapt(init, support, [init.inner.steps])[0]
+                if prepare and prepared[e] is not None:
+                    scores = score_prepared(self.model, params, prepared[e])
+                else:
+                    scores = self._scores(params, ep.query)
+                out.setdefault(row, []).append(_accuracy(scores, ep.query))
+        return out
+
+    def _generation_block(self, episodes: Sequence[TextEpisode]) -> dict[str, list[float]]:
+        """Exact match per episode; calibrated and channel rows equal their plain method (no options)."""
+        out: dict[str, list[float]] = {}
+        plain: dict[str, list[float]] = {}
+        for method in ("zeroshot", "icl"):
+            if not any(m.startswith(method) for m in self.config.methods if m in UNADAPTED):
+                continue
+            prompts = [with_demonstrations(demonstrations(ep.support) if method == "icl" else "", q.prompt)
+                       for ep in episodes for q in ep.query]
+            preds = self._generate(self.base.params(), prompts)
+            refs = [q.references for ep in episodes for q in ep.query]
+            hits = [exact_match(p, r) for p, r in zip(preds, refs, strict=True)]
+            q = len(episodes[0].query)
+            plain[method] = [sum(hits[i * q:(i + 1) * q]) / q for i in range(len(episodes))]
+        for m in UNADAPTED:
+            if m in self.config.methods:
+                out[m] = plain[m.split("-")[0]]
+        for ep in episodes:
+            support = None
+            for row, init in self.rows().items():
+                if support is None or not self.config.shared_work:
+                    support = self._support(ep, init.inner.steps)
+                params = self._adapt(init, support, [init.inner.steps])[0]
+                preds = self._generate(params, [q.prompt for q in ep.query])
+                out.setdefault(row, []).append(
+                    sum(exact_match(p, q.references) for p, q in zip(preds, ep.query, strict=True)) / len(ep.query))
+        return out
+
+    # ------------------------------------------------------------------ fine-tuning's budget
+    def choose_finetune(self, val_tasks: Sequence[Task]) -> Init:
+        """Pick fine-tuning's optimizer, learning rate and steps by mean accuracy on meta-val episodes
+        (first shot count); sets and returns :attr:`finetune`."""
+        shots = self.config.shots[0]
+        grid = self.config.grid(self.base.inner.steps)
+        eps = [ep for task in val_tasks for ep in self.episodes(task, shots, 0, self.config.val_episodes, salt=1)]
+
+        def one(ep: TextEpisode) -> list[float]:
+            support = self._support(ep, max(grid[0][2]))
+            prep = None
+            if ep.type != "generation" and self.prefix_layer is not None:
+                _, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
+                                          self.prefix_layer, batch_size=max(self.config.batch_size, 32))
+            accs = []
+            for opt, lr, steps in grid:
+                start = self.base.with_budget(opt, lr, max(steps))
+                for params in self._adapt(start, support, steps):
+                    accs.append(self._score_episode(params, ep, prep))
+            return accs
+
+        per_episode = map_sharded(eps, one)
+        points = [(opt, lr, k) for opt, lr, steps in grid for k in steps]
+        means = [sum(a[i] for a in per_episode) / len(per_episode) for i in range(len(points))]
+        best = max(range(len(points)), key=means.__getitem__)  # ties: the first in grid order
+        opt, lr, steps = points[best]
+        self.finetune = self.base.with_budget(opt, lr, steps)
+        self.finetune_grid = [{"optimizer": o, "lr": r, "steps": k, "val_accuracy": m}
+                              for (o, r, k), m in zip(points, means, strict=True)]
+        return self.finetune
+
+    def _score_episode(self, params: Mapping[str, Tensor], ep: TextEpisode, prep: PreparedQueries | None) -> float:
+        if ep.type == "generation":
+            preds = self._generate(params, [q.prompt for q in ep.query])
+            return sum(exact_match(p, q.references) for p, q in zip(preds, ep.query, strict=True)) / len(ep.query)
+        scores = score_prepared(self.model, params, prep) if prep is not None else self._scores(params, ep.query)
+        return _accuracy(scores, ep.query)
+
+    # ------------------------------------------------------------------ everything
+    def measure(self, tasks: Sequence[Task], progress: bool = False) -> Measurements:
+        """Per-episode accuracy of every row on every task, shot count and seed.
+
+        Under ``torchrun`` the blocks of episodes are dealt over the processes and gathered, so every
+        process returns what one process would.
         """
         from tqdm.auto import tqdm
 
-        per_episode: dict[tuple[str, str, int], list[float]] = {}
-        chance: dict[str, float] = {}
         ctx = current()
-        items = [(t, k, e) for t in tasks for k in self.config.shots for e in range(self.config.episodes)]
-        bar = tqdm(total=len(self.config.methods) * len(items), disable=not progress or not ctx.is_main,
-                   desc="evaluate")
+        items = [(t, k, s) for t in tasks for k in self.config.shots for s in range(self.config.seeds)]
+        bar = tqdm(total=len(items), disable=not progress or not ctx.is_main, desc="evaluate")
 
-        def score(method: str, item: tuple[Task, int, int]) -> float:
-            task, shots, e = item
-            acc = self.run_episode(method, self.episodes(task, shots)[e])["accuracy"]
+        def run(item: tuple[Task, int, int]) -> dict[str, list[float]]:
+            out = self.block(*item)
             bar.update(ctx.world_size)
-            return acc
+            return out
 
-        for method in self.config.methods:
-            values = self.trained if method in TRAINED else self.base
-            with swapped(self.algo.meta_parameters(), values):
-                accs = map_sharded(items, lambda x, m=method: score(m, x), ctx)
-            for (task, shots, _), acc in zip(items, accs, strict=True):
-                per_episode.setdefault((method, task.name, shots), []).append(acc)
-        for task in tasks:
-            for shots in self.config.shots:
-                q = self.episodes(task, shots)[0].query
-                chance[task.name] = (sum(1 / len(x.options) for x in q) / len(q)) if q[0].options else 0.0
+        blocks = map_sharded(items, run, ctx)
         bar.close()
-        results, macro = [], []
-        for (method, task, shots), accs in per_episode.items():
-            mean, ci = mean_ci95(accs)
-            results.append({"method": method, "task": task, "shots": shots, "accuracy": mean, "ci95": ci,
-                            "episodes": len(accs)})
-        for method in self.config.methods:
-            for shots in self.config.shots:
-                by_episode = [sum(per_episode[(method, t.name, shots)][e] for t in tasks) / len(tasks)
-                              for e in range(self.config.episodes)]
-                mean, ci = mean_ci95(by_episode)
-                macro.append({"method": method, "shots": shots, "accuracy": mean, "ci95": ci})
-        report = {"results": results, "macro": macro, "chance": chance,
-                  "macro_chance": sum(chance.values()) / len(chance), "finetune_lr": self.finetune_lr,
-                  "finetune_steps": self.finetune_steps, "inner_steps": self.inner.steps}
+        out: Measurements = {}
+        for (task, shots, _), block in zip(items, blocks, strict=True):
+            for row, accs in block.items():
+                out.setdefault((row, task.name, shots), []).append(accs)
+        return out
+
+    def summarize(self, data: Measurements, tasks: Sequence[Task]) -> dict[str, Any]:
+        """The report of ``data`` (:func:`metalm.eval.summary.summarize`) with chance, majority label,
+        fine-tuning's chosen budget and each row's adaptation."""
+        shots = self.config.shots[0]
+        eps = {t.name: [ep for s in range(self.config.seeds) for ep in self.episodes(t, shots, s)] for t in tasks}
+        chance, majority = query_baselines(eps)
+        report = summarize(data, [t.name for t in tasks], self.config.shots, chance=chance, majority=majority,
+                           seeds=[self.config.seed + s for s in range(self.config.seeds)], baselines=BASELINES,
+                           reference=self.config.reference)
+        report["budgets"] = {row: budget(init) for row, init in self.rows().items()}
+        if self.finetune is not None:
+            ft = self.finetune.inner
+            report["finetune"] = {"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps,
+                                  "grid": self.finetune_grid}
+        report["finetune_lr"] = self.finetune.inner.lr if self.finetune else None
+        report["finetune_steps"] = self.finetune.inner.steps if self.finetune else None
+        report["inner_steps"] = self.base.inner.steps
+        return report
+
+    def run(self, tasks: Sequence[Task], progress: bool = False) -> dict[str, Any]:
+        """Measure every method on ``tasks`` and return the report (with the inner-steps sweep when
+        ``config.inner_steps`` is set)."""
+        report = self.summarize(self.measure(tasks, progress), tasks)
         if self.config.inner_steps:
             report["inner_steps_sweep"] = self.inner_steps_sweep(tasks)
         return report
+
+    def inner_steps_sweep(self, tasks: Sequence[Task]) -> list[dict[str, Any]]:
+        """Macro accuracy of ``finetune`` and the trained rows at each of ``config.inner_steps``
+        (first shot count, first seed), one inner-loop trajectory per episode."""
+        from .stats import mean_ci95
+
+        shots, steps = self.config.shots[0], sorted(self.config.inner_steps or [])
+        rows = {r: i for r, i in self.rows().items() if "@" not in r}
+        items = [(t, ep) for t in tasks for ep in self.episodes(t, shots)]
+
+        def one(item: tuple[Task, TextEpisode]) -> dict[str, list[float]]:
+            ep = item[1]
+            support = self._support(ep, max(steps))
+            prep = None
+            if ep.type != "generation" and self.prefix_layer is not None:
+                _, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
+                                          self.prefix_layer, batch_size=max(self.config.batch_size, 32))
+            return {row: [self._score_episode(p, ep, prep) for p in self._adapt(init, support, steps)]
+                    for row, init in rows.items()}
+
+        got = map_sharded(items, one)
+        n = self.config.episodes
+        out = []
+        for row in rows:
+            for j, k in enumerate(steps):
+                # One unit per episode index: the mean over tasks (items are task-major).
+                units = [sum(got[t * n + e][row][j] for t in range(len(tasks))) / len(tasks) for e in range(n)]
+                mean, ci = mean_ci95(units)
+                out.append({"method": row, "shots": shots, "inner_steps": k, "accuracy": mean, "ci95": ci})
+        return out
+
+
+def budget(init: Init) -> str:
+    """A row's adaptation in words, e.g. ``adam lr 0.003, 10 steps``."""
+    lr = "learned rates" if init.lr is not None else f"lr {init.inner.lr:g}"
+    return f"{init.inner.optimizer} {lr}, {init.inner.steps} steps"
 
 
 def eval_tasks(registry: TaskRegistry, names: list[str]) -> list[Task]:
@@ -286,15 +523,3 @@ def eval_tasks(registry: TaskRegistry, names: list[str]) -> list[Task]:
         raise TaskError("tasks", f"{lm[0]!r} is a language-modeling task: few-shot accuracy does not apply")
     return tasks
 
-
-def format_table(report: dict[str, Any]) -> str:
-    """A markdown table: macro accuracy ± 95% CI per method and shot count, with chance."""
-    shots = sorted({r["shots"] for r in report["macro"]})
-    lines = ["| method | " + " | ".join(f"{k}-shot" for k in shots) + " |",
-             "|---|" + "---|" * len(shots)]
-    for method in dict.fromkeys(r["method"] for r in report["macro"]):
-        cells = [next(f"{r['accuracy']:.3f} ± {r['ci95']:.3f}" for r in report["macro"]
-                      if r["method"] == method and r["shots"] == k) for k in shots]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines.append("| chance | " + " | ".join(f"{report['macro_chance']:.3f}" for _ in shots) + " |")
-    return "\n".join(lines)

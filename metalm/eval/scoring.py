@@ -44,7 +44,9 @@ class _PromptThenOptions(nn.Module):
         cache = _cache_of(out)
         cache.batch_repeat_interleave(n)
         p_mask = p_mask.repeat_interleave(n, 0)
-        positions = p_mask.sum(-1, keepdim=True) + torch.arange(o_ids.shape[1], device=o_ids.device)
+        # Padding after a short option repeats its last position (never past the context).
+        positions = p_mask.sum(-1, keepdim=True) + torch.minimum(
+            torch.arange(o_ids.shape[1], device=o_ids.device), (o_mask.sum(-1, keepdim=True) - 1).clamp(min=0))
         hidden = backbone(input_ids=o_ids, attention_mask=torch.cat([p_mask, o_mask], 1), position_ids=positions,
                           use_cache=True, **{_cache_kwarg(backbone): cache}).last_hidden_state
         # Option token j is predicted at option position j - 1, the first one at the prompt's last token.
@@ -80,48 +82,77 @@ class _NextToken(nn.Module):
         return output_logits(lm, out.last_hidden_state[:, -1]), _cache_of(out)
 
 
-def _scores_shared(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
-                   config: CollateConfig, normalize: str, batch_size: int) -> list[list[float]]:
-    device = next(model.parameters()).device
+def encode_options(examples: Sequence[Example], tokenizer, max_length: int) -> tuple[Tensor, ...]:  # noqa: ANN001
+    """Prompts left-padded and options right-padded, for examples with the same number of options ``n``.
+
+    Each prompt keeps its start token (BOS) and loses its oldest tokens first when prompt + longest
+    option exceed ``max_length``; options are never cut.
+
+    Returns:
+        ``p_ids``, ``p_mask`` ``[B, Tp]`` and ``o_ids``, ``o_mask`` ``[B * n, To]`` (option ``j`` of
+        example ``i`` in row ``i * n + j``).
+    """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list[list[float]] = [[] for _ in examples]
+    opts = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in ex.options] for ex in examples]
+    longest = max(len(t) for row in opts for t in row)
+    prompts = [tokenizer(ex.prompt, add_special_tokens=True)["input_ids"] for ex in examples]
+    bos = tokenizer.bos_token_id
+    # Each example's own longest option sets how much of its prompt is kept, so a score does not
+    # depend on which other examples share its batch.
+    keeps = [max(1, max_length - max(len(t) for t in row)) for row in opts]
+    prompts = [p if len(p) <= keep else (p[:1] if p[0] == bos else []) + p[len(p) - keep + (p[0] == bos):]
+               for p, keep in zip(prompts, keeps, strict=True)]
+    width = max(len(p) for p in prompts)
+    p_ids = torch.full((len(examples), width), pad, dtype=torch.long)
+    p_mask = torch.zeros_like(p_ids)
+    for r, p in enumerate(prompts):
+        p_ids[r, width - len(p):] = torch.tensor(p)
+        p_mask[r, width - len(p):] = 1
+    flat = [t for row in opts for t in row]
+    o_ids = torch.full((len(flat), longest), pad, dtype=torch.long)
+    o_mask = torch.zeros_like(o_ids)
+    for r, t in enumerate(flat):
+        o_ids[r, :len(t)] = torch.tensor(t)
+        o_mask[r, :len(t)] = 1
+    return p_ids, p_mask, o_ids, o_mask
+
+
+def option_logprobs(logits: Tensor, o_ids: Tensor, o_mask: Tensor, normalize: str) -> Tensor:
+    """Per-row option score from logits at the option positions ``[R, To, V]``: the sum (or mean) of
+    the option tokens' log-probabilities, ``[R]``."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    logp = torch.log_softmax(logits, -1).gather(-1, o_ids.unsqueeze(-1)).squeeze(-1)
+    total = (logp * o_mask).sum(1)
+    return total / o_mask.sum(1) if normalize == "mean" else total
+
+
+def chunks_by_option_count(examples: Sequence[Example], batch_size: int) -> list[tuple[int, list[int]]]:
+    """Indices of ``examples`` grouped by option count ``n`` and cut into chunks of about
+    ``batch_size`` rows (prompt x option); within a group, prompts of similar length go together."""
     by_count: dict[int, list[int]] = {}
     for i, ex in enumerate(examples):
         by_count.setdefault(len(ex.options), []).append(i)
-    swapped = {f"m.{k}": v for k, v in params.items()}
+    out = []
     for n, members in by_count.items():
+        members = sorted(members, key=lambda i: len(examples[i].prompt))  # less padding per chunk
         step = max(1, batch_size // n)
-        for start in range(0, len(members), step):
-            idx = members[start:start + step]
-            opts = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in examples[i].options] for i in idx]
-            longest = max(len(t) for row in opts for t in row)
-            prompts = [tokenizer(examples[i].prompt, add_special_tokens=True)["input_ids"] for i in idx]
-            bos = tokenizer.bos_token_id
-            keep = config.max_length - longest
-            prompts = [p if len(p) <= keep else (p[:1] if p[0] == bos else []) + p[len(p) - keep + (p[0] == bos):]
-                       for p in prompts]
-            width = max(len(p) for p in prompts)
-            p_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            p_mask = torch.zeros_like(p_ids)
-            for r, p in enumerate(prompts):
-                p_ids[r, width - len(p):] = torch.tensor(p)
-                p_mask[r, width - len(p):] = 1
-            flat = [t for row in opts for t in row]
-            o_ids = torch.full((len(flat), longest), pad, dtype=torch.long)
-            o_mask = torch.zeros_like(o_ids)
-            for r, t in enumerate(flat):
-                o_ids[r, :len(t)] = torch.tensor(t)
-                o_mask[r, :len(t)] = 1
-            args = (p_ids.to(device), p_mask.to(device), o_ids.to(device), o_mask.to(device), n)
-            logits = functional_call(_PromptThenOptions(model), swapped, args, strict=False)
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
-            logp = torch.log_softmax(logits, -1).gather(-1, o_ids.to(device).unsqueeze(-1)).squeeze(-1)
-            mask = o_mask.to(device)
-            total = (logp * mask).sum(1)
-            scores = (total / mask.sum(1) if normalize == "mean" else total).view(len(idx), n).tolist()
-            for i, row in zip(idx, scores, strict=True):
-                out[i] = row
+        out += [(n, members[s:s + step]) for s in range(0, len(members), step)]
+    return out
+
+
+def _scores_shared(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
+                   config: CollateConfig, normalize: str, batch_size: int) -> list[list[float]]:
+    device = next(model.parameters()).device
+    out: list[list[float]] = [[] for _ in examples]
+    swapped = {f"m.{k}": v for k, v in params.items()}
+    for n, idx in chunks_by_option_count(examples, batch_size):
+        p_ids, p_mask, o_ids, o_mask = (t.to(device) for t in encode_options(
+            [examples[i] for i in idx], tokenizer, config.max_length))
+        logits = functional_call(_PromptThenOptions(model), swapped, (p_ids, p_mask, o_ids, o_mask, n), strict=False)
+        scores = option_logprobs(logits, o_ids, o_mask, normalize).view(len(idx), n).tolist()
+        for i, row in zip(idx, scores, strict=True):
+            out[i] = row
     return out
 
 

@@ -1,0 +1,45 @@
+"""In-context demonstrations: support examples written into a query's prompt.
+
+One place builds every in-context prompt (evaluation's ``icl`` methods, their calibrated and
+channel variants). Demonstrations keep the support set's order and are separated by a blank line;
+when a prompt is longer than the context, scoring truncates it from the start, so the oldest
+demonstrations go first and the query and its answer are never cut.
+
+*Direct* prompts ask for the answer after the input (``P(y | demos, x)``); *channel* prompts put
+the answer first and score the input (``P(x | demos, y)``, Min et al. 2022, "Noisy Channel Language
+Model Prompting for Few-Shot Text Classification").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .episode import Example
+
+SEPARATOR = "\n\n"
+
+
+def demonstrations(support: Sequence[Example], *, channel: bool = False) -> str:
+    """The support examples as one demonstration block (empty for no support).
+
+    Direct: ``prompt + answer`` per example; channel: ``answer`` (stripped), a newline, then ``prompt``.
+    """
+    if channel:
+        return SEPARATOR.join(f"{ex.answer.strip()}\n{ex.prompt}" for ex in support)
+    return SEPARATOR.join(ex.prompt + ex.answer for ex in support)
+
+
+def with_demonstrations(demos: str, prompt: str) -> str:
+    """``prompt`` after the demonstration block (``prompt`` itself when there is none)."""
+    return f"{demos}{SEPARATOR}{prompt}" if demos else prompt
+
+
+def channel_examples(demos: str, query: Example) -> list[Example]:
+    """One example per option of ``query`` whose single "option" is the query's prompt.
+
+    Scoring them with :func:`metalm.eval.option_scores` gives ``log P(prompt | demos, option)`` per
+    option: the channel score. The prompt's tokens are the same for every option, so mean and sum
+    normalization rank the options alike.
+    """
+    return [Example(with_demonstrations(demos, option.strip() + "\n"), query.prompt, [query.prompt], 0)
+            for option in query.options]

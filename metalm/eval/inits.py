@@ -1,0 +1,95 @@
+"""Initializations as values: what evaluation adapts from, passed to the inner loop, never copied into a model.
+
+An :class:`Init` holds the fast weights' starting values, the shared weights to use unchanged
+(``frozen``: a trained run's outer-loop-only weights), and the inner loop that adapts them
+(steps, optimizer, learning rate or learned rates). Evaluation calls :func:`metalm.adapt` with these
+tensors directly, so several initializations (the pretrained one, a meta-learned one, a multi-task
+one) are scored on the same model object, episode by episode, without swapping weights in and out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..config import InnerConfig
+from ..inner import LearningRate
+
+
+@dataclasses.dataclass
+class Init:
+    """Where adaptation starts and how it proceeds.
+
+    Attributes:
+        fast: Starting values of the fast weights, by ``model.named_parameters()`` name (detached).
+        inner: The inner loop (steps, optimizer, clipping; ``inner.lr`` unless ``lr`` is set).
+        frozen: Shared weights used instead of the model's own, not adapted (detached).
+        lr: Learned inner rates (a dict of tensors, Meta-SGD / MAML++), or ``None`` for ``inner.lr``.
+    """
+
+    fast: dict[str, Tensor]
+    inner: InnerConfig
+    frozen: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    lr: LearningRate | None = None
+
+    def rate(self) -> LearningRate:
+        """The inner learning rate to pass to :func:`metalm.adapt`."""
+        return self.inner.lr if self.lr is None else self.lr
+
+    def params(self, fast: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Every tensor to score with: the frozen ones and ``fast`` (default: the starting values)."""
+        return {**self.frozen, **(self.fast if fast is None else fast)}
+
+    def with_budget(self, optimizer: str, lr: float, steps: int) -> Init:
+        """The same starting point adapted by another inner loop (a plain rate, no learned rates)."""
+        inner = dataclasses.replace(self.inner, optimizer=optimizer, lr=lr, steps=steps)
+        return Init(self.fast, inner, self.frozen, None)
+
+    def same_budget(self, other: Init) -> bool:
+        """Whether both adapt with the same steps, optimizer and plain rate."""
+        a, b = self.inner, other.inner
+        return (a.steps, a.optimizer, a.lr, self.lr is None) == (b.steps, b.optimizer, b.lr, other.lr is None)
+
+
+def init_of(learner: Any) -> Init:
+    """The current initialization of a :class:`metalm.algorithms.MetaLearner` (detached copies)."""
+    sel, model = learner.selection, learner.model
+    named = dict(model.named_parameters())
+    lrs = {n: p.detach().clone() for n, p in learner.inner_lrs.items()}
+    return Init({n: named[n].detach().clone() for n in sel.fast}, learner.inner,
+                {n: named[n].detach().clone() for n in sel.shared}, lrs or None)
+
+
+def init_from_values(learner: Any, values: Mapping[str, Tensor]) -> Init:
+    """An :class:`Init` from meta-parameter values by name, as :meth:`MetaLearner.meta_parameters` names
+    them (``inner_lr/NAME`` for learned rates), with ``learner``'s selection and inner loop."""
+    sel = learner.selection
+    lrs = {n[len("inner_lr/"):]: v.detach() for n, v in values.items() if n.startswith("inner_lr/")}
+    return Init({n: values[n].detach() for n in sel.fast}, learner.inner,
+                {n: values[n].detach() for n in sel.shared}, lrs or None)
+
+
+def init_from_checkpoint(path: str | Path, like: Init, inner: InnerConfig) -> Init | None:
+    """A run's initialization read from its checkpoint folder without building a model.
+
+    Returns ``None`` when the checkpoint's fast and shared weights do not have the names and shapes
+    of ``like`` (another adapter or selection: the run needs a model of its own).
+    """
+    from ..checkpoint import load_checkpoint
+
+    tensors, state = load_checkpoint(Path(path))
+    fast, shared = list(state.get("fast", [])), list(state.get("shared", []))
+    if set(fast) != set(like.fast) or set(shared) != set(like.frozen):
+        return None
+    values = {n: tensors[f"meta/{n}"] for n in (*fast, *shared) if f"meta/{n}" in tensors}
+    if len(values) != len(fast) + len(shared) or any(
+            values[n].shape != ref.shape for n, ref in {**like.fast, **like.frozen}.items()):
+        return None
+    lrs = {k[len("meta/inner_lr/"):]: v for k, v in tensors.items() if k.startswith("meta/inner_lr/")}
+    device = next(iter(like.fast.values())).device
+    return Init({n: values[n].to(device) for n in fast}, inner, {n: values[n].to(device) for n in shared},
+                {n: v.to(device) for n, v in lrs.items()} or None)
