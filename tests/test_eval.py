@@ -1,5 +1,6 @@
 """The evaluation harness against independent computations: HF forward log-probs, HF generate, hand-computed metrics."""
 
+import dataclasses
 import math
 
 import pytest
@@ -154,10 +155,15 @@ def test_shared_prompt_scoring_equals_separate_rows(arch, tmp_path):
                 Example("Which follows river?", " river-1", [" river-0", " river-1", " river-2 tiger"], 1),
                 Example("Spell stone", " enots", [" enots", " stone"], 0),
                 Example(" ".join(["apple river stone"] * 40), " no", [" yes", " no", " unsure"], 1)]
-    config = CollateConfig(max_length=48)  # the last prompt is truncated from the left
+    # Demonstrations as a shared context: encoded once per batch; a long one loses its oldest tokens.
+    demos = "W: tiger\nA: yes\n\nW: lamp\nA: no\n\n"
+    examples += [dataclasses.replace(examples[0], context=demos), dataclasses.replace(examples[2], context=demos),
+                 dataclasses.replace(examples[1], context=demos * 9), dataclasses.replace(examples[0], context=demos * 9)]
+    config = CollateConfig(max_length=48)  # the long prompt and the long context are truncated from the left
     shared = option_scores(model, fast, examples, tok, config, batch_size=4)
     separate = option_scores(model, fast, examples, tok, config, shared_prompt=False)
-    assert [len(s) for s in shared] == [3, 3, 2, 3]
+    assert [len(s) for s in shared] == [3, 3, 2, 3, 3, 2, 3, 3]
+    assert shared[4] != shared[0]  # the context counts
     assert torch.allclose(torch.tensor(sum(shared, [])), torch.tensor(sum(separate, [])), atol=1e-9)
 
 
@@ -192,9 +198,11 @@ def test_prepared_queries_score_like_full_forwards(arch, tmp_path):
         assert not torch.allclose(torch.tensor(sum(reuse, [])), torch.tensor(sum(scores, [])), atol=1e-3)
 
 
-def _logp(model, context: str, continuation: str, tok) -> list[float]:
-    """Log-probabilities of ``continuation``'s tokens after ``context``, by a plain HF forward."""
-    prompt = tok(context)["input_ids"]
+def _logp(model, demos: str, prompt: str, continuation: str, tok) -> list[float]:
+    """Log-probabilities of ``continuation``'s tokens after ``demos`` and ``prompt``, by a plain HF
+    forward; demonstrations are tokenized as a segment of their own (with the start token)."""
+    prompt = tok(demos)["input_ids"] + tok(prompt, add_special_tokens=False)["input_ids"] if demos else \
+        tok(prompt)["input_ids"]
     answer = tok(continuation, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([prompt + answer])).logits[0], -1)
@@ -227,12 +235,12 @@ def test_contextual_calibration_by_hand(tiny, registry):
     demos = "\n\n".join(ex.prompt + ex.answer for ex in episode.support)
     assert len(tok(demos + "\n\n" + q.prompt + q.options[0])["input_ids"]) < 64  # nothing truncated
     for method, prefix in (("zeroshot-cal", ""), ("icl-cal", demos + "\n\n")):
-        def probs(prompt):
-            s = torch.tensor([sum(v) / len(v) for v in (_logp(model, prompt, o, tok) for o in q.options)],
+        def probs(prompt, prefix=prefix):
+            s = torch.tensor([sum(v) / len(v) for v in (_logp(model, prefix, prompt, o, tok) for o in q.options)],
                              dtype=torch.float64)
             return torch.softmax(s, 0)
-        p = probs(prefix + q.prompt)
-        p_cf = (probs(prefix + q.content_free[0]) + probs(prefix + q.content_free[1])) / 2
+        p = probs(q.prompt)
+        p_cf = (probs(q.content_free[0]) + probs(q.content_free[1])) / 2
         ours = harness._unadapted(method, [episode])[0][0]
         assert torch.allclose(torch.tensor(ours, dtype=torch.float64), (p / p_cf).log(), atol=1e-6)
 
@@ -248,7 +256,7 @@ def test_channel_scores_are_input_likelihoods_given_the_label(tiny, registry):
     demos = "\n\n".join(f"{ex.answer.strip()}\n{ex.prompt}" for ex in episode.support)
     assert len(tok(demos + "\n\n" + q.options[0] + "\n" + q.prompt)["input_ids"]) < 64  # nothing truncated
     for method, prefix in (("zeroshot-channel", ""), ("icl-channel", demos + "\n\n")):
-        expected = [sum(_logp(model, f"{prefix}{o.strip()}\n", q.prompt, tok)) for o in q.options]
+        expected = [sum(_logp(model, prefix, f"{o.strip()}\n", q.prompt, tok)) for o in q.options]
         ours = harness._unadapted(method, [episode])[0][0]
         assert ours == pytest.approx(expected, abs=1e-6)
 

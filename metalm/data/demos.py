@@ -12,6 +12,7 @@ Model Prompting for Few-Shot Text Classification").
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from .episode import Example
@@ -34,6 +35,13 @@ def with_demonstrations(demos: str, prompt: str) -> str:
     return f"{demos}{SEPARATOR}{prompt}" if demos else prompt
 
 
+def in_context(demos: str, query: Example, prompt: str | None = None) -> Example:
+    """``query`` (or its ``prompt`` replaced, e.g. by a content-free one) after the demonstrations,
+    which go into ``Example.context`` so that scoring encodes them once for all the queries."""
+    return dataclasses.replace(query, prompt=query.prompt if prompt is None else prompt,
+                               context=demos + SEPARATOR if demos else "")
+
+
 def channel_examples(demos: str, query: Example) -> list[Example]:
     """One example per option of ``query`` whose single "option" is the query's prompt.
 
@@ -41,5 +49,6 @@ def channel_examples(demos: str, query: Example) -> list[Example]:
     option: the channel score. The prompt's tokens are the same for every option, so mean and sum
     normalization rank the options alike.
     """
-    return [Example(with_demonstrations(demos, option.strip() + "\n"), query.prompt, [query.prompt], 0)
+    context = demos + SEPARATOR if demos else ""
+    return [Example(option.strip() + "\n", query.prompt, [query.prompt], 0, context=context)
             for option in query.options]

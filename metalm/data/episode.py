@@ -22,6 +22,9 @@ class Example:
         content_free: The prompt rendered with the example's input fields replaced by each of the
             sampler's ``content_free`` strings (contextual calibration, Zhao et al. 2021); empty
             unless asked for.
+        context: Text before the prompt shared by other examples (in-context demonstrations);
+            scoring encodes it once for all the examples that share it, and truncates it (oldest
+            tokens first) before the prompt.
     """
 
     prompt: str
@@ -30,6 +33,7 @@ class Example:
     label: int = -1
     references: list[str] = dataclasses.field(default_factory=list)
     content_free: tuple[str, ...] = ()
+    context: str = ""
 
 
 @dataclasses.dataclass

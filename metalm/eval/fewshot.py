@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, TaskRegistry, collate
-from ..data.demos import channel_examples, demonstrations, with_demonstrations
+from ..data.demos import channel_examples, demonstrations, in_context, with_demonstrations
 from ..data.episode import Example, TextEpisode
 from ..distributed import current, map_sharded
 from ..errors import ConfigError, TaskError
@@ -293,10 +293,10 @@ class Harness:
                 if channel:
                     flat += channel_examples(demos, q)
                 elif method.endswith("-cal"):
-                    flat.append(dataclasses.replace(q, prompt=with_demonstrations(demos, q.prompt)))
-                    flat += [dataclasses.replace(q, prompt=with_demonstrations(demos, cf)) for cf in q.content_free]
+                    flat.append(in_context(demos, q))
+                    flat += [in_context(demos, q, cf) for cf in q.content_free]
                 else:
-                    flat.append(dataclasses.replace(q, prompt=with_demonstrations(demos, q.prompt)))
+                    flat.append(in_context(demos, q))
                 spans.append((start, len(flat)))
             groups.append(spans)
         if self.config.shared_work:

@@ -28,7 +28,7 @@ from ..data.collate import CollateConfig
 from ..data.episode import Example
 from ..losses import IGNORE_INDEX, PrefixCache, target_logits
 from ..models import causal_lm, decoder_layers
-from .scoring import _PromptThenOptions, chunks_by_option_count, encode_options, option_logprobs
+from .scoring import _pad_id, _PromptThenOptions, chunks_by_option_count, option_logprobs, pad_rows, token_rows
 
 
 class _Stop(Exception):
@@ -89,9 +89,11 @@ def prepare_queries(model: nn.Module, params: Mapping[str, Tensor], examples: Se
     scores: list[list[float]] = [[] for _ in examples]
     chunks: list[_Chunk] = []
     uniform = True
+    if any(ex.context for ex in examples):
+        raise ValueError("prepare_queries takes examples without a shared context")
+    rows = token_rows(examples, tokenizer, config.max_length)
     for n, idx in chunks_by_option_count(examples, batch_size):
-        p_ids, p_mask, o_ids, o_mask = (t.to(device) for t in encode_options(
-            [examples[i] for i in idx], tokenizer, config.max_length))
+        p_ids, p_mask, o_ids, o_mask = (t.to(device) for t in pad_rows([rows[i] for i in idx], _pad_id(tokenizer)))
         seen: list[Tensor] = []
         calls: dict[int, dict[str, Any]] = {}
         handles = [layers[i].register_forward_pre_hook(_grabber(i, layer, seen, calls), with_kwargs=True)

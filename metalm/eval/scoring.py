@@ -19,28 +19,39 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..data.collate import CollateConfig, collate
+from ..data.collate import CollateConfig
 from ..data.episode import Example
 from ..losses import IGNORE_INDEX, output_logits, prepare_batch, target_logits
 from ..models import causal_lm
 
 
 class _PromptThenOptions(nn.Module):
-    """Encode each prompt once, then every option of it on the prompt's KV cache.
+    """Encode a shared context once (optional), each prompt once on it, then every option of each
+    prompt on the prompt's KV cache.
 
     Holds the model as child ``m`` so ``functional_call`` can swap fast weights in. Prompts are
-    left-padded (so their last column is real), options right-padded; positions count real tokens.
+    left-padded (so their last column is real; after a context the padding sits between context and
+    prompt), options right-padded; positions count real tokens.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.m = model
 
-    def forward(self, p_ids: Tensor, p_mask: Tensor, o_ids: Tensor, o_mask: Tensor, n: int) -> Tensor:
+    def forward(self, p_ids: Tensor, p_mask: Tensor, o_ids: Tensor, o_mask: Tensor, n: int,
+                c_ids: Tensor | None = None) -> Tensor:
         lm = causal_lm(self.m)
         backbone = getattr(lm, lm.base_model_prefix)
-        out = backbone(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-                       use_cache=True)
+        extra: dict[str, Any] = {}
+        if c_ids is not None:  # [1, Tc]: run once, its cache copied to every prompt
+            c_mask = torch.ones_like(c_ids)
+            ctx = backbone(input_ids=c_ids, attention_mask=c_mask, position_ids=c_mask.cumsum(-1) - 1, use_cache=True)
+            cache = _cache_of(ctx)
+            cache.batch_repeat_interleave(p_ids.shape[0])
+            extra = {_cache_kwarg(backbone): cache}
+            p_mask = torch.cat([c_mask.expand(p_ids.shape[0], -1), p_mask], 1)
+        positions = (p_mask.cumsum(-1) - 1).clamp(min=0)[:, p_mask.shape[1] - p_ids.shape[1]:]
+        out = backbone(input_ids=p_ids, attention_mask=p_mask, position_ids=positions, use_cache=True, **extra)
         cache = _cache_of(out)
         cache.batch_repeat_interleave(n)
         p_mask = p_mask.repeat_interleave(n, 0)
@@ -82,39 +93,77 @@ class _NextToken(nn.Module):
         return output_logits(lm, out.last_hidden_state[:, -1]), _cache_of(out)
 
 
-def encode_options(examples: Sequence[Example], tokenizer, max_length: int) -> tuple[Tensor, ...]:  # noqa: ANN001
-    """Prompts left-padded and options right-padded, for examples with the same number of options ``n``.
+TokenRow = tuple[list[int], list[int], list[list[int]]]  # context, prompt, options (token ids)
 
-    Each prompt keeps its start token (BOS) and loses its oldest tokens first when prompt + longest
-    option exceed ``max_length``; options are never cut.
+
+def _cut(ids: list[int], keep: int, bos: int | None) -> list[int]:
+    """The last ``keep`` tokens of ``ids``, the start token (BOS) kept first when there is one."""
+    if len(ids) <= keep:
+        return ids
+    if keep <= 0:
+        return []
+    return ids[:1] + ids[len(ids) - keep + 1:] if ids[0] == bos else ids[len(ids) - keep:]
+
+
+def token_rows(examples: Sequence[Example], tokenizer, max_length: int) -> list[TokenRow]:  # noqa: ANN001
+    """Token ids of each example's context, prompt and options, cut to fit ``max_length``.
+
+    Options are never cut. Without a context, a prompt loses its oldest tokens (not its BOS) when
+    prompt + its longest option exceed ``max_length``. The examples sharing a context (the same
+    string) share one cut of it, set by the longest prompt + option among them: the oldest context
+    tokens go first (its BOS kept), then, only if nothing of the context is left, prompts' oldest
+    tokens. An example's tokens therefore depend on it and the examples sharing its context only,
+    never on how a call batches them.
+    """
+    bos = tokenizer.bos_token_id
+    opts = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in ex.options] for ex in examples]
+    longest = [max((len(t) for t in row), default=0) for row in opts]
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.context, []).append(i)
+    out: list[TokenRow | None] = [None] * len(examples)
+    for context, idx in groups.items():
+        if not context:
+            for i in idx:
+                prompt = tokenizer(examples[i].prompt, add_special_tokens=True)["input_ids"]
+                out[i] = ([], _cut(prompt, max(1, max_length - longest[i]), bos), opts[i])
+            continue
+        ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+        prompts = {i: tokenizer(examples[i].prompt, add_special_tokens=False)["input_ids"] for i in idx}
+        need = max(len(prompts[i]) + longest[i] for i in idx)
+        ctx = _cut(ctx, max(max_length - need, 1 if ctx and ctx[0] == bos else 0), bos)
+        for i in idx:
+            keep = max(1, max_length - len(ctx) - longest[i])
+            out[i] = (ctx, prompts[i][-keep:] if len(prompts[i]) > keep else prompts[i], opts[i])
+    return out  # type: ignore[return-value]
+
+
+def pad_rows(rows: Sequence[TokenRow], pad: int) -> tuple[Tensor, ...]:
+    """Prompts (context excluded) left-padded and options right-padded, for rows with ``n`` options each.
 
     Returns:
         ``p_ids``, ``p_mask`` ``[B, Tp]`` and ``o_ids``, ``o_mask`` ``[B * n, To]`` (option ``j`` of
-        example ``i`` in row ``i * n + j``).
+        row ``i`` in row ``i * n + j``).
     """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    opts = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in ex.options] for ex in examples]
-    longest = max(len(t) for row in opts for t in row)
-    prompts = [tokenizer(ex.prompt, add_special_tokens=True)["input_ids"] for ex in examples]
-    bos = tokenizer.bos_token_id
-    # Each example's own longest option sets how much of its prompt is kept, so a score does not
-    # depend on which other examples share its batch.
-    keeps = [max(1, max_length - max(len(t) for t in row)) for row in opts]
-    prompts = [p if len(p) <= keep else (p[:1] if p[0] == bos else []) + p[len(p) - keep + (p[0] == bos):]
-               for p, keep in zip(prompts, keeps, strict=True)]
+    prompts = [p for _, p, _ in rows]
     width = max(len(p) for p in prompts)
-    p_ids = torch.full((len(examples), width), pad, dtype=torch.long)
+    p_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     p_mask = torch.zeros_like(p_ids)
     for r, p in enumerate(prompts):
-        p_ids[r, width - len(p):] = torch.tensor(p)
+        p_ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
         p_mask[r, width - len(p):] = 1
-    flat = [t for row in opts for t in row]
+    flat = [t for _, _, opts in rows for t in opts]
+    longest = max(len(t) for t in flat)
     o_ids = torch.full((len(flat), longest), pad, dtype=torch.long)
     o_mask = torch.zeros_like(o_ids)
     for r, t in enumerate(flat):
-        o_ids[r, :len(t)] = torch.tensor(t)
+        o_ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
         o_mask[r, :len(t)] = 1
     return p_ids, p_mask, o_ids, o_mask
+
+
+def _pad_id(tokenizer) -> int:  # noqa: ANN001
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def option_logprobs(logits: Tensor, o_ids: Tensor, o_mask: Tensor, normalize: str) -> Tensor:
@@ -144,15 +193,22 @@ def chunks_by_option_count(examples: Sequence[Example], batch_size: int) -> list
 def _scores_shared(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
                    config: CollateConfig, normalize: str, batch_size: int) -> list[list[float]]:
     device = next(model.parameters()).device
+    rows = token_rows(examples, tokenizer, config.max_length)
     out: list[list[float]] = [[] for _ in examples]
     swapped = {f"m.{k}": v for k, v in params.items()}
-    for n, idx in chunks_by_option_count(examples, batch_size):
-        p_ids, p_mask, o_ids, o_mask = (t.to(device) for t in encode_options(
-            [examples[i] for i in idx], tokenizer, config.max_length))
-        logits = functional_call(_PromptThenOptions(model), swapped, (p_ids, p_mask, o_ids, o_mask, n), strict=False)
-        scores = option_logprobs(logits, o_ids, o_mask, normalize).view(len(idx), n).tolist()
-        for i, row in zip(idx, scores, strict=True):
-            out[i] = row
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _, _) in enumerate(rows):
+        groups.setdefault(tuple(ctx), []).append(i)
+    for ctx, members in groups.items():
+        c_ids = torch.tensor([ctx], dtype=torch.long, device=device) if ctx else None
+        for n, chunk in chunks_by_option_count([examples[i] for i in members], batch_size):
+            idx = [members[j] for j in chunk]
+            p_ids, p_mask, o_ids, o_mask = (t.to(device) for t in pad_rows([rows[i] for i in idx], _pad_id(tokenizer)))
+            logits = functional_call(_PromptThenOptions(model), swapped, (p_ids, p_mask, o_ids, o_mask, n, c_ids),
+                                     strict=False)
+            scores = option_logprobs(logits, o_ids, o_mask, normalize).view(len(idx), n).tolist()
+            for i, row in zip(idx, scores, strict=True):
+                out[i] = row
     return out
 
 
@@ -168,22 +224,28 @@ def option_scores(model: nn.Module, params: Mapping[str, Tensor], examples: Sequ
     """
     if shared_prompt:
         return _scores_shared(model, params, examples, tokenizer, config, normalize, batch_size)
-    rows = [(i, Example(ex.prompt, option)) for i, ex in enumerate(examples) for option in ex.options]
+    device = next(model.parameters()).device
+    pad = _pad_id(tokenizer)
+    rows = [(i, ctx + prompt, option) for i, (ctx, prompt, opts) in
+            enumerate(token_rows(examples, tokenizer, config.max_length)) for option in opts]
     flat: list[float] = []
     for start in range(0, len(rows), batch_size):
-        chunk = [ex for _, ex in rows[start:start + batch_size]]
-        batch = prepare_batch(collate(chunk, tokenizer, config))
-        batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+        chunk = rows[start:start + batch_size]
+        width = max(len(p) + len(o) for _, p, o in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for r, (_, p, o) in enumerate(chunk):
+            ids[r, :len(p) + len(o)] = torch.tensor(p + o, dtype=torch.long)
+            labels[r, len(p):len(p) + len(o)] = torch.tensor(o, dtype=torch.long)
+        lengths = torch.tensor([len(p) + len(o) for _, p, o in chunk]).unsqueeze(1)
+        mask = (torch.arange(width) < lengths).long()  # right padding
+        batch = prepare_batch({"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                               "labels": labels.to(device)})
         logits = target_logits(model, params, batch)  # [B, M, V]
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
         targets = batch["target_ids"]
-        valid = targets != IGNORE_INDEX
-        logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        total = (logp * valid).sum(1)
-        flat += (total / valid.sum(1) if normalize == "mean" else total).tolist()
+        flat += option_logprobs(logits, targets.clamp(min=0), (targets != IGNORE_INDEX).long(), normalize).tolist()
     out: list[list[float]] = [[] for _ in examples]
-    for (i, _), score in zip(rows, flat, strict=True):
+    for (i, _, _), score in zip(rows, flat, strict=True):
         out[i].append(score)
     return out
 
