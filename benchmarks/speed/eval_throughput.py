@@ -13,7 +13,13 @@ way ``metalm eval`` runs them), whose per-method share is reported as total / me
 adapts a trained-like initialization (the standard one plus fixed noise: speed does not depend
 on the values).
 
-    python benchmarks/speed/eval_throughput.py --episodes 2 --shots 4 --json benchmarks/results/eval_throughput.json
+``--before`` measures the harness as it was before this change (commit 85d27b3, one method at a
+time, each episode on its own) in a separate process on the same episodes, for the "today"
+column; its per-episode accuracies are compared with the new ones:
+
+    git worktree add /tmp/metalm-before 85d27b3
+    PYTHONPATH=/tmp/metalm-before python benchmarks/speed/eval_throughput.py --before --json /tmp/before.json
+    python benchmarks/speed/eval_throughput.py --compare /tmp/before.json --json benchmarks/results/eval_throughput.json
 """
 
 from __future__ import annotations
@@ -25,8 +31,6 @@ import time
 
 import torch
 
-from metalm.eval import EvalConfig, Harness, Trained, eval_tasks
-from metalm.eval.inits import init_of
 from metalm.train import build_model, build_registry, load_train_config, task_lists
 
 METHODS = ["zeroshot", "icl", "finetune", "meta"]
@@ -41,18 +45,28 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2)
     parser.add_argument("--tasks", help="comma-separated tasks (default: the split's held-out tasks)")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--before", action="store_true", help="measure the pre-change harness (PYTHONPATH)")
+    parser.add_argument("--compare", help="the --before JSON to compare with")
     args = parser.parse_args()
     torch.manual_seed(0)
     config = load_train_config(args.config)
     tokenizer, model, selection, learner = build_model(config, torch.device("cpu"))
     registry = build_registry(config)
     _, _, heldout = task_lists(config, registry)
-    tasks = eval_tasks(registry, args.tasks.split(",") if args.tasks else heldout)
-    base = dataclasses.replace(init_of(learner), lr=None)
+    tasks = [registry[n] for n in (args.tasks.split(",") if args.tasks else heldout)]
+    base_values = {k: v.detach().clone() for k, v in learner.meta_parameters().items()}
     g = torch.Generator().manual_seed(1)
-    trained = dataclasses.replace(base, fast={k: v + 0.01 * torch.randn(v.shape, generator=g, dtype=v.dtype)
-                                              for k, v in base.fast.items()})
+    noisy = {k: v + 0.01 * torch.randn(v.shape, generator=g, dtype=v.dtype) if "lora_" in k else v
+             for k, v in base_values.items()}
     n_eps = args.episodes * len(tasks)
+    if args.before:
+        before(args, learner, tokenizer, base_values, noisy, tasks, n_eps)
+        return
+    from metalm.eval import EvalConfig, Harness, Trained
+    from metalm.eval.inits import init_from_values
+
+    base = dataclasses.replace(init_from_values(learner, base_values), lr=None)
+    trained = init_from_values(learner, noisy)
 
     def measure(methods: list[str], shared: bool) -> tuple[float, dict]:
         cfg = EvalConfig(shots=[args.shots], episodes=args.episodes, ways=args.ways, queries=args.queries,
@@ -80,6 +94,20 @@ def main() -> None:
     t_new, b = measure(METHODS, True)
     assert a == b, "accuracies differ between the two paths"
     out["together"] = {"reference_s": t_ref, "shared_s": t_new}
+    out["accuracies"] = {f"{m}/{t}": v[0] for (m, t, _), v in b.items()}
+    if args.compare:
+        with open(args.compare, encoding="utf-8") as fh:
+            old = json.load(fh)
+        out["before"] = old
+        print("\n| method | before (episodes/s) | after, alone (episodes/s) | episodes whose accuracy differs "
+              "from before |\n|---|---|---|---|")
+        for method in METHODS:
+            eps_differ = sum(x != y for t in tasks for x, y in zip(
+                old["accuracies"][f"{method}/{t.name}"], out["accuracies"][f"{method}/{t.name}"], strict=True))
+            print(f"| {method} | {n_eps / old['seconds'][method]:.3f} | {n_eps / out['alone'][method]['shared_s']:.3f}"
+                  f" ({old['seconds'][method] / out['alone'][method]['shared_s']:.2f}x) | {eps_differ} of {n_eps} |")
+        total = sum(old["seconds"].values())
+        print(f"| all four on the same episodes | {total:.1f} s | {t_new:.1f} s ({total / t_new:.2f}x) | |")
     print(f"all {len(METHODS)} methods: {t_ref:.1f} s -> {t_new:.1f} s ({t_ref / t_new:.2f}x), "
           f"{len(METHODS) * n_eps / t_ref:.3f} -> {len(METHODS) * n_eps / t_new:.3f} method-episodes/s", flush=True)
     print("\n| method | reference path (episodes/s) | shared work (episodes/s) | speed-up |\n|---|---|---|---|")
@@ -90,6 +118,31 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1)
+
+
+def before(args: argparse.Namespace, learner, tokenizer, base: dict, trained: dict, tasks: list,  # noqa: ANN001
+           n_eps: int) -> None:
+    """The harness of commit 85d27b3 (on PYTHONPATH): each method over the episodes, one by one."""
+    from metalm.eval import EvalConfig, Harness
+    from metalm.eval.fewshot import swapped
+
+    cfg = EvalConfig(shots=[args.shots], episodes=args.episodes, ways=args.ways, queries=args.queries,
+                     methods=METHODS)
+    harness = Harness(learner, tokenizer, base, trained, cfg)
+    harness.finetune_lr, harness.finetune_steps = learner.inner.lr, learner.inner.steps
+    for t in tasks:
+        harness.episodes(t, args.shots)
+    out = {"seconds": {}, "accuracies": {}}
+    for method in METHODS:
+        start = time.perf_counter()
+        with swapped(learner.meta_parameters(), trained if method == "meta" else base):
+            for t in tasks:
+                out["accuracies"][f"{method}/{t.name}"] = [harness.run_episode(method, ep)["accuracy"]
+                                                           for ep in harness.episodes(t, args.shots)]
+        out["seconds"][method] = time.perf_counter() - start
+        print(f"{method:9s} before: {n_eps / out['seconds'][method]:.3f} episodes/s", flush=True)
+    with open(args.json, "w", encoding="utf-8") as fh:
+        json.dump(out, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -331,7 +331,9 @@ class Harness:
         out: dict[str, list[float]] = {}
         unadapted = [m for m in UNADAPTED if m in self.config.methods]
         rows = self.rows()
-        prepare = bool(rows) and self.prefix_layer is not None
+        # The queries' frozen layers pay off when two or more sets of weights score them (zero-shot's
+        # scores come with them); a lone adapted row scores the plain way.
+        prepare = self.prefix_layer is not None and len(rows) + ("zeroshot" in unadapted) >= 2 and bool(rows)
         zs_from_prepare: list[float] = []
         prepared: list[PreparedQueries | None] = []
         if prepare:
