@@ -90,7 +90,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import dataclasses
 
     import torch
 
@@ -127,12 +126,12 @@ def _eval(args: argparse.Namespace) -> int:
             raise ConfigError("--methods", f"{method} needs {what} among --run-dir")
     if runs:
         config, tokenizer, learner, base_values = load_run(runs[0], device)
-        base = dataclasses.replace(init_from_values(learner, base_values), lr=None)
+        base = init_from_values(learner, base_values, trained=False)
         rows = run_rows(runs, configs, kinds, learner, base)
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
         tokenizer, _, _, learner = build_model(config, device)
-        base = dataclasses.replace(init_of(learner), lr=None)
+        base = init_of(learner, trained=False)
         rows = None
     if args.split:
         config.split = args.split
@@ -142,8 +141,25 @@ def _eval(args: argparse.Namespace) -> int:
     tasks = eval_tasks(registry, names)
     harness = Harness(learner.model, tokenizer, base, eval_cfg, rows.rows if rows else [],
                       learner.selection.lowest_adapted_layer())
-    if "finetune" in eval_cfg.methods:
+    journal = None
+    if args.json or runs:
+        from .checkpoint import list_checkpoints
+        from .config import to_dict
+        from .eval.journal import Journal
+
+        where = Path(args.json) if args.json else Path(runs[0]) / "eval.json"
+        fingerprint = {"eval": to_dict(eval_cfg), "model": args.model, "tasks": names, "val": val,
+                       "runs": [[str(Path(r).resolve()), list_checkpoints(Path(r))[-1].name] for r in runs]}
+        journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, args.resume)
+    if "finetune" in eval_cfg.methods and journal is not None and journal.finetune is not None:
+        chosen = journal.finetune
+        harness.finetune = base.with_budget(chosen["optimizer"], chosen["lr"], chosen["steps"])
+        harness.finetune_grid = chosen["grid"]
+    elif "finetune" in eval_cfg.methods:
         ft = harness.choose_finetune(eval_tasks(registry, val)).inner
+        if journal is not None:
+            journal.put_finetune({"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps,
+                                  "grid": harness.finetune_grid})
         if ctx.is_main:
             print(f"finetune: {ft.optimizer}, inner lr {ft.lr:g}, {ft.steps} steps, chosen on meta-val tasks "
                   f"{', '.join(val)}", flush=True)
@@ -152,7 +168,7 @@ def _eval(args: argparse.Namespace) -> int:
          for suffix in ("", "@ft")]
     if eval_cfg.reference is not None and eval_cfg.reference not in evaluated:
         raise ConfigError("--reference", f"{eval_cfg.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
-    data = harness.measure(tasks, progress=not args.quiet)
+    data = harness.measure(tasks, progress=not args.quiet, journal=journal)
     budgets = {}
     if rows and rows.separate:
         extra, budgets = measure_separately(harness, tasks, rows.separate, configs, kinds, device,
@@ -170,6 +186,8 @@ def _eval(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text, encoding="utf-8")
     if args.run_dir:
         (Path(args.run_dir[0]) / "eval.json").write_text(text, encoding="utf-8")
+    if journal is not None:
+        journal.close()
     print(format_table(report))
     paired = format_paired(report)
     if paired:
@@ -357,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--queries", type=int)
     ev.add_argument("--seed", type=int)
     ev.add_argument("--json", help="write the results here")
+    ev.add_argument("--resume", action="store_true", help="continue a killed evaluation from its journal "
+                                                          "(OUT.json.partial.jsonl): measured blocks are kept")
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="EvalConfig fields, e.g. max_length=256")
     ev.set_defaults(func=_eval)

@@ -348,13 +348,16 @@ class MetaTrainer:
         self.step = int(state["step"])
 
     # ------------------------------------------------------------------ loop
+    def _tensorize(self, episode: Any) -> Any:
+        # Query rows as the algorithm trains on them: alone, or after the support set (MetaICL, in-context MAML).
+        return tensorize(episode, self.tokenizer, self.config.collate, self.algorithm.query_rows).to(self.device)
+
     def _episodes(self, sampler: EpisodeSampler, n: int) -> list:
-        return [tensorize(sampler.sample(), self.tokenizer, self.config.collate).to(self.device) for _ in range(n)]
+        return [self._tensorize(sampler.sample()) for _ in range(n)]
 
     def _local_batch(self, micro: int) -> list:
         """This process's episodes of accumulation step ``micro`` of the next outer step (one per slot)."""
-        return [tensorize(self.samplers[j].sample(), self.tokenizer, self.config.collate).to(self.device)
-                for j in self.micro_slots[micro]]
+        return [self._tensorize(self.samplers[j].sample()) for j in self.micro_slots[micro]]
 
     def _autocast(self):  # noqa: ANN202
         if self.device.type == "cuda":

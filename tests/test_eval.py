@@ -290,3 +290,28 @@ def test_paired_interval_holds_a_known_difference_and_is_narrower():
     assert seeds == {(m, s) for m in ("zeroshot", "meta") for s in (1, 2)}
     with pytest.raises(ConfigError, match="not evaluated"):
         summarize(data, tasks, [4], chance={}, majority={}, seeds=[1, 2], baselines=[], reference="icl")
+
+
+def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):
+    from metalm.eval.journal import Journal
+
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    config = EvalConfig(shots=[1], episodes=2, seeds=2, ways=2, queries=1, methods=["zeroshot", "icl", "meta"])
+    tasks = [registry["toy_cls"], registry["toy_mc"]]
+    trained = {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()}
+    whole = Harness.from_learner(algo, tok, base, trained, config).measure(tasks)
+    log = tmp_path / "eval.json.partial.jsonl"
+    journal = Journal(log, {"eval": "x"}, resume=False)
+    Harness.from_learner(algo, tok, base, trained, config).measure(tasks[:1], journal=journal)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write('{"block": "toy_mc/1/0", "rows": {"zeroshot": [0.')  # killed mid-line
+    resumed = Journal(log, {"eval": "x"}, resume=True)
+    assert set(resumed.blocks) == {"toy_cls/1/0", "toy_cls/1/1"}
+    calls = []
+    harness = Harness.from_learner(algo, tok, base, trained, config)
+    harness.block = lambda *item, f=harness.block: calls.append(item[0].name) or f(*item)
+    assert harness.measure(tasks, journal=resumed) == whole
+    assert calls == ["toy_mc", "toy_mc"]  # only the blocks the journal lacked
+    with pytest.raises(ConfigError, match="another evaluation"):
+        Journal(log, {"eval": "y"}, resume=True)

@@ -25,7 +25,6 @@ column; its per-episode accuracies are compared with the new ones:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -65,7 +64,7 @@ def main() -> None:
     from metalm.eval import EvalConfig, Harness, Trained
     from metalm.eval.inits import init_from_values
 
-    base = dataclasses.replace(init_from_values(learner, base_values), lr=None)
+    base = init_from_values(learner, base_values, trained=False)
     trained = init_from_values(learner, noisy)
 
     def measure(methods: list[str], shared: bool) -> tuple[float, dict]:

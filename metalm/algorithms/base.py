@@ -59,6 +59,11 @@ def algorithm_config(name: str, data: Mapping[str, Any] | None = None, *, source
     return from_dict(config_cls, dict(data or {}), source=source, prefix="algorithm")
 
 
+def algorithm_class(name: str) -> type[MetaLearner]:
+    """The :class:`MetaLearner` class registered as ``name``."""
+    return _lookup(name)[0]
+
+
 def build_algorithm(name: str, model: nn.Module, selection: ParameterSelection, config: Any = None) -> MetaLearner:
     """Build the algorithm registered as ``name`` on ``model`` with the given parameter selection.
 
@@ -89,6 +94,18 @@ class MetaLearner:
     """
 
     name: ClassVar[str] = ""
+
+    @classmethod
+    def scoring(cls, config: Any) -> dict[str, Any]:
+        """How evaluation uses a trained initialization of this algorithm: ``adapt`` it with the inner
+        loop or not, and score its queries alone (``icl: plain``) or after the support set as
+        demonstrations (``direct``, ``channel``), as training presented them."""
+        return {"adapt": True, "icl": getattr(config, "queries", "plain")}
+
+    @property
+    def query_rows(self) -> str:
+        """How the trainer writes an episode's query rows (:func:`metalm.data.tensorize`)."""
+        return self.scoring(self.config)["icl"]
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: Any) -> None:
         self.model, self.selection, self.config = model, selection, config

@@ -56,6 +56,10 @@ class MAMLConfig:
         msl_anneal_steps: Outer steps over which the multi-step weights move to the final step.
         first_order_steps: Run the first this-many outer steps first-order, then second-order
             (MAML++'s derivative-order annealing); 0 = off.
+        queries: Query rows as they are (``plain``), or after the support set as demonstrations
+            (``direct``, or ``channel``: the input's loss given the answer): gradient + in-context
+            adaptation, the inner loop adapting on the support set and the query loss (and
+            evaluation's scoring) seeing the same support set in the prompt.
     """
 
     inner: InnerConfig = dataclasses.field(default_factory=InnerConfig)
@@ -64,6 +68,7 @@ class MAMLConfig:
     multi_step_loss: bool = False
     msl_anneal_steps: int = 100
     first_order_steps: int = 0
+    queries: Literal["plain", "direct", "channel"] = "plain"
 
     def __post_init__(self) -> None:
         if self.lr_per_step and self.learn_lr == "none":

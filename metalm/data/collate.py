@@ -39,8 +39,15 @@ class CollateConfig:
 
 
 def encode(example: Example, tokenizer, config: CollateConfig) -> tuple[list[int], int]:  # noqa: ANN001
-    """Token ids of prompt + answer and how many of them (at the end) are the answer."""
-    prompt = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
+    """Token ids of [context +] prompt + answer and how many of them (at the end) are the answer.
+
+    A context (in-context demonstrations, :mod:`metalm.data.demos`) is tokenized as a segment of its
+    own, with the special tokens, and the prompt then without; a row too long loses the context's
+    oldest tokens first, then the prompt's.
+    """
+    prompt = tokenizer(example.prompt, add_special_tokens=not example.context)["input_ids"]
+    if example.context:
+        prompt = tokenizer(example.context, add_special_tokens=True)["input_ids"] + prompt
     if tokenizer.eos_token_id is not None and prompt and prompt[-1] == tokenizer.eos_token_id and example.prompt:
         prompt = prompt[:-1]  # tokenizers that append EOS to every text: the prompt is not finished
     answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
@@ -81,7 +88,17 @@ def collate(examples: Sequence[Example], tokenizer, config: CollateConfig | None
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def tensorize(episode: TextEpisode, tokenizer, config: CollateConfig | None = None) -> Episode:  # noqa: ANN001
-    """The tensor :class:`Episode` of a text episode (which it keeps as ``text``)."""
-    return Episode(collate(episode.support, tokenizer, config), collate(episode.query, tokenizer, config),
+def tensorize(episode: TextEpisode, tokenizer, config: CollateConfig | None = None,  # noqa: ANN001
+              queries: Literal["plain", "direct", "channel"] = "plain") -> Episode:
+    """The tensor :class:`Episode` of a text episode (which it keeps as ``text``).
+
+    Args:
+        queries: ``plain`` query rows, or each query after the support set as demonstrations
+            (:func:`metalm.data.demos.training_rows`): ``direct`` (loss on the answer) or ``channel``
+            (loss on the input given the answer), as MetaICL trains (Min et al. 2022).
+    """
+    from .demos import training_rows
+
+    query = episode.query if queries == "plain" else training_rows(episode, channel=queries == "channel")
+    return Episode(collate(episode.support, tokenizer, config), collate(query, tokenizer, config),
                    episode.task, episode)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from .episode import Example
+from .episode import Example, TextEpisode
 
 SEPARATOR = "\n\n"
 
@@ -52,3 +52,15 @@ def channel_examples(demos: str, query: Example) -> list[Example]:
     context = demos + SEPARATOR if demos else ""
     return [Example(option.strip() + "\n", query.prompt, [query.prompt], 0, context=context)
             for option in query.options]
+
+
+def training_rows(episode: TextEpisode, *, channel: bool = False) -> list[Example]:
+    """Each query of ``episode`` after its support set as demonstrations, its target the answer
+    (direct) or the input given the answer (channel): the rows MetaICL trains on (Min et al. 2022)
+    and the in-context queries of gradient + in-context adaptation. Evaluation scores the very same
+    rows (:func:`in_context` and :func:`channel_examples` with :func:`demonstrations`)."""
+    demos = demonstrations(episode.support, channel=channel)
+    if not channel:
+        return [in_context(demos, q) for q in episode.query]
+    context = demos + SEPARATOR if demos else ""
+    return [Example(q.answer.strip() + "\n", q.prompt, context=context) for q in episode.query]

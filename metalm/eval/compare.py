@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..algorithms import algorithm_class
 from ..checkpoint import list_checkpoints
 from ..config import InnerConfig
 from ..errors import ConfigError
@@ -30,8 +31,12 @@ def run_kind(config: Any) -> str:
 
 
 def run_label(config: Any, kind: str, n_runs: int) -> str:
-    """Row name of a run: ``mtl`` for multi-task; ``meta:<algorithm>`` when several runs are compared."""
-    return "mtl" if kind == "mtl" else f"meta:{config.algorithm['name']}" if n_runs > 1 else "meta"
+    """Row name of a run: ``mtl`` for multi-task; ``meta:<algorithm>`` when several runs are compared;
+    ``+icl`` when its queries are scored after the support set as demonstrations (MetaICL, gradient +
+    in-context adaptation)."""
+    label = "mtl" if kind == "mtl" else f"meta:{config.algorithm['name']}" if n_runs > 1 else "meta"
+    name = config.algorithm["name"]
+    return label + ("+icl" if algorithm_class(name).scoring(config.algorithm_config())["icl"] != "plain" else "")
 
 
 def reference_inner(configs: Sequence[Any], kinds: Sequence[str]) -> InnerConfig | None:
@@ -77,7 +82,9 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
         if i == 0:
             init: Init | None = init_of(first)
         elif (config.adapter, config.meta, config.dtype) == (configs[0].adapter, configs[0].meta, configs[0].dtype):
-            init = init_from_checkpoint(list_checkpoints(Path(run))[-1], base, config.algorithm_config().inner)
+            alg = config.algorithm_config()
+            init = init_from_checkpoint(list_checkpoints(Path(run))[-1], base, alg.inner,
+                                        algorithm_class(config.algorithm["name"]).scoring(alg))
         else:
             init = None
         if init is None:
@@ -104,7 +111,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
         if kind not in harness.config.methods:
             continue
         _, tokenizer, learner, base_values = load_run(run, device)
-        base = dataclasses.replace(init_from_values(learner, base_values), lr=None)
+        base = init_from_values(learner, base_values, trained=False)
         row = Trained(label, kind, _with_inner(init_of(learner), kind, inner))
         other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), [row],
                         learner.selection.lowest_adapted_layer())

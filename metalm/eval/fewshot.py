@@ -46,6 +46,7 @@ from ..errors import ConfigError, TaskError
 from ..inner import adapt_trajectory
 from ..losses import cache_prefix, prepare_batch
 from .inits import Init, init_from_values
+from .journal import Journal
 from .prepared import PreparedQueries, prepare_queries, score_prepared
 from .scoring import exact_match, greedy_generate, option_scores
 from .summary import Measurements, query_baselines, summarize
@@ -82,6 +83,8 @@ class EvalConfig:
         inner_steps: Also evaluate ``finetune`` and the trained rows at these inner step counts
             (first shot count, first seed), for the accuracy-vs-inner-steps curve; ``None``: off.
         content_free: Inputs of contextual calibration.
+        permute_verbalizers: Shuffle the verbalized answers among each episode's classes, so the
+            answer can only be learned from the support set (synthetic in-context tasks).
         max_length: Most tokens per scored row (demonstrations included).
         max_new_tokens: Longest generated answer.
         batch_size: Rows per scoring forward pass.
@@ -92,7 +95,7 @@ class EvalConfig:
     shots: list[int] = dataclasses.field(default_factory=lambda: [4])
     episodes: int = 10
     seeds: int = 1
-    ways: int = 5
+    ways: int = 3
     queries: int = 4
     methods: list[str] = dataclasses.field(
         default_factory=lambda: ["zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune", "meta"])
@@ -105,6 +108,7 @@ class EvalConfig:
     val_episodes: int = 2
     inner_steps: list[int] | None = None
     content_free: list[str] = dataclasses.field(default_factory=lambda: list(CONTENT_FREE))
+    permute_verbalizers: bool = False
     max_length: int = 256
     max_new_tokens: int = 12
     batch_size: int = 16
@@ -221,7 +225,7 @@ class Harness:
                      trained: Mapping[str, Tensor] | None, config: EvalConfig, kind: str = "meta") -> Harness:
         """A harness for a :class:`~metalm.algorithms.MetaLearner`'s model, from meta-parameter values
         (``meta_parameters()`` names) before and after training."""
-        start = dataclasses.replace(init_from_values(learner, base), lr=None)
+        start = init_from_values(learner, base, trained=False)
         rows = [Trained(kind, kind, init_from_values(learner, trained))] if trained is not None else []
         return cls(learner.model, tokenizer, start, config, rows, learner.selection.lowest_adapted_layer())
 
@@ -234,7 +238,8 @@ class Harness:
         if key not in self._episodes:
             value = zlib.crc32(f"{task.name}/{shots}/{self.config.seed + seed}/{salt}".encode())
             cfg = SamplerConfig(ways=self.config.ways, shots=shots, queries=self.config.queries,
-                                drop_small_classes=True, content_free=list(self.config.content_free))
+                                drop_small_classes=True, content_free=list(self.config.content_free),
+                                permute_verbalizers=self.config.permute_verbalizers)
             sampler = EpisodeSampler([task], cfg, seed=value)
             self._episodes[key] = [sampler.sample() for _ in range(n)]
         return self._episodes[key]
@@ -279,9 +284,11 @@ class Harness:
                                 frozen=init.frozen, **opts)
         return [init.params({k: v.detach() for k, v in traj.params[k].items()}) for k in steps]
 
-    def _unadapted(self, method: str, episodes: Sequence[TextEpisode]) -> list[list[list[float]]]:
-        """Option scores of ``method`` (a non-adapting method) for every query of ``episodes``."""
-        params = self.base.params()
+    def _unadapted(self, method: str, episodes: Sequence[TextEpisode],
+                   params: Mapping[str, Tensor] | None = None) -> list[list[list[float]]]:
+        """Option scores of ``method`` (a non-adapting method) for every query of ``episodes``, with
+        the pretrained weights or ``params``."""
+        params = self.base.params() if params is None else params
         channel, icl = method.endswith("-channel"), method.startswith("icl")
         flat: list[Example] = []
         groups: list[list[tuple[int, int]]] = []  # per episode, per query: (start, stop) in flat
@@ -349,17 +356,19 @@ class Harness:
             out[method] = [_accuracy(s, ep.query) for s, ep in zip(self._unadapted(method, episodes), episodes,
                                                                       strict=True)]
         for e, ep in enumerate(episodes):
-            support = None
-            for row, init in rows.items():
-                if support is None or not self.config.shared_work:
-                    support = self._support(ep, init.inner.steps)
-                params = self._adapt(init, support, [init.inner.steps])[0]
-                if prepare and prepared[e] is not None:
-                    scores = score_prepared(self.model, params, prepared[e])
-                else:
-                    scores = self._scores(params, ep.query)
-                out.setdefault(row, []).append(_accuracy(scores, ep.query))
+            self._adapted_rows(ep, rows, prepared[e] if prepare else None, out)
         return out
+
+    def _adapted_rows(self, ep: TextEpisode, rows: Mapping[str, Init], prep: PreparedQueries | None,
+                      out: dict[str, list[float]]) -> None:
+        """Adapt every row's initialization on ``ep``'s support set (one support prefix for all when work
+        is shared) and append its query accuracy to ``out[row]``."""
+        support = None
+        for row, init in rows.items():
+            if init.adapt and (support is None or not self.config.shared_work):
+                support = self._support(ep, init.inner.steps)
+            params = self._adapt(init, support, [init.inner.steps])[0] if init.adapt else init.params()
+            out.setdefault(row, []).append(self._score_episode(params, ep, prep, init.icl))
 
     def _generation_block(self, episodes: Sequence[TextEpisode]) -> dict[str, list[float]]:
         """Exact match per episode; calibrated and channel rows equal their plain method (no options)."""
@@ -379,14 +388,7 @@ class Harness:
             if m in self.config.methods:
                 out[m] = plain[m.split("-")[0]]
         for ep in episodes:
-            support = None
-            for row, init in self.rows().items():
-                if support is None or not self.config.shared_work:
-                    support = self._support(ep, init.inner.steps)
-                params = self._adapt(init, support, [init.inner.steps])[0]
-                preds = self._generate(params, [q.prompt for q in ep.query])
-                out.setdefault(row, []).append(
-                    sum(exact_match(p, q.references) for p, q in zip(preds, ep.query, strict=True)) / len(ep.query))
+            self._adapted_rows(ep, self.rows(), None, out)
         return out
 
     # ------------------------------------------------------------------ fine-tuning's budget
@@ -420,28 +422,46 @@ class Harness:
                               for (o, r, k), m in zip(points, means, strict=True)]
         return self.finetune
 
-    def _score_episode(self, params: Mapping[str, Tensor], ep: TextEpisode, prep: PreparedQueries | None) -> float:
+    def _score_episode(self, params: Mapping[str, Tensor], ep: TextEpisode, prep: PreparedQueries | None,
+                       icl: str = "plain") -> float:
+        """Query accuracy of ``params`` on ``ep``: the queries alone (``plain``), or after the support
+        set as demonstrations (``direct`` or ``channel`` scoring; generation is always direct)."""
         if ep.type == "generation":
-            preds = self._generate(params, [q.prompt for q in ep.query])
+            demos = demonstrations(ep.support) if icl != "plain" else ""
+            preds = self._generate(params, [with_demonstrations(demos, q.prompt) for q in ep.query])
             return sum(exact_match(p, q.references) for p, q in zip(preds, ep.query, strict=True)) / len(ep.query)
-        scores = score_prepared(self.model, params, prep) if prep is not None else self._scores(params, ep.query)
+        if icl != "plain":
+            scores = self._unadapted("icl-channel" if icl == "channel" else "icl", [ep], params)[0]
+        elif prep is not None:
+            scores = score_prepared(self.model, params, prep)
+        else:
+            scores = self._scores(params, ep.query)
         return _accuracy(scores, ep.query)
 
     # ------------------------------------------------------------------ everything
-    def measure(self, tasks: Sequence[Task], progress: bool = False) -> Measurements:
+    def measure(self, tasks: Sequence[Task], progress: bool = False, journal: Journal | None = None) -> Measurements:
         """Per-episode accuracy of every row on every task, shot count and seed.
 
         Under ``torchrun`` the blocks of episodes are dealt over the processes and gathered, so every
-        process returns what one process would.
+        process returns what one process would. With a ``journal`` (one process), blocks already in
+        it are not measured again and each new block is added to it as soon as it is measured.
         """
         from tqdm.auto import tqdm
 
         ctx = current()
-        items = [(t, k, s) for t in tasks for k in self.config.shots for s in range(self.config.seeds)]
+        journal = journal if not ctx.enabled else None
+        # Seed-major: a killed run's journal holds whole seeds first.
+        items = [(t, k, s) for s in range(self.config.seeds) for t in tasks for k in self.config.shots]
         bar = tqdm(total=len(items), disable=not progress or not ctx.is_main, desc="evaluate")
 
         def run(item: tuple[Task, int, int]) -> dict[str, list[float]]:
-            out = self.block(*item)
+            key = Journal.key(item[0].name, item[1], item[2])
+            if journal is not None and key in journal.blocks:
+                out = journal.blocks[key]
+            else:
+                out = self.block(*item)
+                if journal is not None:
+                    journal.put(key, out)
             bar.update(ctx.world_size)
             return out
 
@@ -486,7 +506,7 @@ class Harness:
         from .stats import mean_ci95
 
         shots, steps = self.config.shots[0], sorted(self.config.inner_steps or [])
-        rows = {r: i for r, i in self.rows().items() if "@" not in r}
+        rows = {r: i for r, i in self.rows().items() if "@" not in r and i.adapt}
         items = [(t, ep) for t in tasks for ep in self.episodes(t, shots)]
 
         def one(item: tuple[Task, TextEpisode]) -> dict[str, list[float]]:
@@ -496,8 +516,8 @@ class Harness:
             if ep.type != "generation" and self.prefix_layer is not None:
                 _, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
                                           self.prefix_layer, batch_size=max(self.config.batch_size, 32))
-            return {row: [self._score_episode(p, ep, prep) for p in self._adapt(init, support, steps)]
-                    for row, init in rows.items()}
+            return {row: [self._score_episode(p, ep, prep, init.icl) for p in self._adapt(init, support, steps)]
+                    for row, init in rows.items() if init.adapt}
 
         got = map_sharded(items, one)
         n = self.config.episodes
@@ -513,8 +533,11 @@ class Harness:
 
 def budget(init: Init) -> str:
     """A row's adaptation in words, e.g. ``adam lr 0.003, 10 steps``."""
+    icl = "" if init.icl == "plain" else f"; scored in context ({init.icl})"
+    if not init.adapt:
+        return "none" + icl
     lr = "learned rates" if init.lr is not None else f"lr {init.inner.lr:g}"
-    return f"{init.inner.optimizer} {lr}, {init.inner.steps} steps"
+    return f"{init.inner.optimizer} {lr}, {init.inner.steps} steps" + icl
 
 
 def eval_tasks(registry: TaskRegistry, names: list[str]) -> list[Task]:

@@ -29,12 +29,17 @@ class Init:
         inner: The inner loop (steps, optimizer, clipping; ``inner.lr`` unless ``lr`` is set).
         frozen: Shared weights used instead of the model's own, not adapted (detached).
         lr: Learned inner rates (a dict of tensors, Meta-SGD / MAML++), or ``None`` for ``inner.lr``.
+        adapt: Run the inner loop (``False``: score the starting values, as MetaICL's row).
+        icl: Score the queries alone (``plain``) or after the support set as demonstrations
+            (``direct`` or ``channel``), as a run trained on in-context rows expects.
     """
 
     fast: dict[str, Tensor]
     inner: InnerConfig
     frozen: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     lr: LearningRate | None = None
+    adapt: bool = True
+    icl: str = "plain"
 
     def rate(self) -> LearningRate:
         """The inner learning rate to pass to :func:`metalm.adapt`."""
@@ -47,37 +52,46 @@ class Init:
     def with_budget(self, optimizer: str, lr: float, steps: int) -> Init:
         """The same starting point adapted by another inner loop (a plain rate, no learned rates)."""
         inner = dataclasses.replace(self.inner, optimizer=optimizer, lr=lr, steps=steps)
-        return Init(self.fast, inner, self.frozen, None)
+        return Init(self.fast, inner, self.frozen, None, True, self.icl)
 
     def same_budget(self, other: Init) -> bool:
         """Whether both adapt with the same steps, optimizer and plain rate."""
         a, b = self.inner, other.inner
-        return (a.steps, a.optimizer, a.lr, self.lr is None) == (b.steps, b.optimizer, b.lr, other.lr is None)
+        return (a.steps, a.optimizer, a.lr, self.lr is None, self.adapt) == \
+            (b.steps, b.optimizer, b.lr, other.lr is None, other.adapt)
 
 
-def init_of(learner: Any) -> Init:
-    """The current initialization of a :class:`metalm.algorithms.MetaLearner` (detached copies)."""
-    sel, model = learner.selection, learner.model
-    named = dict(model.named_parameters())
-    lrs = {n: p.detach().clone() for n, p in learner.inner_lrs.items()}
-    return Init({n: named[n].detach().clone() for n in sel.fast}, learner.inner,
-                {n: named[n].detach().clone() for n in sel.shared}, lrs or None)
+def init_of(learner: Any, *, trained: bool = True) -> Init:
+    """The current initialization of a :class:`metalm.algorithms.MetaLearner` (detached copies).
+
+    ``trained``: adapt and score it as the learner's training did (learned rates, in-context
+    queries, no adaptation for MetaICL); ``False``: the plain inner loop of a pretrained start.
+    """
+    named = dict(learner.model.named_parameters())
+    values = {n: named[n] for n in (*learner.selection.fast, *learner.selection.shared)}
+    values.update({f"inner_lr/{n}": p for n, p in learner.inner_lrs.items()})
+    return init_from_values(learner, {k: v.detach().clone() for k, v in values.items()}, trained=trained)
 
 
-def init_from_values(learner: Any, values: Mapping[str, Tensor]) -> Init:
+def init_from_values(learner: Any, values: Mapping[str, Tensor], *, trained: bool = True) -> Init:
     """An :class:`Init` from meta-parameter values by name, as :meth:`MetaLearner.meta_parameters` names
-    them (``inner_lr/NAME`` for learned rates), with ``learner``'s selection and inner loop."""
+    them (``inner_lr/NAME`` for learned rates), with ``learner``'s selection and inner loop (see
+    :func:`init_of` for ``trained``)."""
     sel = learner.selection
     lrs = {n[len("inner_lr/"):]: v.detach() for n, v in values.items() if n.startswith("inner_lr/")}
-    return Init({n: values[n].detach() for n in sel.fast}, learner.inner,
-                {n: values[n].detach() for n in sel.shared}, lrs or None)
+    init = Init({n: values[n].detach() for n in sel.fast}, learner.inner, {n: values[n].detach() for n in sel.shared})
+    if not trained:
+        return init
+    return dataclasses.replace(init, lr=lrs or None, **type(learner).scoring(learner.config))
 
 
-def init_from_checkpoint(path: str | Path, like: Init, inner: InnerConfig) -> Init | None:
+def init_from_checkpoint(path: str | Path, like: Init, inner: InnerConfig,
+                         scoring: Mapping[str, Any] | None = None) -> Init | None:
     """A run's initialization read from its checkpoint folder without building a model.
 
     Returns ``None`` when the checkpoint's fast and shared weights do not have the names and shapes
-    of ``like`` (another adapter or selection: the run needs a model of its own).
+    of ``like`` (another adapter or selection: the run needs a model of its own). ``scoring``: the
+    run's ``adapt`` / ``icl`` (:meth:`MetaLearner.scoring`).
     """
     from ..checkpoint import load_checkpoint
 
@@ -92,4 +106,4 @@ def init_from_checkpoint(path: str | Path, like: Init, inner: InnerConfig) -> In
     lrs = {k[len("meta/inner_lr/"):]: v for k, v in tensors.items() if k.startswith("meta/inner_lr/")}
     device = next(iter(like.fast.values())).device
     return Init({n: values[n].to(device) for n in fast}, inner, {n: values[n].to(device) for n in shared},
-                {n: v.to(device) for n, v in lrs.items()} or None)
+                {n: v.to(device) for n, v in lrs.items()} or None, **dict(scoring or {}))

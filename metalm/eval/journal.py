@@ -1,0 +1,82 @@
+"""A journal of measured blocks, so that a killed ``metalm eval`` resumes where it stopped.
+
+Each block of episodes (task, shot count, seed) is appended to a JSONL file as soon as it is
+measured, with fine-tuning's chosen budget; ``metalm eval --resume`` reads them back and measures
+only the rest. The first line holds a fingerprint of everything the figures depend on (evaluation
+settings, runs and their checkpoints): a journal of another evaluation is refused, never mixed in.
+A line cut short by a kill is dropped. The journal is deleted once the report is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+
+class Journal:
+    """Measured blocks of one evaluation, kept in ``path``.
+
+    Args:
+        path: The JSONL file.
+        fingerprint: What the figures depend on (a JSON-serializable value).
+        resume: Read an existing journal (else start a new one).
+
+    Raises:
+        ConfigError: If ``resume`` and the file was written by another evaluation.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: Any, resume: bool) -> None:
+        self.path = Path(path)
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.blocks: dict[str, dict[str, list[float]]] = {}
+        self.finetune: dict[str, Any] | None = None
+        lines = self._read() if resume and self.path.is_file() else []
+        if lines and lines[0].get("fingerprint") != self.fingerprint:
+            raise ConfigError("--resume", f"{self.path} was written by another evaluation (settings, runs or "
+                                          "checkpoints differ); delete it or run without --resume")
+        for line in lines[1:]:
+            if "block" in line:
+                self.blocks[line["block"]] = line["rows"]
+            elif "finetune" in line:
+                self.finetune = line["finetune"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", encoding="utf-8") as fh:  # rewritten whole: drops a torn last line
+            for line in [{"fingerprint": self.fingerprint}, *lines[1:]]:
+                fh.write(json.dumps(line) + "\n")
+
+    def _read(self) -> list[dict[str, Any]]:
+        out = []
+        for text in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                out.append(json.loads(text))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: it and anything after are measured again
+        return out
+
+    @staticmethod
+    def key(task: str, shots: int, seed: int) -> str:
+        return f"{task}/{shots}/{seed}"
+
+    def _append(self, line: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def put(self, key: str, rows: dict[str, list[float]]) -> None:
+        """Record a measured block."""
+        self.blocks[key] = rows
+        self._append({"block": key, "rows": rows})
+
+    def put_finetune(self, finetune: dict[str, Any]) -> None:
+        """Record fine-tuning's chosen budget and its grid."""
+        self.finetune = finetune
+        self._append({"finetune": finetune})
+
+    def close(self) -> None:
+        """Delete the journal (the report is written)."""
+        self.path.unlink(missing_ok=True)
