@@ -148,7 +148,9 @@ def _eval(args: argparse.Namespace) -> int:
         from .eval.journal import Journal
 
         where = Path(args.json) if args.json else Path(runs[0]) / "eval.json"
-        fingerprint = {"eval": to_dict(eval_cfg), "model": args.model, "tasks": names, "val": val,
+        # Blocks are keyed by seed: a journal of more seeds serves a run of fewer (a study stopped early).
+        fingerprint = {"eval": {k: v for k, v in to_dict(eval_cfg).items() if k != "seeds"}, "model": args.model,
+                       "tasks": names, "val": val,
                        "runs": [[str(Path(r).resolve()), list_checkpoints(Path(r))[-1].name] for r in runs]}
         journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, args.resume)
     if "finetune" in eval_cfg.methods and journal is not None and journal.finetune is not None:

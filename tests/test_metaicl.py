@@ -1,0 +1,111 @@
+"""MetaICL and in-context rows against hand-built rows and plain Hugging Face backward passes."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import metalm
+from metalm.data import CollateConfig, tensorize
+from metalm.data.collate import encode
+from metalm.data.demos import demonstrations, in_context, training_rows
+from metalm.data.episode import Example, TextEpisode
+from metalm.models import save_tiny_model
+
+from .conftest import grads_of, reference_loss, with_values
+from .data.fixtures import corpus
+
+
+def _episode() -> TextEpisode:
+    def ex(word: str, label: int) -> Example:
+        return Example(f"W: {word}\nA:", [" yes", " no"][label], [" yes", " no"], label)
+    return TextEpisode("short", "classification", [ex("apple", 0), ex("river", 1)], [ex("stone", 1), ex("lamp", 0)],
+                       ["yes", "no"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = save_tiny_model(tmp_path_factory.mktemp("m") / "model", corpus(), "llama")
+    return path, AutoTokenizer.from_pretrained(path)
+
+
+@pytest.mark.parametrize("channel", [False, True])
+def test_metaicl_gradient_is_the_plain_loss_of_hand_built_rows(tiny, channel):
+    path, tok = tiny
+    adapter = metalm.AdapterConfig(rank=2, layers="top:1")
+    model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), adapter)
+    sel = metalm.select_parameters(model, adapter, metalm.MetaConfig(shared="norms"))
+    learner = metalm.build_algorithm("metaicl", model, sel, {"scoring": "channel" if channel else "direct"})
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    values = {n: p.detach().clone() for n, p in sel.meta_params(model).items()}
+    episode = tensorize(_episode(), tok, CollateConfig(max_length=64), learner.query_rows)
+    for p in learner.meta_parameters().values():
+        p.grad = None
+    learner.meta_gradients([episode])
+    ours = {n: p.grad for n, p in sel.meta_params(model).items()}
+
+    # The rows by hand: demonstrations (their own segment, with BOS), the query, the target.
+    text = _episode()
+    rows, targets = [], []
+    for q in text.query:
+        if channel:
+            demos = "\n\n".join(f"{s.answer.strip()}\n{s.prompt}" for s in text.support) + "\n\n"
+            head = tok(demos)["input_ids"] + tok(q.answer.strip() + "\n", add_special_tokens=False)["input_ids"]
+            target = tok(q.prompt, add_special_tokens=False)["input_ids"]
+        else:
+            demos = "\n\n".join(s.prompt + s.answer for s in text.support) + "\n\n"
+            head = tok(demos)["input_ids"] + tok(q.prompt, add_special_tokens=False)["input_ids"]
+            target = tok(q.answer, add_special_tokens=False)["input_ids"]
+        rows.append(head + target)
+        targets.append([-100] * len(head) + target)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    assert torch.equal(episode.query["input_ids"][:, :width].masked_fill(mask == 0, 0), ids)
+    clone = with_values(model, values)
+    # The HF forward's logits, cross-entropy in float64 (HF's own loss computes in float32).
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    theirs = grads_of(clone, list(values), lambda m: reference_loss(m, batch))
+    for n in values:
+        assert torch.allclose(ours[n], theirs[n], atol=1e-10), n
+    assert any(ours[n].abs().sum() > 0 for n in sel.fast) and any(ours[n].abs().sum() > 0 for n in sel.shared)
+
+
+def test_demonstrations_are_built_once_and_cut_oldest_first(tiny):
+    """Training rows and evaluation's in-context examples are the same text; a long row loses its
+    oldest demonstrations' tokens, never the query or its answer."""
+    _, tok = tiny
+    text = _episode()
+    rows = training_rows(text)
+    demos = demonstrations(text.support)
+    assert rows == [in_context(demos, q) for q in text.query]
+    assert rows[0].context == "W: apple\nA: yes\n\nW: river\nA: no\n\n" and rows[0].prompt == "W: stone\nA:"
+    full, n_answer = encode(rows[0], tok, CollateConfig(max_length=256))
+    cut, n_cut = encode(rows[0], tok, CollateConfig(max_length=len(full) - 3))
+    query = tok(rows[0].prompt, add_special_tokens=False)["input_ids"] + tok(rows[0].answer, add_special_tokens=False)[
+        "input_ids"]
+    assert n_cut == n_answer and cut[-len(query):] == full[-len(query):] == query  # query and answer intact
+    assert cut[1:] == full[4:] and cut[0] == full[0] == tok.bos_token_id  # the oldest 3 tokens after BOS went
+
+
+def test_metaicl_and_in_context_runs_are_scored_in_context(tiny, tmp_path):
+    """A MetaICL run's row is not adapted and sees the demonstrations; an in-context MAML run's row is
+    adapted and sees them; their budgets say so."""
+    from metalm.algorithms import algorithm_class, algorithm_config
+    from metalm.eval.fewshot import budget
+    from metalm.eval.inits import init_of
+
+    assert algorithm_class("metaicl").scoring(algorithm_config("metaicl", {})) == {"adapt": False, "icl": "direct"}
+    maml = algorithm_config("fomaml", {"queries": "channel"})
+    assert algorithm_class("fomaml").scoring(maml) == {"adapt": True, "icl": "channel"}
+    path, _ = tiny
+    adapter = metalm.AdapterConfig(rank=2, layers="top:1")
+    model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), adapter)
+    sel = metalm.select_parameters(model, adapter)
+    init = init_of(metalm.build_algorithm("metaicl", model, sel, {}))
+    assert (init.adapt, init.icl) == (False, "direct") and budget(init) == "none; scored in context (direct)"
+    plain = init_of(metalm.build_algorithm("metaicl", model, sel, {}), trained=False)
+    assert (plain.adapt, plain.icl) == (True, "plain")
