@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .config import from_dict
+from .config import from_dict, yaml_load
 from .errors import ConfigError, MetalmError
 
 
@@ -29,7 +29,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(pair, "expected key=value")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError:
             value = raw
         node = out

@@ -267,6 +267,36 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with two fixes every metalm file and override goes through: ``1e-3``
+    is a number (YAML 1.1 reads exponents without a dot as strings), and a key written twice in a
+    mapping is an error instead of the last one silently winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely (no Python objects), with ``1e-3`` as a number and duplicate keys refused.
+
+    Raises:
+        yaml.YAMLError: On malformed YAML or a duplicate key (callers name the file).
+    """
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Read a YAML file into the dataclass ``cls``; every error names ``path``."""
     path = Path(path)
@@ -275,7 +305,7 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError("<file>", f"cannot read: {err}", str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as err:
         raise ConfigError("<yaml>", f"malformed YAML: {err}".replace("\n", " "), str(path)) from None
     return from_dict(cls, data if data is not None else {}, source=str(path))

@@ -34,7 +34,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, to_dict
+from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, to_dict, yaml_load
 from .data import (
     CollateConfig,
     EpisodeSampler,
@@ -166,7 +166,7 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
     source = str(path) if path else "command line"
     if path:
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            data = yaml_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ConfigError("<file>", " ".join(f"cannot read the config: {err}".split()), source) from None
         if not isinstance(data, dict):

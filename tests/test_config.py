@@ -71,3 +71,19 @@ def test_algorithm_sections_are_rooted_under_algorithm():
         algorithm_config("maml++", {"inner": {"first_order": True}})
     assert err.value.field == "algorithm.first_order_steps"
     assert isinstance(algorithm_config("maml++"), MAMLPlusPlusConfig)
+
+
+def test_yaml_reads_exponents_as_numbers_and_refuses_duplicate_keys(tmp_path):
+    """`1e-3` (YAML 1.1 reads it as a string) is a number in files and overrides; a key given twice
+    is an error naming the file, not a silent last-one-wins."""
+    from metalm.cli import parse_overrides
+
+    assert parse_overrides(["inner.lr=1e-3", "seed=7", "inner.eps=.5"]) == {"inner": {"lr": 0.001, "eps": 0.5},
+                                                                             "seed": 7}
+    path = tmp_path / "run.yaml"
+    path.write_text("inner: {lr: 2e-2}\nseed: 1\n")
+    assert load_yaml(Run, path).inner.lr == 0.02
+    path.write_text("seed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'") as err:
+        load_yaml(Run, path)
+    assert str(path) in str(err.value)

@@ -286,6 +286,7 @@ def test_paired_interval_holds_a_known_difference_and_is_narrower():
     got = paired([v + e for v, e in zip(values, noisy, strict=True)], values)
     assert got["diff"] - got["ci95"] < 0.25 < got["diff"] + got["ci95"] < 0.25 + 0.05
     assert got["ci95"] < mean_ci95(values)[1] and 0 < got["mde80"] < 0.05 and got["p"] < 1e-6
+    assert report["per_episode"]["meta|a|4"] == data[("meta", "a", 4)]  # every accuracy kept
     seeds = {(r["method"], r["seed"]) for r in report["seeds"]["per_seed"]}
     assert seeds == {(m, s) for m in ("zeroshot", "meta") for s in (1, 2)}
     with pytest.raises(ConfigError, match="not evaluated"):

@@ -1,5 +1,7 @@
 """MetaICL and in-context rows against hand-built rows and plain Hugging Face backward passes."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -109,3 +111,28 @@ def test_metaicl_and_in_context_runs_are_scored_in_context(tiny, tmp_path):
     assert (init.adapt, init.icl) == (False, "direct") and budget(init) == "none; scored in context (direct)"
     plain = init_of(metalm.build_algorithm("metaicl", model, sel, {}), trained=False)
     assert (plain.adapt, plain.icl) == (True, "plain")
+
+
+def test_metaicl_and_in_context_fomaml_train_and_evaluate_from_the_cli(tmp_path, monkeypatch, capsys):
+    """metalm train with algorithm metaicl and with fomaml + in-context queries; metalm eval scores both
+    rows in context (MetaICL without adaptation) beside the baselines, on the same episodes."""
+    from metalm.cli import main
+
+    from .data.fixtures import make_world
+
+    world = make_world(tmp_path / "world", outer={"lr": 0.01, "meta_batch": 2}, max_steps=2, val_every=2,
+                       val_episodes=1, checkpoint_every=2)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    micl, both = tmp_path / "metaicl", tmp_path / "fomaml-icl"
+    assert main(["train", str(world["config"]), "--run-dir", str(micl), "--quiet", "algorithm={name: metaicl}"]) == 0
+    assert main(["train", str(world["config"]), "--run-dir", str(both), "--quiet",
+                 "algorithm={name: fomaml, queries: direct, inner: {steps: 1, lr: 0.1, first_order: true}}"]) == 0
+    log = [json.loads(line) for line in (micl / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and "val_query_loss" in log[-1]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run-dir", str(micl), "--run-dir", str(both), "--shots", "1", "--episodes", "2",
+                 "--ways", "2", "--queries", "1", "--methods", "zeroshot,icl,meta", "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert {r["method"] for r in report["macro"]} == {"zeroshot", "icl", "meta:metaicl+icl", "meta:fomaml+icl"}
+    assert report["budgets"]["meta:metaicl+icl"] == "none; scored in context (direct)"
+    assert report["budgets"]["meta:fomaml+icl"] == "sgd lr 0.1, 1 steps; scored in context (direct)"

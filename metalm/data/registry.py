@@ -16,7 +16,7 @@ from typing import Any
 import datasets
 import yaml
 
-from ..config import from_dict
+from ..config import from_dict, yaml_load
 from ..errors import ConfigError, TaskError
 from .sources import load_examples
 from .tasks import TaskSpec, load_task_file
@@ -194,7 +194,7 @@ def load_split(name_or_path: str | Path, registry: TaskRegistry | None = None) -
             known = sorted(p.stem for p in path.parent.glob("*.yaml"))
             raise TaskError("split", f"unknown split {str(name_or_path)!r} (known: {', '.join(known)})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise TaskError("<file>", " ".join(f"cannot read the split: {err}".split()), str(path)) from None
     try:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import from_dict
+from ..config import from_dict, yaml_load
 from ..errors import ConfigError, TaskError
 from .templates import compile_template, render
 
@@ -174,7 +174,7 @@ def load_task_file(path: str | Path) -> TaskSpec:
     except OSError as err:
         raise TaskError("<file>", f"cannot read: {err.strerror}", str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as err:
         raise TaskError("<yaml>", "malformed YAML: " + " ".join(str(err).split()), str(path)) from None
     spec = parse_task(data, str(path))

