@@ -142,14 +142,16 @@ def _eval(args: argparse.Namespace) -> int:
     harness = Harness(learner.model, tokenizer, base, eval_cfg, rows.rows if rows else [],
                       learner.selection.lowest_adapted_layer())
     journal = None
-    if args.json or runs:
+    if (args.json or runs) and not ctx.enabled:  # one process: a journal to resume from (torchrun: none)
         from .checkpoint import list_checkpoints
         from .config import to_dict
         from .eval.journal import Journal
 
         where = Path(args.json) if args.json else Path(runs[0]) / "eval.json"
-        # Blocks are keyed by seed: a journal of more seeds serves a run of fewer (a study stopped early).
-        fingerprint = {"eval": {k: v for k, v in to_dict(eval_cfg).items() if k != "seeds"}, "model": args.model,
+        # Blocks are keyed by seed and hold one list per method: a journal of more seeds or more methods
+        # serves a run of fewer (a study stopped early, or narrowed).
+        fingerprint = {"eval": {k: v for k, v in to_dict(eval_cfg).items() if k not in ("seeds", "methods")},
+                       "model": args.model,
                        "tasks": names, "val": val,
                        "runs": [[str(Path(r).resolve()), list_checkpoints(Path(r))[-1].name] for r in runs]}
         journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, args.resume)

@@ -454,10 +454,12 @@ class Harness:
         items = [(t, k, s) for s in range(self.config.seeds) for t in tasks for k in self.config.shots]
         bar = tqdm(total=len(items), disable=not progress or not ctx.is_main, desc="evaluate")
 
+        wanted = {*(m for m in UNADAPTED if m in self.config.methods), *self.rows()}
+
         def run(item: tuple[Task, int, int]) -> dict[str, list[float]]:
             key = Journal.key(item[0].name, item[1], item[2])
-            if journal is not None and key in journal.blocks:
-                out = journal.blocks[key]
+            if journal is not None and wanted <= set(journal.blocks.get(key, {})):
+                out = {row: accs for row, accs in journal.blocks[key].items() if row in wanted}
             else:
                 out = self.block(*item)
                 if journal is not None:
