@@ -13,6 +13,6 @@ cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-benchmarks/results/eval_default_4shot.json}
 $BIN/metalm eval --run-dir runs/main --shots 4 --episodes 10 --seeds ${SEEDS:-3} --ways 3 \
-  --queries 2 --methods zeroshot,zeroshot-cal,zeroshot-channel,icl,icl-cal,icl-channel,finetune,meta \
+  --queries 2 --methods ${METHODS:-zeroshot,zeroshot-cal,icl,icl-cal,finetune,meta} \
   max_length=160 "finetune_lrs=[0.3,1.0,3.0]" "finetune_adam_lrs=[0.003,0.01]" \
   "finetune_steps=[5,10]" val_episodes=1 --json "$OUT" --resume --quiet
