@@ -93,7 +93,7 @@ class EvalConfig:
     """
 
     shots: list[int] = dataclasses.field(default_factory=lambda: [4])
-    episodes: int = 10
+    episodes: int = 20
     seeds: int = 1
     ways: int = 3
     queries: int = 4
