@@ -170,3 +170,23 @@ def test_help_documents_the_contract():
     for phrase in ("functional_call", "first_order", "p - lr * g.detach()", "-100", "never modified",
                    "Meta-SGD", "clip_grad_norm", "adam"):
         assert phrase in out, phrase
+
+
+def test_frozen_weights_are_used_not_adapted(lora):
+    """adapt(frozen=...) equals adapting a copy of the model that holds those values, leaves them alone,
+    and refuses a fast weight among them."""
+    from metalm import MetaConfig
+
+    model = make_model("llama", adapter=lora)
+    sel = metalm.select_parameters(model, lora, MetaConfig(shared="norms"))
+    batch = episodes(1)[0].support
+    fast = {n: p.detach() for n, p in sel.fast_params(model).items()}
+    shared = {n: p.detach() + 0.1 for n, p in sel.meta_params(model).items() if n in sel.shared}
+    ours = metalm.adapt(model, fast, batch, steps=2, lr=0.3, frozen=shared)
+    copy = with_values(model, shared)
+    theirs = metalm.adapt(copy, fast, batch, steps=2, lr=0.3)
+    assert set(ours) == set(fast) and all(torch.allclose(ours[n], theirs[n], atol=1e-12) for n in fast)
+    plain = metalm.adapt(model, fast, batch, steps=2, lr=0.3)
+    assert not all(torch.allclose(ours[n], plain[n], atol=1e-6) for n in fast)  # the frozen values mattered
+    with pytest.raises(ConfigError, match="is a fast weight"):
+        metalm.adapt(model, fast, batch, steps=1, lr=0.3, frozen={next(iter(fast)): next(iter(fast.values()))})
