@@ -121,8 +121,17 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, Tensor], state:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder: first renamed to a temporary name (atomic), so a kill during the
+    deletion leaves a folder that :func:`clean_partial` removes, never a half-deleted checkpoint."""
+    trash = path.with_name(f".trash-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -146,9 +155,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 def clean_partial(run_dir: Path) -> None:
-    """Remove temporary folders left by writes that were killed."""
+    """Remove temporary folders left by writes and deletions that were killed, and checkpoint folders
+    left incomplete by a deletion killed before this version renamed them first."""
     root = Path(run_dir) / "checkpoints"
     if root.is_dir():
+        complete = set(list_checkpoints(run_dir))
         for p in root.iterdir():
-            if p.name.startswith(".") and p.is_dir():
+            if p.is_dir() and (p.name.startswith(".") or (p.name.startswith(PREFIX) and p not in complete)):
                 shutil.rmtree(p, ignore_errors=True)

@@ -222,3 +222,19 @@ def test_multitask_run_resumes_exactly_and_is_the_mtl_row(world, tmp_path, monke
     assert {r["method"] for r in result["gap"]} == {"zeroshot", "mtl"}
     assert diag.with_suffix(".png").stat().st_size > 1000 and (tmp_path / "diag_gap.png").stat().st_size > 1000
 
+
+
+def test_a_deletion_killed_midway_leaves_nothing_behind(tmp_path):
+    """Pruning renames a checkpoint before deleting it; a folder half-deleted by a kill (as older
+    versions could leave) is removed by the next start, so only complete checkpoints remain."""
+    from metalm.checkpoint import clean_partial, list_checkpoints, save_checkpoint
+
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"w": torch.ones(2) * step}, {}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-0000002", "step-0000003"]  # no trash left by pruning
+    (tmp_path / "checkpoints" / "step-0000002" / "state.json").unlink()  # killed while deleting it
+    (tmp_path / "checkpoints" / ".trash-step-0000001").mkdir()
+    clean_partial(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000003"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000003"]
