@@ -259,11 +259,10 @@ class Harness:
     # ------------------------------------------------------------------ scoring
     def _scores(self, params: Mapping[str, Tensor], examples: Sequence[Example],
                 normalize: str = "mean") -> list[list[float]]:
-        if not self.config.shared_work:  # the reference path: a scoring call per episode
-            return option_scores(self.model, params, examples, self.tokenizer, self.collate, normalize=normalize,
-                                 batch_size=self.config.batch_size)
+        # Shared work scores many episodes per call: larger batches (the reference path keeps the configured one).
+        size = max(self.config.batch_size, 32) if self.config.shared_work else self.config.batch_size
         return option_scores(self.model, params, examples, self.tokenizer, self.collate, normalize=normalize,
-                             batch_size=max(self.config.batch_size, 32))
+                             batch_size=size)
 
     def _generate(self, params: Mapping[str, Tensor], prompts: list[str]) -> list[str]:
         return greedy_generate(self.model, params, prompts, self.tokenizer, max_length=self.max_length,

@@ -28,7 +28,15 @@ from ..data.collate import CollateConfig
 from ..data.episode import Example
 from ..losses import IGNORE_INDEX, PrefixCache, target_logits
 from ..models import causal_lm, decoder_layers
-from .scoring import _pad_id, _PromptThenOptions, chunks_by_option_count, option_logprobs, pad_rows, token_rows
+from .scoring import (
+    _pad_id,
+    _PromptThenOptions,
+    _scores_shared,
+    chunks_by_option_count,
+    option_logprobs,
+    pad_rows,
+    token_rows,
+)
 
 
 class _Stop(Exception):
@@ -78,8 +86,6 @@ def prepare_queries(model: nn.Module, params: Mapping[str, Tensor], examples: Se
         when there is nothing to reuse (``layer`` is ``None`` or 0, or the model's layers take
         different arguments).
     """
-    from .scoring import _scores_shared
-
     name, n_layers = decoder_layers(model)
     if not layer or layer >= n_layers:
         return _scores_shared(model, params, examples, tokenizer, config, normalize, batch_size), None
