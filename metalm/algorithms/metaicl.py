@@ -63,7 +63,7 @@ class MetaICL(MetaLearner):
         for ep in episodes:
             loss, acc = lm_loss_and_accuracy(self.model, params, ep.query)
             (loss / len(episodes)).backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             accs.append(float(acc))
         return {"query_loss": sum(losses) / len(losses), "query_accuracy": sum(accs) / len(accs)}
 
