@@ -439,11 +439,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    ok = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        ok = True
+        return code
     except MetalmError as err:
         print(f"metalm: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if "metalm.distributed" in sys.modules:  # only a command that used torch can hold a process group
+            sys.modules["metalm.distributed"].close(ok)
 
 
 if __name__ == "__main__":

@@ -153,3 +153,18 @@ def map_sharded(items: Sequence[T], fn: Callable[[T], R], ctx: Context | None = 
 def barrier(ctx: Context) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def close(ok: bool = True) -> None:
+    """Leave the process group before the interpreter exits (no-op without one).
+
+    A gloo group left to static destruction can abort the process ("terminate called without an
+    active exception", SIGABRT) while its peer still talks to it. On success every process first
+    waits for the others, so none tears its end down while a peer is still in a collective; after
+    an error the group is torn down without waiting (the peers may never arrive).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()
