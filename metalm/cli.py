@@ -238,7 +238,7 @@ def _diagnose(args: argparse.Namespace) -> int:
             sampler = dataclasses.replace(sampler, **{key: getattr(args, key)})
     print(f"metalm diagnose: gradient conflict of {len(names)} tasks, {args.batches} batches each", flush=True)
     batches = conflict_batches([registry[n] for n in names], tokenizer, batches=args.batches, sampler=sampler,
-                               collate_config=config.collate, seed=args.seed, device=device)
+                               collate_config=config.collate, seed=args.seed, device=device, loss=args.loss)
     model = algorithm.model
     result = gradient_conflict(model, algorithm.selection.meta_params(model), batches)
     out = Path(args.json)
@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--shots", type=int)
     dg.add_argument("--queries", type=int)
     dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--loss", choices=["auto", "decision", "token"], default="auto",
+                    help="auto (default): the rank-classification cross-entropy over the options for tasks that "
+                         "have them, the answer tokens' loss otherwise; decision; token")
     dg.add_argument("--json", required=True, help="write {tasks, cosine, ...} here (heatmap beside it as .png)")
     dg.add_argument("--plot", help="heatmap path (default: the JSON path with .png)")
     dg.add_argument("--gap", action="store_true", help="also few-shot accuracy on seen vs held-out tasks")

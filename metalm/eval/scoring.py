@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from ..data.collate import CollateConfig
 from ..data.episode import Example
+from ..errors import BatchError
 from ..losses import IGNORE_INDEX, output_logits, prepare_batch, target_logits
 from ..models import causal_lm
 
@@ -190,15 +191,19 @@ def chunks_by_option_count(examples: Sequence[Example], batch_size: int) -> list
     return out
 
 
-def _scores_shared(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
-                   config: CollateConfig, normalize: str, batch_size: int) -> list[list[float]]:
+def option_loglik(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
+                  config: CollateConfig, *, normalize: str = "mean",
+                  batch_size: int = 32) -> list[tuple[list[int], Tensor]]:
+    """Differentiable option scores: ``[(indices, scores [len(indices), n])]``, one entry per chunk of
+    examples sharing a context and an option count ``n``; ``scores[r, j]`` is option ``j`` of
+    example ``indices[r]`` (shared prompt encoding, as :func:`option_scores`)."""
     device = next(model.parameters()).device
     rows = token_rows(examples, tokenizer, config.max_length)
-    out: list[list[float]] = [[] for _ in examples]
     swapped = {f"m.{k}": v for k, v in params.items()}
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, _, _) in enumerate(rows):
         groups.setdefault(tuple(ctx), []).append(i)
+    out = []
     for ctx, members in groups.items():
         c_ids = torch.tensor([ctx], dtype=torch.long, device=device) if ctx else None
         for n, chunk in chunks_by_option_count([examples[i] for i in members], batch_size):
@@ -206,9 +211,31 @@ def _scores_shared(model: nn.Module, params: Mapping[str, Tensor], examples: Seq
             p_ids, p_mask, o_ids, o_mask = (t.to(device) for t in pad_rows([rows[i] for i in idx], _pad_id(tokenizer)))
             logits = functional_call(_PromptThenOptions(model), swapped, (p_ids, p_mask, o_ids, o_mask, n, c_ids),
                                      strict=False)
-            scores = option_logprobs(logits, o_ids, o_mask, normalize).view(len(idx), n).tolist()
-            for i, row in zip(idx, scores, strict=True):
-                out[i] = row
+            out.append((idx, option_logprobs(logits, o_ids, o_mask, normalize).view(len(idx), n)))
+    return out
+
+
+def rank_loss(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
+              config: CollateConfig, *, normalize: str = "mean") -> Tensor:
+    """The rank-classification cross-entropy: mean over ``examples`` of ``-log softmax(scores)[label]``
+    over each example's options (the decision the evaluation scores, not the answer's tokens)."""
+    if not examples or any(ex.label < 0 or not ex.options for ex in examples):
+        raise BatchError("rank_loss needs examples with options and a label")
+    total = 0.0
+    for idx, scores in option_loglik(model, params, examples, tokenizer, config, normalize=normalize,
+                                     batch_size=max(len(ex.options) for ex in examples) * len(examples)):
+        labels = torch.tensor([examples[i].label for i in idx], device=scores.device)
+        total = total + torch.nn.functional.cross_entropy(scores, labels, reduction="sum")
+    return total / len(examples)  # type: ignore[return-value]
+
+
+def _scores_shared(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
+                   config: CollateConfig, normalize: str, batch_size: int) -> list[list[float]]:
+    out: list[list[float]] = [[] for _ in examples]
+    for idx, scores in option_loglik(model, params, examples, tokenizer, config, normalize=normalize,
+                                     batch_size=batch_size):
+        for i, row in zip(idx, scores.tolist(), strict=True):
+            out[i] = row
     return out
 
 
