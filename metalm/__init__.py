@@ -14,7 +14,7 @@ from . import data
 from .algorithms import MetaLearner, algorithm_config, algorithm_names, build_algorithm, register_algorithm
 from .config import AdapterConfig, InnerConfig, MetaConfig, from_dict, load_yaml, to_dict
 from .data import Episode, SyntheticTasks
-from .errors import BatchError, ConfigError, DataNotFoundError, MetalmError, TaskError
+from .errors import BatchError, ConfigError, DataNotFoundError, MetalmError, NonFiniteError, TaskError
 from .inner import Trajectory, adapt, adapt_trajectory
 from .losses import lm_loss, lm_loss_and_accuracy, prepare_batch, target_logits
 from .models import apply_adapter, load_model, tiny_config
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "data", "AdapterConfig", "BatchError", "ConfigError", "DataNotFoundError", "Episode", "TaskError",
     "InnerConfig", "MetaConfig", "MetaLearner",
-    "MetalmError", "ParameterSelection", "SyntheticTasks", "Trajectory", "adapt", "adapt_trajectory",
+    "MetalmError", "NonFiniteError", "ParameterSelection", "SyntheticTasks", "Trajectory", "adapt", "adapt_trajectory",
     "algorithm_config", "algorithm_names", "apply_adapter", "build_algorithm", "from_dict", "lm_loss",
     "lm_loss_and_accuracy", "load_model", "load_yaml", "prepare_batch", "register_algorithm",
     "select_parameters", "target_logits", "tiny_config", "to_dict",

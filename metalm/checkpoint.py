@@ -6,26 +6,61 @@ meta-parameters, the optimizer's tensor state and the torch RNG state) and ``sta
 NumPy RNG states, the config). It is written into a temporary folder and renamed into place, so a
 run killed at any moment leaves either the whole checkpoint or none; only the last ``keep`` are
 kept. Loading never unpickles.
+
+A checkpoint proves itself: ``checksums.json`` holds the SHA-256 of both files, verified on load,
+and a checkpoint with a non-finite floating-point tensor is never written. :func:`latest_checkpoint`
+returns the newest checkpoint that loads and verifies, warning about each newer one it passes over
+(a truncated file, a flipped bit), so ``--resume`` falls back to the previous intact checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .errors import MetalmError
+from .errors import MetalmError, NonFiniteError
 
 PREFIX = "step-"
+FILES = ("tensors.safetensors", "state.json")
+REQUIRED = ("step", "optimizer", "scheduler", "sampler", "algorithm", "rng")
+FORMAT = 2  # 2: with checksums.json (checkpoints of format 1 have none and are read unverified)
+
+
+class CheckpointWarning(UserWarning):
+    """A newer checkpoint was unreadable or corrupt and an older one is used instead."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def nonfinite(tensors: dict[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -100,7 +135,14 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, Tensor], state:
         tensors: Named tensors (saved with safetensors; shared storage is copied).
         state: JSON-serializable state.
         keep: How many checkpoints to keep.
+
+    Raises:
+        NonFiniteError: If a floating-point tensor holds a NaN or an infinity (nothing is written).
     """
+    bad = nonfinite(tensors)
+    if bad:
+        raise NonFiniteError(f"refusing to checkpoint step {step}: {len(bad)} tensor(s) hold NaN or inf, "
+                             f"first {bad[0]!r}")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:07d}"
@@ -108,10 +150,8 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, Tensor], state:
     try:
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
                   str(tmp / "tensors.safetensors"))
-        with open(tmp / "state.json", "w", encoding="utf-8") as fh:
-            json.dump({"step": step, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_synced(tmp / "state.json", json.dumps({"step": step, "format": FORMAT, **state}))
+        _write_synced(tmp / "checksums.json", json.dumps({name: _sha256(tmp / name) for name in FILES}))
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -144,14 +184,62 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a checkpoint folder (safetensors and JSON only; nothing is unpickled)."""
+    """Read and verify a checkpoint folder (safetensors and JSON only; nothing is unpickled).
+
+    Raises:
+        MetalmError: Naming the folder, if a file is missing, unreadable, truncated or does not
+            match its recorded checksum, or the state lacks a field. A checkpoint written before
+            checksums existed (no ``checksums.json``) is read without that check.
+    """
     path = Path(path)
     try:
+        sums = path / "checksums.json"
+        if sums.is_file():
+            recorded = json.loads(sums.read_text(encoding="utf-8"))
+            for name in FILES:
+                if recorded.get(name) != _sha256(path / name):
+                    raise MetalmError(f"checkpoint {path} is corrupt: {name} does not match its recorded checksum")
         tensors = load_file(str(path / "tensors.safetensors"))
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError, UnicodeDecodeError) as err:
         raise MetalmError(f"checkpoint {path} is unreadable: {err}") from err
+    if isinstance(state, dict) and state.get("format", 1) != 1 and not sums.is_file():
+        raise MetalmError(f"checkpoint {path} is corrupt: checksums.json is missing")
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED):
+        missing = next(k for k in REQUIRED if not isinstance(state, dict) or k not in state)
+        raise MetalmError(f"checkpoint {path} is corrupt: state.json has no {missing!r}")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise MetalmError(f"checkpoint {path} is corrupt: state.json step {state['step']!r} is not a step number")
+    if path.name[len(PREFIX):].isdigit() and state["step"] != int(path.name[len(PREFIX):]):
+        raise MetalmError(f"checkpoint {path} is corrupt: state.json says step {state['step']}")
+    bad = nonfinite(tensors)
+    if bad:
+        raise MetalmError(f"checkpoint {path} is corrupt: {bad[0]!r} holds NaN or inf")
     return tensors, state
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Tensor], dict[str, Any]] | None:
+    """The newest checkpoint of a run that loads and verifies, with its contents (``None`` without any).
+
+    Each newer checkpoint passed over is reported with a :class:`CheckpointWarning`.
+
+    Raises:
+        MetalmError: If there are checkpoints and none of them is intact.
+    """
+    found = list_checkpoints(run_dir)
+    errors = []
+    for path in reversed(found):
+        try:
+            tensors, state = load_checkpoint(path)
+        except MetalmError as err:
+            errors.append(str(err))
+            continue
+        for message in errors:
+            warnings.warn(f"{message}; using {path.name}", CheckpointWarning, stacklevel=2)
+        return path, tensors, state
+    if errors:
+        raise MetalmError(f"no intact checkpoint in {Path(run_dir) / 'checkpoints'}: " + "; ".join(errors))
+    return None
 
 
 def clean_partial(run_dir: Path) -> None:

@@ -43,3 +43,7 @@ class TaskError(ConfigError):
 
 class DataNotFoundError(MetalmError, FileNotFoundError):
     """Packaged data is not in the cache; the message names the ``metalm download`` command to run."""
+
+
+class NonFiniteError(MetalmError, FloatingPointError):
+    """A loss, gradient or weight became NaN or infinite (training stopped; nothing non-finite was saved)."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .errors import ConfigError, MetalmError
+from .errors import ConfigError, MetalmError, NonFiniteError
 from .losses import Batch, lm_loss, prepare_batch
 from .models import DOUBLE_BACKWARD_ATTENTION, attention_implementation
 
@@ -208,6 +208,7 @@ def adapt(
     eps: float = 1e-8,
     loss_fn: LossFn = lm_loss,
     frozen: Mapping[str, Tensor] | None = None,
+    check_finite: bool = False,
 ) -> dict[str, Tensor]:
     """Adapt fast weights to a support batch with ``steps`` gradient steps; a pure function.
 
@@ -242,11 +243,16 @@ def adapt(
             differentiated by the inner loop (e.g. a trained run's shared weights), so they are
             passed as values instead of being written into the model. The returned dict holds
             the fast weights only: pass ``{**frozen, **adapted}`` to score with both.
+        check_finite: Raise :class:`metalm.NonFiniteError` if an adapted weight holds NaN or inf
+            (a too large ``lr``, a NaN in the model). Off by default: it costs a device sync and
+            cannot run under ``vmap``; the trainer instead checks the meta-gradient before each
+            outer update (``max_nonfinite_steps``).
 
     Returns:
         The adapted fast weights, a new dict with the same names.
 
     Raises:
+        NonFiniteError: With ``check_finite``, naming the first non-finite tensor.
         ConfigError: On a bad ``steps``, ``lr``, ``optimizer`` or ``clip_grad_norm``.
         BatchError: On a malformed batch.
         MetalmError: For second-order adaptation with an attention kernel lacking double backward.
@@ -256,5 +262,15 @@ def adapt(
         >>> adapted = metalm.adapt(model, fast, support, steps=5, lr=0.1)
         >>> metalm.lm_loss(model, adapted, query).backward()  # MAML meta-gradient on the init
     """
-    return _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                       loss_fn, frozen, keep_history=False).params[-1]
+    adapted = _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
+                          loss_fn, frozen, keep_history=False).params[-1]
+    if check_finite:
+        bad = next((k for k, v in adapted.items() if not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise NonFiniteError(f"adapt: {bad!r} is NaN or infinite after {steps} step(s) at lr {_lr_text(lr)}; "
+                                 "lower the learning rate or check the model's weights")
+    return adapted
+
+
+def _lr_text(lr: LearningRate) -> str:
+    return f"{lr:g}" if isinstance(lr, (int, float)) else "(learned rates)"

@@ -16,13 +16,14 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import MetalmError
+from .jsonl import json_lines
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "log.jsonl"
     if not path.is_file():
         raise MetalmError(f"{run_dir} has no log.jsonl; run `metalm train --run-dir {run_dir}` first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return json_lines(path)
 
 
 def _curves(ax, rows: list[dict[str, Any]], x: str) -> None:  # noqa: ANN001 - a matplotlib Axes
@@ -55,9 +56,9 @@ def write_report(run_dir: str | Path) -> Path:
     from .eval import format_paired, format_table
 
     run_dir = Path(run_dir)
+    log = _read_log(run_dir)  # before anything is written
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    log = _read_log(run_dir)
     lines = [f"# metalm run {run_dir.name}", ""]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for key, ax in (("query_loss", axes[0]), ("query_accuracy", axes[1])):

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from . import distributed
 from .algorithms import MetaLearner, algorithm_config, build_algorithm
 from .checkpoint import (
     clean_partial,
+    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     optimizer_from_flat,
@@ -45,10 +45,13 @@ from .data import (
     packaged_tasks_dir,
     tensorize,
 )
-from .errors import ConfigError, MetalmError
+from .errors import ConfigError, MetalmError, NonFiniteError
 from .hub import resolve_model
+from .jsonl import trim_to_step, write_atomic
 from .models import apply_adapter, load_model
 from .params import select_parameters
+
+MAX_EPISODES = 4096  # per outer step: each has its own episode stream, built up front
 
 
 @dataclasses.dataclass
@@ -76,9 +79,14 @@ class OuterConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError("outer.lr", f"must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError("outer.weight_decay", f"must be >= 0, got {self.weight_decay}")
         for key in ("meta_batch", "accumulate"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"outer.{key}", f"must be >= 1, got {getattr(self, key)}")
+            if not 1 <= getattr(self, key) <= MAX_EPISODES:
+                raise ConfigError(f"outer.{key}", f"must be in 1..{MAX_EPISODES}, got {getattr(self, key)}")
+        if self.meta_batch * self.accumulate > MAX_EPISODES:
+            raise ConfigError("outer.meta_batch", f"meta_batch x accumulate must be at most {MAX_EPISODES} episodes "
+                                                  f"per outer step, got {self.meta_batch * self.accumulate}")
         if self.warmup_steps < 0:
             raise ConfigError("outer.warmup_steps", "must be >= 0")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
@@ -109,6 +117,9 @@ class TrainConfig:
         val_episodes: Meta-val episodes per validation.
         checkpoint_every: Checkpoint every this many steps (and at the end).
         keep_checkpoints: Checkpoints kept.
+        max_nonfinite_steps: A step whose loss or meta-gradient is NaN or infinite is skipped (no
+            update; counted as ``skipped_nonfinite`` in the log); after this many consecutive ones
+            the run stops with an error. Checkpoints never hold a non-finite tensor.
         conflict_every: Measure the objective conflict (pairwise cosine of per-task gradients,
             :mod:`metalm.diagnose`) every this many steps on fixed batches (0: never); the mean
             off-diagonal cosine goes to the log, the matrices to ``conflict.jsonl``.
@@ -137,6 +148,7 @@ class TrainConfig:
     val_episodes: int = 8
     checkpoint_every: int = 25
     keep_checkpoints: int = 3
+    max_nonfinite_steps: int = 3
     conflict_every: int = 0
     conflict_tasks: int = 8
     seed: int = 0
@@ -146,7 +158,7 @@ class TrainConfig:
         if "name" not in self.algorithm:
             raise ConfigError("algorithm.name", "required field is missing")
         algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
-        for key in ("max_steps", "val_episodes", "checkpoint_every", "keep_checkpoints"):
+        for key in ("max_steps", "val_episodes", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if self.val_every < 0:
@@ -155,6 +167,10 @@ class TrainConfig:
             raise ConfigError("conflict_every", "must be >= 0")
         if self.conflict_tasks < 2:
             raise ConfigError("conflict_tasks", f"must be >= 2, got {self.conflict_tasks}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError("seed", f"must be in 0..2**32-1, got {self.seed}")
+        if not self.model.strip():
+            raise ConfigError("model", "must name a model (an embedded name, a folder or a hub id)")
 
     def algorithm_config(self) -> Any:
         return algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
@@ -224,7 +240,13 @@ def build_model(config: TrainConfig, device: torch.device,
 
     torch.manual_seed(config.seed)
     path = resolve_model(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():  # a path, not a hub id
+        raise ConfigError("model", f"{path} is not a folder (a model folder, an embedded name or a hub id)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("model", f"cannot load a tokenizer from {path}: {' '.join(str(err).split())[:300]}") \
+            from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = load_model(path, dtype=getattr(torch, config.dtype), device=device)
@@ -243,23 +265,37 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[T
         training (the pretrained weights and the standard adapter initialization).
     """
     run_dir = Path(run_dir)
-    checkpoints = list_checkpoints(run_dir)
-    if not (run_dir / "config.yaml").is_file() or not checkpoints:
+    if not (run_dir / "config.yaml").is_file() or not list_checkpoints(run_dir):
         raise MetalmError(f"{run_dir} holds no trained run (config.yaml and a checkpoint); run `metalm train` first")
+    path, tensors, state = latest_checkpoint(run_dir)  # type: ignore[misc]  # checked above: there is one
     config = load_train_config(run_dir / "config.yaml")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     registry = build_registry(config)
     train, _, _ = task_lists(config, registry)
     tokenizer, model, selection, algorithm = build_model(config, device, [registry[t] for t in train])
+    base = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
+    _restore_algorithm(algorithm, path, tensors, state)
+    return config, tokenizer, algorithm, base
+
+
+def _restore_algorithm(algorithm: MetaLearner, path: Path, tensors: dict[str, torch.Tensor],
+                       state: dict[str, Any]) -> None:
+    """Copy a checkpoint's meta-parameters and counters into ``algorithm`` (a mismatch names the tensor)."""
     params = algorithm.meta_parameters()
-    base = {k: v.detach().clone() for k, v in params.items()}
-    tensors, state = load_checkpoint(checkpoints[-1])
+    missing = sorted(set(params) - {k[5:] for k in tensors if k.startswith("meta/")})
+    if missing:
+        raise MetalmError(f"checkpoint {path} does not match this model/adapter: no tensor for {missing[0]!r}")
     with torch.no_grad():
         for name, p in params.items():
+            if p.shape != tensors[f"meta/{name}"].shape:
+                raise MetalmError(f"checkpoint {path} does not match this model/adapter: {name!r} has shape "
+                                  f"{tuple(tensors[f'meta/{name}'].shape)}, the model {tuple(p.shape)}")
             p.copy_(tensors[f"meta/{name}"])
-    algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
-    algorithm.load_extra_state(state["algorithm"].get("extra", {}))
-    return config, tokenizer, algorithm, base
+    try:
+        algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
+        algorithm.load_extra_state(state["algorithm"].get("extra", {}))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise MetalmError(f"checkpoint {path} is corrupt: state.json algorithm: {err!r}") from None
 
 
 class MetaTrainer:
@@ -295,6 +331,7 @@ class MetaTrainer:
         first = EpisodeSampler(pool, config.sampler, seed=config.seed, world_size=batch * micro)
         self.samplers = {j: first.fork(j) for slots in self.micro_slots for j in slots}
         self.step = 0
+        self.nonfinite = {"total": 0, "run": 0}  # skipped steps: in all, and consecutive up to now
         self._conflict_batches: dict[str, list] | None = None
 
     # ------------------------------------------------------------------ state
@@ -309,7 +346,7 @@ class MetaTrainer:
             slots.update(part)
         state = {"optimizer": opt_state, "scheduler": self.scheduler.state_dict(), "sampler": {"slots": slots},
                  "algorithm": {"outer_steps": self.algorithm.outer_steps, "extra": self.algorithm.extra_state()},
-                 "rng": rng_data,
+                 "rng": rng_data, "nonfinite": dict(self.nonfinite),
                  "config": to_dict(self.config), "fast": list(self.selection.fast),
                  "shared": list(self.selection.shared)}
         return tensors, state
@@ -323,31 +360,36 @@ class MetaTrainer:
         distributed.barrier(self.ctx)
         return path
 
-    def restore(self, path: Path) -> None:
-        """Continue from a checkpoint folder."""
-        tensors, state = load_checkpoint(path)
-        params = self.algorithm.meta_parameters()
-        missing = sorted(set(params) - {k[5:] for k in tensors if k.startswith("meta/")})
-        if missing:
-            raise MetalmError(f"checkpoint {path} does not match this model/adapter: no tensor for {missing[0]!r}")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(tensors[f"meta/{name}"])
-        optimizer_from_flat(self.optimizer, tensors, state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        slots = state["sampler"].get("slots", {})
+    def restore(self, path: Path, tensors: dict[str, torch.Tensor] | None = None,
+                state: dict[str, Any] | None = None) -> None:
+        """Continue from a checkpoint folder (``tensors``/``state``: its contents, if already loaded)."""
+        if tensors is None or state is None:
+            tensors, state = load_checkpoint(path)
+        _restore_algorithm(self.algorithm, path, tensors, state)
+        slots = state["sampler"].get("slots", {}) if isinstance(state["sampler"], dict) else {}
         if len(slots) != len(self.micro_slots) * self.config.outer.meta_batch:
             raise MetalmError(f"checkpoint {path} was written with {len(slots)} episode streams (meta_batch x "
                               f"accumulate), not {len(self.micro_slots) * self.config.outer.meta_batch}: resume "
                               "with the same outer config (any number of processes dividing meta_batch works)")
-        for j, sampler in self.samplers.items():
-            sampler.load_state_dict(slots[str(j)])
-        self.algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
-        self.algorithm.load_extra_state(state["algorithm"].get("extra", {}))
-        set_rng_state(tensors, state["rng"])
+        try:
+            optimizer_from_flat(self.optimizer, tensors, state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            for j, sampler in self.samplers.items():
+                sampler.load_state_dict(slots[str(j)])
+            set_rng_state(tensors, state["rng"])
+            self.nonfinite = {k: int(v) for k, v in state.get("nonfinite", {"total": 0, "run": 0}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+            raise MetalmError(f"checkpoint {path} is corrupt or from another config: {err!r}") from None
         self.step = int(state["step"])
 
     # ------------------------------------------------------------------ loop
+    @staticmethod
+    def _finite(params: Sequence[torch.Tensor], metrics: dict[str, float]) -> bool:
+        """Whether the meta-gradient and the logged losses are finite (one device sync)."""
+        grads = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        finite = bool(torch.stack(grads).all()) if grads else True
+        return finite and all(math.isfinite(v) for v in metrics.values())
+
     def _tensorize(self, episode: Any) -> Any:
         # Query rows as the algorithm trains on them: alone, or after the support set (MetaICL, in-context MAML).
         return tensorize(episode, self.tokenizer, self.config.collate, self.algorithm.query_rows).to(self.device)
@@ -403,17 +445,19 @@ class MetaTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             clean_partial(self.run_dir)
         distributed.barrier(self.ctx)
-        if resume and list_checkpoints(self.run_dir):
-            self.restore(list_checkpoints(self.run_dir)[-1])
-            # Drop log lines written after the checkpoint: they are recomputed identically.
-            for path in (log_path, self.run_dir / "conflict.jsonl"):
-                if main and path.exists():
-                    _write_atomic(path, "".join(line + "\n" for line in _lines_upto(path, self.step)))
-        elif not resume and list_checkpoints(self.run_dir):
+        if not resume and list_checkpoints(self.run_dir):
             raise MetalmError(f"{self.run_dir} already holds a run; pass --resume to continue it or use a new folder")
+        found = latest_checkpoint(self.run_dir) if resume else None
+        if found is not None:
+            self.restore(*found)
+        # Drop what was logged after the step we start from (all of it before the first checkpoint):
+        # it is recomputed identically.
+        for path in (log_path, self.run_dir / "conflict.jsonl"):
+            if main and path.exists():
+                trim_to_step(path, self.step)
         if main:
-            _write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        writer = _tensorboard(self.run_dir) if main else None
+            write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        writer = _tensorboard(self.run_dir, self.step) if main else None
         bar = _progress(progress and main, self.step, max_steps)
         last: dict[str, Any] = {}
         params = list(self.algorithm.meta_parameters().values())
@@ -433,14 +477,25 @@ class MetaTrainer:
                             p.grad.div_(cfg.outer.accumulate)
                 distributed.average_gradients(params, self.ctx)
                 metrics = distributed.average_metrics(metrics, self.ctx)
-                if cfg.outer.clip_grad_norm is not None:
-                    metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.outer.clip_grad_norm))
-                self.optimizer.step()
+                if self._finite(params, metrics):
+                    self.nonfinite["run"] = 0
+                    if cfg.outer.clip_grad_norm is not None:
+                        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.outer.clip_grad_norm))
+                    self.optimizer.step()
+                else:  # no update; the step still counts (episodes and schedule advance as in any step)
+                    self.nonfinite["total"] += 1
+                    self.nonfinite["run"] += 1
+                    if self.nonfinite["run"] >= cfg.max_nonfinite_steps:
+                        raise NonFiniteError(
+                            f"{self.run_dir}: {self.nonfinite['run']} consecutive steps (to step {self.step + 1}) "
+                            "had a NaN or infinite loss or meta-gradient (max_nonfinite_steps); none was applied "
+                            "or saved. Lower algorithm.inner.lr or outer.lr, or check the model's weights; "
+                            "--resume continues from the last checkpoint")
                 self.scheduler.step()
                 self.algorithm.outer_steps += 1
                 self.step += 1
                 last = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **metrics,
-                        "seconds": time.perf_counter() - start}
+                        "skipped_nonfinite": self.nonfinite["total"], "seconds": time.perf_counter() - start}
                 if main and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == max_steps):
                     last.update(self.validate())
                 if main and cfg.conflict_every and (self.step % cfg.conflict_every == 0 or self.step == max_steps):
@@ -466,30 +521,13 @@ class MetaTrainer:
         return last
 
 
-def _lines_upto(path: Path, step: int) -> list[str]:
-    """The JSON lines of ``path`` logged at or before ``step`` (a line cut short by a kill is dropped)."""
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    return keep
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _tensorboard(run_dir: Path):  # noqa: ANN202 - SummaryWriter or None
+def _tensorboard(run_dir: Path, step: int):  # noqa: ANN202 - SummaryWriter or None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    # purge_step: TensorBoard discards events of later steps written before a resume.
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1)
 
 
 def _progress(enabled: bool, start: int, total: int):  # noqa: ANN202 - a tqdm bar

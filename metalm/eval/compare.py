@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..algorithms import algorithm_class
-from ..checkpoint import list_checkpoints
+from ..checkpoint import latest_checkpoint
 from ..config import InnerConfig
 from ..errors import ConfigError
 from .fewshot import Harness, Measurements, Trained
@@ -83,7 +83,7 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
             init: Init | None = init_of(first)
         elif (config.adapter, config.meta, config.dtype) == (configs[0].adapter, configs[0].meta, configs[0].dtype):
             alg = config.algorithm_config()
-            init = init_from_checkpoint(list_checkpoints(Path(run))[-1], base, alg.inner,
+            init = init_from_checkpoint(run_checkpoint(run), base, alg.inner,
                                         algorithm_class(config.algorithm["name"]).scoring(alg))
         else:
             init = None
@@ -121,3 +121,11 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
         budgets.update({r: budget(i) for r, i in other.rows().items()})
         del other, learner
     return data, budgets
+
+
+def run_checkpoint(run: str | Path) -> Path:
+    """The run's newest intact checkpoint folder."""
+    found = latest_checkpoint(Path(run))
+    if found is None:
+        raise ConfigError("--run-dir", f"{run} holds no checkpoint; run `metalm train` first")
+    return found[0]

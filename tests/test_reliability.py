@@ -1,0 +1,185 @@
+"""Checkpoints that prove themselves, the non-finite guard, and a log trimmed on every restart."""
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import metalm
+from metalm.checkpoint import CheckpointWarning, latest_checkpoint, list_checkpoints, save_checkpoint
+from metalm.errors import MetalmError, NonFiniteError
+from metalm.train import MetaTrainer, load_train_config
+
+from .conftest import episodes, make_model
+from .data.fixtures import make_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), outer={"lr": 0.01, "meta_batch": 2}, max_steps=6,
+                      val_every=0, checkpoint_every=3, keep_checkpoints=3)
+
+
+def train(world, run_dir, monkeypatch, resume=False, **overrides):
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    trainer = MetaTrainer(load_train_config(world["config"], overrides), run_dir)
+    trainer.train(resume=resume, progress=False)
+    return trainer
+
+
+def tensors_of(path):
+    return {k: v.clone() for k, v in load_file(str(path / "tensors.safetensors")).items()}  # not a view of the file
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng/"))
+
+
+def steps_logged(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def flip_bit(path, offset_from_end=64):
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped bit", "truncated", "empty state", "negative step"])
+def test_a_corrupt_checkpoint_is_named_and_resume_uses_the_previous_one(world, tmp_path, monkeypatch, damage):
+    run = tmp_path / "run"
+    train(world, run, monkeypatch)
+    final = run / "checkpoints" / "step-0000006"
+    reference = tensors_of(final)
+    if damage == "flipped bit":  # inside the tensor data, not the header: safetensors itself would not notice
+        flip_bit(final / "tensors.safetensors")
+    elif damage == "truncated":
+        (final / "tensors.safetensors").write_bytes((final / "tensors.safetensors").read_bytes()[:100])
+    else:  # the state file rewritten with a consistent checksum: caught by validation, not by the checksum
+        state = {} if damage == "empty state" else {**json.loads((final / "state.json").read_text()), "step": -5}
+        (final / "state.json").write_text(json.dumps(state))
+        sums = json.loads((final / "checksums.json").read_text())
+        sums["state.json"] = hashlib.sha256((final / "state.json").read_bytes()).hexdigest()
+        (final / "checksums.json").write_text(json.dumps(sums))
+    with pytest.warns(CheckpointWarning, match=r"step-0000006 is (corrupt|unreadable).*using step-0000003"):
+        path, _, state = latest_checkpoint(run)
+    assert path.name == "step-0000003" and state["step"] == 3
+    with pytest.warns(CheckpointWarning):
+        trainer = train(world, run, monkeypatch, resume=True)
+    assert trainer.step == 6 and same(tensors_of(final), reference)  # recomputed identically
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_intact_checkpoint_is_one_clear_error(world, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(world, run, monkeypatch)
+    for path in list_checkpoints(run):
+        flip_bit(path / "tensors.safetensors")
+    with pytest.raises(MetalmError, match=r"no intact checkpoint in .*checkpoints: checkpoint .*step-0000006 is corrupt"):
+        train(world, run, monkeypatch, resume=True)
+    from metalm.cli import main
+
+    assert main(["eval", "--run-dir", str(run), "--tasks", "toy_cls", "--episodes", "1", "--methods", "meta"]) == 2
+
+
+def test_a_non_finite_tensor_is_never_checkpointed(tmp_path):
+    good = {"meta/w": torch.ones(2), "rng/torch": torch.zeros(3, dtype=torch.uint8)}
+    save_checkpoint(tmp_path, 1, good, {})
+    with pytest.raises(NonFiniteError, match="refusing to checkpoint step 2: 1 tensor.*'meta/w'"):
+        save_checkpoint(tmp_path, 2, {**good, "meta/w": torch.tensor([1.0, float("nan")])}, {})
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000001"]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_a_nonfinite_step_is_skipped_counted_and_the_run_goes_on(world, tmp_path, monkeypatch):
+    one = train(world, tmp_path / "one", monkeypatch, max_steps=1)
+    after_one = {k: v.detach().clone() for k, v in one.algorithm.meta_parameters().items()}
+    cls, calls = type(one.algorithm), []
+    original = cls.meta_gradients
+
+    def nan_at_step_two(self, batch):  # the meta-gradient of step 2 is NaN (as after an overflow)
+        metrics = original(self, batch)
+        calls.append(1)
+        if len(calls) == 2:
+            for p in self.meta_parameters().values():
+                p.grad = torch.full_like(p, float("nan"))
+        return metrics
+
+    monkeypatch.setattr(cls, "meta_gradients", nan_at_step_two)
+    run = tmp_path / "run"
+    trainer = train(world, run, monkeypatch, max_steps=2)
+    assert all(torch.equal(v, after_one[k]) for k, v in trainer.algorithm.meta_parameters().items())  # no update
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_nonfinite"] for r in log] == [0, 1]
+    state = json.loads((run / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["nonfinite"] == {"total": 1, "run": 1}
+
+
+@pytest.mark.parametrize("case", ["inner lr 1e30", "NaN weight"])
+def test_nonfinite_training_stops_with_one_line_and_saves_nothing_nonfinite(world, tmp_path, case):
+    run = tmp_path / "run"
+    args = ["algorithm.inner.lr=1e30"] if case == "inner lr 1e30" else []
+    env = dict(world["env"])
+    if case == "NaN weight":  # a copy of the model with one NaN in a frozen weight
+        model_dir = tmp_path / "model"
+        src = load_train_config(world["config"]).model
+        shutil.copytree(src, model_dir)
+        from safetensors.torch import save_file
+        weights = load_file(str(model_dir / "model.safetensors"))
+        name = next(k for k in weights if k.endswith("mlp.down_proj.weight"))
+        weights[name][0, 0] = float("nan")
+        save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+        args = [f"model={model_dir}"]
+    proc = subprocess.run([sys.executable, "-m", "metalm.cli", "train", str(world["config"]), "--run-dir", str(run),
+                           "--quiet", "max_steps=6", "checkpoint_every=1", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("metalm: error: ") and "3 consecutive steps (to step 3)" in message
+    assert "Traceback" not in proc.stderr
+    assert steps_logged(run) == [1, 2]  # the third skipped step stopped the run before it was logged
+    assert [json.loads(line)["skipped_nonfinite"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    for path in list_checkpoints(run):
+        assert all(bool(torch.isfinite(v).all()) for v in tensors_of(path).values() if v.is_floating_point())
+
+
+def test_adapt_flags_non_finite_weights_when_asked():
+    model = make_model("gpt2", adapter=metalm.AdapterConfig(rank=2, layers="all"), dtype=torch.float32)
+    fast = metalm.select_parameters(model, metalm.AdapterConfig(rank=2, layers="all")).fast_params(model)
+    support = episodes(1)[0].support
+    metalm.adapt(model, fast, support, steps=1, lr=0.1, check_finite=True)
+    out = metalm.adapt(model, fast, support, steps=3, lr=1e30)  # returned as is by default
+    assert not all(bool(torch.isfinite(v).all()) for v in out.values())
+    with pytest.raises(NonFiniteError, match=r"adapt: .* is NaN or infinite after 3 step\(s\) at lr 1e\+30"):
+        metalm.adapt(model, fast, support, steps=3, lr=1e30, check_finite=True)
+
+
+@pytest.mark.slow
+def test_sigkill_before_the_first_checkpoint_then_resume_is_the_same_run(world, tmp_path):
+    def cli(run, *extra):
+        return subprocess.Popen([sys.executable, "-m", "metalm.cli", "train", str(world["config"]), "--run-dir",
+                                 str(run), "--quiet", "checkpoint_every=6", *extra], env=world["env"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert cli(reference).wait(timeout=300) == 0
+    proc = cli(killed)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "log.jsonl").is_file() or not (killed / "log.jsonl").read_text():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list_checkpoints(killed) and steps_logged(killed)  # killed between the first log line and checkpoint
+    assert cli(killed, "--resume").wait(timeout=300) == 0
+    assert steps_logged(killed) == [1, 2, 3, 4, 5, 6]
+    assert same(tensors_of(killed / "checkpoints" / "step-0000006"), tensors_of(reference / "checkpoints" / "step-0000006"))
+    a, b = ((r / "log.jsonl").read_text().splitlines() for r in (reference, killed))
+    drop = lambda line: {k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+    assert [drop(x) for x in a] == [drop(x) for x in b]
