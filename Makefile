@@ -13,7 +13,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-threads main example data lint clean
+.PHONY: install test test-threads fuzz main example data lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: install
 
 # The fast tests again on one thread: a result that depends on the order of a parallel reduction
 # (a tolerance fitted to one machine's kernels) fails here before it fails on a user's machine.
+# The property-based tests of bad input (tests/test_fuzz.py) with 20x the examples.
+fuzz: install
+	METALM_FUZZ=long $(PY) -m pytest -q tests/test_fuzz.py tests/data/test_tasks.py -k "fuzz or survives" -p no:cacheprovider
+
 test-threads: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not realmodel" -p no:cacheprovider
 

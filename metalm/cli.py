@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,8 +144,8 @@ def _eval(args: argparse.Namespace) -> int:
                       learner.selection.lowest_adapted_layer())
     journal = None
     if (args.json or runs) and not ctx.enabled:  # one process: a journal to resume from (torchrun: none)
-        from .checkpoint import list_checkpoints
         from .config import to_dict
+        from .eval.compare import run_checkpoint
         from .eval.journal import Journal
 
         where = Path(args.json) if args.json else Path(runs[0]) / "eval.json"
@@ -153,7 +154,7 @@ def _eval(args: argparse.Namespace) -> int:
         fingerprint = {"eval": {k: v for k, v in to_dict(eval_cfg).items() if k not in ("seeds", "methods")},
                        "model": args.model,
                        "tasks": names, "val": val,
-                       "runs": [[str(Path(r).resolve()), list_checkpoints(Path(r))[-1].name] for r in runs]}
+                       "runs": [[str(Path(r).resolve()), run_checkpoint(r).name] for r in runs]}
         journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, args.resume)
     if "finetune" in eval_cfg.methods and journal is not None and journal.finetune is not None:
         chosen = journal.finetune
@@ -448,7 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ok = True
         return code
     except MetalmError as err:
-        print(f"metalm: error: {err}", file=sys.stderr)
+        # One line: control characters of the input (a newline in a path) are shown escaped.
+        print("metalm: error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(err)),
+              file=sys.stderr)
         return 2
     finally:
         if "metalm.distributed" in sys.modules:  # only a command that used torch can hold a process group

@@ -9,6 +9,7 @@ dataclasses included) from plain data, rejecting unknown keys and wrongly typed 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -29,6 +30,30 @@ def check_layer_spec(field: str, spec: str | None) -> None:
     """Check the syntax of a layer range: ``all``, ``top:K``, ``bottom:K``, ``A-B`` or ``A,B,C``."""
     if spec is not None and not _LAYER_SPEC.match(spec):
         raise ConfigError(field, f"{spec!r} is not a layer range (all, top:K, bottom:K, A-B or A,B,C)")
+
+
+def layer_indices(spec: str, n_layers: int, field: str = "layers") -> list[int]:
+    """Expand a layer range (``all``, ``top:K``, ``bottom:K``, ``A-B``, ``A,B,C``) to sorted indices.
+
+    Raises:
+        ConfigError: If the range is malformed or reaches past the model's ``n_layers`` layers.
+    """
+    check_layer_spec(field, spec)
+    if spec == "all":
+        return list(range(n_layers))
+    if spec.startswith(("top:", "bottom:")):
+        k = int(spec.split(":")[1])
+        if not 1 <= k <= n_layers:
+            raise ConfigError(field, f"{spec!r}: K must be in 1..{n_layers} for this model")
+        return list(range(n_layers - k, n_layers)) if spec.startswith("top") else list(range(k))
+    if "-" in spec:
+        a, b = (int(x) for x in spec.split("-"))
+        out = list(range(a, b + 1))
+    else:
+        out = sorted({int(x) for x in spec.split(",")})
+    if not out or out[-1] >= n_layers:
+        raise ConfigError(field, f"{spec!r} is outside the model's layers 0..{n_layers - 1}")
+    return out
 
 
 @dataclasses.dataclass
@@ -199,6 +224,8 @@ def _convert(value: Any, tp: Any, field: str, source: str | None) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(field, f"expected a number, got {value!r}", source)
+        if not math.isfinite(value):
+            raise ConfigError(field, f"expected a finite number, got {value!r}", source)
         return float(value)
     if tp is int or tp is bool or tp is str:
         if type(value) is not tp:
@@ -276,7 +303,10 @@ class _Loader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, typing.Hashable) and key in seen:
+            if not isinstance(key, typing.Hashable) or isinstance(key, tuple):
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar",
+                                                        key_node.start_mark)
+            if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -292,9 +322,24 @@ def yaml_load(text: str) -> Any:
     """Parse YAML text safely (no Python objects), with ``1e-3`` as a number and duplicate keys refused.
 
     Raises:
-        yaml.YAMLError: On malformed YAML or a duplicate key (callers name the file).
+        yaml.YAMLError: On malformed YAML, a duplicate key or nesting deeper than ``MAX_DEPTH``
+            (callers name the file).
     """
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError(f"nested deeper than {MAX_DEPTH} levels") from None
+    stack = [(data, 0)]
+    while stack:  # iterative: the check itself must not recurse
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise yaml.YAMLError(f"nested deeper than {MAX_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children)
+    return data
+
+
+MAX_DEPTH = 64
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:

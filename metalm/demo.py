@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Literal
 
 import torch
 
 from .algorithms import MetaLearner, build_algorithm
 from .config import AdapterConfig, InnerConfig, MetaConfig, to_dict
 from .data.synthetic import SyntheticTasks
+from .errors import ConfigError
 from .models import apply_adapter, load_model, tiny_config
 from .params import select_parameters
 
@@ -40,7 +42,7 @@ class DemoConfig:
     """
 
     algorithm: str = "maml"
-    arch: str = "gpt2"
+    arch: Literal["gpt2", "llama"] = "gpt2"
     outer_steps: int = 150
     meta_batch: int = 4
     ways: int = 3
@@ -51,6 +53,15 @@ class DemoConfig:
     shared: str = "none"
     inner: InnerConfig = dataclasses.field(default_factory=lambda: InnerConfig(steps=3, lr=0.3))
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("outer_steps", "meta_batch", "ways", "shots", "queries", "eval_episodes"):
+            if not 1 <= getattr(self, key) <= 100_000:
+                raise ConfigError(key, f"must be in 1..100000, got {getattr(self, key)}")
+        if self.outer_lr <= 0:
+            raise ConfigError("outer_lr", f"must be > 0, got {self.outer_lr}")
+        if self.seed < 0:
+            raise ConfigError("seed", f"must be >= 0, got {self.seed}")
 
 
 def _evaluate(algo: MetaLearner, tasks: SyntheticTasks, cfg: DemoConfig) -> float:

@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .config import AdapterConfig
+from .config import AdapterConfig, layer_indices
 from .errors import ConfigError, MetalmError
 
 #: Attention implementations whose graphs support double backward. ``sdpa`` qualifies because the
@@ -129,7 +129,6 @@ def apply_adapter(model: PreTrainedModel, adapter: AdapterConfig) -> nn.Module:
         return model
     from peft import LoraConfig, get_peft_model
 
-    from .params import layer_indices
 
     _, n_layers = decoder_layers(model)
     layers = None if adapter.layers in (None, "all") else layer_indices(adapter.layers, n_layers, "adapter.layers")

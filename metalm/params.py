@@ -18,33 +18,9 @@ import re
 
 from torch import Tensor, nn
 
-from .config import AdapterConfig, MetaConfig, check_layer_spec
+from .config import AdapterConfig, MetaConfig, layer_indices
 from .errors import ConfigError
 from .models import causal_lm, decoder_layers
-
-
-def layer_indices(spec: str, n_layers: int, field: str = "layers") -> list[int]:
-    """Expand a layer range (``all``, ``top:K``, ``bottom:K``, ``A-B``, ``A,B,C``) to sorted indices.
-
-    Raises:
-        ConfigError: If the range is malformed or reaches past the model's ``n_layers`` layers.
-    """
-    check_layer_spec(field, spec)
-    if spec == "all":
-        return list(range(n_layers))
-    if spec.startswith(("top:", "bottom:")):
-        k = int(spec.split(":")[1])
-        if not 1 <= k <= n_layers:
-            raise ConfigError(field, f"{spec!r}: K must be in 1..{n_layers} for this model")
-        return list(range(n_layers - k, n_layers)) if spec.startswith("top") else list(range(k))
-    if "-" in spec:
-        a, b = (int(x) for x in spec.split("-"))
-        out = list(range(a, b + 1))
-    else:
-        out = sorted({int(x) for x in spec.split(",")})
-    if not out or out[-1] >= n_layers:
-        raise ConfigError(field, f"{spec!r} is outside the model's layers 0..{n_layers - 1}")
-    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,3 +87,12 @@ def test_yaml_reads_exponents_as_numbers_and_refuses_duplicate_keys(tmp_path):
     with pytest.raises(ConfigError, match="duplicate key 'seed'") as err:
         load_yaml(Run, path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["seed: " + "[" * 3000 + "]" * 3000, "a:\n" + "".join("  " * i + "- \n" for i in
+                                                                                     range(1, 80))])
+def test_deeply_nested_yaml_is_one_error(tmp_path, text):
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="deep.yaml: <yaml>: malformed YAML: nested deeper than 64 levels"):
+        load_yaml(Run, path)

@@ -48,7 +48,7 @@ def algorithm_names() -> list[str]:
 
 
 def _lookup(name: str) -> tuple[type[MetaLearner], type]:
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ConfigError("algorithm.name", f"unknown algorithm {name!r} (known: {', '.join(algorithm_names())})")
     return _REGISTRY[name]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,40 @@ def _hf_dataset(spec: TaskSpec, source: str | None) -> datasets.Dataset:
     return ds
 
 
+def _text(value: Any, field: str, i: int, source: str | None) -> str:
+    """A data value used as text: a string, or a finite number written out; a missing value (None) is
+    empty text (dropped with ``drop_empty``, else an error); anything else is an error."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    raise TaskError(field, f"example {i}: expected text or a number, got {type(value).__name__} "
+                           f"{_short(value)}", source)
+
+
+def _options(value: Any, field: str, i: int, source: str | None) -> list[str]:
+    if not isinstance(value, list):
+        raise TaskError(field, f"example {i}: expected a list of options, got {type(value).__name__} "
+                               f"{_short(value)}", source)
+    return [_text(o, field, i, source) for o in value]
+
+
+def _index(value: Any, field: str, i: int, source: str | None) -> int:
+    """An option index: an integer, or an integral number or string of digits (CSV gives strings)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    raise TaskError(field, f"example {i}: expected the index of the correct option, got {_short(value)}", source)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _normalize(spec: TaskSpec, ds: datasets.Dataset, source: str | None) -> datasets.Dataset:
     """Give ``ds`` the canonical columns of its task type and check every example."""
     if len(ds) == 0:
@@ -189,17 +224,29 @@ def _normalize(spec: TaskSpec, ds: datasets.Dataset, source: str | None) -> data
     elif spec.type == "multiple_choice":
         if spec.options_field not in cols:
             raise TaskError("options_field", f"no field {spec.options_field!r} in the data", source)
-        ds = ds.map(lambda r: {"options": [str(o) for o in r[spec.options_field]], "label": int(r[field])})
+        ds = ds.map(lambda r, i: {"options": _options(r[spec.options_field], spec.options_field, i, source),
+                                  "label": _index(r[field], field, i, source)}, with_indices=True)
         bad = [i for i, (opts, lab) in enumerate(zip(ds["options"], ds["label"], strict=True))
                if len(opts) < 2 or not 0 <= lab < len(opts)]
         if bad:
             raise TaskError(spec.options_field, f"example {bad[0]} needs >= 2 options and a label indexing them",
                             source)
     elif spec.type == "generation":
-        ds = ds.map(lambda r: {"target": str(r[field]),
-                               "references": [str(x) for x in r.get("references") or [r[field]]]})
+        def answers(row: dict[str, Any], i: int) -> dict[str, Any]:
+            value = row[field]
+            refs = value if isinstance(value, list) else [value]
+            refs = [_text(x, field, i, source) for x in (row.get("references") or refs)]
+            if not refs:
+                raise TaskError(field, f"example {i} has no reference answer", source)
+            return {"_target": _text(refs[0] if isinstance(value, list) else value, field, i, source),
+                    "_references": refs}
+
+        # New columns, so datasets does not cast the strings back to the old columns' types.
+        ds = ds.map(answers, with_indices=True)
+        ds = ds.remove_columns([c for c in ("target", "references") if c in ds.column_names])
+        ds = ds.rename_columns({"_target": "target", "_references": "references"})
     else:
-        ds = ds.map(lambda r: {"text": str(r[field])})
+        ds = ds.map(lambda r, i: {"text": _text(r[field], field, i, source)}, with_indices=True)
     # Empty text: every field the template reads, and the answer, must be non-empty.
     used = jinja_meta.find_undeclared_variables(_ENV.parse(spec.template))
     missing = sorted(used - set(ds.column_names))

@@ -153,6 +153,26 @@ def test_templates_cannot_reach_python_internals(registry, tmp_path, home):
         assert err.value.source == spec
 
 
+@pytest.mark.parametrize("template, message", [
+    ("{{ 1/0 }}", "ZeroDivisionError"),
+    ("{{ range(10**9)|list }}", "argument above"),
+    ("{% macro f(x) %}{{ f(x) }}{% endmacro %}{{ f(1) }}", "recursion too deep"),
+    ("{{ 2 ** (10 ** 9) }}", "power of more than"),
+    ("{{ input * 10**6 }}", "repetition"),
+    ("{{ input.ljust(10**9) }}", "argument above"),
+    ("{% for i in range(10**5) %}{% for j in range(10**5) %}{% endfor %}{% endfor %}", "loops exceed"),
+    ("{% for i in range(10**4) %}{{ input * 200 }}{% endfor %}", "output exceeds"),
+])
+def test_templates_are_bounded(tmp_path, home, template, message):
+    spec = write(tmp_path, "big", {**VALID, "name": "big", "template": template})
+    task = Task(load_task_file(spec), spec)
+    from metalm.data import EpisodeSampler, SamplerConfig
+
+    with pytest.raises(TaskError, match=message) as err:
+        EpisodeSampler([task], SamplerConfig(ways=2, shots=1, queries=1)).sample()
+    assert err.value.source == spec and err.value.field == "template"
+
+
 def test_template_variables_must_exist(tmp_path, home):
     spec = write(tmp_path, "undef", {**VALID, "name": "undef", "template": "{{ question }}"})
     with pytest.raises(TaskError, match="uses 'question'") as err:
@@ -177,6 +197,36 @@ def test_empty_text_and_non_utf8_data(tmp_path, home):
     assert err.value.field == "source.path"
     spec = write(tmp_path, "l2", {**base, "source": {"kind": "csv", "path": "latin.csv", "fallback_encoding": "latin-1"}})
     assert Task(load_task_file(spec), spec).data[0]["text"] == "café"
+
+
+@pytest.mark.parametrize("kind, row, field, message", [
+    ("generation", {"text": "a", "target": {"k": 1}}, "target", "expected text or a number, got dict"),
+    ("generation", {"text": "a", "target": None}, "target_field", "empty text in 'target'"),
+    ("multiple_choice", {"text": "a", "choices": "abc", "answer": 1}, "choices", "expected a list of options"),
+    ("multiple_choice", {"text": "a", "choices": ["x", "y"], "answer": 1.7}, "answer", "index of the correct option"),
+    ("multiple_choice", {"text": "a", "choices": ["x", "y"], "answer": True}, "answer", "index of the correct option"),
+    ("language_modeling", {"text": {"a": 1}}, "text", "expected text or a number, got dict"),
+])
+def test_data_values_of_the_wrong_type_are_errors(tmp_path, home, kind, row, field, message):
+    (tmp_path / "rows.jsonl").write_text((json.dumps(row) + "\n") * 4)
+    extra = {"generation": {"metric": "exact_match"}, "language_modeling": {"metric": "perplexity"},
+             "multiple_choice": {"options_field": "choices", "target_field": "answer"}}[kind]
+    spec = write(tmp_path, "w", {"name": "w", "type": kind, "template": "{{ text }}",
+                                 "source": {"kind": "jsonl", "path": "rows.jsonl"}, **extra})
+    with pytest.raises(TaskError, match=message) as err:
+        Task(load_task_file(spec), spec).data
+    assert err.value.source == spec and err.value.field == field
+
+
+def test_lists_and_numbers_are_answers(tmp_path, home):
+    refs = []
+    for i, target in enumerate((["x", "y"], 12)):
+        (tmp_path / f"rows{i}.jsonl").write_text(json.dumps({"text": "a", "target": target}) + "\n")
+        spec = write(tmp_path, f"g{i}", {"name": f"g{i}", "type": "generation", "template": "{{ text }}",
+                                         "metric": "exact_match", "source": {"kind": "jsonl", "path": f"rows{i}.jsonl"}})
+        row = Task(load_task_file(spec), spec).data[0]
+        refs.append((row["target"], row["references"]))
+    assert refs == [("x", ["x", "y"]), ("12", ["12"])]
 
 
 def test_labels_must_cover_the_data(tmp_path, home):
