@@ -79,6 +79,7 @@ def _train(args: argparse.Namespace) -> int:
         config_path = saved  # a resumed run keeps its own config; only max_steps may change
         overrides = {k: v for k, v in overrides.items() if k == "max_steps"}
     config = load_train_config(config_path, overrides)
+    config.task_dirs = list(dict.fromkeys([*config.task_dirs, *args.task_dirs]))
     trainer = MetaTrainer(config, args.run_dir)
     procs = f", {trainer.ctx.world_size} processes" if trainer.ctx.enabled else ""
     if trainer.ctx.is_main:
@@ -96,9 +97,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     from . import distributed
     from .eval import EvalConfig, Harness, eval_tasks, format_paired, format_table, init_from_values, init_of
-    from .eval.compare import measure_separately, run_kind, run_rows
+    from .eval.compare import measure_separately, run_rows
     from .eval.fewshot import UNADAPTED
-    from .train import TrainConfig, build_model, build_registry, load_run, load_train_config, task_lists
+    from .run import TrainConfig, build_model, build_registry, load_run, load_train_config, run_kind, task_lists
 
     if bool(args.run_dir) == bool(args.model):
         raise ConfigError("--run-dir/--model", "give exactly one")
@@ -126,8 +127,9 @@ def _eval(args: argparse.Namespace) -> int:
             what = "a run trained with algorithm: multitask" if method == "mtl" else "a meta-learning run"
             raise ConfigError("--methods", f"{method} needs {what} among --run-dir")
     if runs:
-        config, tokenizer, learner, base_values = load_run(runs[0], device)
-        base = init_from_values(learner, base_values, trained=False)
+        first = load_run(runs[0], device)
+        config, tokenizer, learner = first.config, first.tokenizer, first.learner
+        base = init_from_values(learner, first.base, trained=False)
         rows = run_rows(runs, configs, kinds, learner, base)
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
@@ -136,6 +138,7 @@ def _eval(args: argparse.Namespace) -> int:
         rows = None
     if args.split:
         config.split = args.split
+    config.task_dirs = list(dict.fromkeys([*config.task_dirs, *args.task_dirs]))
     registry = build_registry(config)
     _, val, heldout = task_lists(config, registry)
     names = args.tasks.split(",") if args.tasks else heldout
@@ -215,20 +218,21 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     from .diagnose import conflict_batches, generalization_gap, gradient_conflict, plot_conflict, plot_gap, spread
     from .eval import EvalConfig, Harness, eval_tasks
-    from .eval.compare import run_kind
-    from .train import TrainConfig, build_model, build_registry, load_run, task_lists
+    from .run import TrainConfig, build_model, build_registry, load_run, run_kind, task_lists
 
     if bool(args.run_dir) == bool(args.model):
         raise ConfigError("--run-dir/--model", "give exactly one")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.run_dir:
-        config, tokenizer, algorithm, base = load_run(args.run_dir, device)
+        run = load_run(args.run_dir, device)
+        config, tokenizer, algorithm, base = run.config, run.tokenizer, run.learner, run.base
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
         tokenizer, _, _, algorithm = build_model(config, device)
         base = None
     if args.split:
         config.split = args.split
+    config.task_dirs = list(dict.fromkeys([*config.task_dirs, *args.task_dirs]))
     registry = build_registry(config)
     train, _, heldout = task_lists(config, registry)
     names = args.tasks.split(",") if args.tasks else train
@@ -309,11 +313,13 @@ def _tasks(args: argparse.Namespace) -> int:
     from .data import default_registry, load_split
     from .errors import DataNotFoundError
 
-    registry = default_registry()
+    if args.action == "new":
+        return _new_task(args)
+    registry = default_registry(*args.task_dirs)
     if args.action == "list":
         names = registry.names()
         if args.split:
-            split = load_split(args.split)
+            split = load_split(args.split, registry)
             names = [*split.meta_train, *split.meta_val, *split.meta_test]
         print(f"{'task':45s} {'type':17s} {'examples':>8s}  classes")
         for name in names:
@@ -326,12 +332,19 @@ def _tasks(args: argparse.Namespace) -> int:
                 size, classes = "-", f"(data not downloaded: metalm download {task.spec.source.kind.replace('_', '-')})"
             print(f"{name:45s} {task.spec.type:17s} {size:>8s}  {classes}")
         return 0
-    from .data import EpisodeSampler, SamplerConfig
+    from .data import EpisodeSampler, SamplerConfig, load_task_file
+    from .data.registry import Task
 
-    task = registry[args.name]
+    if args.name.endswith((".yaml", ".yml")):  # a user's file: validated, its data loaded, one example rendered
+        if not Path(args.name).is_file():
+            raise ConfigError("name", f"no such task file: {args.name}")
+        task = Task(load_task_file(args.name), args.name)
+    else:
+        task = registry[args.name]
     print(f"# {task.path}")
-    print(open(task.path, encoding="utf-8").read().rstrip())
-    cfg = SamplerConfig(ways=2, shots=1, queries=1, drop_small_classes=True)
+    print(Path(task.path).read_text(encoding="utf-8").rstrip())
+    print(f"# {len(task)} examples" + (f", classes {task.class_counts()}" if task.class_counts() else ""))
+    cfg = SamplerConfig(ways=min(2, len(task.class_counts()) or 2), shots=1, queries=1, drop_small_classes=True)
     episode = EpisodeSampler([task], cfg, seed=0).sample()
     example = episode.support[0]
     print("\n# one rendered example (prompt, then answer; options for rank classification)")
@@ -339,6 +352,18 @@ def _tasks(args: argparse.Namespace) -> int:
     if example.options:
         print(f"# options: {example.options}")
     return 0
+
+
+def _new_task(args: argparse.Namespace) -> int:
+    from .data.skeleton import write_skeleton
+
+    for path in write_skeleton(args.name, args.type, Path(args.dir)):
+        print(f"wrote {path}")
+    print(f"check it with: metalm tasks show {Path(args.dir) / (args.name + '.yaml')}")
+    return 0
+
+
+TASK_DIR_HELP = "a folder of your own task YAMLs (repeatable; also $METALM_TASK_PATH); its splits/ holds named splits"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.add_argument("--tasks", help="comma-separated meta-train tasks (overrides the split)")
     train.add_argument("--heldout", help="comma-separated held-out tasks (overrides the split)")
+    train.add_argument("--task-dir", dest="task_dirs", action="append", default=[], help=TASK_DIR_HELP)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(func=_train)
@@ -368,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="a model (embedded name, folder or hub name) without meta-training")
     ev.add_argument("--split", help="split whose meta_test tasks are evaluated (default: the run's)")
     ev.add_argument("--tasks", help="comma-separated tasks to evaluate instead")
+    ev.add_argument("--task-dir", dest="task_dirs", action="append", default=[], help=TASK_DIR_HELP)
     ev.add_argument("--shots", help="comma-separated shot counts, e.g. 1,4,8,16")
     ev.add_argument("--episodes", type=int, help="episodes per task and shot count")
     ev.add_argument("--methods", help="comma-separated: zeroshot,zeroshot-cal,zeroshot-channel,icl,icl-cal,"
@@ -391,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--run-dir", help="a trained run (its weights and parameter selection)")
     dg.add_argument("--model", help="a model without training (standard adapter initialization)")
     dg.add_argument("--split", help="split whose meta-train tasks are measured (default: the run's)")
+    dg.add_argument("--task-dir", dest="task_dirs", action="append", default=[], help=TASK_DIR_HELP)
     dg.add_argument("--tasks", help="comma-separated tasks instead of the meta-train tasks")
     dg.add_argument("--extra-tasks", help="comma-separated tasks added, e.g. shakespeare (the LM objective)")
     dg.add_argument("--batches", type=int, default=4, help="batches per task averaged over (default 4)")
@@ -426,10 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = sub.add_parser("tasks", help="list or show task definitions")
     tsub = tasks.add_subparsers(dest="action", required=True)
-    tl = tsub.add_parser("list", help="the shipped tasks with type, size and classes")
+    tl = tsub.add_parser("list", help="the shipped tasks (and yours) with type, size and classes")
     tl.add_argument("--split", help="only the tasks of this split")
-    ts = tsub.add_parser("show", help="a task's definition and one rendered example")
-    ts.add_argument("name")
+    ts = tsub.add_parser("show", help="a task's definition and one rendered example (a name, or a YAML file to check)")
+    ts.add_argument("name", help="a task name, or the path of a task YAML file (validated and rendered)")
+    tn = tsub.add_parser("new", help="write a task skeleton (YAML + a small JSONL data file) that validates as is")
+    tn.add_argument("name")
+    tn.add_argument("--type", choices=["classification", "multiple_choice", "generation"], default="classification")
+    tn.add_argument("--dir", default=".", help="folder to write NAME.yaml and NAME.jsonl into (default: here)")
+    for p in (tl, ts):
+        p.add_argument("--task-dir", dest="task_dirs", action="append", default=[], help=TASK_DIR_HELP)
     tasks.set_defaults(func=_tasks)
     return parser
 

@@ -229,7 +229,9 @@ def _convert(value: Any, tp: Any, field: str, source: str | None) -> Any:
         return float(value)
     if tp is int or tp is bool or tp is str:
         if type(value) is not tp:
-            raise ConfigError(field, f"expected {_type_name(tp)}, got {value!r}", source)
+            hint = " (YAML reads yes/no/on/off/true/false unquoted as booleans: quote it)" \
+                if tp is str and isinstance(value, bool) else ""
+            raise ConfigError(field, f"expected {_type_name(tp)}, got {value!r}{hint}", source)
         return value
     raise TypeError(f"unsupported annotation {tp!r} on {field}")
 

@@ -137,9 +137,10 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     ``task_params.safetensors`` for a multi-task run's task heads and log-variances; and
     ``metalm.json`` describing the run.
     """
-    from .train import load_run
+    from .run import load_run
 
-    config, tokenizer, algorithm, _ = load_run(run_dir, torch.device("cpu"))
+    run = load_run(run_dir, torch.device("cpu"))
+    config, tokenizer, algorithm = run.config, run.tokenizer, run.learner
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, sel = algorithm.model, algorithm.selection

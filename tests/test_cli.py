@@ -54,3 +54,28 @@ def test_overrides():
         parse_overrides(["novalue"])
     with pytest.raises(ConfigError, match="both a value and a section"):
         parse_overrides(["a=1", "a.b=2"])
+
+
+def test_own_tasks_from_a_folder_the_environment_and_a_named_split(tmp_path, monkeypatch, capsys):
+    from metalm.data import default_registry, load_split
+
+    assert main(["tasks", "new", "mine", "--dir", str(tmp_path / "t")]) == 0
+    assert main(["tasks", "new", "mine", "--dir", str(tmp_path / "t")]) == 2  # never overwrites
+    for kind in ("multiple_choice", "generation"):
+        assert main(["tasks", "new", f"mine_{kind}", "--type", kind, "--dir", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    for name in ("mine", "mine_multiple_choice", "mine_generation"):  # a file is validated and rendered
+        assert main(["tasks", "show", str(tmp_path / "t" / f"{name}.yaml")]) == 0
+        assert "# one rendered example" in capsys.readouterr().out
+    assert main(["tasks", "show", "mine", "--task-dir", str(tmp_path / "t")]) == 0
+    assert main(["tasks", "show", "mine"]) == 2  # not on the path
+    monkeypatch.setenv("METALM_TASK_PATH", str(tmp_path / "t"))
+    capsys.readouterr()
+    assert main(["tasks", "list"]) == 0 and "mine_generation" in capsys.readouterr().out
+    (tmp_path / "t" / "splits").mkdir()
+    (tmp_path / "t" / "splits" / "own.yaml").write_text(
+        "name: own\nmeta_train: [mine]\nmeta_val: [mine_generation]\nmeta_test: [mine_multiple_choice]\n")
+    assert load_split("own", default_registry()).meta_test == ["mine_multiple_choice"]
+    (tmp_path / "t" / "bad.yaml").write_text("name: bad\ntype: classification\nlabels: [yes, no]\n")
+    assert main(["tasks", "show", str(tmp_path / "t" / "bad.yaml")]) == 2
+    assert "quote it" in capsys.readouterr().err

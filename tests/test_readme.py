@@ -34,3 +34,25 @@ def test_cli_errors_are_one_line_and_exit_2(capsys):
     assert err.startswith("metalm: error: command line: inner.lr: must be > 0")
     assert "\n" not in err
     assert main(["demo", "novalue"]) == 2
+
+
+@pytest.mark.realmodel
+@pytest.mark.skipif(not (__import__("metalm.hub").hub.model_dir("smollm2-135m") / "manifest.json").is_file(),
+                    reason="run `metalm download smollm2-135m` first")
+def test_readme_own_task_example_runs_as_printed(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    text = README.read_text(encoding="utf-8")
+    files = re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, re.S)
+    assert [name for name, _ in files] == ["mytasks/animals.yaml", "mytasks/animals.jsonl", "mine.yaml"]
+    for name, body in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body, encoding="utf-8")
+    commands = re.search(r"<!-- commands: own task -->\n```bash\n(.*?)```", text, re.S).group(1).splitlines()
+    monkeypatch.chdir(tmp_path)
+    for line in commands:
+        argv = shlex.split(line)
+        assert argv[0] == "metalm" and main(argv[1:]) == 0, line
+    out = capsys.readouterr().out
+    assert "Is it an animal?" in out and "| zeroshot |" in out and "| icl |" in out
+    assert (tmp_path / "runs" / "mine" / "checkpoints" / "step-0000002").is_dir()

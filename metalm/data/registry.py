@@ -7,6 +7,7 @@ The shipped definitions live in the top-level ``tasks/`` folder (inside the whee
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
@@ -90,6 +91,7 @@ class TaskRegistry:
 
     def __init__(self, tasks: Iterable[Task] = ()) -> None:
         self._tasks: dict[str, Task] = {}
+        self.dirs: list[Path] = []  # the folders indexed (their splits/ sub-folders hold named splits)
         for task in tasks:
             self.add(task)
 
@@ -97,10 +99,10 @@ class TaskRegistry:
     def from_dirs(cls, *dirs: str | Path) -> TaskRegistry:
         """Index every ``*.yaml`` under ``dirs`` (a ``splits`` sub-folder holds splits, not tasks)."""
         registry = cls()
-        for root in dirs:
-            root = Path(root)
+        for root in dict.fromkeys(Path(d).expanduser().resolve() for d in dirs):
             if not root.is_dir():
                 raise TaskError("<tasks>", f"no such folder: {root}")
+            registry.dirs.append(root)
             for path in sorted(root.rglob("*.yaml")):
                 if "splits" in path.relative_to(root).parts:
                     continue
@@ -139,10 +141,23 @@ class TaskRegistry:
         return {n for n, t in self._tasks.items() if t.loaded}
 
 
-@lru_cache(maxsize=1)
-def default_registry() -> TaskRegistry:
-    """The shipped tasks (cached; task data still loads lazily)."""
-    return TaskRegistry.from_dirs(packaged_tasks_dir())
+def task_path() -> list[str]:
+    """The task folders named by ``$METALM_TASK_PATH`` (separated by ``os.pathsep``, like ``PATH``)."""
+    return [d for d in os.environ.get("METALM_TASK_PATH", "").split(os.pathsep) if d.strip()]
+
+
+def default_registry(*dirs: str | Path) -> TaskRegistry:
+    """The shipped tasks, those in ``$METALM_TASK_PATH`` and in ``dirs`` (cached per folder list and
+    environment; task data loads lazily). ``default_registry.cache_clear()`` forgets them."""
+    return _cached_registry(os.environ.get("METALM_TASK_PATH", ""), tuple(str(d) for d in dirs))
+
+
+@lru_cache(maxsize=4)
+def _cached_registry(env: str, dirs: tuple[str, ...]) -> TaskRegistry:
+    return TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *dirs)
+
+
+default_registry.cache_clear = _cached_registry.cache_clear  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass
@@ -186,13 +201,20 @@ class Split:
 
 
 def load_split(name_or_path: str | Path, registry: TaskRegistry | None = None) -> Split:
-    """Load a split by name (``tasks/splits/NAME.yaml``) or path, validated against ``registry``."""
+    """Load a split by name or path, validated against ``registry``.
+
+    A name is looked up as ``splits/NAME.yaml`` in the registry's task folders, the user's last
+    first, then in the shipped ``tasks/splits``.
+    """
+    registry = registry if registry is not None else default_registry()
     path = Path(name_or_path)
     if not path.suffix:
-        path = packaged_tasks_dir() / "splits" / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        folders = [*(d / "splits" for d in reversed(registry.dirs)), packaged_tasks_dir() / "splits"]
+        found = [f / f"{name_or_path}.yaml" for f in folders if (f / f"{name_or_path}.yaml").is_file()]
+        if not found:
+            known = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
             raise TaskError("split", f"unknown split {str(name_or_path)!r} (known: {', '.join(known)})")
+        path = found[0]
     try:
         data = yaml_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -201,4 +223,4 @@ def load_split(name_or_path: str | Path, registry: TaskRegistry | None = None) -
         split = from_dict(Split, data, source=str(path))
     except ConfigError as err:
         raise TaskError(err.field, err.message, str(path)) from None
-    return split.check(registry if registry is not None else default_registry(), str(path))
+    return split.check(registry, str(path))

@@ -21,13 +21,9 @@ from ..algorithms import algorithm_class
 from ..checkpoint import latest_checkpoint
 from ..config import InnerConfig
 from ..errors import ConfigError
+from ..run import load_run
 from .fewshot import Harness, Measurements, Trained
 from .inits import Init, init_from_checkpoint, init_from_values, init_of
-
-
-def run_kind(config: Any) -> str:
-    """``mtl`` for a multi-task run, ``meta`` for a meta-learning run (a ``TrainConfig``)."""
-    return "mtl" if config.algorithm["name"] == "multitask" else "meta"
 
 
 def run_label(config: Any, kind: str, n_runs: int) -> str:
@@ -101,7 +97,6 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
 
     Returns their per-episode accuracies and their rows' adaptation budgets.
     """
-    from ..train import load_run
     from .fewshot import budget
 
     inner = reference_inner(configs, kinds)
@@ -110,8 +105,9 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
     for run, label, kind in separate:
         if kind not in harness.config.methods:
             continue
-        _, tokenizer, learner, base_values = load_run(run, device)
-        base = init_from_values(learner, base_values, trained=False)
+        loaded = load_run(run, device)
+        tokenizer, learner = loaded.tokenizer, loaded.learner
+        base = init_from_values(learner, loaded.base, trained=False)
         row = Trained(label, kind, _with_inner(init_of(learner), kind, inner))
         other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), [row],
                         learner.selection.lowest_adapted_layer())

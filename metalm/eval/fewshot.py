@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -50,6 +50,9 @@ from .journal import Journal
 from .prepared import PreparedQueries, prepare_queries, score_prepared
 from .scoring import exact_match, greedy_generate, option_scores
 from .summary import Measurements, query_baselines, summarize
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 __all__ = ["BASELINES", "METHODS", "EvalConfig", "Harness", "Measurements", "Trained", "budget", "eval_tasks"]
 
@@ -228,6 +231,12 @@ class Harness:
         start = init_from_values(learner, base, trained=False)
         rows = [Trained(kind, kind, init_from_values(learner, trained))] if trained is not None else []
         return cls(learner.model, tokenizer, start, config, rows, learner.selection.lowest_adapted_layer())
+
+    @classmethod
+    def from_run(cls, run: Run, config: EvalConfig) -> Harness:
+        """A harness for a trained :class:`~metalm.run.Run`: its base initialization (the baselines)
+        and its trained values (the ``meta`` or ``mtl`` row), passed as values."""
+        return cls.from_learner(run.learner, run.tokenizer, run.base, run.trained, config, kind=run.kind)
 
     # ------------------------------------------------------------------ episodes
     def episodes(self, task: Task, shots: int, seed: int = 0, n: int | None = None,

@@ -1,0 +1,294 @@
+"""A run: the config it was trained with, the model and tasks that config builds, and the trained
+values its folder holds.
+
+``load_run`` returns a :class:`Run` value. Evaluation, diagnostics and export read runs through
+this module; ``train.py`` keeps only the training recipe (:class:`~metalm.train.MetaTrainer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from torch import Tensor
+
+from .algorithms import MetaLearner, algorithm_config, build_algorithm
+from .checkpoint import latest_checkpoint, list_checkpoints
+from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, yaml_load
+from .data import CollateConfig, SamplerConfig, Task, TaskRegistry, load_split, packaged_tasks_dir, task_path
+from .errors import ConfigError, MetalmError
+from .hub import resolve_model
+from .models import apply_adapter, load_model
+from .params import select_parameters
+
+MAX_EPISODES = 4096  # per outer step: each has its own episode stream, built up front
+
+
+@dataclasses.dataclass
+class OuterConfig:
+    """The outer (meta) optimizer.
+
+    Attributes:
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``constant``, ``linear`` (to 0) or ``cosine`` (to 0) after warm-up.
+        warmup_steps: Linear warm-up steps.
+        clip_grad_norm: Clip the meta-gradient's global norm (``None``: off).
+        meta_batch: Episodes per outer step.
+        accumulate: Meta-batches whose meta-gradients are averaged before a step.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    clip_grad_norm: float | None = 1.0
+    meta_batch: int = 4
+    accumulate: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError("outer.lr", f"must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError("outer.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for key in ("meta_batch", "accumulate"):
+            if not 1 <= getattr(self, key) <= MAX_EPISODES:
+                raise ConfigError(f"outer.{key}", f"must be in 1..{MAX_EPISODES}, got {getattr(self, key)}")
+        if self.meta_batch * self.accumulate > MAX_EPISODES:
+            raise ConfigError("outer.meta_batch", f"meta_batch x accumulate must be at most {MAX_EPISODES} episodes "
+                                                  f"per outer step, got {self.meta_batch * self.accumulate}")
+        if self.warmup_steps < 0:
+            raise ConfigError("outer.warmup_steps", "must be >= 0")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError("outer.clip_grad_norm", "must be > 0 or null")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a meta-training run needs (the YAML given to ``metalm train``).
+
+    Attributes:
+        model: An embedded model name (``smollm2-135m``), a model folder or a hub name.
+        dtype: Parameter dtype (``float32``; bf16 autocast is used on CUDA regardless).
+        adapter: Fast weights (LoRA on the top 4 layers by default).
+        meta: Base weights the outer loop also learns.
+        algorithm: ``name`` of a registered algorithm plus its config fields (``inner`` ...).
+        split: A split name (``tasks/splits``) or a split YAML path.
+        tasks: Meta-train tasks overriding the split's.
+        heldout: Held-out tasks overriding the split's meta-test list (never trained on).
+        extra_tasks: Tasks trained on besides the meta-train ones, e.g. ``[shakespeare]`` for the
+            language-modeling objective.
+        task_dirs: Extra folders of task YAMLs indexed beside the shipped ones.
+        sampler: Episode shape and task sampling.
+        collate: Tokenization settings.
+        outer: Outer optimizer.
+        max_steps: Outer steps.
+        val_every: Validate on meta-val episodes every this many steps (0: never).
+        val_episodes: Meta-val episodes per validation.
+        checkpoint_every: Checkpoint every this many steps (and at the end).
+        keep_checkpoints: Checkpoints kept.
+        max_nonfinite_steps: A step whose loss or meta-gradient is NaN or infinite is skipped (no
+            update; counted as ``skipped_nonfinite`` in the log); after this many consecutive ones
+            the run stops with an error. Checkpoints never hold a non-finite tensor.
+        conflict_every: Measure the objective conflict (pairwise cosine of per-task gradients,
+            :mod:`metalm.diagnose`) every this many steps on fixed batches (0: never); the mean
+            off-diagonal cosine goes to the log, the matrices to ``conflict.jsonl``.
+        conflict_tasks: Training tasks in that measurement (evenly spread over the list; extra
+            tasks always included).
+        seed: Seed of the adapter initialization and the episode stream.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    """
+
+    model: str = "smollm2-135m"
+    dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    adapter: AdapterConfig = dataclasses.field(default_factory=lambda: AdapterConfig(rank=8, alpha=16.0,
+                                                                                     layers="top:4"))
+    meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
+    algorithm: dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "fomaml"})
+    split: str = "default"
+    tasks: list[str] | None = None
+    heldout: list[str] | None = None
+    extra_tasks: list[str] = dataclasses.field(default_factory=list)
+    task_dirs: list[str] = dataclasses.field(default_factory=list)
+    sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(drop_small_classes=True))
+    collate: CollateConfig = dataclasses.field(default_factory=lambda: CollateConfig(max_length=160))
+    outer: OuterConfig = dataclasses.field(default_factory=OuterConfig)
+    max_steps: int = 100
+    val_every: int = 25
+    val_episodes: int = 8
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 3
+    max_nonfinite_steps: int = 3
+    conflict_every: int = 0
+    conflict_tasks: int = 8
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if "name" not in self.algorithm:
+            raise ConfigError("algorithm.name", "required field is missing")
+        algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
+        for key in ("max_steps", "val_episodes", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.val_every < 0:
+            raise ConfigError("val_every", "must be >= 0")
+        if self.conflict_every < 0:
+            raise ConfigError("conflict_every", "must be >= 0")
+        if self.conflict_tasks < 2:
+            raise ConfigError("conflict_tasks", f"must be >= 2, got {self.conflict_tasks}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError("seed", f"must be in 0..2**32-1, got {self.seed}")
+        if not self.model.strip():
+            raise ConfigError("model", "must name a model (an embedded name, a folder or a hub id)")
+
+    def algorithm_config(self) -> Any:
+        return algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (or defaults when ``path`` is None) and apply ``overrides`` (nested dict)."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "command line"
+    if path:
+        try:
+            data = yaml_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError("<file>", " ".join(f"cannot read the config: {err}".split()), source) from None
+        if not isinstance(data, dict):
+            raise ConfigError("<file>", "expected a mapping", source)
+    return from_dict(TrainConfig, deep_merge(data, overrides or {}), source=source)
+
+
+def build_registry(config: TrainConfig) -> TaskRegistry:
+    """The shipped tasks, those in ``$METALM_TASK_PATH`` and the config's ``task_dirs``."""
+    return TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *config.task_dirs)
+
+
+def task_lists(config: TrainConfig, registry: TaskRegistry) -> tuple[list[str], list[str], list[str]]:
+    """Meta-train, meta-val and held-out task names after the ``tasks`` / ``heldout`` overrides.
+
+    Raises:
+        ConfigError: If a training task is also held out.
+    """
+    split = load_split(config.split, registry)
+    train = list(dict.fromkeys([*(config.tasks or split.meta_train), *config.extra_tasks]))
+    heldout = list(config.heldout or split.meta_test)
+    val = [t for t in split.meta_val if t not in heldout and t not in train] or train[:1]
+    leak = sorted(set(train) & set(heldout))
+    if leak:
+        raise ConfigError("tasks", f"{leak[0]!r} is held out (split meta_test or heldout) and cannot be trained on")
+    for name in (*train, *heldout):
+        registry[name]
+    return train, val, heldout
+
+
+def build_model(config: TrainConfig, device: torch.device,
+                tasks: Sequence[Task] = ()) -> tuple[Any, torch.nn.Module, Any, MetaLearner]:
+    """Tokenizer, adapter-wrapped model, parameter selection and algorithm of a config.
+
+    The adapter's initialization is drawn from ``config.seed``, so it is the same in every process.
+    ``tasks`` (the training tasks) get their per-task parameters (:meth:`MetaLearner.bind_tasks`).
+    """
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    path = resolve_model(config.model)
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():  # a path, not a hub id
+        raise ConfigError("model", f"{path} is not a folder (a model folder, an embedded name or a hub id)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("model", f"cannot load a tokenizer from {path}: {' '.join(str(err).split())[:300]}") \
+            from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_model(path, dtype=getattr(torch, config.dtype), device=device)
+    model = apply_adapter(model, config.adapter).to(device)
+    selection = select_parameters(model, config.adapter, config.meta)
+    algorithm = build_algorithm(config.algorithm["name"], model, selection, config.algorithm_config())
+    algorithm.bind_tasks(tasks)
+    return tokenizer, model, selection, algorithm
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run at its newest intact checkpoint.
+
+    Attributes:
+        config: The run's config.
+        tokenizer: Its tokenizer.
+        learner: Its algorithm (model, parameter selection, inner config); the model holds the
+            trained values, as training left it.
+        base: The meta-parameters before training (the pretrained weights and the standard adapter
+            initialization), plain tensors by name.
+        trained: The trained meta-parameters (fast-weight initialization, shared weights, learned
+            inner rates), plain tensors by name.
+        checkpoint: The checkpoint folder read.
+        step: Its outer step.
+    """
+
+    config: TrainConfig
+    tokenizer: Any
+    learner: MetaLearner
+    base: dict[str, Tensor]
+    trained: dict[str, Tensor]
+    checkpoint: Path
+    step: int
+
+    @property
+    def kind(self) -> str:
+        """Its evaluation row: ``meta`` or ``mtl`` (:func:`run_kind`)."""
+        return run_kind(self.config)
+
+
+def run_kind(config: TrainConfig) -> str:
+    """``mtl`` for a multi-task run, ``meta`` for a meta-learning run."""
+    return "mtl" if config.algorithm["name"] == "multitask" else "meta"
+
+
+def load_run(run_dir: str | Path, device: torch.device | None = None) -> Run:
+    """Rebuild a trained run from its folder: config, model, tasks and its newest intact checkpoint.
+
+    Raises:
+        MetalmError: If the folder holds no trained run or no intact checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not list_checkpoints(run_dir):
+        raise MetalmError(f"{run_dir} holds no trained run (config.yaml and a checkpoint); run `metalm train` first")
+    path, tensors, state = latest_checkpoint(run_dir)  # type: ignore[misc]  # checked above: there is one
+    config = load_train_config(run_dir / "config.yaml")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    registry = build_registry(config)
+    train, _, _ = task_lists(config, registry)
+    tokenizer, model, selection, algorithm = build_model(config, device, [registry[t] for t in train])
+    base = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
+    restore_algorithm(algorithm, path, tensors, state)
+    trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
+    return Run(config, tokenizer, algorithm, base, trained, path, int(state["step"]))
+
+
+def restore_algorithm(algorithm: MetaLearner, path: Path, tensors: dict[str, torch.Tensor],
+                       state: dict[str, Any]) -> None:
+    """Copy a checkpoint's meta-parameters and counters into ``algorithm`` (a mismatch names the tensor)."""
+    params = algorithm.meta_parameters()
+    missing = sorted(set(params) - {k[5:] for k in tensors if k.startswith("meta/")})
+    if missing:
+        raise MetalmError(f"checkpoint {path} does not match this model/adapter: no tensor for {missing[0]!r}")
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.shape != tensors[f"meta/{name}"].shape:
+                raise MetalmError(f"checkpoint {path} does not match this model/adapter: {name!r} has shape "
+                                  f"{tuple(tensors[f'meta/{name}'].shape)}, the model {tuple(p.shape)}")
+            p.copy_(tensors[f"meta/{name}"])
+    try:
+        algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
+        algorithm.load_extra_state(state["algorithm"].get("extra", {}))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise MetalmError(f"checkpoint {path} is corrupt: state.json algorithm: {err!r}") from None
+
+

@@ -1,0 +1,30 @@
+"""A trained run read back as a value (metalm.run.Run) and evaluated without touching its model."""
+
+import torch
+from safetensors.torch import load_file
+
+from metalm.eval import EvalConfig, Harness, eval_tasks
+from metalm.run import build_registry, load_run, load_train_config
+from metalm.train import MetaTrainer
+
+from .data.fixtures import make_world
+
+
+def test_a_run_is_a_value_and_evaluating_it_leaves_the_model_untouched(tmp_path, monkeypatch):
+    world = make_world(tmp_path, max_steps=2, val_every=0, checkpoint_every=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    MetaTrainer(load_train_config(world["config"]), tmp_path / "run").train(progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.step == 2 and run.checkpoint.name == "step-0000002" and run.config.max_steps == 2
+    saved = load_file(str(run.checkpoint / "tensors.safetensors"))
+    assert run.trained.keys() == run.base.keys() == run.learner.meta_parameters().keys()
+    assert all(torch.equal(v, saved[f"meta/{k}"]) for k, v in run.trained.items())
+    assert any(not torch.equal(run.base[k], v) for k, v in run.trained.items())  # training moved them
+    before = {k: v.detach().clone() for k, v in run.learner.model.state_dict().items()}
+    config = EvalConfig(shots=[1], episodes=2, ways=2, queries=1, methods=["zeroshot", "finetune", "meta"],
+                        finetune_optimizers=["sgd"], finetune_lrs=[0.3], finetune_steps=[1], val_episodes=1)
+    harness = Harness.from_run(run, config)
+    report = harness.run(eval_tasks(build_registry(run.config), ["toy_cls"]))
+    assert {r["method"] for r in report["results"]} >= {"zeroshot", "finetune", "meta"}
+    after = run.learner.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # evaluation passed values, never wrote them
