@@ -309,6 +309,36 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    import dataclasses
+    import textwrap
+
+    from .config import describe
+
+    if args.eval:
+        from .eval import EvalConfig
+
+        sections = [("metalm eval (key=value)", describe(EvalConfig))]
+    else:
+        from .algorithms import algorithm_config, algorithm_names
+        from .run import TrainConfig
+
+        name = args.algorithm or TrainConfig().algorithm["name"]
+        if name not in algorithm_names():
+            raise ConfigError("--algorithm", f"unknown algorithm {name!r} (known: {', '.join(algorithm_names())})")
+        sections = [("run config (metalm train)", [r for r in describe(TrainConfig) if r[0] != "algorithm"]),
+                    (f"algorithm: {name}", [("algorithm.name", name, "The algorithm (" + ", ".join(algorithm_names())
+                                             + ")."), *describe(algorithm_config(name, {}), "algorithm.")])]
+    for title, rows in sections:
+        print(f"# {title}")
+        for key, value, help_text in rows:
+            print(key if value is dataclasses.MISSING else f"{key} = {value!r}")
+            for line in textwrap.wrap(help_text, 96):
+                print(f"    {line}")
+        print()
+    return 0
+
+
 def _tasks(args: argparse.Namespace) -> int:
     from .data import default_registry, load_split
     from .errors import DataNotFoundError
@@ -375,7 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     demo.set_defaults(func=_demo)
 
-    train = sub.add_parser("train", help="meta-train on a split's meta-train tasks")
+    train = sub.add_parser(
+        "train", help="meta-train on a split's meta-train tasks", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (in the YAML or as key=value, nested with dots, e.g. outer.lr=1e-3 "
+               "algorithm.inner.steps=5):\n  model, dtype, adapter.*, meta.shared, algorithm.name + algorithm.*, split, "
+               "tasks, heldout,\n  extra_tasks, task_dirs, sampler.*, collate.*, outer.*, max_steps, val_every, "
+               "val_episodes,\n  checkpoint_every, keep_checkpoints, max_nonfinite_steps, conflict_every, "
+               "conflict_tasks, seed, device\n"
+               "every key with its default and help: metalm config show [--algorithm NAME] [--eval]")
     train.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
     train.add_argument("--run-dir", required=True, help="folder for the config, logs and checkpoints")
     train.add_argument("--max-steps", type=int)
@@ -451,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--all", action="store_true", help="bigbench: every task (about 1.7 GB)")
     dl.add_argument("--if-missing", action="store_true", help="skip what is already in the cache")
     dl.set_defaults(func=_download)
+
+    cf = sub.add_parser("config", help="every config key with its default and help")
+    csub = cf.add_subparsers(dest="action", required=True)
+    cs = csub.add_parser("show", help="the keys of a run config (metalm train) and of an algorithm, or of metalm eval")
+    cs.add_argument("--algorithm", help="the algorithm whose algorithm.* keys are listed (default: the default's)")
+    cs.add_argument("--eval", action="store_true", help="the keys of metalm eval (key=value overrides) instead")
+    cf.set_defaults(func=_config)
 
     tasks = sub.add_parser("tasks", help="list or show task definitions")
     tsub = tasks.add_subparsers(dest="action", required=True)

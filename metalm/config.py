@@ -356,3 +356,52 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     except yaml.YAMLError as err:
         raise ConfigError("<yaml>", f"malformed YAML: {err}".replace("\n", " "), str(path)) from None
     return from_dict(cls, data if data is not None else {}, source=str(path))
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The help of each field, from the ``Attributes:`` sections of the docstrings of ``cls`` and
+    its bases (a subclass's entry wins)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(_attributes(klass.__dict__.get("__doc__") or ""))
+    return out
+
+
+def _attributes(doc: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    lines = doc.splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
+    if start is None:
+        return out
+    indent, name = None, None
+    for line in lines[start:]:
+        if not line.strip():
+            continue
+        width = len(line) - len(line.lstrip())
+        indent = indent if indent is not None else width
+        if width < indent:
+            break
+        head, sep, rest = line.strip().partition(":")
+        if width == indent and sep and head.isidentifier():
+            name, out[head] = head, rest.strip()
+        elif name:
+            out[name] += " " + line.strip()
+    return out
+
+
+def describe(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every field of a config dataclass (a class whose fields all have defaults, or an instance),
+    nested sections dotted: ``(key, value, help)``; a section's own row has value ``dataclasses.MISSING``."""
+    obj = config() if isinstance(config, type) else config
+    helps = field_help(type(obj))
+    rows: list[tuple[str, Any, str]] = []
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.append((prefix + f.name, dataclasses.MISSING, helps.get(f.name, "")))
+            rows += describe(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, value, helps.get(f.name, "")))
+    return rows

@@ -79,3 +79,25 @@ def test_own_tasks_from_a_folder_the_environment_and_a_named_split(tmp_path, mon
     (tmp_path / "t" / "bad.yaml").write_text("name: bad\ntype: classification\nlabels: [yes, no]\n")
     assert main(["tasks", "show", str(tmp_path / "t" / "bad.yaml")]) == 2
     assert "quote it" in capsys.readouterr().err
+
+
+def test_every_config_key_has_help_and_is_discoverable(capsys):
+    import dataclasses
+
+    from metalm.algorithms import algorithm_config, algorithm_names
+    from metalm.config import describe
+    from metalm.eval import EvalConfig
+    from metalm.run import TrainConfig
+
+    configs = [TrainConfig, EvalConfig, *(algorithm_config(n, {}) for n in algorithm_names())]
+    undocumented = [k for c in configs for k, _, text in describe(c) if not text]
+    assert not undocumented, undocumented
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "metalm config show" in help_text
+    assert all(f.name in help_text for f in dataclasses.fields(TrainConfig))  # the epilog names every section
+    assert main(["config", "show", "--algorithm", "maml"]) == 0
+    out = capsys.readouterr().out
+    assert "outer.lr = 0.001" in out and "algorithm.inner.steps = " in out and "max_nonfinite_steps = 3" in out
+    assert main(["config", "show", "--eval"]) == 0 and "finetune_steps = " in capsys.readouterr().out
