@@ -408,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="meta-train on a split's meta-train tasks", formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (in the YAML or as key=value, nested with dots, e.g. outer.lr=1e-3 "
-               "algorithm.inner.steps=5):\n  model, dtype, adapter.*, meta.shared, algorithm.name + algorithm.*, split, "
-               "tasks, heldout,\n  extra_tasks, task_dirs, sampler.*, collate.*, outer.*, max_steps, val_every, "
+               "algorithm.inner.steps=5):\n  model, dtype, adapter.*, meta.shared, algorithm.name + algorithm.*, "
+               "split, tasks, heldout,\n  extra_tasks, task_dirs, sampler.*, collate.*, outer.*, max_steps, val_every, "
                "val_episodes,\n  checkpoint_every, keep_checkpoints, max_nonfinite_steps, conflict_every, "
                "conflict_tasks, seed, device\n"
                "every key with its default and help: metalm config show [--algorithm NAME] [--eval]")
