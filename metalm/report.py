@@ -9,6 +9,7 @@ results table and PNG plots (meta-training curves; accuracy against shots per me
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,31 @@ def write_report(run_dir: str | Path) -> Path:
     return path
 
 
+def portable_base(model: str, out: Path) -> tuple[str, str]:
+    """A reference to the base model that works off this machine, and the local folder it was read from.
+
+    An embedded model gives its hub id (SmolLM2's; the embedded weights are a dequantized GGUF of
+    it, so a hub download matches to quantization error, not bit for bit); a local folder gives
+    the hub id in its ``config.json`` (``_name_or_path``) when it has one, else its path relative to
+    ``out``; a hub id stays as it is.
+    """
+    from .hub import MODELS, resolve_model
+
+    local = resolve_model(model)
+    if model in MODELS:
+        return MODELS[model]["hub_id"], local
+    folder = Path(local)
+    if not folder.is_dir():
+        return model, local  # a hub id
+    try:
+        named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path", "")
+    except (OSError, ValueError):
+        named = ""
+    if named and "/" in named and not Path(named).exists() and not named.startswith((".", "/", "~")):
+        return named, str(folder.resolve())
+    return os.path.relpath(folder.resolve(), Path(out).resolve()), str(folder.resolve())
+
+
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
     """Export a trained run's meta-learned adapter and weights.
 
@@ -145,12 +171,17 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model, sel = algorithm.model, algorithm.selection
     prefix = "base_model.model."
+    base_ref, local = portable_base(config.model, out)
     if config.adapter.kind == "lora":
         model.save_pretrained(str(out))
+        adapter_config = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+        adapter_config["base_model_name_or_path"] = base_ref  # not this machine's absolute folder
+        (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
     else:
         save_file({n: p.detach().contiguous() for n, p in sel.fast_params(model).items()},
                   str(out / "fast_weights.safetensors"))
-    shared = {n.removeprefix(prefix): p.detach().contiguous()
+    # Under the base model's own names: PEFT renames a wrapped layer's weight to `...q_proj.base_layer.weight`.
+    shared = {n.removeprefix(prefix).replace(".base_layer.", "."): p.detach().contiguous()
               for n, p in dict(model.named_parameters()).items() if n in sel.shared}
     if shared:
         save_file(shared, str(out / "shared_weights.safetensors"))
@@ -161,7 +192,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     if task_params:
         save_file({n: p.detach().contiguous() for n, p in task_params.items()}, str(out / "task_params.safetensors"))
     tokenizer.save_pretrained(str(out))
-    meta = {"base_model": config.model, "algorithm": config.algorithm, "adapter": config.adapter.kind,
+    meta = {"base_model": config.model, "base_model_name_or_path": base_ref, "base_model_path": local,
+            "algorithm": config.algorithm, "adapter": config.adapter.kind,
             "inner": {"steps": algorithm.inner.steps, "lr": algorithm.inner.lr, "optimizer": algorithm.inner.optimizer},
             "outer_steps": algorithm.outer_steps, "shared_weights": bool(shared)}
     (out / "metalm.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
