@@ -27,6 +27,25 @@ def _read_log(run_dir: Path) -> list[dict[str, Any]]:
     return json_lines(path)
 
 
+def _cost_by_task(log: list[dict[str, Any]]) -> list[str]:
+    """A table of what each task costs: tokens per episode, and the mean time of the steps it was in."""
+    tokens: dict[str, list[int]] = {}
+    seconds: dict[str, list[float]] = {}
+    for row in log:
+        for task, n in zip(row.get("tasks", []), row.get("tokens", []), strict=False):
+            tokens.setdefault(task, []).append(n)
+            seconds.setdefault(task, []).append(row.get("seconds", float("nan")))
+    if not tokens:
+        return []
+    lines = ["## Cost by task", "", "Tokens per episode (support + query rows x padded length) and the mean time of "
+             "the outer steps that drew the task (a step's time is shared by its episodes).", "",
+             "| task | episodes | tokens per episode | mean step seconds |", "|---|---|---|---|"]
+    for task in sorted(tokens, key=lambda t: -sum(tokens[t]) / len(tokens[t])):
+        lines.append(f"| {task} | {len(tokens[task])} | {sum(tokens[task]) / len(tokens[task]):.0f} | "
+                     f"{sum(seconds[task]) / len(seconds[task]):.2f} |")
+    return [*lines, ""]
+
+
 def _curves(ax, rows: list[dict[str, Any]], x: str) -> None:  # noqa: ANN001 - a matplotlib Axes
     """One accuracy curve (with 95% CI bars) per method against ``x``."""
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -78,6 +97,7 @@ def write_report(run_dir: str | Path) -> Path:
     lines += ["## Meta-training", "", f"{len(log)} outer steps; last: " +
               ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)), "",
               "![training curves](training.png)", ""]
+    lines += _cost_by_task(log)
     eval_path = run_dir / "eval.json"
     if eval_path.is_file():
         report = json.loads(eval_path.read_text(encoding="utf-8"))

@@ -234,9 +234,13 @@ class MetaTrainer:
                 start = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
                 metrics: dict[str, float] = {}
+                shapes: list[tuple[str, int]] = []  # (task, tokens) of each episode: what the step cost
                 for micro in range(cfg.outer.accumulate):
+                    batch = self._local_batch(micro)
+                    shapes += [(ep.task, int(ep.support["input_ids"].numel() + ep.query["input_ids"].numel()))
+                               for ep in batch]
                     with self._autocast():
-                        m = self.algorithm.meta_gradients(self._local_batch(micro))
+                        m = self.algorithm.meta_gradients(batch)
                     for k, v in m.items():
                         metrics[k] = metrics.get(k, 0.0) + v / cfg.outer.accumulate
                 if cfg.outer.accumulate > 1:
@@ -262,8 +266,10 @@ class MetaTrainer:
                 self.scheduler.step()
                 self.algorithm.outer_steps += 1
                 self.step += 1
+                shapes = [s for part in distributed.gather_objects(shapes, self.ctx) for s in part]
                 last = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **metrics,
-                        "skipped_nonfinite": self.nonfinite["total"], "seconds": time.perf_counter() - start}
+                        "skipped_nonfinite": self.nonfinite["total"], "seconds": time.perf_counter() - start,
+                        "tasks": [t for t, _ in shapes], "tokens": [n for _, n in shapes]}
                 if main and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == max_steps):
                     last.update(self.validate())
                 if main and cfg.conflict_every and (self.step % cfg.conflict_every == 0 or self.step == max_steps):
@@ -276,7 +282,7 @@ class MetaTrainer:
                     log.flush()
                 if writer is not None:
                     for k, v in last.items():
-                        if k != "step":
+                        if k != "step" and isinstance(v, (int, float)):
                             writer.add_scalar(k, v, self.step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.get('query_loss', float('nan')):.3f}",
