@@ -15,7 +15,6 @@ returns the newest checkpoint that loads and verifies, warning about each newer 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .errors import MetalmError, NonFiniteError
+from .files import sha256_file
 
 PREFIX = "step-"
 FILES = ("tensors.safetensors", "state.json")
@@ -41,14 +41,6 @@ FORMAT = 2  # 2: with checksums.json (checkpoints of format 1 have none and are 
 
 class CheckpointWarning(UserWarning):
     """A newer checkpoint was unreadable or corrupt and an older one is used instead."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -151,7 +143,7 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, Tensor], state:
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
                   str(tmp / "tensors.safetensors"))
         _write_synced(tmp / "state.json", json.dumps({"step": step, "format": FORMAT, **state}))
-        _write_synced(tmp / "checksums.json", json.dumps({name: _sha256(tmp / name) for name in FILES}))
+        _write_synced(tmp / "checksums.json", json.dumps({name: sha256_file(tmp / name) for name in FILES}))
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -197,7 +189,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         if sums.is_file():
             recorded = json.loads(sums.read_text(encoding="utf-8"))
             for name in FILES:
-                if recorded.get(name) != _sha256(path / name):
+                if recorded.get(name) != sha256_file(path / name):
                     raise MetalmError(f"checkpoint {path} is corrupt: {name} does not match its recorded checksum")
         tensors = load_file(str(path / "tensors.safetensors"))
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))

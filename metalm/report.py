@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import MetalmError
-from .jsonl import json_lines
+from .files import json_lines
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:

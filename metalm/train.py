@@ -35,7 +35,7 @@ from .checkpoint import (
 from .config import to_dict
 from .data import EpisodeSampler, TaskRegistry, tensorize
 from .errors import ConfigError, MetalmError, NonFiniteError
-from .jsonl import trim_to_step, write_atomic
+from .files import trim_to_step, write_atomic
 from .run import (  # noqa: F401 - re-exported: the config and model builders lived here
     MAX_EPISODES,
     OuterConfig,

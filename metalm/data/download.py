@@ -13,7 +13,6 @@ Cache root: ``$METALM_HOME`` (default ``~/.cache/metalm``); data lives under ``d
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -26,20 +25,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataNotFoundError, MetalmError
+from ..files import sha256_file
 
 
 def metalm_home() -> Path:
     """The cache root: ``$METALM_HOME`` or ``~/.cache/metalm``."""
     return Path(os.environ.get("METALM_HOME") or Path.home() / ".cache" / "metalm")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 Extractor = Callable[[Path, Path, "set[str] | None"], None]

@@ -1,7 +1,8 @@
-"""JSON-lines files of a run folder (``log.jsonl``, ``conflict.jsonl``): read tolerantly, rewritten atomically."""
+"""Files: checksums, atomic rewrites, and the JSON-lines logs of a run folder (read tolerantly)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,3 +34,12 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
