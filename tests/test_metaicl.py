@@ -136,3 +136,61 @@ def test_metaicl_and_in_context_fomaml_train_and_evaluate_from_the_cli(tmp_path,
     assert {r["method"] for r in report["macro"]} == {"zeroshot", "icl", "meta:metaicl+icl", "meta:fomaml+icl"}
     assert report["budgets"]["meta:metaicl+icl"] == "none; scored in context (direct)"
     assert report["budgets"]["meta:fomaml+icl"] == "sgd lr 0.1, 1 steps; scored in context (direct)"
+
+
+def test_gradient_plus_in_context_meta_gradient_by_a_second_path(tiny):
+    """MAML with queries after the support set (gradient + in-context adaptation): the meta-gradient
+    equals a hand-written second-order loop through the plain HF forward (float64)."""
+    from torch.func import functional_call
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    path, tok = tiny
+    adapter = metalm.AdapterConfig(rank=2, layers="top:1")
+    model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), adapter)
+    sel = metalm.select_parameters(model, adapter, metalm.MetaConfig(shared="none"))
+    learner = metalm.build_algorithm("maml", model, sel, {"inner": {"steps": 2, "lr": 0.3}, "queries": "direct"})
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    values = {n: p.detach().clone() for n, p in sel.meta_params(model).items()}
+    episode = tensorize(_episode(), tok, CollateConfig(max_length=64), learner.query_rows)
+    for p in learner.meta_parameters().values():
+        p.grad = None
+    learner.meta_gradients([episode])
+    ours = {n: p.grad.clone() for n, p in sel.meta_params(model).items()}
+
+    # By hand: query rows = demonstrations + query + answer (built here from the text), SGD steps
+    # with create_graph through the HF forward, the loss the mean cross-entropy over target tokens.
+    text = _episode()
+    demos = "\n\n".join(s.prompt + s.answer for s in text.support) + "\n\n"
+    rows, targets = [], []
+    for q in text.query:
+        head = tok(demos)["input_ids"] + tok(q.prompt, add_special_tokens=False)["input_ids"]
+        target = tok(q.answer, add_special_tokens=False)["input_ids"]
+        rows.append(head + target)
+        targets.append([-100] * len(head) + target)
+    width = max(len(r) for r in rows)
+    query = {"input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+             "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+             "labels": torch.tensor([t + [-100] * (width - len(t)) for t in targets])}
+    assert torch.equal(episode.query["input_ids"][:, :width].masked_fill(query["attention_mask"] == 0, 0),
+                       query["input_ids"])
+    clone = with_values(model, values)
+
+    def loss(params, batch):
+        logits = functional_call(clone, params, (), {"input_ids": batch["input_ids"],
+                                                     "attention_mask": batch["attention_mask"]}).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                                 ignore_index=-100)
+
+    theta = {n: v.clone().requires_grad_(True) for n, v in values.items()}
+    phi = dict(theta)
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernel has no double backward
+        for _ in range(2):
+            grads = torch.autograd.grad(loss(phi, episode.support), list(phi.values()), create_graph=True)
+            phi = {n: p - 0.3 * g for (n, p), g in zip(phi.items(), grads, strict=True)}
+        theirs = dict(zip(theta, torch.autograd.grad(loss(phi, query), list(theta.values())), strict=True))
+    for n in values:
+        assert torch.allclose(ours[n], theirs[n], atol=1e-10), n
+    assert all(ours[n].abs().sum() > 0 for n in sel.fast)
