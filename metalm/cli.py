@@ -531,6 +531,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("metalm: error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(err)),
               file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # torch reports running out of memory as a RuntimeError
+        text = str(err)
+        if not isinstance(err, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
+            raise
+        print(f"metalm: error: out of memory: {' '.join(text.split())[:200]} (a smaller model, adapter rank, "
+              "meta-batch, max_length or inner steps)", file=sys.stderr)
+        return 2
     finally:
         if "metalm.distributed" in sys.modules:  # only a command that used torch can hold a process group
             sys.modules["metalm.distributed"].close(ok)

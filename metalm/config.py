@@ -79,8 +79,8 @@ class AdapterConfig:
     layers: str | None = None
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ConfigError("adapter.rank", f"must be >= 1, got {self.rank}")
+        if not 1 <= self.rank <= 65_536:
+            raise ConfigError("adapter.rank", f"must be >= 1 and <= 65536, got {self.rank}")
         if self.alpha <= 0:
             raise ConfigError("adapter.alpha", f"must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
@@ -147,8 +147,8 @@ class InnerConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError("inner.steps", f"must be >= 1, got {self.steps}")
+        if not 1 <= self.steps <= 10_000:
+            raise ConfigError("inner.steps", f"must be >= 1 and <= 10000, got {self.steps}")
         if self.lr <= 0:
             raise ConfigError("inner.lr", f"must be > 0, got {self.lr}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:

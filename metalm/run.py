@@ -53,8 +53,9 @@ class OuterConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError("outer.lr", f"must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError("outer.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.weight_decay < 0 or self.lr * self.weight_decay >= 1:
+            raise ConfigError("outer.weight_decay", "must be >= 0 with lr x weight_decay < 1 (AdamW scales the weights "
+                                                    f"by 1 - lr x weight_decay each step), got {self.weight_decay}")
         for key in ("meta_batch", "accumulate"):
             if not 1 <= getattr(self, key) <= MAX_EPISODES:
                 raise ConfigError(f"outer.{key}", f"must be in 1..{MAX_EPISODES}, got {getattr(self, key)}")

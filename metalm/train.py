@@ -292,6 +292,11 @@ class MetaTrainer:
         bar.close()
         if writer is not None:
             writer.close()
+        if self.nonfinite["run"]:
+            raise NonFiniteError(
+                f"{self.run_dir}: the run ended on {self.nonfinite['run']} step(s) with a NaN or infinite loss or "
+                "meta-gradient (skipped: the saved weights are finite but did not learn from them); lower "
+                "algorithm.inner.lr or outer.lr, or check the model's weights and the adapter's alpha")
         return last
 
 

@@ -75,6 +75,8 @@ def test_a_corrupted_config_is_a_config_error_or_a_valid_config(changes):
     assert _finite_numbers(to_dict(config))
     assert config.max_steps >= 1 and config.outer.meta_batch >= 1 and 0 <= config.seed < 2**32
     assert config.outer.lr > 0 and config.outer.weight_decay >= 0 and config.model.strip()
+    assert config.outer.lr * config.outer.weight_decay < 1 and 1 <= config.adapter.rank <= 65536
+    assert 1 <= config.algorithm_config().inner.steps <= 10_000
 
 
 @settings(deadline=None, max_examples=200 * SCALE)

@@ -114,12 +114,18 @@ def test_a_nonfinite_step_is_skipped_counted_and_the_run_goes_on(world, tmp_path
 
     monkeypatch.setattr(cls, "meta_gradients", nan_at_step_two)
     run = tmp_path / "run"
-    trainer = train(world, run, monkeypatch, max_steps=2)
-    assert all(torch.equal(v, after_one[k]) for k, v in trainer.algorithm.meta_parameters().items())  # no update
+    train(world, run, monkeypatch, max_steps=3, checkpoint_every=1)
+    step_two = tensors_of(run / "checkpoints" / "step-0000002")
+    assert all(torch.equal(step_two[f"meta/{k}"], v) for k, v in after_one.items())  # step 2 changed nothing
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["skipped_nonfinite"] for r in log] == [0, 1]
-    state = json.loads((run / "checkpoints" / "step-0000002" / "state.json").read_text())
-    assert state["nonfinite"] == {"total": 1, "run": 1}
+    assert [r["skipped_nonfinite"] for r in log] == [0, 1, 1]
+    state = json.loads((run / "checkpoints" / "step-0000003" / "state.json").read_text())
+    assert state["nonfinite"] == {"total": 1, "run": 0}  # step 3 was finite again
+    # A run that ends on a skipped step says so (its last steps learned nothing).
+    calls.clear()
+    with pytest.raises(NonFiniteError, match="the run ended on 1 step"):
+        train(world, tmp_path / "ends", monkeypatch, max_steps=2)
+    assert (tmp_path / "ends" / "checkpoints" / "step-0000002").is_dir()  # finite weights, saved
 
 
 @pytest.mark.parametrize("case", ["inner lr 1e30", "NaN weight"])

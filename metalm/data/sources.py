@@ -253,8 +253,13 @@ def _normalize(spec: TaskSpec, ds: datasets.Dataset, source: str | None) -> data
     if missing:
         raise TaskError("template", f"uses {missing[0]!r}, which the data does not have "
                                     f"(have {', '.join(sorted(ds.column_names))})", source)
+    for col in sorted(used):
+        feature = ds.features[col]
+        if isinstance(feature, dict) or type(feature).__name__ == "Struct":  # a mapping per row: no prompt text
+            raise TaskError("template", f"uses {col!r}, whose values are mappings, not text", source)
     answer = {"classification": "label", "multiple_choice": None, "generation": "target", "language_modeling": "text"}
-    check = [c for c in (*sorted(used), answer[spec.type]) if c and getattr(ds.features[c], "dtype", None) == "string"]
+    check = [c for c in (*sorted(used), answer[spec.type])
+             if c and getattr(ds.features[c], "dtype", None) in ("string", "null")]
     empty: set[int] = set()
     for col in check:
         for i, value in enumerate(ds[col]):

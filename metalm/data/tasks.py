@@ -138,6 +138,8 @@ class TaskSpec:
             texts = [self.verbalize(lab) for lab in self.labels or []]
             if len(set(texts)) != len(texts) or not all(t.strip() for t in texts):
                 raise ConfigError("verbalizers", "verbalized labels must be distinct and non-empty")
+        if not self.template.strip() and self.type != "language_modeling":
+            raise ConfigError("template", "is empty: the prompt would show the model nothing of the example")
         compile_template(self.template, "template")
         want_metric = {"classification": ("accuracy",), "multiple_choice": ("accuracy",),
                        "generation": ("exact_match", "token_f1"), "language_modeling": ("perplexity",)}[self.type]

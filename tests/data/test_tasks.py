@@ -173,6 +173,13 @@ def test_templates_are_bounded(tmp_path, home, template, message):
     assert err.value.source == spec and err.value.field == "template"
 
 
+def test_an_empty_template_is_an_error(tmp_path):
+    spec = write(tmp_path, "empty", {**VALID, "name": "empty", "template": "  "})
+    with pytest.raises(TaskError, match="template: is empty") as err:
+        load_task_file(spec)
+    assert err.value.source == spec
+
+
 def test_template_variables_must_exist(tmp_path, home):
     spec = write(tmp_path, "undef", {**VALID, "name": "undef", "template": "{{ question }}"})
     with pytest.raises(TaskError, match="uses 'question'") as err:
@@ -206,11 +213,14 @@ def test_empty_text_and_non_utf8_data(tmp_path, home):
     ("multiple_choice", {"text": "a", "choices": ["x", "y"], "answer": 1.7}, "answer", "index of the correct option"),
     ("multiple_choice", {"text": "a", "choices": ["x", "y"], "answer": True}, "answer", "index of the correct option"),
     ("language_modeling", {"text": {"a": 1}}, "text", "expected text or a number, got dict"),
+    ("classification", {"text": {"a": 1}, "label": "yes"}, "template", "'text', whose values are mappings"),
+    ("classification", {"text": None, "label": "yes"}, "text", "empty text in 'text'"),
 ])
 def test_data_values_of_the_wrong_type_are_errors(tmp_path, home, kind, row, field, message):
     (tmp_path / "rows.jsonl").write_text((json.dumps(row) + "\n") * 4)
     extra = {"generation": {"metric": "exact_match"}, "language_modeling": {"metric": "perplexity"},
-             "multiple_choice": {"options_field": "choices", "target_field": "answer"}}[kind]
+             "multiple_choice": {"options_field": "choices", "target_field": "answer"},
+             "classification": {"labels": ["yes", "no"]}}[kind]
     spec = write(tmp_path, "w", {"name": "w", "type": kind, "template": "{{ text }}",
                                  "source": {"kind": "jsonl", "path": "rows.jsonl"}, **extra})
     with pytest.raises(TaskError, match=message) as err:
