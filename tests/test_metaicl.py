@@ -30,13 +30,13 @@ def tiny(tmp_path_factory):
     return path, AutoTokenizer.from_pretrained(path)
 
 
-@pytest.mark.parametrize("channel", [False, True])
-def test_metaicl_gradient_is_the_plain_loss_of_hand_built_rows(tiny, channel):
-    path, tok = tiny
+def _meta_gradient(path, tok, shared: str, algorithm: str, config: dict):
+    """A float64 tiny model with LoRA on its top layer (B drawn, so gradients reach A), the algorithm's
+    meta-gradient on ``_episode()``: ``(model, selection, initial values, episode, gradients)``."""
     adapter = metalm.AdapterConfig(rank=2, layers="top:1")
     model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), adapter)
-    sel = metalm.select_parameters(model, adapter, metalm.MetaConfig(shared="norms"))
-    learner = metalm.build_algorithm("metaicl", model, sel, {"scoring": "channel" if channel else "direct"})
+    sel = metalm.select_parameters(model, adapter, metalm.MetaConfig(shared=shared))
+    learner = metalm.build_algorithm(algorithm, model, sel, config)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -46,7 +46,14 @@ def test_metaicl_gradient_is_the_plain_loss_of_hand_built_rows(tiny, channel):
     for p in learner.meta_parameters().values():
         p.grad = None
     learner.meta_gradients([episode])
-    ours = {n: p.grad for n, p in sel.meta_params(model).items()}
+    return model, sel, values, episode, {n: p.grad.clone() for n, p in sel.meta_params(model).items()}
+
+
+@pytest.mark.parametrize("channel", [False, True])
+def test_metaicl_gradient_is_the_plain_loss_of_hand_built_rows(tiny, channel):
+    path, tok = tiny
+    model, sel, values, episode, ours = _meta_gradient(path, tok, "norms", "metaicl",
+                                                      {"scoring": "channel" if channel else "direct"})
 
     # The rows by hand: demonstrations (their own segment, with BOS), the query, the target.
     text = _episode()
@@ -145,20 +152,8 @@ def test_gradient_plus_in_context_meta_gradient_by_a_second_path(tiny):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     path, tok = tiny
-    adapter = metalm.AdapterConfig(rank=2, layers="top:1")
-    model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), adapter)
-    sel = metalm.select_parameters(model, adapter, metalm.MetaConfig(shared="none"))
-    learner = metalm.build_algorithm("maml", model, sel, {"inner": {"steps": 2, "lr": 0.3}, "queries": "direct"})
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    values = {n: p.detach().clone() for n, p in sel.meta_params(model).items()}
-    episode = tensorize(_episode(), tok, CollateConfig(max_length=64), learner.query_rows)
-    for p in learner.meta_parameters().values():
-        p.grad = None
-    learner.meta_gradients([episode])
-    ours = {n: p.grad.clone() for n, p in sel.meta_params(model).items()}
+    model, sel, values, episode, ours = _meta_gradient(path, tok, "none", "maml",
+                                                      {"inner": {"steps": 2, "lr": 0.3}, "queries": "direct"})
 
     # By hand: query rows = demonstrations + query + answer (built here from the text), SGD steps
     # with create_graph through the HF forward, the loss the mean cross-entropy over target tokens.

@@ -68,23 +68,31 @@ def encode(example: Example, tokenizer, config: CollateConfig) -> tuple[list[int
     return prompt + answer, len(answer)
 
 
+def pad_sequences(seqs: Sequence[Sequence[int]], pad: int,
+                  side: Literal["right", "left"] = "right") -> tuple[Tensor, Tensor]:
+    """Token lists as one ``[len(seqs), width]`` block: ``ids`` (``pad`` where there is no token) and
+    ``mask`` (1 on tokens). ``left`` puts every row's last token in the last column."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, tokens in enumerate(seqs):
+        start = 0 if side == "right" else width - len(tokens)
+        ids[row, start:start + len(tokens)] = torch.tensor(list(tokens), dtype=torch.long)
+        mask[row, start:start + len(tokens)] = 1
+    return ids, mask
+
+
 def collate(examples: Sequence[Example], tokenizer, config: CollateConfig | None = None) -> dict[str, Tensor]:  # noqa: ANN001
     """Tokenize and pad examples into ``input_ids``, ``attention_mask`` and ``labels`` (``[B, T]``)."""
     config = config or CollateConfig()
     if not examples:
         raise BatchError("cannot collate an empty list of examples")
     encoded = [encode(ex, tokenizer, config) for ex in examples]
-    width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
-    for row, (tokens, n_answer) in enumerate(encoded):
-        start = 0 if config.padding_side == "right" else width - len(tokens)
-        span = slice(start, start + len(tokens))
-        ids[row, span] = torch.tensor(tokens)
-        mask[row, span] = 1
-        labels[row, start + len(tokens) - n_answer: start + len(tokens)] = torch.tensor(tokens[-n_answer:])
+    ids, mask = pad_sequences([tokens for tokens, _ in encoded], pad, config.padding_side)
+    # Targets: the answer's tokens, the last n_answer of each row's tokens.
+    answers = [[-100] * (len(tokens) - n) + tokens[len(tokens) - n:] for tokens, n in encoded]
+    labels, _ = pad_sequences(answers, -100, config.padding_side)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

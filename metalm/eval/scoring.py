@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..data.collate import CollateConfig
+from ..data.collate import CollateConfig, pad_sequences
 from ..data.episode import Example
 from ..errors import BatchError
 from ..losses import IGNORE_INDEX, output_logits, prepare_batch, target_logits
@@ -146,20 +146,8 @@ def pad_rows(rows: Sequence[TokenRow], pad: int) -> tuple[Tensor, ...]:
         ``p_ids``, ``p_mask`` ``[B, Tp]`` and ``o_ids``, ``o_mask`` ``[B * n, To]`` (option ``j`` of
         row ``i`` in row ``i * n + j``).
     """
-    prompts = [p for _, p, _ in rows]
-    width = max(len(p) for p in prompts)
-    p_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    p_mask = torch.zeros_like(p_ids)
-    for r, p in enumerate(prompts):
-        p_ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        p_mask[r, width - len(p):] = 1
-    flat = [t for _, _, opts in rows for t in opts]
-    longest = max(len(t) for t in flat)
-    o_ids = torch.full((len(flat), longest), pad, dtype=torch.long)
-    o_mask = torch.zeros_like(o_ids)
-    for r, t in enumerate(flat):
-        o_ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
-        o_mask[r, :len(t)] = 1
+    p_ids, p_mask = pad_sequences([p for _, p, _ in rows], pad, "left")
+    o_ids, o_mask = pad_sequences([t for _, _, opts in rows for t in opts], pad, "right")
     return p_ids, p_mask, o_ids, o_mask
 
 
@@ -258,14 +246,8 @@ def option_scores(model: nn.Module, params: Mapping[str, Tensor], examples: Sequ
     flat: list[float] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        width = max(len(p) + len(o) for _, p, o in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        for r, (_, p, o) in enumerate(chunk):
-            ids[r, :len(p) + len(o)] = torch.tensor(p + o, dtype=torch.long)
-            labels[r, len(p):len(p) + len(o)] = torch.tensor(o, dtype=torch.long)
-        lengths = torch.tensor([len(p) + len(o) for _, p, o in chunk]).unsqueeze(1)
-        mask = (torch.arange(width) < lengths).long()  # right padding
+        ids, mask = pad_sequences([p + o for _, p, o in chunk], pad)
+        labels, _ = pad_sequences([[IGNORE_INDEX] * len(p) + o for _, p, o in chunk], IGNORE_INDEX)
         batch = prepare_batch({"input_ids": ids.to(device), "attention_mask": mask.to(device),
                                "labels": labels.to(device)})
         logits = target_logits(model, params, batch)  # [B, M, V]
@@ -289,13 +271,8 @@ def greedy_generate(model: nn.Module, params: Mapping[str, Tensor], prompts: Seq
     """
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"][-(max_length - max_new_tokens):] for p in prompts]
-    width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(encoded):  # left padding: every row ends at the last column
-        ids[row, width - len(tokens):] = torch.tensor(tokens)
-        mask[row, width - len(tokens):] = 1
+    ids, mask = pad_sequences(encoded, pad, "left")  # every row ends at the last column
     ids, mask = ids.to(device), mask.to(device)
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
