@@ -178,7 +178,8 @@ def test_sigkill_before_the_first_checkpoint_then_resume_is_the_same_run(world, 
     assert cli(reference).wait(timeout=300) == 0
     proc = cli(killed)
     deadline = time.time() + 120
-    while time.time() < deadline and not (killed / "log.jsonl").is_file() or not (killed / "log.jsonl").read_text():
+    log = killed / "log.jsonl"
+    while time.time() < deadline and not (log.is_file() and log.read_text()):  # until the first step is logged
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
