@@ -15,13 +15,15 @@ uses as given. Padding a batch to a wider ``T`` on the right changes no value at
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_map
 
 from .errors import BatchError
 from .losses import IGNORE_INDEX, Batch, prepare_batch
@@ -108,3 +110,69 @@ def is_vmap_error(err: BaseException) -> bool:
     text = str(err).lower()
     return isinstance(err, (RuntimeError, NotImplementedError)) and any(
         key in text for key in ("vmap", "batching rule", "batched tensor", "functorch", "randomness"))
+
+
+class HasBatches(Protocol):
+    """An episode as the task runner reads it (:class:`metalm.data.Episode`)."""
+
+    support: Batch
+    query: Batch
+
+
+class TaskGroups:
+    """Run a per-task function over a meta-batch: same-shape episodes together under ``vmap``, the rest
+    one by one.
+
+    With ``vmap`` on, episodes with the same numbers of support and query rows (a classification
+    task's N-way K-shot episode has N*K support rows, other tasks' K) run together, ``chunk`` at a
+    time (0: all); a lone episode, or a group that cannot, runs one task at a time (a task dim of
+    1). A model that does not run under ``vmap`` is warned about once, the reason kept in
+    :attr:`failure`, and looped from then on.
+
+    Args:
+        model: The model the per-task function runs (for the stacked batches' attention masks).
+        vmap: Whether to batch tasks with ``torch.func.vmap``.
+        chunk: Tasks per ``vmap`` call (0: the whole group).
+    """
+
+    def __init__(self, model: nn.Module, vmap: bool, chunk: int = 0) -> None:
+        self.model, self.vmap, self.chunk = model, vmap, chunk
+        self.failure: str | None = None
+
+    def __call__(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[HasBatches]) -> Iterator[Any]:
+        """Yield ``fn(support, query)`` for the episodes, outputs stacked along a leading task dim. A
+        consumer that runs ``backward`` on each item before taking the next keeps one group's graph
+        alive at a time."""
+        shapes: dict[tuple[int, int], list[HasBatches]] = {}
+        for ep in episodes:
+            key = (ep.support["input_ids"].shape[0], ep.query["input_ids"].shape[0]) if self.vmap else (0, 0)
+            shapes.setdefault(key, []).append(ep)
+        size = (self.chunk or len(episodes)) if self.vmap else 1
+        for same in shapes.values():
+            for start in range(0, len(same), size):
+                group = same[start:start + size]
+                stacked = self.together(fn, group)
+                if stacked is not None:
+                    yield stacked
+                    continue
+                for ep in group:
+                    yield tree_map(lambda t: t.unsqueeze(0), fn(ep.support, ep.query))
+
+    def together(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[HasBatches]) -> Any | None:
+        """``fn`` run for every episode at once under ``vmap``, or ``None`` when the caller should loop:
+        ``vmap`` is off or failed before, there is a single episode, or the row counts differ."""
+        if not self.vmap or self.failure is not None or len(episodes) < 2:
+            return None
+        supports = stack_batches([ep.support for ep in episodes], self.model)
+        queries = stack_batches([ep.query for ep in episodes], self.model)
+        if supports is None or queries is None:
+            return None
+        try:
+            return vmap_tasks(fn, supports, queries)
+        except (RuntimeError, NotImplementedError) as err:
+            if not is_vmap_error(err):
+                raise
+            self.failure = str(err).splitlines()[0][:300]
+            warnings.warn(f"inner.vmap: this model does not run under torch.func.vmap ({self.failure}); "
+                          "running the tasks one by one", RuntimeWarning, stacklevel=4)
+            return None

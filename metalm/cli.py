@@ -130,7 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
         first = load_run(runs[0], device)
         config, tokenizer, learner = first.config, first.tokenizer, first.learner
         base = init_from_values(learner, first.base, trained=False)
-        rows = run_rows(runs, configs, kinds, learner, base)
+        rows = run_rows(runs, configs, kinds, first, base)
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
         tokenizer, _, _, learner = build_model(config, device)
@@ -225,7 +225,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.run_dir:
         run = load_run(args.run_dir, device)
-        config, tokenizer, algorithm, base = run.config, run.tokenizer, run.learner, run.base
+        config, tokenizer, algorithm, base = run.config, run.tokenizer, run.load_into_model(), run.base
     else:
         config = from_dict(TrainConfig, {"model": args.model}, source="command line")
         tokenizer, _, _, algorithm = build_model(config, device)
@@ -255,7 +255,7 @@ def _diagnose(args: argparse.Namespace) -> int:
         methods = ["zeroshot", *([run_kind(config)] if args.run_dir else [])]
         cfg = from_dict(EvalConfig, {"shots": [args.gap_shots], "episodes": args.episodes, "methods": methods,
                                      "ways": sampler.ways, "queries": 2}, source="command line")
-        trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()} if args.run_dir else None
+        trained = run.trained if args.run_dir else None
         base = base or {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
         harness = Harness.from_learner(algorithm, tokenizer, base, trained, cfg, kind=methods[-1])
         scoreable = [n for n in train if registry[n].spec.type != "language_modeling"]

@@ -18,6 +18,7 @@ from .algorithms import MetaLearner, build_algorithm
 from .config import AdapterConfig, InnerConfig, MetaConfig, to_dict
 from .data.synthetic import SyntheticTasks
 from .errors import ConfigError
+from .eval.inits import init_of, query_metrics
 from .models import apply_adapter, load_model, tiny_config
 from .params import select_parameters
 
@@ -66,8 +67,9 @@ class DemoConfig:
 
 def _evaluate(algo: MetaLearner, tasks: SyntheticTasks, cfg: DemoConfig) -> float:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    scores = [algo.evaluate(tasks.episode(cfg.shots, cfg.queries, gen))["query_accuracy"]
-              for _ in range(cfg.eval_episodes)]
+    init = init_of(algo)
+    scores = [query_metrics(algo.model, init, tasks.episode(cfg.shots, cfg.queries, gen), algo.prefix_layer)
+              ["query_accuracy"] for _ in range(cfg.eval_episodes)]
     return sum(scores) / len(scores)
 
 

@@ -22,6 +22,7 @@ is computed once per batch without gradient, and every later loss on that batch 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -179,6 +180,13 @@ def cache_prefix(model: nn.Module, batch: Batch, layer: int | None) -> dict[str,
     return {**batch, "prefix_cache": PrefixCache(layer, hidden.detach(), stripped, name)}
 
 
+def reusable_batch(model: nn.Module, batch: Batch, layer: int | None, uses: int) -> dict[str, Any]:
+    """``batch`` prepared for ``uses`` passes: with a frozen-prefix cache (:func:`cache_prefix`) below
+    ``layer`` when it will be run at least twice (an inner loop's steps), else only prepared (a single
+    pass gains nothing from a cache; target positions are still found once, outside any compiled loss)."""
+    return cache_prefix(model, batch, layer) if uses >= 2 else prepare_batch(batch)
+
+
 def _head_args(batch: Batch) -> tuple[Any, ...]:
     return (batch["input_ids"], batch.get("attention_mask"), batch["target_positions"], batch.get("prefix_cache"),
             batch.get("dense_mask"))
@@ -227,3 +235,10 @@ def lm_loss_and_accuracy(model: nn.Module, params: Mapping[str, Tensor], batch: 
     valid = targets != IGNORE_INDEX
     correct = (logits.argmax(-1) == targets) & valid
     return loss, correct.sum() / valid.sum()
+
+
+@functools.cache
+def compiled_lm_loss() -> Any:
+    """:func:`lm_loss` through ``torch.compile`` (dynamic shapes), built once per process: the support
+    loss of first-order inner loops with ``inner.compile``."""
+    return torch.compile(lm_loss, dynamic=True)

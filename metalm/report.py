@@ -186,7 +186,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     from .run import load_run
 
     run = load_run(run_dir, torch.device("cpu"))
-    config, tokenizer, algorithm = run.config, run.tokenizer, run.learner
+    config, tokenizer, algorithm = run.config, run.tokenizer, run.load_into_model()  # export the trained values
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, sel = algorithm.model, algorithm.selection

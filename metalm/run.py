@@ -8,7 +8,7 @@ this module; ``train.py`` keeps only the training recipe (:class:`~metalm.train.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,8 +223,9 @@ class Run:
     Attributes:
         config: The run's config.
         tokenizer: Its tokenizer.
-        learner: Its algorithm (model, parameter selection, inner config); the model holds the
-            trained values, as training left it.
+        learner: Its algorithm (model, parameter selection, inner config, counters). The model
+            holds the pretrained values (``base``) until :meth:`load_into_model` is called: the
+            trained values travel as ``trained``.
         base: The meta-parameters before training (the pretrained weights and the standard adapter
             initialization), plain tensors by name.
         trained: The trained meta-parameters (fast-weight initialization, shared weights, learned
@@ -245,6 +246,12 @@ class Run:
     def kind(self) -> str:
         """Its evaluation row: ``meta`` or ``mtl`` (:func:`run_kind`)."""
         return run_kind(self.config)
+
+    def load_into_model(self) -> MetaLearner:
+        """Write ``trained`` into the learner's tensors (for what runs the model's own weights: export,
+        the gradient-conflict diagnostic); returns the learner."""
+        copy_values(self.learner, self.trained)
+        return self.learner
 
 
 def run_kind(config: TrainConfig) -> str:
@@ -268,24 +275,50 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> Run:
     train, _, _ = task_lists(config, registry)
     tokenizer, model, selection, algorithm = build_model(config, device, [registry[t] for t in train])
     base = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
-    restore_algorithm(algorithm, path, tensors, state)
-    trained = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
+    trained = checkpoint_values(algorithm, path, tensors)
+    restore_counters(algorithm, path, state)
     return Run(config, tokenizer, algorithm, base, trained, path, int(state["step"]))
 
 
-def restore_algorithm(algorithm: MetaLearner, path: Path, tensors: dict[str, torch.Tensor],
-                       state: dict[str, Any]) -> None:
-    """Copy a checkpoint's meta-parameters and counters into ``algorithm`` (a mismatch names the tensor)."""
-    params = algorithm.meta_parameters()
-    missing = sorted(set(params) - {k[5:] for k in tensors if k.startswith("meta/")})
-    if missing:
-        raise MetalmError(f"checkpoint {path} does not match this model/adapter: no tensor for {missing[0]!r}")
+def checkpoint_values(algorithm: MetaLearner, path: Path, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A checkpoint's meta-parameter values by :meth:`~MetaLearner.meta_parameters` name, on the
+    learner's device and dtypes.
+
+    Raises:
+        MetalmError: If a meta-parameter is missing or has another shape (naming it).
+    """
+    out = {}
+    for name, p in algorithm.meta_parameters().items():
+        value = tensors.get(f"meta/{name}")
+        if value is None:
+            raise MetalmError(f"checkpoint {path} does not match this model/adapter: no tensor for {name!r}")
+        if p.shape != value.shape:
+            raise MetalmError(f"checkpoint {path} does not match this model/adapter: {name!r} has shape "
+                              f"{tuple(value.shape)}, the model {tuple(p.shape)}")
+        out[name] = value.to(device=p.device, dtype=p.dtype)
+    return out
+
+
+def copy_values(algorithm: MetaLearner, values: Mapping[str, Tensor]) -> None:
+    """Write meta-parameter values (:func:`checkpoint_values`) into the learner's own tensors."""
     with torch.no_grad():
-        for name, p in params.items():
-            if p.shape != tensors[f"meta/{name}"].shape:
-                raise MetalmError(f"checkpoint {path} does not match this model/adapter: {name!r} has shape "
-                                  f"{tuple(tensors[f'meta/{name}'].shape)}, the model {tuple(p.shape)}")
-            p.copy_(tensors[f"meta/{name}"])
+        for name, p in algorithm.meta_parameters().items():
+            p.copy_(values[name])
+
+
+def restore_algorithm(algorithm: MetaLearner, path: Path, tensors: dict[str, torch.Tensor],
+                      state: dict[str, Any]) -> None:
+    """Copy a checkpoint's meta-parameters and counters into ``algorithm`` (a mismatch names the tensor)."""
+    copy_values(algorithm, checkpoint_values(algorithm, path, tensors))
+    restore_counters(algorithm, path, state)
+
+
+def restore_counters(algorithm: MetaLearner, path: Path, state: Mapping[str, Any]) -> None:
+    """Restore a checkpoint's outer-step counter and the algorithm's extra state.
+
+    Raises:
+        MetalmError: If the state's ``algorithm`` record is malformed.
+    """
     try:
         algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
         algorithm.load_extra_state(state["algorithm"].get("extra", {}))

@@ -13,7 +13,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from .checkpoint import (
 from .config import to_dict
 from .data import EpisodeSampler, TaskRegistry, tensorize
 from .errors import ConfigError, MetalmError, NonFiniteError
+from .eval.inits import init_of, query_metrics
 from .files import trim_to_step, write_atomic
 from .run import (  # noqa: F401 - re-exported: the config and model builders lived here
     MAX_EPISODES,
@@ -151,13 +152,6 @@ class MetaTrainer:
         self.step = int(state["step"])
 
     # ------------------------------------------------------------------ loop
-    @staticmethod
-    def _finite(params: Sequence[torch.Tensor], metrics: dict[str, float]) -> bool:
-        """Whether the meta-gradient and the logged losses are finite (one device sync)."""
-        grads = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-        finite = bool(torch.stack(grads).all()) if grads else True
-        return finite and all(math.isfinite(v) for v in metrics.values())
-
     def _tensorize(self, episode: Any) -> Any:
         # Query rows as the algorithm trains on them: alone, or after the support set (MetaICL, in-context MAML).
         return tensorize(episode, self.tokenizer, self.config.collate, self.algorithm.query_rows).to(self.device)
@@ -169,6 +163,20 @@ class MetaTrainer:
         """This process's episodes of accumulation step ``micro`` of the next outer step (one per slot)."""
         return [self._tensorize(self.samplers[j].sample()) for j in self.micro_slots[micro]]
 
+    def _micro_batches(self, shapes: list[tuple[str, int]]) -> Iterator[list]:
+        """The next outer step's local meta-batches, one per accumulation step, drawn as they are
+        needed; each episode's (task, tokens) is appended to ``shapes``."""
+        for micro in range(self.config.outer.accumulate):
+            batch = self._local_batch(micro)
+            shapes.extend((ep.task, int(ep.support["input_ids"].numel() + ep.query["input_ids"].numel()))
+                          for ep in batch)
+            yield batch
+
+    def _sync(self, params: list[torch.Tensor], metrics: dict[str, float]) -> dict[str, float]:
+        """Average the meta-gradients and metrics over the processes (a no-op in one process)."""
+        distributed.average_gradients(params, self.ctx)
+        return distributed.average_metrics(metrics, self.ctx)
+
     def _autocast(self):  # noqa: ANN202
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -179,9 +187,10 @@ class MetaTrainer:
         sampler = EpisodeSampler([self.registry[t] for t in self.val_tasks], self.config.sampler,
                                  seed=self.config.seed + 10_000)
         totals: dict[str, float] = {}
+        init = init_of(self.algorithm)  # the current initialization, adapted as training adapts it
         for ep in self._episodes(sampler, self.config.val_episodes):
             with self._autocast():
-                for k, v in self.algorithm.evaluate(ep).items():
+                for k, v in query_metrics(self.model, init, ep, self.algorithm.prefix_layer).items():
                     totals[k] = totals.get(k, 0.0) + v / self.config.val_episodes
         return {f"val_{k}": v for k, v in totals.items()}
 
@@ -228,32 +237,15 @@ class MetaTrainer:
         writer = _tensorboard(self.run_dir, self.step) if main else None
         bar = _progress(progress and main, self.step, max_steps)
         last: dict[str, Any] = {}
-        params = list(self.algorithm.meta_parameters().values())
         with open(log_path, "a", encoding="utf-8") if main else contextlib.nullcontext() as log:
             while self.step < max_steps:
                 start = time.perf_counter()
-                self.optimizer.zero_grad(set_to_none=True)
-                metrics: dict[str, float] = {}
                 shapes: list[tuple[str, int]] = []  # (task, tokens) of each episode: what the step cost
-                for micro in range(cfg.outer.accumulate):
-                    batch = self._local_batch(micro)
-                    shapes += [(ep.task, int(ep.support["input_ids"].numel() + ep.query["input_ids"].numel()))
-                               for ep in batch]
-                    with self._autocast():
-                        m = self.algorithm.meta_gradients(batch)
-                    for k, v in m.items():
-                        metrics[k] = metrics.get(k, 0.0) + v / cfg.outer.accumulate
-                if cfg.outer.accumulate > 1:
-                    for p in params:
-                        if p.grad is not None:
-                            p.grad.div_(cfg.outer.accumulate)
-                distributed.average_gradients(params, self.ctx)
-                metrics = distributed.average_metrics(metrics, self.ctx)
-                if self._finite(params, metrics):
+                metrics = self.algorithm.step(self._micro_batches(shapes), self.optimizer,
+                                              clip_grad_norm=cfg.outer.clip_grad_norm, sync=self._sync,
+                                              autocast=self._autocast)
+                if not metrics.pop("skipped"):
                     self.nonfinite["run"] = 0
-                    if cfg.outer.clip_grad_norm is not None:
-                        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.outer.clip_grad_norm))
-                    self.optimizer.step()
                 else:  # no update; the step still counts (episodes and schedule advance as in any step)
                     self.nonfinite["total"] += 1
                     self.nonfinite["run"] += 1
@@ -264,7 +256,6 @@ class MetaTrainer:
                             "or saved. Lower algorithm.inner.lr or outer.lr, or check the model's weights; "
                             "--resume continues from the last checkpoint")
                 self.scheduler.step()
-                self.algorithm.outer_steps += 1
                 self.step += 1
                 shapes = [s for part in distributed.gather_objects(shapes, self.ctx) for s in part]
                 last = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **metrics,

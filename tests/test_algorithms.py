@@ -192,17 +192,69 @@ def test_meta_gradients_accumulate_and_state_round_trips():
 
 
 def test_evaluation_adapts_with_learned_rates_and_keeps_the_model():
+    from metalm.eval import adapted_params, init_of, query_metrics
+
     model, algo = build("gpt2", "meta-sgd")
-    with torch.no_grad():
-        for v in algo.inner_lrs.values():
-            v.zero_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     ep = episodes(1)[0]
-    adapted = algo.adapt(ep.support)  # zero learned rates: no movement
+    init = init_of(algo)
+    with torch.no_grad():  # learned rates of 0 and 2x the configured one, element by element
+        rates = {n: torch.where(torch.rand_like(v) < 0.5, 0.0, 2 * INNER["lr"]) for n, v in algo.inner_lrs.items()}
+    init.lr = rates
+    adapted = adapted_params(model, init, ep.support)
+    fast = {n: p.detach() for n, p in algo.selection.fast_params(model).items()}
+    expected = adapt(model, fast, ep.support, steps=INNER["steps"], lr=rates, first_order=True)  # a second path
+    assert adapted.keys() == expected.keys() and not any(v.requires_grad for v in adapted.values())
+    assert all(torch.equal(adapted[n], expected[n]) for n in expected)
+    assert any(not torch.equal(adapted[n], fast[n]) for n in fast)
+    metrics = query_metrics(model, init, ep)
+    with torch.no_grad():
+        loss, acc = metalm.lm_loss_and_accuracy(model, expected, ep.query)
+    assert metrics == {"query_loss": float(loss), "query_accuracy": float(acc)}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_variants_are_registrations_of_one_class():
+    for name in ("maml", "fomaml", "anil", "meta-sgd", "maml++"):
+        assert metalm.algorithms.algorithm_class(name) is metalm.algorithms.MAML
+    _, algo = build("gpt2", "fomaml", config={"inner": {**INNER, "first_order": True}})
+    assert algo.name == "fomaml" and type(algo) is metalm.algorithms.MAML and "fomaml" in repr(algo)
+    with pytest.raises(TypeError, match="not a MetaLearner"):
+        metalm.register_algorithm("not-a-learner", metalm.algorithms.MAMLConfig)(object)
+
+
+@pytest.mark.parametrize("name", ["fomaml", "reptile"])
+def test_an_outer_step_over_micro_batches_equals_one_meta_batch(name):
+    """Two meta-batches of 2 episodes accumulated (drawn lazily) give the update of one of 4."""
+    eps = episodes(4)
+    config = {"inner": {**INNER, "first_order": True}}
+    results = []
+    for batches in (eps, (b for b in (eps[:2], eps[2:]))):
+        model, algo = build("gpt2", name, config=config)
+        opt = torch.optim.SGD(algo.meta_parameters().values(), lr=0.5)
+        metrics = algo.step(batches, opt)
+        results.append((metrics, {n: p.detach().clone() for n, p in algo.meta_parameters().items()}))
+        assert algo.outer_steps == 1 and metrics["skipped"] == 0.0
+    (m_one, w_one), (m_acc, w_acc) = results
+    assert m_acc == pytest.approx(m_one, rel=1e-12)
+    for n, w in w_one.items():
+        assert torch.allclose(w_acc[n], w, rtol=0, atol=1e-12), n
+
+
+def test_a_non_finite_outer_step_is_skipped_and_counted():
+    model, algo = build("gpt2", "fomaml", config={"inner": {**INNER, "first_order": True}})
     fast = algo.selection.fast_params(model)
-    assert all(torch.equal(adapted[n], fast[n]) for n in fast)
-    assert not any(v.requires_grad for v in adapted.values())
-    metrics = algo.evaluate(ep)
-    assert set(metrics) == {"query_loss", "query_accuracy"}
+    with torch.no_grad():
+        next(iter(fast.values()))[0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in algo.meta_parameters().items()}
+    opt = torch.optim.SGD(algo.meta_parameters().values(), lr=0.5)
+    metrics = algo.step(episodes(2), opt, clip_grad_norm=1.0)
+    assert metrics["skipped"] == 1.0 and "grad_norm" not in metrics and algo.outer_steps == 1
+    after = algo.meta_parameters()
+    assert all(torch.equal(after[n], v) or torch.isnan(v).any() for n, v in before.items())
+    assert all(torch.equal(after[n].nan_to_num(0.0), v.nan_to_num(0.0)) for n, v in before.items())
+    with pytest.raises(ConfigError, match="at least one"):
+        algo.step([], opt)
 
 
 def test_registry_and_config_errors():

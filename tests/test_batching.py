@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import metalm
-from metalm import AdapterConfig, InnerConfig, MetaConfig, SyntheticTasks
-from metalm.algorithms import base
+from metalm import AdapterConfig, InnerConfig, MetaConfig, SyntheticTasks, batching
 from metalm.batching import stack_batches, vmap_tasks
 from metalm.losses import lm_loss
 
@@ -29,13 +28,13 @@ def ragged_episodes(n: int = 3, shots: int = 2, queries: int = 2) -> list[metalm
 def vmap_calls(monkeypatch):
     """Counts the meta-batches that really ran under vmap (so a silent fallback fails the test)."""
     calls = []
-    real = base.vmap_tasks
+    real = batching.vmap_tasks
 
     def counting(fn, *stacked):
         calls.append(stacked[0]["input_ids"].shape[0])
         return real(fn, *stacked)
 
-    monkeypatch.setattr(base, "vmap_tasks", counting)
+    monkeypatch.setattr(batching, "vmap_tasks", counting)
     return calls
 
 

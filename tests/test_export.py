@@ -47,7 +47,7 @@ def test_export_round_trip_with_transformers_and_peft_only(world, tmp_path, monk
     loaded = load_run(run, torch.device("cpu"))
     episode = EpisodeSampler([build_registry(loaded.config)["toy_cls"]], SamplerConfig(ways=2, shots=1, queries=2),
                              seed=0).sample()
-    ours = option_scores(loaded.learner.model, {}, episode.query, tok, CollateConfig(max_length=64))
+    ours = option_scores(loaded.load_into_model().model, {}, episode.query, tok, CollateConfig(max_length=64))
     theirs = option_scores(peft, {}, episode.query, tok, CollateConfig(max_length=64))
     assert torch.allclose(torch.tensor(ours), torch.tensor(theirs), atol=1e-5)
     meta = json.loads((export / "metalm.json").read_text())

@@ -20,6 +20,8 @@ def test_a_run_is_a_value_and_evaluating_it_leaves_the_model_untouched(tmp_path,
     assert run.trained.keys() == run.base.keys() == run.learner.meta_parameters().keys()
     assert all(torch.equal(v, saved[f"meta/{k}"]) for k, v in run.trained.items())
     assert any(not torch.equal(run.base[k], v) for k, v in run.trained.items())  # training moved them
+    own = run.learner.meta_parameters()
+    assert all(torch.equal(own[k], v) for k, v in run.base.items())  # the model holds the pretrained values
     before = {k: v.detach().clone() for k, v in run.learner.model.state_dict().items()}
     config = EvalConfig(shots=[1], episodes=2, ways=2, queries=1, methods=["zeroshot", "finetune", "meta"],
                         finetune_optimizers=["sgd"], finetune_lrs=[0.3], finetune_steps=[1], val_episodes=1)
@@ -28,3 +30,12 @@ def test_a_run_is_a_value_and_evaluating_it_leaves_the_model_untouched(tmp_path,
     assert {r["method"] for r in report["results"]} >= {"zeroshot", "finetune", "meta"}
     after = run.learner.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # evaluation passed values, never wrote them
+
+
+def test_load_into_model_writes_the_trained_values(tmp_path, monkeypatch):
+    world = make_world(tmp_path, max_steps=1, val_every=0, checkpoint_every=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    MetaTrainer(load_train_config(world["config"]), tmp_path / "run").train(progress=False)
+    run = load_run(tmp_path / "run")
+    learner = run.load_into_model()
+    assert all(torch.equal(p, run.trained[k]) for k, p in learner.meta_parameters().items())

@@ -159,7 +159,7 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
     # The exported adapter, loaded by PEFT on the base model plus the shared-weight changes, scores
     # the query options exactly as the harness does with the run's meta-learned state.
     loaded = load_run(run, torch.device("cpu"))
-    config, tok, algorithm = loaded.config, loaded.tokenizer, loaded.learner
+    config, tok, algorithm = loaded.config, loaded.tokenizer, loaded.load_into_model()
     registry = build_registry(config)
     episode = EpisodeSampler([registry["toy_cls"]], SamplerConfig(ways=2, shots=1, queries=2), seed=0).sample()
     ours = option_scores(algorithm.model, {}, episode.query, tok, CollateConfig(max_length=64))

@@ -1,6 +1,7 @@
-"""Meta-learning algorithms: each is a small outer step on the one inner loop, registered by name."""
+"""Meta-learning algorithms: each is a small outer step on the one inner loop, registered by name
+(variants that only change a config, like FOMAML, ANIL, Meta-SGD and MAML++, register MAML again)."""
 
-from .anil import ANIL, ANILConfig
+from .anil import ANILConfig
 from .base import (
     MetaLearner,
     algorithm_class,
@@ -9,16 +10,16 @@ from .base import (
     build_algorithm,
     register_algorithm,
 )
-from .maml import FOMAML, MAML, FOMAMLConfig, MAMLConfig, multi_step_loss_weights
-from .mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig
+from .maml import MAML, FOMAMLConfig, MAMLConfig, multi_step_loss_weights
+from .mamlpp import MAMLPlusPlusConfig
 from .metaicl import MetaICL, MetaICLConfig
-from .metasgd import MetaSGD, MetaSGDConfig
+from .metasgd import MetaSGDConfig
 from .multitask import Multitask, MultitaskConfig
 from .reptile import Reptile, ReptileConfig
 
 __all__ = [
-    "ANIL", "ANILConfig", "FOMAML", "FOMAMLConfig", "MAML", "MAMLConfig", "MAMLPlusPlus", "MAMLPlusPlusConfig",
-    "MetaICL", "MetaICLConfig", "MetaLearner", "MetaSGD", "MetaSGDConfig", "Multitask", "MultitaskConfig",
+    "ANILConfig", "FOMAMLConfig", "MAML", "MAMLConfig", "MAMLPlusPlusConfig",
+    "MetaICL", "MetaICLConfig", "MetaLearner", "MetaSGDConfig", "Multitask", "MultitaskConfig",
     "Reptile", "ReptileConfig", "algorithm_class", "algorithm_config", "algorithm_names", "build_algorithm",
     "multi_step_loss_weights", "register_algorithm",
 ]

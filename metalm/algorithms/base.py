@@ -1,26 +1,30 @@
-"""What every meta-learning algorithm shares: the learner object and the algorithm registry.
+"""What every meta-learning algorithm shares: the outer step and the algorithm registry.
 
-An algorithm is a small outer step on the one inner loop (:func:`metalm.adapt`). Each registers
-under a name with its config dataclass; :func:`build_algorithm` builds one by name.
+An algorithm is a small outer step on the one inner loop (:func:`metalm.adapt`): a
+:class:`MetaLearner` subclass computes a meta-batch's meta-gradients, and :meth:`MetaLearner.step`
+(the one outer-step implementation, the trainer's too) applies them. Each algorithm registers
+under a name with its config dataclass; a variant that only changes the config (FOMAML, ANIL,
+Meta-SGD, MAML++ are MAML's) registers the same class under its own name and config.
+:func:`build_algorithm` builds one by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
-from ..batching import is_vmap_error, stack_batches, vmap_tasks
+from ..batching import TaskGroups
 from ..config import InnerConfig, from_dict
 from ..data.episode import Episode
 from ..errors import ConfigError
-from ..inner import LearningRate, LossFn, adapt
-from ..losses import Batch, cache_prefix, lm_loss, lm_loss_and_accuracy, prepare_batch
+from ..inner import LearningRate, LossFn
+from ..losses import Batch, compiled_lm_loss, lm_loss, reusable_batch
 from ..params import ParameterSelection
 
 _REGISTRY: dict[str, tuple[type[MetaLearner], type]] = {}
@@ -29,11 +33,17 @@ _REGISTRY: dict[str, tuple[type[MetaLearner], type]] = {}
 def register_algorithm(name: str, config_cls: type) -> Callable[[type[MetaLearner]], type[MetaLearner]]:
     """Class decorator registering a :class:`MetaLearner` under ``name`` with its config dataclass.
 
+    The same class may be registered under several names with different configs (a variant)::
+
+        register_algorithm("fomaml", FOMAMLConfig)(MAML)
+
     Raises:
         ValueError: If ``name`` is already registered.
     """
 
     def deco(cls: type[MetaLearner]) -> type[MetaLearner]:
+        if not (isinstance(cls, type) and issubclass(cls, MetaLearner)):
+            raise TypeError(f"algorithm {name!r}: {cls!r} is not a MetaLearner subclass")
         if name in _REGISTRY:
             raise ValueError(f"algorithm {name!r} is already registered (by {_REGISTRY[name][0].__name__})")
         _REGISTRY[name] = (cls, config_cls)
@@ -78,22 +88,29 @@ def build_algorithm(name: str, model: nn.Module, selection: ParameterSelection, 
         config = algorithm_config(name, config)
     elif not isinstance(config, config_cls):
         raise ConfigError("algorithm", f"{name!r} takes a {config_cls.__name__}, got {type(config).__name__}")
-    return cls(model, selection, config)
+    learner = cls(model, selection, config)
+    learner.name = name
+    return learner
 
 
 class MetaLearner:
-    """State and helpers shared by the algorithms; subclasses implement :meth:`meta_gradients`.
+    """An outer step: the meta-parameters, the state to checkpoint, and :meth:`step`.
 
-    The meta-parameters are the fast weights' initialization (the model's own tensors), the shared
-    base weights the selection names, and any learned inner learning rates (owned here).
+    Subclasses implement :meth:`meta_gradients`. The meta-parameters are the fast weights'
+    initialization (the model's own tensors), the shared base weights the selection names, and any
+    learned inner learning rates (owned here). Evaluating an initialization is evaluation's job
+    (:func:`metalm.eval.query_metrics`, :class:`metalm.eval.Harness`); grouping tasks for ``vmap``
+    is :class:`metalm.batching.TaskGroups`'s; when to cache a frozen prefix is
+    :func:`metalm.losses.reusable_batch`'s.
 
     Args:
         model: The (adapter-wrapped) causal LM; ``requires_grad`` is set from ``selection``.
         selection: Which tensors are fast and shared.
-        config: The algorithm's config dataclass (has at least ``inner: InnerConfig``).
+        config: The algorithm's config dataclass (has at least ``inner: InnerConfig``). A config
+            with a ``check_selection(selection)`` method has it called first (ANIL's rule).
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""  #: the registered name it was built under (:func:`build_algorithm`)
 
     @classmethod
     def scoring(cls, config: Any) -> dict[str, Any]:
@@ -108,6 +125,9 @@ class MetaLearner:
         return self.scoring(self.config)["icl"]
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: Any) -> None:
+        check = getattr(config, "check_selection", None)
+        if check is not None:
+            check(selection)
         self.model, self.selection, self.config = model, selection, config
         self.inner: InnerConfig = config.inner
         selection.apply(model)
@@ -115,8 +135,12 @@ class MetaLearner:
         self.prefix_layer = selection.lowest_adapted_layer() if self.inner.cache_prefix else None
         self.inner_lrs: dict[str, nn.Parameter] = {}
         self.outer_steps = 0
-        self.vmap_failure: str | None = None  # why vmap over tasks did not run (then the loop is used)
-        self._compiled_loss: LossFn | None = None
+        self.tasks = TaskGroups(model, self.inner.vmap, self.inner.vmap_chunk or 0)
+
+    @property
+    def vmap_failure(self) -> str | None:
+        """Why ``vmap`` over tasks did not run (then tasks are looped), or ``None``."""
+        return self.tasks.failure
 
     # ------------------------------------------------------------------ parameters
     def meta_parameters(self) -> dict[str, Tensor]:
@@ -149,92 +173,19 @@ class MetaLearner:
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
 
-    # ------------------------------------------------------------------ adaptation
+    # ------------------------------------------------------------------ helpers of meta_gradients
     def inner_loss(self, first_order: bool) -> LossFn:
-        """The support loss of the inner loop: :func:`metalm.lm_loss`, through ``torch.compile``
-        (built once, dynamic shapes) for first-order loops when ``inner.compile`` is set."""
-        if not (self.inner.compile and first_order):
-            return lm_loss
-        if self._compiled_loss is None:
-            self._compiled_loss = torch.compile(lm_loss, dynamic=True)
-        return self._compiled_loss
+        """The support loss of the inner loop: :func:`metalm.lm_loss`, compiled
+        (:func:`metalm.losses.compiled_lm_loss`) for first-order loops when ``inner.compile`` is set."""
+        return compiled_lm_loss() if self.inner.compile and first_order else lm_loss
 
     def prefixed(self, batch: Batch, uses: int | None = None) -> Batch:
-        """``batch`` with a frozen-prefix cache when it will be run ``uses`` times (default: the inner
-        steps) and ``uses >= 2``; a single pass gains nothing from a cache."""
-        if (self.inner.steps if uses is None else uses) < 2:
-            return prepare_batch(batch)  # target positions found once, outside any compiled loss
-        return cache_prefix(self.model, batch, self.prefix_layer)
+        """``batch`` for ``uses`` passes (default: the inner steps), :func:`metalm.losses.reusable_batch`."""
+        return reusable_batch(self.model, batch, self.prefix_layer, self.inner.steps if uses is None else uses)
 
     def run_tasks(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[Episode]) -> Iterator[Any]:
-        """Yield ``fn(support, query)`` for the episodes, outputs stacked along a leading task dim.
-
-        With ``inner.vmap``, the episodes with the same numbers of support and query rows (a
-        classification task's N-way K-shot episode has N*K support rows, other tasks' K) run
-        together under ``torch.func.vmap`` (:mod:`metalm.batching`), ``inner.vmap_chunk`` at a
-        time (default: all); a lone episode, or a group that cannot (see :meth:`vmapped`), runs
-        one task at a time (a task dim of 1). A consumer that runs ``backward`` on each item
-        before taking the next keeps one group's graph alive at a time.
-        """
-        shapes: dict[tuple[int, int], list[Episode]] = {}
-        for ep in episodes:
-            key = (ep.support["input_ids"].shape[0], ep.query["input_ids"].shape[0]) if self.inner.vmap else (0, 0)
-            shapes.setdefault(key, []).append(ep)
-        size = (self.inner.vmap_chunk or len(episodes)) if self.inner.vmap else 1
-        for same in shapes.values():
-            for start in range(0, len(same), size):
-                group = same[start:start + size]
-                stacked = self.vmapped(fn, group)
-                if stacked is not None:
-                    yield stacked
-                    continue
-                for ep in group:
-                    yield tree_map(lambda t: t.unsqueeze(0), fn(ep.support, ep.query))
-
-    def vmapped(self, fn: Callable[[Batch, Batch], Any], episodes: Sequence[Episode]) -> Any | None:
-        """``fn(support, query)`` run for every episode at once under ``torch.func.vmap``.
-
-        Returns ``fn``'s outputs stacked along a leading task dimension, or ``None`` when the
-        caller should loop instead: ``inner.vmap`` is off, there is a single episode, the
-        episodes' row counts differ, or the model does not run under ``vmap`` (warned once, with
-        the reason kept in :attr:`vmap_failure`; later steps loop).
-        """
-        if not self.inner.vmap or self.vmap_failure is not None or len(episodes) < 2:
-            return None
-        supports = stack_batches([ep.support for ep in episodes], self.model)
-        queries = stack_batches([ep.query for ep in episodes], self.model)
-        if supports is None or queries is None:
-            return None
-        try:
-            return vmap_tasks(fn, supports, queries)
-        except (RuntimeError, NotImplementedError) as err:
-            if not is_vmap_error(err):
-                raise
-            self.vmap_failure = str(err).splitlines()[0][:300]
-            warnings.warn(f"inner.vmap: this model does not run under torch.func.vmap ({self.vmap_failure}); "
-                          "running the tasks one by one", RuntimeWarning, stacklevel=3)
-            return None
-
-    def adapt(self, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:
-        """Adapt the learned initialization to ``support`` for evaluation (no meta-graph kept).
-
-        Uses the same inner loop, update rule and (learned) rates as training. Returns detached
-        fast weights.
-        """
-        params = {n: p.detach() for n, p in self.selection.fast_params(self.model).items()}
-        lr = self.inner_lr()
-        lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr
-        steps = self.inner.steps if steps is None else steps
-        out = adapt(self.model, params, self.prefixed(support, steps), lr=lr, first_order=True,
-                    loss_fn=self.inner_loss(True), **{**self.inner.options(), "steps": steps})
-        return {n: v.detach() for n, v in out.items()}
-
-    def evaluate(self, episode: Episode) -> dict[str, float]:
-        """Adapt on the episode's support set and score its query set (loss and token accuracy)."""
-        adapted = self.adapt(episode.support)
-        with torch.no_grad():
-            loss, acc = lm_loss_and_accuracy(self.model, adapted, episode.query)
-        return {"query_loss": float(loss), "query_accuracy": float(acc)}
+        """``fn(support, query)`` for the episodes, stacked along a leading task dim (:attr:`tasks`)."""
+        return self.tasks(fn, episodes)
 
     # ------------------------------------------------------------------ outer step
     def meta_gradients(self, episodes: Sequence[Episode]) -> dict[str, float]:
@@ -245,15 +196,56 @@ class MetaLearner:
         """
         raise NotImplementedError
 
-    def step(self, episodes: Sequence[Episode], optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """One outer step: zero the gradients, compute the meta-gradients, step ``optimizer``."""
-        if not episodes:
-            raise ConfigError("episodes", "a meta-batch needs at least one episode")
+    def step(self, episodes: Sequence[Episode] | Iterable[Sequence[Episode]], optimizer: torch.optim.Optimizer, *,
+             clip_grad_norm: float | None = None,
+             sync: Callable[[list[Tensor], dict[str, float]], dict[str, float]] | None = None,
+             autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+             ) -> dict[str, float]:
+        """One outer step: zero the gradients, accumulate the meta-gradients, step ``optimizer``.
+
+        The step is skipped (no update) when a meta-gradient or metric is NaN or infinite; the
+        outer-step counter advances either way.
+
+        Args:
+            episodes: One meta-batch, or an iterable of meta-batches (drawn lazily) whose
+                meta-gradients are averaged: gradient accumulation, equal to one meta-batch of all
+                their episodes when they are the same size.
+            optimizer: The outer optimizer over :meth:`meta_parameters`.
+            clip_grad_norm: Clip the meta-gradient's global norm (reported as ``grad_norm``).
+            sync: Called with the meta-parameters and the metrics after accumulation; returns the
+                metrics to report (the trainer averages gradients and metrics over processes here).
+            autocast: Context for computing the meta-gradients (the trainer's bf16 autocast on CUDA).
+
+        Returns:
+            The metrics averaged over the meta-batches, ``grad_norm`` when clipping, and
+            ``skipped``: 1.0 when the step was not applied, else 0.0.
+        """
+        batches = [episodes] if isinstance(episodes, Sequence) and episodes and isinstance(episodes[0], Episode) \
+            else list(episodes) if isinstance(episodes, Sequence) else episodes
+        params = list(self.meta_parameters().values())
         optimizer.zero_grad(set_to_none=True)
-        metrics = self.meta_gradients(episodes)
-        optimizer.step()
+        parts: list[dict[str, float]] = []
+        for batch in batches:
+            if not batch:
+                raise ConfigError("episodes", "a meta-batch needs at least one episode")
+            with autocast():
+                parts.append(self.meta_gradients(batch))
+        if not parts:
+            raise ConfigError("episodes", "an outer step needs at least one meta-batch")
+        metrics = {k: sum(m[k] for m in parts) / len(parts) for k in parts[0]}
+        if len(parts) > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(len(parts))
+        if sync is not None:
+            metrics = sync(params, metrics)
         self.outer_steps += 1
-        return metrics
+        if not finite(params, metrics):
+            return {**metrics, "skipped": 1.0}
+        if clip_grad_norm is not None:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm))
+        optimizer.step()
+        return {**metrics, "skipped": 0.0}
 
     def state_dict(self) -> dict[str, Any]:
         """Algorithm state besides the model: learned rates and the outer-step counter."""
@@ -271,4 +263,11 @@ class MetaLearner:
                 self.inner_lrs[n].copy_(v)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({dataclasses.asdict(self.config)})"
+        return f"{type(self).__name__}({self.name!r}, {dataclasses.asdict(self.config)})"
+
+
+def finite(params: Sequence[Tensor], metrics: Mapping[str, float]) -> bool:
+    """Whether every gradient of ``params`` and every metric is finite (one device sync)."""
+    grads = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    ok = bool(torch.stack(grads).all()) if grads else True
+    return ok and all(math.isfinite(v) for v in metrics.values())

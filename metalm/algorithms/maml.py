@@ -96,10 +96,9 @@ class MAML(MetaLearner):
     """Model-Agnostic Meta-Learning over the fast weights (and any shared weights).
 
     Second-order meta-gradients flow through the inner gradients (``create_graph=True``) into
-    the initialization, the shared weights and any learned rates.
+    the initialization, the shared weights and any learned rates. FOMAML, ANIL, Meta-SGD and
+    MAML++ are this class registered with their own configs.
     """
-
-    name = "maml"
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: MAMLConfig) -> None:
         super().__init__(model, selection, config)
@@ -142,10 +141,7 @@ class MAML(MetaLearner):
         return out
 
 
-@register_algorithm("fomaml", FOMAMLConfig)
-class FOMAML(MAML):
-    """First-order MAML: the meta-gradient is the query gradient at the adapted weights."""
-
-    name = "fomaml"
+# First-order MAML: the meta-gradient is the query gradient at the adapted weights.
+register_algorithm("fomaml", FOMAMLConfig)(MAML)
 
 

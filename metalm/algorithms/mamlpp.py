@@ -31,8 +31,5 @@ class MAMLPlusPlusConfig(MAMLConfig):
                                                              "second-order phase to anneal to")
 
 
-@register_algorithm("maml++", MAMLPlusPlusConfig)
-class MAMLPlusPlus(MAML):
-    """MAML with LSLR, the multi-step loss and derivative-order annealing."""
-
-    name = "maml++"
+# MAML with LSLR, the multi-step loss and derivative-order annealing.
+register_algorithm("maml++", MAMLPlusPlusConfig)(MAML)

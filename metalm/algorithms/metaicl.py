@@ -17,8 +17,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import torch
-
 from ..config import InnerConfig
 from ..data.episode import Episode
 from ..errors import ConfigError
@@ -49,7 +47,6 @@ class MetaICLConfig:
 class MetaICL(MetaLearner):
     """Train the meta-parameters on in-context rows (demonstrations + query), no inner loop."""
 
-    name = "metaicl"
 
     @classmethod
     def scoring(cls, config: MetaICLConfig) -> dict[str, Any]:
@@ -66,9 +63,3 @@ class MetaICL(MetaLearner):
             losses.append(float(loss.detach()))
             accs.append(float(acc))
         return {"query_loss": sum(losses) / len(losses), "query_accuracy": sum(accs) / len(accs)}
-
-    def evaluate(self, episode: Episode) -> dict[str, float]:
-        """Query loss and token accuracy of the in-context rows (no adaptation)."""
-        with torch.no_grad():
-            loss, acc = lm_loss_and_accuracy(self.model, self.selection.meta_params(self.model), episode.query)
-        return {"query_loss": float(loss), "query_accuracy": float(acc)}

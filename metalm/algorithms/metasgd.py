@@ -25,8 +25,5 @@ class MetaSGDConfig(MAMLConfig):
             raise ConfigError("algorithm.learn_lr", "meta-sgd learns the inner rates: per_element or per_tensor")
 
 
-@register_algorithm("meta-sgd", MetaSGDConfig)
-class MetaSGD(MAML):
-    """MAML with learned per-element inner learning rates (meta-parameters ``inner_lr/NAME``)."""
-
-    name = "meta-sgd"
+# MAML with learned per-element inner learning rates (meta-parameters ``inner_lr/NAME``).
+register_algorithm("meta-sgd", MetaSGDConfig)(MAML)

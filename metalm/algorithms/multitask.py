@@ -80,7 +80,6 @@ class Multitask(MetaLearner):
     the trainer calls before building the outer optimizer.
     """
 
-    name = "multitask"
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: MultitaskConfig) -> None:
         super().__init__(model, selection, config)

@@ -42,7 +42,6 @@ class Reptile(MetaLearner):
             adapts, so shared weights would never move (adapt them with ``bitfit``/``full`` instead).
     """
 
-    name = "reptile"
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: ReptileConfig) -> None:
         if selection.shared:

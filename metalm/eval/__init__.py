@@ -1,11 +1,11 @@
 """Few-shot evaluation: adapt then score, for every method on the same held-out episodes."""
 
 from .fewshot import BASELINES, METHODS, EvalConfig, Harness, Trained, eval_tasks
-from .inits import Init, init_from_values, init_of
+from .inits import Init, adapted_params, init_from_values, init_of, query_metrics
 from .scoring import exact_match, greedy_generate, normalize_answer, option_scores, token_f1
 from .stats import mean_ci95, paired
 from .summary import format_paired, format_table, summarize
 
-__all__ = ["BASELINES", "METHODS", "EvalConfig", "Harness", "Init", "Trained", "eval_tasks", "exact_match",
-           "format_paired", "format_table", "greedy_generate", "init_from_values", "init_of", "mean_ci95",
-           "normalize_answer", "option_scores", "paired", "summarize", "token_f1"]
+__all__ = ["BASELINES", "METHODS", "EvalConfig", "Harness", "Init", "Trained", "adapted_params", "eval_tasks",
+           "exact_match", "format_paired", "format_table", "greedy_generate", "init_from_values", "init_of",
+           "mean_ci95", "normalize_answer", "option_scores", "paired", "query_metrics", "summarize", "token_f1"]

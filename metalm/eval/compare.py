@@ -23,7 +23,7 @@ from ..config import InnerConfig
 from ..errors import ConfigError
 from ..run import load_run
 from .fewshot import Harness, Measurements, Trained
-from .inits import Init, init_from_checkpoint, init_from_values, init_of
+from .inits import Init, init_from_checkpoint, init_from_values
 
 
 def run_label(config: Any, kind: str, n_runs: int) -> str:
@@ -63,7 +63,8 @@ def _with_inner(init: Init, kind: str, inner: InnerConfig | None) -> Init:
 
 def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], first: Any, base: Init) -> RunRows:
     """The trained rows of ``runs`` (their ``TrainConfig`` and :func:`run_kind`); ``first`` is the first
-    run's learner (its model holds the trained weights) and ``base`` its pretrained :class:`Init`.
+    run (a loaded :class:`~metalm.run.Run`, its trained values passed as values) and ``base`` its
+    pretrained :class:`Init`.
 
     Raises:
         ConfigError: If a run trained another base model than the first.
@@ -76,7 +77,7 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
             raise ConfigError("--run-dir", f"{run} trained {config.model}, not {configs[0].model}: "
                                             "compared runs must share the base model")
         if i == 0:
-            init: Init | None = init_of(first)
+            init: Init | None = init_from_values(first.learner, first.trained)
         elif (config.adapter, config.meta, config.dtype) == (configs[0].adapter, configs[0].meta, configs[0].dtype):
             alg = config.algorithm_config()
             init = init_from_checkpoint(run_checkpoint(run), base, alg.inner,
@@ -108,7 +109,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
         loaded = load_run(run, device)
         tokenizer, learner = loaded.tokenizer, loaded.learner
         base = init_from_values(learner, loaded.base, trained=False)
-        row = Trained(label, kind, _with_inner(init_of(learner), kind, inner))
+        row = Trained(label, kind, _with_inner(init_from_values(learner, loaded.trained), kind, inner))
         other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), [row],
                         learner.selection.lowest_adapted_layer())
         other.finetune = harness.finetune  # the same fine-tuning budget for its @ft row

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from ..config import InnerConfig
-from ..inner import LearningRate
+from ..inner import LearningRate, adapt
+from ..losses import Batch, lm_loss_and_accuracy, reusable_batch
 
 
 @dataclasses.dataclass
@@ -59,6 +61,38 @@ class Init:
         a, b = self.inner, other.inner
         return (a.steps, a.optimizer, a.lr, self.lr is None, self.adapt) == \
             (b.steps, b.optimizer, b.lr, other.lr is None, other.adapt)
+
+
+def adapted_params(model: nn.Module, init: Init, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:
+    """Every tensor to score with after adapting ``init`` to ``support`` (detached; no meta-graph).
+
+    The inner loop of ``init`` (its steps unless ``steps`` is given, its learned rates) runs
+    first-order from ``init.fast`` with ``init.frozen`` passed, never written into ``model``; an
+    ``init`` that does not adapt (``init.adapt`` false, MetaICL's) gives its starting values.
+    """
+    if not init.adapt:
+        return init.params()
+    opts = {**init.inner.options(), **({} if steps is None else {"steps": steps})}
+    out = adapt(model, init.fast, support, lr=init.rate(), first_order=True, frozen=init.frozen, **opts)
+    return init.params({k: v.detach() for k, v in out.items()})
+
+
+def query_metrics(model: nn.Module, init: Init, episode: Any, prefix_layer: int | None = None) -> dict[str, float]:
+    """Adapt ``init`` on a tokenized episode's support set and score its query set: the mean query
+    loss and token accuracy (the trainer's validation, the demo's evaluation).
+
+    Args:
+        model: The model ``init``'s tensors belong to.
+        init: Where adaptation starts and how (:func:`init_of` for a learner's current values).
+        episode: A tokenized :class:`metalm.data.Episode` (``support``, ``query`` batches).
+        prefix_layer: The lowest layer holding a fast or shared weight: layers below it are run
+            once for all inner steps (:func:`metalm.losses.reusable_batch`); ``None``: no cache.
+    """
+    support = reusable_batch(model, episode.support, prefix_layer, init.inner.steps if init.adapt else 0)
+    params = adapted_params(model, init, support)
+    with torch.no_grad():
+        loss, acc = lm_loss_and_accuracy(model, params, episode.query)
+    return {"query_loss": float(loss), "query_accuracy": float(acc)}
 
 
 def init_of(learner: Any, *, trained: bool = True) -> Init:
