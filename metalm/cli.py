@@ -96,7 +96,16 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from . import distributed
-    from .eval import EvalConfig, Harness, eval_tasks, format_paired, format_table, init_from_values, init_of
+    from .eval import (
+        EvalConfig,
+        Harness,
+        eval_tasks,
+        format_paired,
+        format_table,
+        format_winner,
+        init_from_values,
+        init_of,
+    )
     from .eval.compare import measure_separately, run_rows
     from .eval.fewshot import UNADAPTED
     from .run import TrainConfig, build_model, build_registry, load_run, load_train_config, run_kind, task_lists
@@ -201,6 +210,9 @@ def _eval(args: argparse.Namespace) -> int:
     if paired:
         print(f"\nPaired differences on the same episodes ({len(names)} tasks x {eval_cfg.episodes} episodes x "
               f"{eval_cfg.seeds} seeds; paired t):\n{paired}")
+    winner = format_winner(report)
+    if winner:
+        print(f"\n{winner}")
     return 0
 
 

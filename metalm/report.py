@@ -73,7 +73,7 @@ def write_report(run_dir: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .eval import format_paired, format_table
+    from .eval import format_paired, format_table, format_winner
 
     run_dir = Path(run_dir)
     log = _read_log(run_dir)  # before anything is written
@@ -106,6 +106,8 @@ def write_report(run_dir: str | Path) -> Path:
         paired = format_paired(report)
         if paired:
             lines += ["### Paired differences against the reference (same episodes, paired t)", "", paired, ""]
+        if format_winner(report):
+            lines += [format_winner(report), ""]
         seeds = report.get("seeds", {})
         if len(seeds.get("seeds", [])) > 1:
             lines += ["### Seeds of example choice (macro accuracy per seed)", "",

@@ -291,6 +291,22 @@ def test_paired_interval_holds_a_known_difference_and_is_narrower():
     assert seeds == {(m, s) for m in ("zeroshot", "meta") for s in (1, 2)}
     with pytest.raises(ConfigError, match="not evaluated"):
         summarize(data, tasks, [4], chance={}, majority={}, seeds=[1, 2], baselines=[], reference="icl")
+    # The winner is the best macro mean, compared with the runner-up on the same units.
+    (win,) = report["winner"]
+    assert (win["method"], win["runner_up"], win["separated"]) == ("meta", "zeroshot", True)
+    assert win["diff"] == pytest.approx(d) and win["ci95"] == 0.0
+    from metalm.eval import format_winner
+    assert format_winner(report).startswith("4-shot winner: meta (") and "vs zeroshot: +0.250" in format_winner(report)
+    data[("icl", "a", 4)] = [[a + 0.5 * e for a, e in zip(row, [1, -1] * (n // 2), strict=True)]
+                            for row in data[("meta", "a", 4)]]  # the winner's values +-0.5 (alternating)
+    for t in tasks[1:]:
+        data[("icl", t, 4)] = data[("meta", t, 4)]
+    data[("icl", "a", 4)][0][0] += 0.125  # icl ahead by 0.125 on one unit of 24: the best, not separated
+    tied = summarize(data, tasks, [4], chance={t: 0.5 for t in tasks}, majority={t: 0.5 for t in tasks},
+                     seeds=[1, 2], baselines=["zeroshot"])
+    (win,) = tied["winner"]
+    assert (win["method"], win["runner_up"], win["separated"]) == ("icl", "meta", False)
+    assert win["diff"] == pytest.approx(0.125 / 3 / 24) and "not separated" in format_winner(tied)
 
 
 def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):

@@ -4,8 +4,9 @@ from .fewshot import BASELINES, METHODS, EvalConfig, Harness, Trained, eval_task
 from .inits import Init, adapted_params, init_from_values, init_of, query_metrics
 from .scoring import exact_match, greedy_generate, normalize_answer, option_scores, token_f1
 from .stats import mean_ci95, paired
-from .summary import format_paired, format_table, summarize
+from .summary import format_paired, format_table, format_winner, summarize
 
 __all__ = ["BASELINES", "METHODS", "EvalConfig", "Harness", "Init", "Trained", "adapted_params", "eval_tasks",
-           "exact_match", "format_paired", "format_table", "greedy_generate", "init_from_values", "init_of",
-           "mean_ci95", "normalize_answer", "option_scores", "paired", "query_metrics", "summarize", "token_f1"]
+           "exact_match", "format_paired", "format_table", "format_winner", "greedy_generate", "init_from_values",
+           "init_of", "mean_ci95", "normalize_answer", "option_scores", "paired", "query_metrics", "summarize",
+           "token_f1"]

@@ -7,6 +7,8 @@
 * ``paired``: every method against a reference on the same units (macro) and the same episodes
   (per task): the mean difference, its 95% paired t-interval, the paired t-test's p-value and the
   minimum difference detectable with 80% power (:func:`metalm.eval.stats.paired`);
+* ``winner``: per shot count, the method with the best macro mean and its paired difference from
+  the runner-up on the same units (``separated``: the interval excludes zero);
 * ``seeds``: each seed's macro accuracy per method, and per method the mean and the worst seed;
 * ``chance`` and ``majority``: per task, the accuracy of a uniform guess and of always answering
   the query set's most frequent label (generation: its most frequent reference);
@@ -67,7 +69,7 @@ def summarize(data: Measurements, tasks: Sequence[str], shot_counts: Sequence[in
         ConfigError: If ``reference`` names a method that was not evaluated.
     """
     rows = list(dict.fromkeys(r for r, _, _ in data))
-    results, macro, pairs, per_seed, seed_summary = [], [], [], [], []
+    results, macro, pairs, per_seed, seed_summary, winners = [], [], [], [], [], []
     for (row, task, shots), by_seed in data.items():
         flat = [a for accs in by_seed for a in accs]
         mean, ci = mean_ci95(flat)
@@ -87,6 +89,12 @@ def summarize(data: Measurements, tasks: Sequence[str], shot_counts: Sequence[in
                          for seed, v in zip(seeds, values, strict=True)]
             seed_summary.append({"method": row, "shots": shots, "mean": sum(values) / len(values),
                                  "worst": min(values), "best": max(values)})
+        ranked = sorted(rows, key=lambda r: -sum(units[r]) / len(units[r]))
+        if len(ranked) > 1:
+            best = paired(units[ranked[0]], units[ranked[1]])
+            winners.append({"method": ranked[0], "runner_up": ranked[1], "shots": shots,
+                            "accuracy": sum(units[ranked[0]]) / len(units[ranked[0]]), **best,
+                            "separated": bool(best["diff"] - best["ci95"] > 0)})
         candidates = [r for r in rows if r in baselines]
         ref = reference or (max(candidates, key=lambda r: sum(units[r]) / len(units[r])) if candidates else None)
         if ref is None:
@@ -102,7 +110,8 @@ def summarize(data: Measurements, tasks: Sequence[str], shot_counts: Sequence[in
                 theirs = [a for accs in data[(ref, t, shots)] for a in accs]
                 pairs.append({"method": row, "reference": ref, "shots": shots, "task": t, **paired(mine, theirs)})
     per_episode = {f"{row}|{task}|{shots}": by_seed for (row, task, shots), by_seed in data.items()}
-    return {"results": results, "macro": macro, "paired": pairs, "reference": references, "per_episode": per_episode,
+    return {"results": results, "macro": macro, "paired": pairs, "reference": references, "winner": winners,
+            "per_episode": per_episode,
             "seeds": {"seeds": list(seeds), "per_seed": per_seed, "summary": seed_summary},
             "chance": dict(chance), "macro_chance": sum(chance.values()) / len(chance),
             "majority": dict(majority), "macro_majority": sum(majority.values()) / len(majority)}
@@ -141,4 +150,16 @@ def format_paired(report: Mapping[str, Any]) -> str:
         lo, hi = p["diff"] - p["ci95"], p["diff"] + p["ci95"]
         lines.append(f"| {p['method']} | {p['reference']} | {p['shots']} | {p['diff']:+.3f} | "
                      f"[{lo:+.3f}, {hi:+.3f}] | {p['p']:.3g} | {p['mde80']:.3f} |")
+    return "\n".join(lines)
+
+
+def format_winner(report: Mapping[str, Any]) -> str:
+    """One line per shot count: the best method by macro mean and its paired difference from the
+    runner-up, with whether the 95% interval excludes zero."""
+    lines = []
+    for w in report.get("winner", []):
+        lo, hi = w["diff"] - w["ci95"], w["diff"] + w["ci95"]
+        verdict = "separated" if w["separated"] else "not separated (the interval includes 0)"
+        lines.append(f"{w['shots']}-shot winner: {w['method']} ({w['accuracy']:.3f}); vs {w['runner_up']}: "
+                     f"{w['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {w['p']:.3g}: {verdict}")
     return "\n".join(lines)
