@@ -69,6 +69,24 @@ class SyntheticTasks:
         task = self.task(generator)
         return Episode(self.examples(task, shots, generator), self.examples(task, queries, generator), "synthetic")
 
+    def in_context(self, episode: Episode, generator: torch.Generator) -> Episode:
+        """``episode`` with each query row written after the support rows as demonstrations (in a random
+        order, shared by the queries), the loss on the query's label token only: in-context rows as
+        MetaICL trains on them (:func:`metalm.data.demos.training_rows` for text tasks).
+
+        The support set is unchanged; the query batch becomes ``[Q, S * seq_len + seq_len]`` for
+        ``S`` support and ``Q`` query rows. A task's key-to-label pairing is readable only from the
+        demonstrations, so a model scores above chance on these rows only by learning in context.
+        """
+        support, query = episode.support["input_ids"], episode.query["input_ids"]
+        order = torch.randperm(support.shape[0], generator=generator)
+        demos = support[order].reshape(1, -1).expand(query.shape[0], -1)
+        ids = torch.cat([demos, query], dim=1)
+        labels = torch.full_like(ids, -100)
+        labels[:, -1] = ids[:, -1]
+        rows = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        return Episode(episode.support, rows, episode.task)
+
     def episodes(self, n: int, shots: int, queries: int, generator: torch.Generator) -> list[Episode]:
         """``n`` episodes, each from a fresh task."""
         return [self.episode(shots, queries, generator) for _ in range(n)]
