@@ -344,17 +344,29 @@ def yaml_load(text: str) -> Any:
 MAX_DEPTH = 64
 
 
+def read_yaml(path: str | Path, error: type[ConfigError] = ConfigError, what: str = "") -> Any:
+    """Read and parse one YAML file (:func:`yaml_load`'s limits); the one place that does.
+
+    Raises:
+        ConfigError: ``error`` (a :class:`ConfigError` subclass) naming ``path`` and ``<file>`` (cannot
+            read it, not UTF-8; ``what`` names the kind of file) or ``<yaml>`` (malformed YAML).
+    """
+    path, cannot = Path(path), f"cannot read{' the ' + what if what else ''}"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error("<file>", f"{cannot}: not UTF-8 ({err.reason} at byte {err.start})", str(path)) from None
+    except OSError as err:
+        raise error("<file>", f"{cannot}: {err.strerror or err}", str(path)) from None
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as err:
+        raise error("<yaml>", "malformed YAML: " + " ".join(str(err).split()), str(path)) from None
+
+
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Read a YAML file into the dataclass ``cls``; every error names ``path``."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError("<file>", f"cannot read: {err}", str(path)) from None
-    try:
-        data = yaml_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError("<yaml>", f"malformed YAML: {err}".replace("\n", " "), str(path)) from None
+    data = read_yaml(path)
     return from_dict(cls, data if data is not None else {}, source=str(path))
 
 

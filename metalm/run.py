@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from torch import Tensor
 
 from .algorithms import MetaLearner, algorithm_config, build_algorithm
 from .checkpoint import latest_checkpoint, list_checkpoints
-from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, yaml_load
+from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, read_yaml
 from .data import CollateConfig, SamplerConfig, Task, TaskRegistry, load_split, packaged_tasks_dir, task_path
 from .errors import ConfigError, MetalmError
 from .hub import resolve_model
@@ -156,10 +155,7 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
     data: dict[str, Any] = {}
     source = str(path) if path else "command line"
     if path:
-        try:
-            data = yaml_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            raise ConfigError("<file>", " ".join(f"cannot read the config: {err}".split()), source) from None
+        data = read_yaml(path, what="config") or {}
         if not isinstance(data, dict):
             raise ConfigError("<file>", "expected a mapping", source)
     return from_dict(TrainConfig, deep_merge(data, overrides or {}), source=source)

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import yaml
 
-from ..config import from_dict, yaml_load
+from ..config import from_dict, read_yaml
 from ..errors import ConfigError, TaskError
 from .sources import load_examples
 from .tasks import TaskSpec, load_task_file
@@ -215,10 +214,7 @@ def load_split(name_or_path: str | Path, registry: TaskRegistry | None = None) -
             known = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
             raise TaskError("split", f"unknown split {str(name_or_path)!r} (known: {', '.join(known)})")
         path = found[0]
-    try:
-        data = yaml_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise TaskError("<file>", " ".join(f"cannot read the split: {err}".split()), str(path)) from None
+    data = read_yaml(path, TaskError, "split")
     try:
         split = from_dict(Split, data, source=str(path))
     except ConfigError as err:

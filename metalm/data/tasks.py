@@ -23,9 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from ..config import from_dict, yaml_load
+from ..config import from_dict, read_yaml
 from ..errors import ConfigError, TaskError
 from .templates import compile_template, render
 
@@ -169,16 +167,7 @@ def parse_task(data: Any, source: str | None = None) -> TaskSpec:
 def load_task_file(path: str | Path) -> TaskSpec:
     """Read and validate one task YAML file."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise TaskError("<file>", f"not UTF-8 ({err.reason} at byte {err.start})", str(path)) from None
-    except OSError as err:
-        raise TaskError("<file>", f"cannot read: {err.strerror}", str(path)) from None
-    try:
-        data = yaml_load(text)
-    except yaml.YAMLError as err:
-        raise TaskError("<yaml>", "malformed YAML: " + " ".join(str(err).split()), str(path)) from None
+    data = read_yaml(path, TaskError)
     spec = parse_task(data, str(path))
     spec_dir = path.parent
     # Local paths in a definition are relative to its file.
