@@ -132,6 +132,10 @@ class InnerConfig:
             first-order phase, adaptation at evaluation) through ``torch.compile`` with dynamic
             shapes; second-order steps stay eager (compiled graphs have no double backward). The
             first steps pay the compilation (tens of seconds on CPU). Not with ``vmap``.
+        recompute: Second-order loops keep no inner step's graph: each step is recomputed while
+            the meta-backward passes through it (:mod:`metalm.recompute`). Memory of one step's
+            graph instead of ``steps``, about one more forward and backward per step; the same
+            meta-gradient. Not with ``vmap``; no effect on first-order loops.
     """
 
     steps: int = 5
@@ -145,6 +149,7 @@ class InnerConfig:
     vmap: bool = False
     vmap_chunk: int = 0
     compile: bool = False
+    recompute: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 10_000:
@@ -159,13 +164,15 @@ class InnerConfig:
             raise ConfigError("inner.eps", f"must be > 0, got {self.eps}")
         if self.compile and self.vmap:
             raise ConfigError("inner.compile", "cannot be combined with inner.vmap (choose one)")
+        if self.recompute and self.vmap:
+            raise ConfigError("inner.recompute", "cannot be combined with inner.vmap (choose one)")
         if self.vmap_chunk < 0:
             raise ConfigError("inner.vmap_chunk", f"must be >= 0 (0 = the whole meta-batch), got {self.vmap_chunk}")
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`metalm.adapt` (everything but ``lr`` and ``first_order``)."""
         return {"steps": self.steps, "optimizer": self.optimizer, "clip_grad_norm": self.clip_grad_norm,
-                "betas": self.betas, "eps": self.eps}
+                "betas": self.betas, "eps": self.eps, "recompute": self.recompute}
 
 
 # --------------------------------------------------------------------------- loading

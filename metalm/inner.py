@@ -8,9 +8,10 @@ fast weights live in a dict and are swapped in with ``torch.func.functional_call
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Mapping
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .errors import ConfigError, MetalmError, NonFiniteError
 from .losses import Batch, lm_loss, prepare_batch
 from .models import DOUBLE_BACKWARD_ATTENTION, attention_implementation
+from .recompute import recomputed
 
 LossFn = Callable[[nn.Module, Mapping[str, Tensor], Batch], Tensor]
 LearningRate = float | Mapping[str, Tensor]
@@ -125,6 +127,7 @@ def adapt_trajectory(
     eps: float = 1e-8,
     loss_fn: LossFn = lm_loss,
     frozen: Mapping[str, Tensor] | None = None,
+    recompute: bool = False,
 ) -> Trajectory:
     """Run the inner loop and return every intermediate set of fast weights.
 
@@ -132,13 +135,13 @@ def adapt_trajectory(
     others alive). MAML++'s multi-step loss reads the query loss at each entry of ``params``.
     """
     return _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                       loss_fn, frozen, keep_history=True)
+                       loss_fn, frozen, keep_history=True, recompute=recompute)
 
 
 def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, steps: int, lr: LearningRate,
                 first_order: bool, optimizer: str, clip_grad_norm: float | None, betas: tuple[float, float],
                 eps: float, loss_fn: LossFn, frozen: Mapping[str, Tensor] | None, *,
-                keep_history: bool) -> Trajectory:
+                keep_history: bool, recompute: bool = False) -> Trajectory:
     # Without keep_history only the newest fast weights are held: a first-order loop over many
     # weights (Reptile, evaluation) then keeps one copy of them, not one per step.
     if steps < 0:
@@ -155,7 +158,6 @@ def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, st
         raise ConfigError("frozen", f"{overlap[0]!r} is a fast weight; frozen tensors are the ones not adapted")
     if loss_fn is lm_loss:
         batch = prepare_batch(batch, "support batch")
-    b1, b2 = betas
     names = list(params)
     # torch.func.grad (under vmap) differentiates any input; torch.autograd.grad needs graph leaves.
     leaves_needed = not under_vmap()
@@ -164,34 +166,82 @@ def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, st
     history, losses = [current], []
     m1 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
     m2 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
+    step = functools.partial(_step, model=model, batch=batch, names=names, first_order=first_order,
+                             optimizer=optimizer, clip_grad_norm=clip_grad_norm, betas=betas, eps=eps,
+                             loss_fn=loss_fn)
+    if recompute and not first_order and steps > 0:
+        if under_vmap():
+            raise ConfigError("recompute", "cannot run under vmap (inner.vmap); choose one")
+        closed = {n: p for n, p in model.named_parameters()
+                  if p.requires_grad and n not in current and n not in (frozen or {})}
+        run = functools.partial(_recomputed_step, step, model, names, sorted(m1), lr, closed, frozen or {})
+    else:
+        run = functools.partial(step, lr=lr, frozen=frozen or {})
     with torch.enable_grad(), _attention_context(model, not first_order and steps > 0):
         for t in range(steps):
-            loss, grads = _loss_and_grads(loss_fn, model, current, batch, names, not first_order, frozen or {})
-            if first_order:
-                grads = tuple(g.detach() for g in grads)
-            if clip_grad_norm is not None:
-                total = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-                coef = torch.clamp(clip_grad_norm / (total + 1e-6), max=1.0)
-                grads = tuple(g * coef for g in grads)
-            new = {}
-            for n, g in zip(names, grads, strict=True):
-                step_lr = _lr_at(lr, n, current[n], t)
-                if optimizer == "adam":
-                    m1[n] = b1 * m1[n] + (1 - b1) * g
-                    m2[n] = b2 * m2[n] + (1 - b2) * g * g
-                    m_hat = m1[n] / (1 - b1 ** (t + 1))
-                    v_hat = m2[n] / (1 - b2 ** (t + 1))
-                    g = m_hat / (_safe_sqrt(v_hat) + eps)
-                # One fused op (and one allocation) for a plain rate: every step copies each fast weight.
-                plain = isinstance(step_lr, (int, float))
-                new[n] = torch.add(current[n], g, alpha=-step_lr) if plain else current[n] - step_lr * g
-            current = new
+            current, m1, m2, loss = run(t, current, m1, m2)
             if keep_history:
                 history.append(current)
             else:
                 history[0] = current
             losses.append(loss)
     return Trajectory(history, losses)
+
+
+def _step(t: int, current: dict[str, Tensor], m1: dict[str, Tensor], m2: dict[str, Tensor], lr: LearningRate,
+          frozen: Mapping[str, Tensor], *, model: nn.Module, batch: Batch, names: list[str], first_order: bool,
+          optimizer: str, clip_grad_norm: float | None, betas: tuple[float, float], eps: float, loss_fn: LossFn,
+          create_graph: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """Inner step ``t``: the support loss at ``current`` and the updated weights and Adam moments."""
+    loss, grads = _loss_and_grads(loss_fn, model, current, batch, names, create_graph and not first_order, frozen)
+    if first_order:
+        grads = tuple(g.detach() for g in grads)
+    if clip_grad_norm is not None:
+        total = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        coef = torch.clamp(clip_grad_norm / (total + 1e-6), max=1.0)
+        grads = tuple(g * coef for g in grads)
+    b1, b2 = betas
+    new, m1, m2 = {}, dict(m1), dict(m2)
+    for n, g in zip(names, grads, strict=True):
+        step_lr = _lr_at(lr, n, current[n], t)
+        if optimizer == "adam":
+            m1[n] = b1 * m1[n] + (1 - b1) * g
+            m2[n] = b2 * m2[n] + (1 - b2) * g * g
+            m_hat = m1[n] / (1 - b1 ** (t + 1))
+            v_hat = m2[n] / (1 - b2 ** (t + 1))
+            g = m_hat / (_safe_sqrt(v_hat) + eps)
+        # One fused op (and one allocation) for a plain rate: every step copies each fast weight.
+        plain = isinstance(step_lr, (int, float))
+        new[n] = torch.add(current[n], g, alpha=-step_lr) if plain else current[n] - step_lr * g
+    return new, m1, m2, loss
+
+
+def _recomputed_step(step: Callable[..., Any], model: nn.Module, names: list[str], moments: list[str],
+                     lr: LearningRate, closed: Mapping[str, Tensor], frozen: Mapping[str, Tensor], t: int,
+                     current: dict[str, Tensor], m1: dict[str, Tensor], m2: dict[str, Tensor],
+                     ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """``step`` as a :func:`metalm.recompute.recomputed` function of every tensor it differentiates: the
+    fast weights, Adam's moments, learned rates and the model's other trainable tensors (passed
+    explicitly, so their gradients reach the model's own ``.grad`` through the recomputation)."""
+    rates = dict(lr) if isinstance(lr, Mapping) else {}
+    groups = [names, moments, moments, sorted(rates), sorted(closed)]
+
+    def fn(*xs: Tensor, create_graph: bool) -> list[Tensor]:
+        parts, start = [], 0
+        for keys in groups:
+            parts.append(dict(zip(keys, xs[start:start + len(keys)], strict=True)))
+            start += len(keys)
+        cur, a, b, r, c = parts
+        with _attention_context(model, create_graph):
+            new, a, b, loss = step(t, cur, a, b, r if rates else lr, {**frozen, **c}, create_graph=create_graph)
+        return [*(new[n] for n in names), *(a[n] for n in moments), *(b[n] for n in moments), loss]
+
+    xs = [*(current[n] for n in names), *(m1[n] for n in moments), *(m2[n] for n in moments),
+          *(rates[n] for n in sorted(rates)), *(closed[n] for n in sorted(closed))]
+    out = recomputed(fn, xs)
+    k, m = len(names), len(moments)
+    return (dict(zip(names, out[:k], strict=True)), dict(zip(moments, out[k:k + m], strict=True)),
+            dict(zip(moments, out[k + m:k + 2 * m], strict=True)), out[-1])
 
 
 def adapt(
@@ -209,6 +259,7 @@ def adapt(
     loss_fn: LossFn = lm_loss,
     frozen: Mapping[str, Tensor] | None = None,
     check_finite: bool = False,
+    recompute: bool = False,
 ) -> dict[str, Tensor]:
     """Adapt fast weights to a support batch with ``steps`` gradient steps; a pure function.
 
@@ -247,6 +298,11 @@ def adapt(
             (a too large ``lr``, a NaN in the model). Off by default: it costs a device sync and
             cannot run under ``vmap``; the trainer instead checks the meta-gradient before each
             outer update (``max_nonfinite_steps``).
+        recompute: Second order only: keep no inner step's graph, and recompute each step (its
+            forward and inner backward) while the meta-backward passes through it
+            (:mod:`metalm.recompute`): memory of one step's graph instead of ``steps`` of them,
+            for about one more forward and backward per step. The same meta-gradient. Not
+            under ``vmap``.
 
     Returns:
         The adapted fast weights, a new dict with the same names.
@@ -263,7 +319,7 @@ def adapt(
         >>> metalm.lm_loss(model, adapted, query).backward()  # MAML meta-gradient on the init
     """
     adapted = _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                          loss_fn, frozen, keep_history=False).params[-1]
+                          loss_fn, frozen, keep_history=False, recompute=recompute).params[-1]
     if check_finite:
         bad = next((k for k, v in adapted.items() if not bool(torch.isfinite(v).all())), None)
         if bad is not None:

@@ -82,6 +82,13 @@ def step_metalm(model, support, query, k, first_order=False):  # noqa: ANN001, A
     return torch.autograd.grad(metalm.lm_loss(model, adapted, query), list(params.values()))
 
 
+def step_recompute(model, support, query, k, first_order=False):  # noqa: ANN001, ANN201
+    """metalm's MAML with ``recompute``: each inner step's graph rebuilt during the meta-backward."""
+    params = dict(model.named_parameters())
+    adapted = metalm.adapt(model, params, support, steps=k, lr=LR, first_order=first_order, recompute=True)
+    return torch.autograd.grad(metalm.lm_loss(model, adapted, query), list(params.values()))
+
+
 @math_attention
 def step_naive(model, support, query, k, first_order=False):  # noqa: ANN001, ANN201
     params = dict(model.named_parameters())
@@ -163,7 +170,8 @@ def reptile_ideal(model, support, query, k, first_order=True):  # noqa: ANN001, 
     return grads
 
 
-VARIANTS: dict[str, Callable] = {"metalm": step_metalm, "higher": step_higher, "naive": step_naive,
+VARIANTS: dict[str, Callable] = {"metalm": step_metalm, "recompute": step_recompute, "higher": step_higher,
+                                 "naive": step_naive,
                                  "ideal": step_ideal, "learn2learn": step_learn2learn,
                                  "reptile_metalm": reptile_metalm, "reptile_naive": reptile_naive,
                                  "reptile_higher": reptile_higher, "reptile_ideal": reptile_ideal}
@@ -251,6 +259,8 @@ def main() -> None:
     parser.add_argument("--learn2learn", action="store_true",
                         help="compare with learn2learn's MAML instead (run in the learn2learn_env.sh environment)")
     parser.add_argument("--reptile", action="store_true", help="the Reptile table instead")
+    parser.add_argument("--memory-table", action="store_true",
+                        help="peak memory and time of MAML, MAML with recompute, FOMAML and higher by k instead")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--first-order", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -263,11 +273,13 @@ def main() -> None:
     if args.reptile:
         return compare_reptile(args, device, model, support, query)
     ref = step_naive(model, support, query, 2)
-    for name in ("metalm", "learn2learn" if args.learn2learn else "higher"):
+    for name in ("metalm", "recompute", "learn2learn" if args.learn2learn else "higher"):
         got = VARIANTS[name](model, support, query, 2)
         assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(ref, got, strict=True)), name
     if args.learn2learn:
         return compare_learn2learn(args, device, model, support, query)
+    if args.memory_table:
+        return memory_table(args, device, model, support, query)
     print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), {args.rows} rows x 48 tokens (4 targets) per set, "
           f"{device}; the three MAML meta-gradients agree")
     print("| k | MAML metalm s | higher s | naive s | metalm / higher time | metalm / higher peak memory "
@@ -337,6 +349,25 @@ def compare_learn2learn(args: argparse.Namespace, device: torch.device, model, s
         mem = memory_ratio(args, "metalm", "learn2learn", k, False, device)
         print(f"| {k} | {med['metalm']:.3f} | {med['l2l']:.3f} | {med['metalm'] / med['l2l']:.2f} | {mem} | "
               f"{med['fo_metalm']:.3f} | {med['fo_l2l']:.3f} | {med['fo_metalm'] / med['fo_l2l']:.2f} |", flush=True)
+
+def memory_table(args: argparse.Namespace, device: torch.device, model, support, query) -> None:  # noqa: ANN001
+    """Peak memory (fresh process per point) and median time of MAML, MAML with ``recompute``,
+    FOMAML and higher's MAML, by inner steps k."""
+    print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), full-parameter MAML, {args.rows} rows x 48 tokens per set, "
+          f"{device}; peak = growth over the model's footprint (MiB), time = median of {args.repeats}")
+    print("| k | MAML MiB | recompute MiB | FOMAML MiB | higher MiB | recompute / higher | MAML s | recompute s "
+          "| recompute / MAML time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k in (int(x) for x in args.steps.split(",")):
+        mib = {n: peak_memory(v, k, fo, args.rows, device)
+               for n, (v, fo) in {"maml": ("metalm", False), "recompute": ("recompute", False),
+                                  "fomaml": ("metalm", True), "higher": ("higher", False)}.items()}
+        med = medians({"maml": (step_metalm, False), "recompute": (step_recompute, False)}, model, support, query, k,
+                      args.repeats, device)
+        print(f"| {k} | {mib['maml']:.0f} | {mib['recompute']:.0f} | {mib['fomaml']:.0f} | {mib['higher']:.0f} | "
+              f"{mib['recompute'] / mib['higher']:.2f} | {med['maml']:.3f} | {med['recompute']:.3f} | "
+              f"{med['recompute'] / med['maml']:.2f} |", flush=True)
+
 
 if __name__ == "__main__":
     main()
