@@ -113,6 +113,15 @@ def _attention_context(model: nn.Module, second_order: bool) -> contextlib.Abstr
     return sdpa_kernel(SDPBackend.MATH)
 
 
+def double_backward_attention(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """The attention kernel for differentiating a gradient (Hessian-vector products, second order).
+
+    Raises:
+        MetalmError: If the model's attention implementation has no double backward.
+    """
+    return _attention_context(model, True)
+
+
 def adapt_trajectory(
     model: nn.Module,
     params: Mapping[str, Tensor],
