@@ -89,6 +89,15 @@ def step_recompute(model, support, query, k, first_order=False):  # noqa: ANN001
     return torch.autograd.grad(metalm.lm_loss(model, adapted, query), list(params.values()))
 
 
+def step_imaml(model, support, query, k, first_order=False):  # noqa: ANN001, ANN201
+    """iMAML's implicit meta-gradient (lam 1, 5 conjugate-gradient steps); no graph of the inner steps."""
+    from metalm.algorithms import implicit_task_gradient
+
+    start = {n: p.detach() for n, p in model.named_parameters()}
+    inner = metalm.InnerConfig(steps=k, lr=LR, first_order=True)
+    return implicit_task_gradient(model, start, support, query, inner, lam=1.0, steps=5)[0]
+
+
 @math_attention
 def step_naive(model, support, query, k, first_order=False):  # noqa: ANN001, ANN201
     params = dict(model.named_parameters())
@@ -170,7 +179,8 @@ def reptile_ideal(model, support, query, k, first_order=True):  # noqa: ANN001, 
     return grads
 
 
-VARIANTS: dict[str, Callable] = {"metalm": step_metalm, "recompute": step_recompute, "higher": step_higher,
+VARIANTS: dict[str, Callable] = {"metalm": step_metalm, "recompute": step_recompute, "imaml": step_imaml,
+                                 "higher": step_higher,
                                  "naive": step_naive,
                                  "ideal": step_ideal, "learn2learn": step_learn2learn,
                                  "reptile_metalm": reptile_metalm, "reptile_naive": reptile_naive,
@@ -351,22 +361,24 @@ def compare_learn2learn(args: argparse.Namespace, device: torch.device, model, s
               f"{med['fo_metalm']:.3f} | {med['fo_l2l']:.3f} | {med['fo_metalm'] / med['fo_l2l']:.2f} |", flush=True)
 
 def memory_table(args: argparse.Namespace, device: torch.device, model, support, query) -> None:  # noqa: ANN001
-    """Peak memory (fresh process per point) and median time of MAML, MAML with ``recompute``,
+    """Peak memory (fresh process per point) and median time of MAML, MAML with ``recompute``, iMAML,
     FOMAML and higher's MAML, by inner steps k."""
     print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), full-parameter MAML, {args.rows} rows x 48 tokens per set, "
           f"{device}; peak = growth over the model's footprint (MiB), time = median of {args.repeats}")
-    print("| k | MAML MiB | recompute MiB | FOMAML MiB | higher MiB | recompute / higher | MAML s | recompute s "
-          "| recompute / MAML time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| k | MAML MiB | recompute MiB | iMAML MiB | FOMAML MiB | higher MiB | recompute / higher | MAML s "
+          "| recompute s | iMAML s | FOMAML s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for k in (int(x) for x in args.steps.split(",")):
         mib = {n: peak_memory(v, k, fo, args.rows, device)
                for n, (v, fo) in {"maml": ("metalm", False), "recompute": ("recompute", False),
-                                  "fomaml": ("metalm", True), "higher": ("higher", False)}.items()}
-        med = medians({"maml": (step_metalm, False), "recompute": (step_recompute, False)}, model, support, query, k,
+                                  "imaml": ("imaml", False), "fomaml": ("metalm", True),
+                                  "higher": ("higher", False)}.items()}
+        med = medians({"maml": (step_metalm, False), "recompute": (step_recompute, False),
+                       "imaml": (step_imaml, False), "fomaml": (step_metalm, True)}, model, support, query, k,
                       args.repeats, device)
-        print(f"| {k} | {mib['maml']:.0f} | {mib['recompute']:.0f} | {mib['fomaml']:.0f} | {mib['higher']:.0f} | "
-              f"{mib['recompute'] / mib['higher']:.2f} | {med['maml']:.3f} | {med['recompute']:.3f} | "
-              f"{med['recompute'] / med['maml']:.2f} |", flush=True)
+        print(f"| {k} | {mib['maml']:.0f} | {mib['recompute']:.0f} | {mib['imaml']:.0f} | {mib['fomaml']:.0f} | "
+              f"{mib['higher']:.0f} | {mib['recompute'] / mib['higher']:.2f} | {med['maml']:.3f} | "
+              f"{med['recompute']:.3f} | {med['imaml']:.3f} | {med['fomaml']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
