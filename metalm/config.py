@@ -136,6 +136,8 @@ class InnerConfig:
             the meta-backward passes through it (:mod:`metalm.recompute`). Memory of one step's
             graph instead of ``steps``, about one more forward and backward per step; the same
             meta-gradient. Not with ``vmap``; no effect on first-order loops.
+        proximal: Add ``proximal/2 ||phi - phi_0||^2`` to the support loss, ``phi_0`` the starting
+            values (iMAML's lambda; evaluation adapts with the same term); 0 = off.
     """
 
     steps: int = 5
@@ -150,6 +152,7 @@ class InnerConfig:
     vmap_chunk: int = 0
     compile: bool = False
     recompute: bool = False
+    proximal: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 10_000:
@@ -164,6 +167,8 @@ class InnerConfig:
             raise ConfigError("inner.eps", f"must be > 0, got {self.eps}")
         if self.compile and self.vmap:
             raise ConfigError("inner.compile", "cannot be combined with inner.vmap (choose one)")
+        if self.proximal < 0:
+            raise ConfigError("inner.proximal", f"must be >= 0 (0 = off), got {self.proximal}")
         if self.recompute and self.vmap:
             raise ConfigError("inner.recompute", "cannot be combined with inner.vmap (choose one)")
         if self.vmap_chunk < 0:
@@ -172,7 +177,8 @@ class InnerConfig:
     def options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`metalm.adapt` (everything but ``lr`` and ``first_order``)."""
         return {"steps": self.steps, "optimizer": self.optimizer, "clip_grad_norm": self.clip_grad_norm,
-                "betas": self.betas, "eps": self.eps, "recompute": self.recompute}
+                "betas": self.betas, "eps": self.eps, "recompute": self.recompute,
+                "proximal": self.proximal}
 
 
 # --------------------------------------------------------------------------- loading

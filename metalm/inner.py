@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .errors import ConfigError, MetalmError, NonFiniteError
-from .losses import Batch, lm_loss, prepare_batch
+from .losses import Batch, lm_loss, prepare_batch, proximal_loss
 from .models import DOUBLE_BACKWARD_ATTENTION, attention_implementation
 from .recompute import recomputed
 
@@ -137,6 +137,7 @@ def adapt_trajectory(
     loss_fn: LossFn = lm_loss,
     frozen: Mapping[str, Tensor] | None = None,
     recompute: bool = False,
+    proximal: float = 0.0,
 ) -> Trajectory:
     """Run the inner loop and return every intermediate set of fast weights.
 
@@ -144,13 +145,13 @@ def adapt_trajectory(
     others alive). MAML++'s multi-step loss reads the query loss at each entry of ``params``.
     """
     return _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                       loss_fn, frozen, keep_history=True, recompute=recompute)
+                       loss_fn, frozen, keep_history=True, recompute=recompute, proximal=proximal)
 
 
 def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, steps: int, lr: LearningRate,
                 first_order: bool, optimizer: str, clip_grad_norm: float | None, betas: tuple[float, float],
                 eps: float, loss_fn: LossFn, frozen: Mapping[str, Tensor] | None, *,
-                keep_history: bool, recompute: bool = False) -> Trajectory:
+                keep_history: bool, recompute: bool = False, proximal: float = 0.0) -> Trajectory:
     # Without keep_history only the newest fast weights are held: a first-order loop over many
     # weights (Reptile, evaluation) then keeps one copy of them, not one per step.
     if steps < 0:
@@ -167,6 +168,10 @@ def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, st
         raise ConfigError("frozen", f"{overlap[0]!r} is a fast weight; frozen tensors are the ones not adapted")
     if loss_fn is lm_loss:
         batch = prepare_batch(batch, "support batch")
+    if proximal < 0:
+        raise ConfigError("proximal", f"must be >= 0, got {proximal}")
+    if proximal:  # anchored at the starting values, as constants (iMAML's inner problem)
+        loss_fn = proximal_loss({n: p.detach() for n, p in params.items()}, proximal, loss_fn)
     names = list(params)
     # torch.func.grad (under vmap) differentiates any input; torch.autograd.grad needs graph leaves.
     leaves_needed = not under_vmap()
@@ -269,6 +274,7 @@ def adapt(
     frozen: Mapping[str, Tensor] | None = None,
     check_finite: bool = False,
     recompute: bool = False,
+    proximal: float = 0.0,
 ) -> dict[str, Tensor]:
     """Adapt fast weights to a support batch with ``steps`` gradient steps; a pure function.
 
@@ -312,6 +318,8 @@ def adapt(
             (:mod:`metalm.recompute`): memory of one step's graph instead of ``steps`` of them,
             for about one more forward and backward per step. The same meta-gradient. Not
             under ``vmap``.
+        proximal: Add ``proximal/2 ||phi - params||^2`` to the support loss, anchored at the
+            starting values as constants (iMAML's regularized inner problem); 0 = off.
 
     Returns:
         The adapted fast weights, a new dict with the same names.
@@ -328,7 +336,8 @@ def adapt(
         >>> metalm.lm_loss(model, adapted, query).backward()  # MAML meta-gradient on the init
     """
     adapted = _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                          loss_fn, frozen, keep_history=False, recompute=recompute).params[-1]
+                          loss_fn, frozen, keep_history=False, recompute=recompute,
+                          proximal=proximal).params[-1]
     if check_finite:
         bad = next((k for k, v in adapted.items() if not bool(torch.isfinite(v).all())), None)
         if bad is not None:

@@ -242,3 +242,16 @@ def compiled_lm_loss() -> Any:
     """:func:`lm_loss` through ``torch.compile`` (dynamic shapes), built once per process: the support
     loss of first-order inner loops with ``inner.compile``."""
     return torch.compile(lm_loss, dynamic=True)
+
+
+def proximal_loss(anchor: Mapping[str, Tensor], lam: float, loss_fn: Any = None) -> Any:
+    """``loss_fn`` (default :func:`lm_loss`) plus ``lam/2 ||params - anchor||^2`` over the anchored
+    tensors: the proximally regularized task loss of iMAML (Rajeswaran et al. 2019) and of
+    ``inner.proximal``."""
+    base = lm_loss if loss_fn is None else loss_fn
+
+    def loss(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        prox = sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
+        return base(model, params, batch) + 0.5 * lam * prox
+
+    return loss

@@ -255,6 +255,8 @@ def test_a_non_finite_outer_step_is_skipped_and_counted():
     assert all(torch.equal(after[n].nan_to_num(0.0), v.nan_to_num(0.0)) for n, v in before.items())
     with pytest.raises(ConfigError, match="at least one"):
         algo.step([], opt)
+    with pytest.raises(ConfigError, match="iterable of lists"):
+        algo.step(iter(episodes(2)), opt)  # episodes where meta-batches are expected
 
 
 def test_registry_and_config_errors():

@@ -6,9 +6,8 @@ import torch
 
 import metalm
 from metalm import AdapterConfig, ConfigError, MetaConfig, build_algorithm, select_parameters
-from metalm.algorithms import proximal_loss
 from metalm.implicit import conjugate_gradient, implicit_gradient, neumann
-from metalm.losses import prepare_batch
+from metalm.losses import prepare_batch, proximal_loss
 
 from .conftest import episodes, make_model
 
@@ -61,7 +60,8 @@ def test_imaml_approaches_unrolled_maml_as_the_inner_loop_converges(arch):
         fast = sel.fast_params(model)
         phi = metalm.adapt(model, fast, prepare_batch(ep.support), steps=k, lr=lr, loss_fn=proximal_loss(fast, lam))
         unrolled = torch.autograd.grad(metalm.lm_loss(model, phi, ep.query), list(fast.values()))
-        learner = build_algorithm("imaml", model, sel, {"inner": {"steps": k, "lr": lr}, "lam": lam, "cg_steps": 100})
+        learner = build_algorithm("imaml", model, sel, {"inner": {"steps": k, "lr": lr, "proximal": lam},
+                                                        "cg_steps": 100})
         for p in learner.meta_parameters().values():
             p.grad = None
         metrics = learner.meta_gradients([ep])
@@ -78,6 +78,44 @@ def test_imaml_config_errors():
     with pytest.raises(ConfigError, match="meta.shared"):
         build_algorithm("imaml", model, select_parameters(model, adapter, MetaConfig(shared="norms")))
     with pytest.raises(ConfigError) as err:
-        metalm.algorithm_config("imaml", {"lam": 0})
-    assert err.value.field == "algorithm.lam"
-    assert metalm.algorithm_config("imaml", {"inner": {"steps": 3}}).inner.first_order is True
+        metalm.algorithm_config("imaml", {"inner": {"proximal": 0}})
+    assert err.value.field == "algorithm.inner.proximal"
+    inner = metalm.algorithm_config("imaml", {"inner": {"steps": 3}}).inner
+    assert inner.first_order is True and inner.proximal == 1.0
+
+
+def test_the_proximal_term_is_the_inner_loops_own():
+    """adapt(proximal=lam) equals adapt with the regularized loss written out, and a zero-step
+    anchor: so evaluation adapts an iMAML run on the problem it was trained on."""
+    adapter = AdapterConfig(rank=2, alpha=4.0, layers="top:1")
+    model = make_model("gpt2", adapter=adapter)
+    fast = {n: p.detach() for n, p in select_parameters(model, adapter).fast_params(model).items()}
+    support = prepare_batch(episodes(1)[0].support)
+    ours = metalm.adapt(model, fast, support, steps=3, lr=0.2, first_order=True, proximal=5.0)
+    by_hand = metalm.adapt(model, fast, support, steps=3, lr=0.2, first_order=True, loss_fn=proximal_loss(fast, 5.0))
+    plain = metalm.adapt(model, fast, support, steps=3, lr=0.2, first_order=True)
+    assert all(torch.equal(ours[n], by_hand[n]) for n in fast)
+    assert any(not torch.allclose(ours[n], plain[n]) for n in fast)
+    with pytest.raises(ConfigError, match="proximal"):
+        metalm.InnerConfig(proximal=-1.0)
+
+
+def test_an_imaml_run_trains_and_is_evaluated_on_its_regularized_problem(tmp_path, monkeypatch):
+    from metalm.eval import EvalConfig, Harness, eval_tasks
+    from metalm.eval.fewshot import budget
+    from metalm.run import build_registry, load_run, load_train_config
+    from metalm.train import MetaTrainer
+
+    from .data.fixtures import make_world
+
+    world = make_world(tmp_path, max_steps=2, val_every=2, checkpoint_every=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    config = load_train_config(world["config"], {"algorithm": {"name": "imaml", "inner": {"steps": 2, "lr": 0.1,
+                                                                                           "proximal": 2.0}}})
+    last = MetaTrainer(config, tmp_path / "run").train(progress=False)
+    assert last["step"] == 2 and "val_query_loss" in last and last["skipped_nonfinite"] == 0
+    run = load_run(tmp_path / "run")
+    assert any(not torch.equal(run.base[k], v) for k, v in run.trained.items())
+    harness = Harness.from_run(run, EvalConfig(shots=[1], episodes=1, ways=2, queries=1, methods=["zeroshot", "meta"]))
+    assert budget(harness.rows()["meta"]) == "sgd lr 0.1, 2 steps, proximal 2"
+    assert harness.run(eval_tasks(build_registry(run.config), ["toy_cls"]))["macro"]

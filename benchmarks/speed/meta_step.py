@@ -94,8 +94,8 @@ def step_imaml(model, support, query, k, first_order=False):  # noqa: ANN001, AN
     from metalm.algorithms import implicit_task_gradient
 
     start = {n: p.detach() for n, p in model.named_parameters()}
-    inner = metalm.InnerConfig(steps=k, lr=LR, first_order=True)
-    return implicit_task_gradient(model, start, support, query, inner, lam=1.0, steps=5)[0]
+    inner = metalm.InnerConfig(steps=k, lr=LR, first_order=True, proximal=1.0)
+    return implicit_task_gradient(model, start, support, query, inner, steps=5)[0]
 
 
 @math_attention

@@ -10,7 +10,7 @@ from .base import (
     build_algorithm,
     register_algorithm,
 )
-from .imaml import IMAML, IMAMLConfig, implicit_task_gradient, proximal_loss
+from .imaml import IMAML, IMAMLConfig, implicit_task_gradient
 from .maml import MAML, FOMAMLConfig, MAMLConfig, multi_step_loss_weights
 from .mamlpp import MAMLPlusPlusConfig
 from .metaicl import MetaICL, MetaICLConfig
@@ -22,5 +22,5 @@ __all__ = [
     "ANILConfig", "FOMAMLConfig", "IMAML", "IMAMLConfig", "MAML", "MAMLConfig", "MAMLPlusPlusConfig",
     "MetaICL", "MetaICLConfig", "MetaLearner", "MetaSGDConfig", "Multitask", "MultitaskConfig",
     "Reptile", "ReptileConfig", "algorithm_class", "algorithm_config", "algorithm_names", "build_algorithm",
-    "implicit_task_gradient", "multi_step_loss_weights", "proximal_loss", "register_algorithm",
+    "implicit_task_gradient", "multi_step_loss_weights", "register_algorithm",
 ]

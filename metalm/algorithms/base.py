@@ -226,8 +226,9 @@ class MetaLearner:
         optimizer.zero_grad(set_to_none=True)
         parts: list[dict[str, float]] = []
         for batch in batches:
-            if not batch:
-                raise ConfigError("episodes", "a meta-batch needs at least one episode")
+            if isinstance(batch, Episode) or not batch:
+                raise ConfigError("episodes", "a meta-batch needs at least one episode: pass a list of episodes, "
+                                              "or an iterable of lists of episodes (gradient accumulation)")
             with autocast():
                 parts.append(self.meta_gradients(batch))
         if not parts:

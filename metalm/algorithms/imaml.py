@@ -4,7 +4,8 @@ The inner loop solves the proximally regularized task problem::
 
     phi_i = argmin_phi  L_support_i(phi) + lam/2 ||phi - theta||^2
 
-(the proximal term added through the inner loop's loss hook, first-order: no graph is kept), and
+(``lam`` is ``inner.proximal``: the term is added by the inner loop itself, so evaluation adapts a
+trained initialization with the same regularized problem; first-order: no graph is kept), and
 the meta-gradient of the query loss is the implicit one::
 
     g_i = (I + H_i / lam)^-1  grad L_query_i(phi_i),      H_i = Hessian of L_support_i at phi_i
@@ -38,48 +39,41 @@ class IMAMLConfig:
     """iMAML's outer step.
 
     Attributes:
-        inner: The inner loop on the regularized support loss (always run first-order; no graph).
-        lam: The proximal strength lambda: larger keeps the adapted weights nearer the
+        inner: The inner loop on the regularized support loss (always run first-order; no graph);
+            ``inner.proximal`` is lambda (> 0): larger keeps the adapted weights nearer the
             initialization and makes the linear system better conditioned.
         solver: ``cg`` (conjugate gradient) or ``neumann`` (truncated Neumann series; needs the
             Hessian's eigenvalues below ``lam``).
         cg_steps: Iterations of the solver (Hessian-vector products per task).
     """
 
-    inner: InnerConfig = dataclasses.field(default_factory=lambda: InnerConfig(first_order=True, steps=10))
-    lam: float = 1.0
+    inner: InnerConfig = dataclasses.field(
+        default_factory=lambda: InnerConfig(first_order=True, steps=10, proximal=1.0))
     solver: Literal["cg", "neumann"] = "cg"
     cg_steps: int = 5
 
     def __post_init__(self) -> None:
-        if not self.lam > 0:
-            raise ConfigError("algorithm.lam", f"must be > 0, got {self.lam}")
+        if not self.inner.proximal > 0:
+            raise ConfigError("algorithm.inner.proximal", f"imaml needs lambda > 0, got {self.inner.proximal}")
         if not 1 <= self.cg_steps <= 1000:
             raise ConfigError("algorithm.cg_steps", f"must be in 1..1000, got {self.cg_steps}")
 
 
-def proximal_loss(anchor: Mapping[str, Tensor], lam: float):  # noqa: ANN201 - a LossFn
-    """:func:`metalm.lm_loss` plus ``lam/2 ||params - anchor||^2`` over the anchored tensors."""
-
-    def loss(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
-        prox = sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
-        return lm_loss(model, params, batch) + 0.5 * lam * prox
-
-    return loss
-
-
 def implicit_task_gradient(model: nn.Module, start: Mapping[str, Tensor], support: Batch, query: Batch,
-                           inner: InnerConfig, *, lam: float, steps: int, solver: str = "cg",
+                           inner: InnerConfig, *, steps: int, solver: str = "cg",
                            ) -> tuple[list[Tensor], float, float]:
     """iMAML's meta-gradient of one task w.r.t. the initialization ``start`` (detached fast weights).
 
-    Adapts with ``inner`` (first-order) on the proximally regularized support loss, then solves
-    ``(I + H/lam) g = grad L_query(phi)`` with ``steps`` iterations of ``solver``, ``H`` the support
+    Adapts with ``inner`` (first-order) on the support loss plus ``inner.proximal``'s term, then
+    solves ``(I + H/lam) g = grad L_query(phi)``, ``lam = inner.proximal``, with ``steps``
+    iterations of ``solver``, ``H`` the support
     loss's Hessian at ``phi`` (double-backward Hessian-vector products). Returns ``g`` (one tensor
     per fast weight, in ``start``'s order), the query loss and the query accuracy.
     """
-    phi = adapt(model, dict(start), support, lr=inner.lr, first_order=True, loss_fn=proximal_loss(start, lam),
-                **inner.options())
+    lam = inner.proximal
+    if not lam > 0:
+        raise ConfigError("inner.proximal", f"the implicit gradient needs lambda > 0, got {lam}")
+    phi = adapt(model, dict(start), support, lr=inner.lr, first_order=True, **inner.options())
     phi = {n: v.detach().requires_grad_() for n, v in phi.items()}
     q_loss, q_acc = lm_loss_and_accuracy(model, phi, query)
     query_grad = list(torch.autograd.grad(q_loss, list(phi.values()), allow_unused=True, materialize_grads=True))
@@ -115,7 +109,7 @@ class IMAML(MetaLearner):
         cfg: IMAMLConfig = self.config
         start = {n: p.detach() for n, p in self.selection.fast_params(self.model).items()}
         return implicit_task_gradient(self.model, start, self.prefixed(episode.support),
-                                      self.prefixed(episode.query, 1), self.inner, lam=cfg.lam, steps=cfg.cg_steps,
+                                      self.prefixed(episode.query, 1), self.inner, steps=cfg.cg_steps,
                                       solver=cfg.solver)
 
     def meta_gradients(self, episodes: Sequence[Episode]) -> dict[str, float]:

@@ -547,7 +547,8 @@ def budget(init: Init) -> str:
     if not init.adapt:
         return "none" + icl
     lr = "learned rates" if init.lr is not None else f"lr {init.inner.lr:g}"
-    return f"{init.inner.optimizer} {lr}, {init.inner.steps} steps" + icl
+    prox = f", proximal {init.inner.proximal:g}" if init.inner.proximal else ""
+    return f"{init.inner.optimizer} {lr}, {init.inner.steps} steps{prox}" + icl
 
 
 def eval_tasks(registry: TaskRegistry, names: list[str]) -> list[Task]:

@@ -52,15 +52,16 @@ class Init:
         return {**self.frozen, **(self.fast if fast is None else fast)}
 
     def with_budget(self, optimizer: str, lr: float, steps: int) -> Init:
-        """The same starting point adapted by another inner loop (a plain rate, no learned rates)."""
-        inner = dataclasses.replace(self.inner, optimizer=optimizer, lr=lr, steps=steps)
+        """The same starting point adapted by another inner loop (a plain rate, no learned rates, no
+        proximal term): fine-tuning's budget is the same for every starting point."""
+        inner = dataclasses.replace(self.inner, optimizer=optimizer, lr=lr, steps=steps, proximal=0.0)
         return Init(self.fast, inner, self.frozen, None, True, self.icl)
 
     def same_budget(self, other: Init) -> bool:
         """Whether both adapt with the same steps, optimizer and plain rate."""
         a, b = self.inner, other.inner
-        return (a.steps, a.optimizer, a.lr, self.lr is None, self.adapt) == \
-            (b.steps, b.optimizer, b.lr, other.lr is None, other.adapt)
+        return (a.steps, a.optimizer, a.lr, a.proximal, self.lr is None, self.adapt) == \
+            (b.steps, b.optimizer, b.lr, b.proximal, other.lr is None, other.adapt)
 
 
 def adapted_params(model: nn.Module, init: Init, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:
