@@ -1,0 +1,54 @@
+"""Pair the rows of two `metalm eval --json` files measured on the same episodes.
+
+The second file's rows (except those both files have) join the first file's, and the merged
+per-episode accuracies are summarized again (macro, paired differences from the best baseline,
+winner). The episodes are the same when both files were written with the same shots, ways,
+queries, episodes, seeds and evaluation seed; this script checks it on every row both files have
+(their per-episode accuracies must be equal) and refuses otherwise.
+
+    python benchmarks/fewshot/merge_rows.py benchmarks/results/eval_default_4shot.json \
+        benchmarks/results/eval_metaicl_4shot.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from metalm.eval import format_paired, format_table, format_winner, summarize
+from metalm.eval.fewshot import BASELINES
+
+
+def main() -> None:
+    first, second = (json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[1:3])
+    shared = set(first["per_episode"]) & set(second["per_episode"])
+    if not shared:
+        sys.exit("no row in common: cannot check that the episodes are the same")
+    for key in sorted(shared):
+        if first["per_episode"][key] != second["per_episode"][key]:
+            sys.exit(f"{key}: per-episode accuracies differ, so the episodes are not the same")
+    label = Path(sys.argv[2]).stem
+    data = {}
+    for source, rename in ((first, False), (second, True)):
+        for key, accs in source["per_episode"].items():
+            method, task, shots = key.split("|")
+            if rename and key in shared:
+                continue
+            name = f"{method}:{label}" if rename else method
+            data[(name, task, int(shots))] = accs
+    seeds = first["seeds"]["seeds"]
+    report = summarize(data, first["tasks"], sorted({k for _, _, k in data}), chance=first["chance"],
+                       majority=first["majority"], seeds=seeds, baselines=list(BASELINES))
+    print(f"{len(shared)} shared (method, task, shots) rows agree episode by episode\n")
+    print(format_table(report))
+    print("\n" + format_paired(report))
+    print("\n" + format_winner(report))
+    for row in report["seeds"]["summary"]:
+        if row["method"].endswith(label):
+            per = [r["accuracy"] for r in report["seeds"]["per_seed"] if r["method"] == row["method"]]
+            print(f"\n{row['method']} per seed: " + ", ".join(f"{a:.3f}" for a in per))
+
+
+if __name__ == "__main__":
+    main()
