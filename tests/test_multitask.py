@@ -211,3 +211,18 @@ def test_task_heads_train_a_linear_head_on_the_final_hidden_state(registry):
     loss = (head_loss(ep.support, text.support) + head_loss(ep.query, text.query)) / 2
     gw, gb = torch.autograd.grad(loss, [w, b])
     assert torch.allclose(w.grad, gw, atol=1e-10) and torch.allclose(b.grad, gb, atol=1e-10)
+
+
+def test_an_accumulated_outer_step_reports_the_tasks_of_every_meta_batch():
+    """Meta-batches with different tasks report different per-task weights: the step keeps them all
+    (each averaged over the meta-batches, 0 where a task was not drawn)."""
+    _, _, algo, eps = _setup()
+    opt = torch.optim.SGD(algo.meta_parameters().values(), lr=0.1)
+    first, second = [eps[0]], [eps[1]]  # tasks a and b
+    expected = {k: v / 2 for k, v in algo.meta_gradients(first).items()}
+    for k, v in algo.meta_gradients(second).items():
+        expected[k] = expected.get(k, 0.0) + v / 2
+    metrics = algo.step(iter([first, second]), opt)
+    assert metrics.pop("skipped") == 0.0
+    assert metrics.keys() == expected.keys() and {"weight/a", "weight/b"} <= metrics.keys()
+    assert metrics == pytest.approx(expected, rel=1e-12)

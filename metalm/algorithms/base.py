@@ -217,7 +217,9 @@ class MetaLearner:
             autocast: Context for computing the meta-gradients (the trainer's bf16 autocast on CUDA).
 
         Returns:
-            The metrics averaged over the meta-batches, ``grad_norm`` when clipping, and
+            The metrics averaged over the meta-batches (a key reported by some of them, such as a
+            multi-task weight of a task drawn in one, is summed over them / their number),
+            ``grad_norm`` when clipping, and
             ``skipped``: 1.0 when the step was not applied, else 0.0.
         """
         batches = [episodes] if isinstance(episodes, Sequence) and episodes and isinstance(episodes[0], Episode) \
@@ -233,7 +235,10 @@ class MetaLearner:
                 parts.append(self.meta_gradients(batch))
         if not parts:
             raise ConfigError("episodes", "an outer step needs at least one meta-batch")
-        metrics = {k: sum(m[k] for m in parts) / len(parts) for k in parts[0]}
+        metrics: dict[str, float] = {}  # a key missing from a meta-batch (a per-task weight) counts as 0
+        for m in parts:
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v / len(parts)
         if len(parts) > 1:
             for p in params:
                 if p.grad is not None:
