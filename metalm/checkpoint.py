@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .errors import MetalmError, NonFiniteError
 from .files import sha256_file
+from .sharding import full
 
 PREFIX = "step-"
 FILES = ("tensors.safetensors", "state.json")
@@ -72,8 +73,8 @@ def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tenso
     tensors, scalars = {}, {}
     for pid, pstate in state["state"].items():
         for key, value in pstate.items():
-            if isinstance(value, Tensor):
-                tensors[f"opt/{pid}/{key}"] = value.detach().cpu().contiguous()
+            if isinstance(value, Tensor):  # a sharded state tensor whole (every process must call this)
+                tensors[f"opt/{pid}/{key}"] = full(value).detach().cpu().contiguous()
             else:
                 scalars[f"{pid}/{key}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}

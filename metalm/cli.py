@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                "algorithm.inner.steps=5):\n  model, dtype, adapter.*, meta.shared, algorithm.name + algorithm.*, "
                "split, tasks, heldout,\n  extra_tasks, task_dirs, sampler.*, collate.*, outer.*, max_steps, val_every, "
                "val_episodes,\n  checkpoint_every, keep_checkpoints, max_nonfinite_steps, conflict_every, "
-               "conflict_tasks, seed, device\n"
+               "conflict_tasks, seed, device, distributed\n"
                "every key with its default and help: metalm config show [--algorithm NAME] [--eval]")
     train.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
     train.add_argument("--run-dir", required=True, help="folder for the config, logs and checkpoints")

@@ -5,9 +5,10 @@ them: each process computes the meta-gradient of its share, and one all-reduce p
 averages them (an explicit reduction: DDP's gradient hooks do not mix with the inner loop's
 ``torch.autograd.grad``). ``gloo`` is used on CPU, ``nccl`` on CUDA.
 
-Sharded engines are refused: FSDP and DeepSpeed ZeRO-3 break double backward (pytorch#172543,
-DeepSpeed#3539), so second-order meta-gradients through them would be wrong, and metalm does not
-shard parameters for first-order runs either.
+Launching through an FSDP or DeepSpeed accelerate config is refused: those engines break double
+backward (pytorch#172543, DeepSpeed#3539), so second-order meta-gradients through them would be
+wrong. metalm shards the base model itself for first-order runs (``distributed: fsdp`` in the run
+config, :mod:`metalm.sharding`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from .errors import ConfigError
 
@@ -62,8 +64,9 @@ def init(device: str = "auto") -> Context:
     for var, engine in _SHARDED_ENGINES.items():
         if os.environ.get(var, "").lower() in ("1", "true", "yes"):
             raise ConfigError("launch", f"{engine} is not supported: it breaks double backward (pytorch#172543, "
-                                        "DeepSpeed#3539) and metalm replicates the model itself; launch with a "
-                                        "plain multi-GPU/multi-CPU accelerate config or torchrun")
+                                        "DeepSpeed#3539) and metalm replicates or shards the model itself "
+                                        "(distributed: fsdp in the run config); launch with a plain "
+                                        "multi-GPU/multi-CPU accelerate config or torchrun")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Context()
@@ -102,8 +105,10 @@ def average_gradients(params: Sequence[torch.Tensor], ctx: Context) -> None:
 
     A tensor without a gradient on every process keeps ``grad=None`` (as in one process, so that
     the optimizer skips it the same way); one with a gradient somewhere gets the mean, zeros
-    counted for the processes without.
+    counted for the processes without. Sharded tensors (``distributed: fsdp``) are left alone: FSDP
+    reduce-scatters their gradients to the mean in the backward.
     """
+    params = [p for p in params if not isinstance(p, DTensor)]
     if not ctx.enabled or not params:
         return
     has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)

@@ -82,7 +82,8 @@ class _TargetHead(nn.Module):
         self.m, self.head = model, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, positions: Tensor,
-                prefix: PrefixCache | None = None, dense_mask: Tensor | None = None) -> Tensor:
+                prefix: PrefixCache | None = None, dense_mask: Tensor | None = None,
+                head: bool | None = None) -> Tensor:
         lm = causal_lm(self.m)
         backbone = getattr(lm, lm.base_model_prefix)
         if prefix is not None:
@@ -93,7 +94,17 @@ class _TargetHead(nn.Module):
             hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                               attention_mask=attention_mask if dense_mask is None else dense_mask).last_hidden_state
         picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, M, H]
-        return output_logits(lm, picked) if self.head else picked
+        return output_logits(lm, picked) if (self.head if head is None else head) else picked
+
+
+SHARDED_ROOT = "_metalm_sharded_root"
+
+
+def _target_head(model: nn.Module) -> nn.Module:
+    """The module :func:`target_logits` calls: a fresh :class:`_TargetHead` over ``model``, or the
+    persistent one that :func:`metalm.sharding.shard_model` made FSDP2's root (its hooks gather the
+    embeddings, final norm and output head)."""
+    return model.__dict__.get(SHARDED_ROOT) or _TargetHead(model)
 
 
 def output_logits(lm: nn.Module, hidden: Tensor) -> Tensor:
@@ -201,7 +212,7 @@ def target_logits(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) 
         batch: A batch that went through :func:`prepare_batch`.
     """
     swapped = {f"m.{k}": v for k, v in params.items()}
-    return functional_call(_TargetHead(model), swapped, _head_args(batch), strict=False)
+    return functional_call(_target_head(model), swapped, _head_args(batch), strict=False)
 
 
 def target_hidden(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
@@ -211,7 +222,7 @@ def target_hidden(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) 
     one, the position that predicts the answer's first token.
     """
     swapped = {f"m.{k}": v for k, v in params.items()}
-    return functional_call(_TargetHead(model, head=False), swapped, _head_args(batch), strict=False)
+    return functional_call(_target_head(model), swapped, _head_args(batch), {"head": False}, strict=False)
 
 
 def _upcast(logits: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from .errors import ConfigError, MetalmError
 from .hub import resolve_model
 from .models import apply_adapter, load_model
 from .params import select_parameters
+from .sharding import assign, check_algorithm
 
 MAX_EPISODES = 4096  # per outer step: each has its own episode stream, built up front
 
@@ -101,6 +102,9 @@ class TrainConfig:
             tasks always included).
         seed: Seed of the adapter initialization and the episode stream.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        distributed: Under ``torchrun``: ``replicate`` (every process holds the whole model) or
+            ``fsdp`` (the base model and any shared weights sharded across the processes by FSDP2,
+            the fast weights replicated; first-order algorithms only, :mod:`metalm.sharding`).
     """
 
     model: str = "smollm2-135m"
@@ -127,11 +131,17 @@ class TrainConfig:
     conflict_tasks: int = 8
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distributed: Literal["replicate", "fsdp"] = "replicate"
 
     def __post_init__(self) -> None:
         if "name" not in self.algorithm:
             raise ConfigError("algorithm.name", "required field is missing")
-        algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
+        alg = algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
+        if self.distributed == "fsdp":
+            check_algorithm(self.algorithm["name"], alg)
+            if self.conflict_every:
+                raise ConfigError("conflict_every", "not supported with distributed: fsdp (measure the conflict "
+                                                    "with `metalm diagnose` in one process)")
         for key in ("max_steps", "val_episodes", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
@@ -296,10 +306,10 @@ def checkpoint_values(algorithm: MetaLearner, path: Path, tensors: Mapping[str, 
 
 
 def copy_values(algorithm: MetaLearner, values: Mapping[str, Tensor]) -> None:
-    """Write meta-parameter values (:func:`checkpoint_values`) into the learner's own tensors."""
-    with torch.no_grad():
-        for name, p in algorithm.meta_parameters().items():
-            p.copy_(values[name])
+    """Write meta-parameter values (:func:`checkpoint_values`) into the learner's own tensors
+    (sharded ones get their own part)."""
+    for name, p in algorithm.meta_parameters().items():
+        assign(p, values[name])
 
 
 def restore_algorithm(algorithm: MetaLearner, path: Path, tensors: dict[str, torch.Tensor],

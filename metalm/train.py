@@ -49,6 +49,7 @@ from .run import (  # noqa: F401 - re-exported: the config and model builders li
     restore_algorithm,
     task_lists,
 )
+from .sharding import full, parameter_bytes, shard_model, shard_optimizer_state
 
 
 def lr_lambda(config: OuterConfig, max_steps: int):  # noqa: ANN201 - a schedule function
@@ -87,6 +88,11 @@ class MetaTrainer:
         self.train_tasks, self.val_tasks, self.heldout = task_lists(config, self.registry)
         self.tokenizer, self.model, self.selection, self.algorithm = build_model(
             config, self.device, [self.registry[t] for t in self.train_tasks])
+        # distributed: fsdp shards the base before the optimizer sees its tensors (one process: nothing to shard).
+        self.sharded = config.distributed == "fsdp" and self.ctx.enabled
+        if self.sharded:
+            shard_model(self.model, self.selection, self.ctx.world_size)
+            self.algorithm.prefix_layer = None  # the frozen-prefix cache calls layers outside FSDP's hooks
         self.optimizer = torch.optim.AdamW(list(self.algorithm.meta_parameters().values()), lr=config.outer.lr,
                                            weight_decay=config.outer.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.outer, config.max_steps))
@@ -105,7 +111,7 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ state
     def _tensors_and_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {f"meta/{k}": v for k, v in self.algorithm.meta_parameters().items()}
+        tensors = {f"meta/{k}": full(v) for k, v in self.algorithm.meta_parameters().items()}
         opt_tensors, opt_state = optimizer_to_flat(self.optimizer)
         rng_tensors, rng_data = rng_state()
         tensors.update(opt_tensors)
@@ -142,6 +148,7 @@ class MetaTrainer:
                               "with the same outer config (any number of processes dividing meta_batch works)")
         try:
             optimizer_from_flat(self.optimizer, tensors, state["optimizer"])
+            shard_optimizer_state(self.optimizer)
             self.scheduler.load_state_dict(state["scheduler"])
             for j, sampler in self.samplers.items():
                 sampler.load_state_dict(slots[str(j)])
@@ -183,7 +190,8 @@ class MetaTrainer:
         return torch.autocast("cpu", enabled=False)
 
     def validate(self) -> dict[str, float]:
-        """Mean query loss and token accuracy on fixed meta-val episodes (the same ones every time)."""
+        """Mean query loss and token accuracy on fixed meta-val episodes (the same ones every time).
+        With a sharded model every process must call it (the layers' weights are gathered)."""
         sampler = EpisodeSampler([self.registry[t] for t in self.val_tasks], self.config.sampler,
                                  seed=self.config.seed + 10_000)
         totals: dict[str, float] = {}
@@ -237,6 +245,9 @@ class MetaTrainer:
         writer = _tensorboard(self.run_dir, self.step) if main else None
         bar = _progress(progress and main, self.step, max_steps)
         last: dict[str, Any] = {}
+        held, whole = parameter_bytes(self.model, [n for n, _ in self.model.named_parameters()
+                                                   if n not in self.selection.fast])
+        base_mib = {"held": [h / 2**20 for h in distributed.gather_objects(held, self.ctx)], "whole": whole / 2**20}
         with open(log_path, "a", encoding="utf-8") if main else contextlib.nullcontext() as log:
             while self.step < max_steps:
                 start = time.perf_counter()
@@ -261,8 +272,13 @@ class MetaTrainer:
                 last = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **metrics,
                         "skipped_nonfinite": self.nonfinite["total"], "seconds": time.perf_counter() - start,
                         "tasks": [t for t, _ in shapes], "tokens": [n for _, n in shapes]}
-                if main and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == max_steps):
-                    last.update(self.validate())
+                if self.step == 1:  # MiB of the base model each process holds (1/N of it under fsdp)
+                    last["base_param_mib"] = base_mib
+                if (main or self.sharded) and cfg.val_every and (self.step % cfg.val_every == 0
+                                                                or self.step == max_steps):
+                    measured = self.validate()
+                    if main:
+                        last.update(measured)
                 if main and cfg.conflict_every and (self.step % cfg.conflict_every == 0 or self.step == max_steps):
                     measured = self.conflict()
                     last.update(conflict_mean=measured["mean_offdiag"], conflict_min=measured["min_offdiag"])

@@ -82,3 +82,63 @@ def test_sharded_evaluation_equals_one_process(world, tmp_path):
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     for key in ("results", "macro", "inner_steps_sweep", "finetune_lr"):
         assert one[key] == two[key], key
+
+
+def test_fsdp_refuses_second_order_and_names_the_alternatives(tmp_path):
+    from metalm.run import load_train_config
+
+    base = {"model": "tiny", "distributed": "fsdp"}
+    with pytest.raises(ConfigError, match=r"distributed.*maml.*double backward.*fomaml.*inner.recompute.*imaml"):
+        load_train_config(None, {**base, "algorithm": {"name": "maml"}})
+    with pytest.raises(ConfigError, match="distributed.*imaml"):
+        load_train_config(None, {**base, "algorithm": {"name": "imaml"}})
+    with pytest.raises(ConfigError, match="algorithm.inner.vmap.*fsdp"):
+        load_train_config(None, {**base, "algorithm": {"name": "fomaml", "inner": {"vmap": True}}})
+    with pytest.raises(ConfigError, match="conflict_every.*fsdp"):
+        load_train_config(None, {**base, "conflict_every": 2})
+    for name in ("fomaml", "reptile", "multitask", "metaicl"):
+        assert load_train_config(None, {**base, "algorithm": {"name": name}}).distributed == "fsdp"
+    first_order_maml = {"name": "maml", "inner": {"first_order": True}}
+    assert load_train_config(None, {**base, "algorithm": first_order_maml}).distributed == "fsdp"
+
+
+@pytest.fixture(scope="module")
+def fsdp_world(tmp_path_factory):
+    # FOMAML with the top layer's base weights shared (so sharded, with sharded AdamW state), and a
+    # validation every 2 steps (every process runs it: the layers' weights are gathered). float64: the
+    # processes sum in another order (reduce-scatter, per-shard norms), a gradient's rounding error is
+    # ~1e-16 of its scale, and AdamW turns an error dg into at most lr/eps * dg = 1e6 dg per step
+    # (where |g| ~ eps), so 3 steps agree to ~1e-9 (in float32 the same bound is ~1e-4: uninformative).
+    world = make_world(tmp_path_factory.mktemp("fsdp"), outer={"lr": 0.01, "meta_batch": 4}, max_steps=3,
+                       dtype="float64",
+                       algorithm={"name": "fomaml", "inner": {"steps": 2, "lr": 0.3}}, meta={"shared": "top:1"},
+                       val_every=2, val_episodes=2, checkpoint_every=1)
+    world["env"].update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    return world
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_end_with_the_weights_of_one_and_hold_half_the_base(fsdp_world, tmp_path):
+    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+    world = fsdp_world
+    metalm(world, "train", world["config"], "--run-dir", one, "--quiet")
+    metalm(world, "train", world["config"], "--run-dir", two, "--quiet", "distributed=fsdp", procs=2)
+    (step_a, a), (step_b, b) = meta_tensors(one), meta_tensors(two)
+    assert step_a == step_b and set(a) == set(b)
+    assert any("lora_" not in k for k in a)  # shared (sharded) base weights are among them
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
+    logs = [[json.loads(line) for line in (r / "log.jsonl").read_text().splitlines()] for r in (one, two)]
+    assert logs[0][1]["val_query_loss"] == pytest.approx(logs[1][1]["val_query_loss"], rel=1e-5)
+    mib_one, mib_two = logs[0][0]["base_param_mib"], logs[1][0]["base_param_mib"]
+    assert mib_one["held"] == [mib_one["whole"]] and mib_two["whole"] == mib_one["whole"]
+    # each process holds its shard: the two shards add up to the whole, neither more than half plus
+    # one row of the largest tensor (torch.chunk's uneven split)
+    assert sum(mib_two["held"]) == pytest.approx(mib_two["whole"])
+    assert max(mib_two["held"]) <= 0.52 * mib_two["whole"]
+    # killed after 2 steps, resumed under fsdp: the same run
+    metalm(world, "train", world["config"], "--run-dir", resumed, "--quiet", "--max-steps", 2, "distributed=fsdp",
+           procs=2)
+    metalm(world, "train", world["config"], "--run-dir", resumed, "--quiet", "--resume", "--max-steps", 3,
+           "distributed=fsdp", procs=2)
+    _, c = meta_tensors(resumed)
+    assert all(torch.allclose(b[k], c[k], rtol=0, atol=1e-9) for k in b)

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..inner import LearningRate, LossFn
 from ..losses import Batch, compiled_lm_loss, lm_loss, reusable_batch
 from ..params import ParameterSelection
+from ..sharding import clip_grad_norm_, grads_finite
 
 _REGISTRY: dict[str, tuple[type[MetaLearner], type]] = {}
 
@@ -249,7 +250,7 @@ class MetaLearner:
         if not finite(params, metrics):
             return {**metrics, "skipped": 1.0}
         if clip_grad_norm is not None:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm))
+            metrics["grad_norm"] = clip_grad_norm_(params, clip_grad_norm)
         optimizer.step()
         return {**metrics, "skipped": 0.0}
 
@@ -273,7 +274,6 @@ class MetaLearner:
 
 
 def finite(params: Sequence[Tensor], metrics: Mapping[str, float]) -> bool:
-    """Whether every gradient of ``params`` and every metric is finite (one device sync)."""
-    grads = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-    ok = bool(torch.stack(grads).all()) if grads else True
-    return ok and all(math.isfinite(v) for v in metrics.values())
+    """Whether every gradient of ``params`` and every metric is finite (one device sync; processes
+    holding shards of a gradient agree, :func:`metalm.sharding.grads_finite`)."""
+    return grads_finite(params) and all(math.isfinite(v) for v in metrics.values())

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..config import InnerConfig
 from ..inner import LearningRate, adapt
 from ..losses import Batch, lm_loss_and_accuracy, reusable_batch
+from ..sharding import is_sharded
 
 
 @dataclasses.dataclass
@@ -103,7 +104,9 @@ def init_of(learner: Any, *, trained: bool = True) -> Init:
     queries, no adaptation for MetaICL); ``False``: the plain inner loop of a pretrained start.
     """
     named = dict(learner.model.named_parameters())
-    values = {n: named[n] for n in (*learner.selection.fast, *learner.selection.shared)}
+    # A sharded shared weight (distributed: fsdp) is not copied: the model's own value is the current one,
+    # and FSDP gathers it for each forward (a swapped-in shard would not be).
+    values = {n: named[n] for n in (*learner.selection.fast, *learner.selection.shared) if not is_sharded(named[n])}
     values.update({f"inner_lr/{n}": p for n, p in learner.inner_lrs.items()})
     return init_from_values(learner, {k: v.detach().clone() for k, v in values.items()}, trained=trained)
 
@@ -111,10 +114,11 @@ def init_of(learner: Any, *, trained: bool = True) -> Init:
 def init_from_values(learner: Any, values: Mapping[str, Tensor], *, trained: bool = True) -> Init:
     """An :class:`Init` from meta-parameter values by name, as :meth:`MetaLearner.meta_parameters` names
     them (``inner_lr/NAME`` for learned rates), with ``learner``'s selection and inner loop (see
-    :func:`init_of` for ``trained``)."""
+    :func:`init_of` for ``trained``). A shared weight without a value is used as the model holds it."""
     sel = learner.selection
     lrs = {n[len("inner_lr/"):]: v.detach() for n, v in values.items() if n.startswith("inner_lr/")}
-    init = Init({n: values[n].detach() for n in sel.fast}, learner.inner, {n: values[n].detach() for n in sel.shared})
+    init = Init({n: values[n].detach() for n in sel.fast}, learner.inner,
+                {n: values[n].detach() for n in sel.shared if n in values})
     if not trained:
         return init
     return dataclasses.replace(init, lr=lrs or None, **type(learner).scoring(learner.config))
