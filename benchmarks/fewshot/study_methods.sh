@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The method study of the MetaICL/study issue, one round: train each candidate config of
+# benchmarks/fewshot/study/ (and the earlier runs/study_metaicl), score every candidate and the two
+# in-context baselines on the default split's 6 meta-val tasks, pick the winner there
+# (benchmarks/fewshot/select_run.py: highest meta-val macro accuracy), and only then score the
+# winner on the held-out episodes of the evaluation study (benchmarks/fewshot/study_eval.sh: same
+# shots, ways, queries, episodes, seeds), paired with every row of that study by merge_rows.py.
+# Held-out tasks play no part in any choice. Every stage resumes: a killed training continues from
+# its last checkpoint, a killed evaluation from its journal.
+#
+#   nohup nice -n 10 env OMP_NUM_THREADS=1 bash benchmarks/fewshot/study_methods.sh > runs/study_methods.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-.venv/bin}
+CONFIGS=${CONFIGS:-"metaicl_lr3e-3 metaicl_top12 fomaml_icl"}
+VAL_OUT=${VAL_OUT:-benchmarks/results/study_metaval_4shot.json}
+OUT=${OUT:-benchmarks/results/eval_study_winner_4shot.json}
+EVAL=(--shots 4 --ways 3 --queries 2 max_length=160 --resume --quiet)
+
+runs=(runs/study_metaicl)
+[ -d runs/study_metaicl/checkpoints ] || \
+  $BIN/metalm train benchmarks/fewshot/study_metaicl.yaml --run-dir runs/study_metaicl --quiet
+for name in $CONFIGS; do
+  config=benchmarks/fewshot/study/$name.yaml
+  run=runs/study/$name
+  last=$(printf 'step-%07d' "$(sed -n 's/^max_steps: *//p' "$config")")
+  if [ ! -d "$run/checkpoints/$last" ]; then
+    resume=(); [ -d "$run/checkpoints" ] && resume=(--resume)
+    echo "train $run"; $BIN/metalm train "$config" --run-dir "$run" "${resume[@]}" --quiet
+  fi
+  runs+=("$run")
+done
+
+val_tasks=$($BIN/python -c "from metalm.config import read_yaml; print(','.join(read_yaml('tasks/splits/default.yaml')['meta_val']))")
+run_args=(); for r in "${runs[@]}"; do run_args+=(--run-dir "$r"); done
+echo "meta-val: $val_tasks"
+$BIN/metalm eval "${run_args[@]}" --tasks "$val_tasks" --methods icl,icl-cal,meta --episodes 10 --seeds 1 \
+  "${EVAL[@]}" --json "$VAL_OUT"
+winner=$($BIN/python benchmarks/fewshot/select_run.py "$VAL_OUT" "${runs[@]}")
+echo "winner on meta-val: $winner"
+
+$BIN/metalm eval --run-dir "$winner" --methods zeroshot,meta --episodes 10 --seeds ${SEEDS:-3} \
+  "${EVAL[@]}" --json "$OUT"
+$BIN/python benchmarks/fewshot/merge_rows.py benchmarks/results/eval_default_4shot.json "$OUT"
