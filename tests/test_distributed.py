@@ -142,3 +142,16 @@ def test_fsdp_two_processes_end_with_the_weights_of_one_and_hold_half_the_base(f
            "distributed=fsdp", procs=2)
     _, c = meta_tensors(resumed)
     assert all(torch.allclose(b[k], c[k], rtol=0, atol=1e-9) for k in b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["reptile", "metaicl", "multitask"])
+def test_fsdp_runs_the_first_order_algorithms_like_replicated_processes(fsdp_world, tmp_path, name):
+    # Against two replicated processes: multi-task's per-task mean is taken over each process's
+    # episodes, so its two-process run differs from one process whatever the sharding.
+    args = ["train", fsdp_world["config"], "--quiet", "--max-steps", 2, f"algorithm.name={name}",
+            *(["meta.shared=none"] if name == "reptile" else [])]
+    metalm(fsdp_world, *args, "--run-dir", tmp_path / "replicated", procs=2)
+    metalm(fsdp_world, *args, "--run-dir", tmp_path / "sharded", "distributed=fsdp", procs=2)
+    (_, a), (_, b) = meta_tensors(tmp_path / "replicated"), meta_tensors(tmp_path / "sharded")
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
