@@ -45,8 +45,7 @@ def check_algorithm(name: str, config: Any) -> None:
             whole model in one process: ``inner.vmap``, ``inner.compile``.
     """
     inner = getattr(config, "inner", None)
-    second = name == "imaml" or (name not in FIRST_ORDER and inner is not None and not inner.first_order)
-    if second or getattr(config, "first_order_steps", 0):
+    if name == "imaml" or (name not in FIRST_ORDER and inner is not None and not inner.first_order):
         raise ConfigError("distributed", f"fsdp cannot run {name} with second-order meta-gradients: FSDP does "
                                          f"not support double backward (pytorch#172543); {ALTERNATIVES}")
     for option in ("vmap", "compile"):

@@ -9,6 +9,14 @@
 # its last checkpoint, a killed evaluation from its journal.
 #
 #   nohup nice -n 10 env OMP_NUM_THREADS=1 bash benchmarks/fewshot/study_methods.sh > runs/study_methods.log 2>&1 &
+#
+# The gradient-based round (FOMAML with an inner loop that adapts, second-order MAML, Reptile,
+# multi-task), in parallel on the other core:
+#
+#   nohup nice -n 10 env OMP_NUM_THREADS=1 NO_BASE_RUN=1 CONFIGS="fomaml_adam5 maml_top4 reptile multitask" \
+#     VAL_OUT=benchmarks/results/study_metaval_gradient_4shot.json \
+#     OUT=benchmarks/results/eval_study_gradient_winner_4shot.json \
+#     bash benchmarks/fewshot/study_methods.sh > runs/study_gradient.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -17,9 +25,12 @@ VAL_OUT=${VAL_OUT:-benchmarks/results/study_metaval_4shot.json}
 OUT=${OUT:-benchmarks/results/eval_study_winner_4shot.json}
 EVAL=(--shots 4 --ways 3 --queries 2 max_length=160 --resume --quiet)
 
-runs=(runs/study_metaicl)
-[ -d runs/study_metaicl/checkpoints ] || \
-  $BIN/metalm train benchmarks/fewshot/study_metaicl.yaml --run-dir runs/study_metaicl --quiet
+runs=()
+if [ -z "${NO_BASE_RUN:-}" ]; then  # the first MetaICL run (benchmarks/fewshot/study_metaicl.sh) joins the round
+  runs=(runs/study_metaicl)
+  [ -d runs/study_metaicl/checkpoints ] || \
+    $BIN/metalm train benchmarks/fewshot/study_metaicl.yaml --run-dir runs/study_metaicl --quiet
+fi
 for name in $CONFIGS; do
   config=benchmarks/fewshot/study/$name.yaml
   run=runs/study/$name
@@ -34,11 +45,11 @@ done
 val_tasks=$($BIN/python -c "from metalm.config import read_yaml; print(','.join(read_yaml('tasks/splits/default.yaml')['meta_val']))")
 run_args=(); for r in "${runs[@]}"; do run_args+=(--run-dir "$r"); done
 echo "meta-val: $val_tasks"
-$BIN/metalm eval "${run_args[@]}" --tasks "$val_tasks" --methods icl,icl-cal,meta --episodes 10 --seeds 1 \
+$BIN/metalm eval "${run_args[@]}" --tasks "$val_tasks" --methods icl,icl-cal,meta,mtl --episodes 10 --seeds 1 \
   "${EVAL[@]}" --json "$VAL_OUT"
 winner=$($BIN/python benchmarks/fewshot/select_run.py "$VAL_OUT" "${runs[@]}")
 echo "winner on meta-val: $winner"
 
-$BIN/metalm eval --run-dir "$winner" --methods zeroshot,meta --episodes 10 --seeds ${SEEDS:-3} \
+$BIN/metalm eval --run-dir "$winner" --methods zeroshot,meta,mtl --episodes 10 --seeds ${SEEDS:-3} \
   "${EVAL[@]}" --json "$OUT"
 $BIN/python benchmarks/fewshot/merge_rows.py benchmarks/results/eval_default_4shot.json "$OUT"
