@@ -8,11 +8,13 @@
 #
 #   make main                                   # trains runs/main (FOMAML)
 #   nohup bash benchmarks/fewshot/study_eval.sh > runs/study_eval.log 2>&1 &
+#   SHOTS=1 nohup bash benchmarks/fewshot/study_eval.sh > runs/study_eval_1shot.log 2>&1 &   # the 1-shot study
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
-OUT=${OUT:-benchmarks/results/eval_default_4shot.json}
-$BIN/metalm eval --run-dir runs/main --shots 4 --episodes 10 --seeds ${SEEDS:-3} --ways 3 \
+SHOTS=${SHOTS:-4}
+OUT=${OUT:-benchmarks/results/eval_default_${SHOTS}shot.json}
+$BIN/metalm eval --run-dir runs/main --shots $SHOTS --episodes 10 --seeds ${SEEDS:-3} --ways 3 \
   --queries 2 --methods ${METHODS:-zeroshot,zeroshot-cal,icl,icl-cal,finetune,meta} \
   max_length=160 "finetune_lrs=[0.3,1.0,3.0]" "finetune_adam_lrs=[0.003,0.01]" \
   "finetune_steps=[5,10]" val_episodes=1 --json "$OUT" --resume --quiet
