@@ -155,3 +155,17 @@ def test_fsdp_runs_the_first_order_algorithms_like_replicated_processes(fsdp_wor
     metalm(fsdp_world, *args, "--run-dir", tmp_path / "sharded", "distributed=fsdp", procs=2)
     (_, a), (_, b) = meta_tensors(tmp_path / "replicated"), meta_tensors(tmp_path / "sharded")
     assert set(a) == set(b) and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_gpt2_with_tied_embeddings_like_one_process(fsdp_world, tmp_path):
+    from metalm.models import save_tiny_model
+
+    from .data.fixtures import corpus
+
+    model = save_tiny_model(tmp_path / "gpt2", corpus(), "gpt2")
+    args = ["train", fsdp_world["config"], "--quiet", "--max-steps", 2, f"model={model}"]
+    metalm(fsdp_world, *args, "--run-dir", tmp_path / "one")
+    metalm(fsdp_world, *args, "--run-dir", tmp_path / "two", "distributed=fsdp", procs=2)
+    (_, a), (_, b) = meta_tensors(tmp_path / "one"), meta_tensors(tmp_path / "two")
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
