@@ -1,13 +1,13 @@
 """``distributed: fsdp``: the base model sharded across processes by PyTorch FSDP2, fast weights replicated.
 
 Under ``torchrun``, :func:`shard_model` applies ``torch.distributed.fsdp.fully_shard`` to every
-decoder layer and to the whole model, so each process keeps ~1/N of the frozen base's tensors (and
-of any ``meta.shared`` weights, their gradients and their AdamW state) and all-gathers a layer's
-weights just for its forward and backward. The fast weights (LoRA, the adapted initialization) are
-``ignored_params``: plain tensors, the same on every process, swapped in by
-``torch.func.functional_call`` as in one process; their meta-gradients are all-reduced by
-:func:`metalm.distributed.average_gradients`, the sharded weights' ones reduce-scattered by FSDP
-itself in the backward.
+decoder layer and to the loss's wrapper of the whole model (embeddings, final norm, head), so each
+process keeps ~1/N of the frozen base's tensors (and of any ``meta.shared`` weights, their gradients
+and their AdamW state) and all-gathers a unit's weights just for its forward and backward. The fast
+weights (LoRA, the adapted initialization) are ``ignored_params``: plain tensors, the same on every
+process, swapped in by ``torch.func.functional_call`` as in one process; their meta-gradients are
+all-reduced by :func:`metalm.distributed.average_gradients`, the sharded weights' ones
+reduce-scattered by FSDP itself in the backward.
 
 Only first-order outer steps run on it: FSDP does not support double backward (pytorch#172543), so
 second-order MAML, checkpointed MAML and iMAML are refused (:func:`check_algorithm`). The helpers
@@ -17,7 +17,7 @@ for checkpoints, its local shard for norms and finiteness checks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from .models import decoder_layers
 from .params import ParameterSelection
 
 FIRST_ORDER = ("fomaml", "reptile", "multitask", "metaicl")
+LOSS_WEIGHTINGS = ("equal", "fixed", "uncertainty", "dwa")  # multi-task weightings that need no per-task gradient
 ALTERNATIVES = ("use a first-order algorithm under distributed: fsdp (fomaml, reptile, multitask, metaicl, or "
                 "inner.first_order: true), or keep the model replicated (distributed: replicate) and save "
                 "memory with inner.recompute: true (checkpointed MAML) or algorithm: imaml")
@@ -41,13 +42,20 @@ def check_algorithm(name: str, config: Any) -> None:
 
     Raises:
         ConfigError: For second-order outer steps (double backward through FSDP, pytorch#172543),
-            iMAML (Hessian-vector products are double backward too), and the options that need the
-            whole model in one process: ``inner.vmap``, ``inner.compile``.
+            iMAML (Hessian-vector products are double backward too), multi-task weightings that
+            combine per-task gradients (GradNorm, torchjd aggregators), and the options that need
+            the whole model in one process: ``inner.vmap``, ``inner.compile``.
     """
     inner = getattr(config, "inner", None)
     if name == "imaml" or (name not in FIRST_ORDER and inner is not None and not inner.first_order):
         raise ConfigError("distributed", f"fsdp cannot run {name} with second-order meta-gradients: FSDP does "
                                          f"not support double backward (pytorch#172543); {ALTERNATIVES}")
+    weighting = getattr(config, "weighting", "equal")
+    if name == "multitask" and weighting not in LOSS_WEIGHTINGS:
+        raise ConfigError("algorithm.weighting", f"{weighting!r} is not supported with distributed: fsdp: it combines "
+                                                 "each task's gradient of the shared weights, which FSDP holds in "
+                                                 f"shards; use one of {', '.join(LOSS_WEIGHTINGS)} (they weight the "
+                                                 "losses), or distributed: replicate")
     for option in ("vmap", "compile"):
         if inner is not None and getattr(inner, option):
             raise ConfigError(f"algorithm.inner.{option}", f"not supported with distributed: fsdp (the sharded "
@@ -133,9 +141,10 @@ def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> float:
     Returns:
         The total norm before clipping.
     """
-    grads = [p.grad for p in params if p.grad is not None]
+    with_grad = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in with_grad]
     if not any(is_sharded(g) for g in grads):
-        return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
+        return float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm))
     def squares(gs: Iterable[Tensor]) -> Tensor:  # float64 sums: as exact as torch's own norm in any dtype
         return sum((g.detach().double().pow(2).sum().cpu() for g in gs), torch.zeros((), dtype=torch.float64))
 
@@ -158,11 +167,6 @@ def parameter_bytes(model: nn.Module, names: Iterable[str]) -> tuple[int, int]:
         held += local(p).numel() * p.element_size()
         whole += p.numel() * p.element_size()
     return held, whole
-
-
-def full_values(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Every tensor whole (sharded ones all-gathered; every process must call it)."""
-    return {k: full(v) for k, v in tensors.items()}
 
 
 def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:

@@ -94,6 +94,8 @@ def test_fsdp_refuses_second_order_and_names_the_alternatives(tmp_path):
         load_train_config(None, {**base, "algorithm": {"name": "imaml"}})
     with pytest.raises(ConfigError, match="algorithm.inner.vmap.*fsdp"):
         load_train_config(None, {**base, "algorithm": {"name": "fomaml", "inner": {"vmap": True}}})
+    with pytest.raises(ConfigError, match="algorithm.weighting.*upgrad.*fsdp.*equal, fixed, uncertainty, dwa"):
+        load_train_config(None, {**base, "algorithm": {"name": "multitask", "weighting": "upgrad"}})
     with pytest.raises(ConfigError, match="conflict_every.*fsdp"):
         load_train_config(None, {**base, "conflict_every": 2})
     for name in ("fomaml", "reptile", "multitask", "metaicl"):
