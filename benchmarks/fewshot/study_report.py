@@ -6,9 +6,9 @@ meta-val selection JSONs (macro accuracy on the 6 meta-val tasks, paired differe
 baseline there); then each held-out JSON's macro rows, so meta-val and held-out can be read side by
 side. Markdown on stdout.
 
-    python benchmarks/fewshot/study_report.py --runs runs/study_metaicl runs/study/* \
-        --val benchmarks/results/study_metaval_4shot.json benchmarks/results/study_metaval_gradient_4shot.json \
-        --heldout benchmarks/results/eval_study_winner_4shot.json benchmarks/results/eval_study_gradient_winner_4shot.json
+    cd benchmarks/results && python ../fewshot/study_report.py --runs ../../runs/study_metaicl ../../runs/study/* \
+        --val study_metaval_4shot.json study_metaval_gradient_4shot.json \
+        --heldout eval_study_winner_4shot.json eval_study_gradient_winner_4shot.json
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def macro_rows(path: Path) -> list[str]:
     for row in sorted(data["macro"], key=lambda r: -r["accuracy"]):
         p = paired.get(row["method"])
         diff = f"{p['diff']:+.3f} [{p['diff'] - p['ci95']:+.3f}, {p['diff'] + p['ci95']:+.3f}]" if p else "(reference)"
-        out.append(f"| {path.stem} | {row['method']} | {row['shots']} | {row['accuracy']:.3f} ± {row['ci95']:.3f} | {diff} |")
+        acc = f"{row['accuracy']:.3f} ± {row['ci95']:.3f}"
+        out.append(f"| {path.stem} | {row['method']} | {row['shots']} | {acc} | {diff} |")
     return out
 
 
@@ -48,15 +49,18 @@ def main() -> None:
         if not (run / "log.jsonl").exists():
             continue
         config = load_train_config(run / "config.yaml")
-        inner = config.algorithm_config().inner
+        alg = config.algorithm_config()
+        inner = alg.inner
         loop = "none (in context)" if config.algorithm["name"] == "metaicl" else \
-            f"{inner.optimizer} lr {inner.lr}, {inner.steps} steps" + ("" if inner.first_order else ", 2nd order")
+            f"{inner.optimizer} lr {inner.lr}, {inner.steps} steps" + ("" if inner.first_order else ", 2nd order") \
+            + ("" if getattr(alg, "queries", "plain") == "plain" else "; queries in context")
         steps = sum(1 for _ in (run / "log.jsonl").open())
         print(f"| {run} | {config.algorithm['name']} | {loop} | {steps} | {curve(run)} |")
     for title, paths in (("meta-val tasks (selection)", args.val), ("held-out tasks", args.heldout)):
         paths = [Path(p) for p in paths if Path(p).exists()]
         if paths:
-            print(f"\n{title}:\n\n| file | row | shots | macro accuracy | paired difference from the best baseline [95% CI] |")
+            print(f"\n{title}:\n\n| file | row | shots | macro accuracy | "
+                  "paired difference from the best baseline [95% CI] |")
             print("|---|---|---|---|---|")
             for path in paths:
                 print("\n".join(macro_rows(path)))

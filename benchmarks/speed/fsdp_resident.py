@@ -42,7 +42,8 @@ def main() -> None:
     if rank == 0:
         print(" ".join(f"{k} {v:.0f} MiB" for k, v in rows),
               f"| parameters held {held / 2**20:.0f} of {whole / 2**20:.0f} MiB",
-              f"| anonymous {int(status['RssAnon']) / 1024:.0f} MiB, file-backed {int(status['RssFile']) / 1024:.0f} MiB")
+              f"| anonymous {int(status['RssAnon']) / 1024:.0f} MiB,",
+              f"file-backed {int(status['RssFile']) / 1024:.0f} MiB")
     dist.destroy_process_group()
 
 
