@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from peak import PeakGrowth  # same directory
 from vmap_tasks import build, meta_step, tasks  # noqa: E402  (same directory)
 
 import metalm
@@ -31,25 +32,13 @@ VARIANTS = {"MAML": ("maml", False), "FOMAML": ("fomaml", False), "MAML, vmap": 
 LABELS = {"k": "inner steps k", "tasks": "tasks per meta-batch", "tokens": "tokens per row"}
 
 
-def _peak_rss_mib() -> float:
-    for line in open("/proc/self/status", encoding="ascii"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def child(variant: str, k: int, n_tasks: int, tokens: int, repeats: int, device: torch.device) -> dict[str, float]:
     algo, vmap = VARIANTS[variant]
     learner = build(device, algo, k, vmap)
     episodes = tasks(n_tasks, 4, tokens, device)
     with torch.no_grad():  # touch the weights, so lazily mapped pages count in the baseline
         metalm.lm_loss(learner.model, {}, episodes[0].support)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _peak_rss_mib()
+    peak = PeakGrowth(device)
     meta_step(learner, episodes)  # warm-up, and the peak
     times = []
     for _ in range(repeats):
@@ -60,8 +49,7 @@ def child(variant: str, k: int, n_tasks: int, tokens: int, repeats: int, device:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else _peak_rss_mib() - base
-    return {"seconds": statistics.median(times), "mib": peak}
+    return {"seconds": statistics.median(times), "mib": peak.mib()}
 
 
 def plot(rows: list[dict], out: Path) -> None:

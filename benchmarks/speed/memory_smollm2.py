@@ -18,18 +18,12 @@ import sys
 import time
 
 import torch
+from peak import PeakGrowth
 
 VARIANTS = {"MAML": {"name": "maml", "inner": {"first_order": False}},
             "MAML recompute": {"name": "maml", "inner": {"first_order": False, "recompute": True}},
             "iMAML": {"name": "imaml", "inner": {"proximal": 1.0}},
             "FOMAML": {"name": "fomaml", "inner": {"first_order": True}}}
-
-
-def _peak_mib() -> float:
-    for line in open("/proc/self/status", encoding="ascii"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 def child(variant: str, k: int, task: str) -> dict[str, float]:
@@ -47,20 +41,14 @@ def child(variant: str, k: int, task: str) -> dict[str, float]:
                         config.collate, learner.query_rows).to(device)
     with torch.no_grad():
         lm_loss(model, {}, episode.support)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _peak_mib()
+    peak = PeakGrowth(device)
     learner.meta_gradients([episode])
     for p in learner.meta_parameters().values():
         p.grad = None
     start = time.perf_counter()
     learner.meta_gradients([episode])
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else _peak_mib() - base
-    return {"mib": peak, "seconds": seconds}
+    return {"mib": peak.mib(), "seconds": seconds}
 
 
 def main() -> None:

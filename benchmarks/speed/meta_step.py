@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from peak import PeakGrowth  # same directory
 from torch.func import functional_call
 
 import metalm
@@ -228,34 +228,15 @@ def peak_memory(variant: str, k: int, first_order: bool, rows: int, device: torc
     return json.loads(out.stdout.strip().splitlines()[-1])["mib"]
 
 
-def _peak_rss_kib() -> int:
-    """This process's peak resident set (VmHWM; ru_maxrss would carry the launching parent's peak across exec)."""
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def _memory_child(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     model, support, query = build(device, args.rows)
     k = int(args.steps)
     with torch.no_grad():  # touch the weights once, so lazily mapped pages count in the baseline
         metalm.lm_loss(model, {}, support)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        VARIANTS[args.memory_of](model, support, query, k, args.first_order)
-        mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        base = _peak_rss_kib()
-        VARIANTS[args.memory_of](model, support, query, k, args.first_order)
-        mib = (_peak_rss_kib() - base) / 1024
-    print(json.dumps({"mib": mib}))
+    peak = PeakGrowth(device)
+    VARIANTS[args.memory_of](model, support, query, k, args.first_order)
+    print(json.dumps({"mib": peak.mib()}))
 
 
 def main() -> None:
