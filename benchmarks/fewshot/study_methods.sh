@@ -17,6 +17,7 @@
 #     VAL_OUT=benchmarks/results/study_metaval_gradient_4shot.json \
 #     OUT=benchmarks/results/eval_study_gradient_winner_4shot.json \
 #     bash benchmarks/fewshot/study_methods.sh > runs/study_gradient.log 2>&1 &
+# VAL_ONLY=1 stops after the meta-val scores and the round's selection.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -45,11 +46,16 @@ done
 val_tasks=$($BIN/python -c "from metalm.config import read_yaml; print(','.join(read_yaml('tasks/splits/default.yaml')['meta_val']))")
 run_args=(); for r in "${runs[@]}"; do run_args+=(--run-dir "$r"); done
 echo "meta-val: $val_tasks"
-$BIN/metalm eval "${run_args[@]}" --tasks "$val_tasks" --methods icl,icl-cal,meta,mtl --episodes 10 --seeds 1 \
-  "${EVAL[@]}" --json "$VAL_OUT"
+kinds() {  # the rows the given runs provide: meta and/or mtl (metalm eval refuses a method no run provides)
+  $BIN/python -c "import sys; from metalm.run import load_train_config as c, run_kind as k
+print(','.join(sorted({k(c(r + '/config.yaml')) for r in sys.argv[1:]})))" "$@"
+}
+$BIN/metalm eval "${run_args[@]}" --tasks "$val_tasks" --methods "icl,icl-cal,$(kinds "${runs[@]}")" --episodes 10 \
+  --seeds 1 "${EVAL[@]}" --json "$VAL_OUT"
 winner=$($BIN/python benchmarks/fewshot/select_run.py "$VAL_OUT" "${runs[@]}")
 echo "winner on meta-val: $winner"
+[ -n "${VAL_ONLY:-}" ] && exit 0  # only the meta-val scores (a round whose winner is chosen across rounds)
 
-$BIN/metalm eval --run-dir "$winner" --methods zeroshot,meta,mtl --episodes 10 --seeds ${SEEDS:-3} \
+$BIN/metalm eval --run-dir "$winner" --methods "zeroshot,$(kinds "$winner")" --episodes 10 --seeds ${SEEDS:-3} \
   "${EVAL[@]}" --json "$OUT"
 $BIN/python benchmarks/fewshot/merge_rows.py benchmarks/results/eval_default_4shot.json "$OUT"
