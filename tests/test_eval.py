@@ -115,6 +115,39 @@ def test_shared_work_gives_the_reference_paths_accuracies(tiny, registry):
     assert a == b
 
 
+def test_calibrated_trained_rows(tiny, registry):
+    """``calibrate_trained``: an untrained in-context row (MetaICL before training) scores exactly as
+    icl-cal, an untrained plain row as zeroshot-cal; an adapting row's ``-cal`` twin scores the weights
+    the reference path adapts again on its own; channel rows get no twin."""
+    import dataclasses
+
+    from metalm.eval.fewshot import Trained
+    from metalm.eval.inits import init_from_values
+
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    start = init_from_values(algo, base, trained=False)
+    moved = init_from_values(algo, {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()})
+    rows = [Trained("a", "meta", dataclasses.replace(start, adapt=False, icl="direct")),
+            Trained("b", "meta", dataclasses.replace(start, adapt=False)),
+            Trained("c", "meta", moved), Trained("d", "meta", dataclasses.replace(start, icl="channel"))]
+    tasks = [registry["toy_cls"], registry["toy_mc"]]
+    got = []
+    for shared in (True, False):
+        config = EvalConfig(shots=[2], episodes=8, ways=3, queries=2, calibrate_trained=True, shared_work=shared,
+                            methods=["icl", "zeroshot-cal", "icl-cal", "meta"])
+        harness = Harness(algo.model, tok, start, config, rows, algo.selection.lowest_adapted_layer())
+        assert list(harness.rows()) == ["a", "a-cal", "b", "b-cal", "c", "c-cal", "d"]
+        got.append(harness.measure(tasks))
+        assert harness.summarize(got[-1], tasks)["budgets"]["c-cal"] == "sgd lr 0.1, 1 steps; calibrated"
+    data = got[0]
+    for t in tasks:
+        assert data[("a-cal", t.name, 2)] == data[("icl-cal", t.name, 2)]
+        assert data[("b-cal", t.name, 2)] == data[("zeroshot-cal", t.name, 2)]
+    assert any(data[("icl", t.name, 2)] != data[("icl-cal", t.name, 2)] for t in tasks)  # calibration mattered
+    assert got[0] == got[1]
+
+
 def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     _, _, path = tiny
     tok, algo, base = _learner(path)

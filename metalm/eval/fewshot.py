@@ -15,7 +15,8 @@ query examples. Methods:
   and steps chosen on meta-val tasks (never on held-out ones);
 * ``meta``, ``mtl``: trained initializations (a meta-learning run, a multi-task run) adapted by
   their run's inner loop; ``meta@ft`` / ``mtl@ft`` also adapt them with fine-tuning's chosen
-  budget, so no method wins by having more steps.
+  budget, so no method wins by having more steps; with ``calibrate_trained`` each is also scored
+  with contextual calibration (``meta-cal`` ...), as ``icl-cal`` scores ``icl``.
 
 Classification and multiple choice are scored by rank classification, generation by exact match
 (calibration and channel scoring do not apply to generation: those rows equal their plain method
@@ -85,6 +86,9 @@ class EvalConfig:
         val_episodes: Episodes per meta-val task for that choice.
         inner_steps: Also evaluate ``finetune`` and the trained rows at these inner step counts
             (first shot count, first seed), for the accuracy-vs-inner-steps curve; ``None``: off.
+        calibrate_trained: Also score every trained row with contextual calibration, as a row
+            ``<row>-cal`` (in-context rows as ``icl-cal``, the others as ``zeroshot-cal``; rows
+            scored by channel are left out, and generation has no options to calibrate).
         content_free: Inputs of contextual calibration.
         permute_verbalizers: Shuffle the verbalized answers among each episode's classes, so the
             answer can only be learned from the support set (synthetic in-context tasks).
@@ -110,6 +114,7 @@ class EvalConfig:
     finetune_steps: list[int] | None = dataclasses.field(default_factory=lambda: [5, 10, 20])
     val_episodes: int = 2
     inner_steps: list[int] | None = None
+    calibrate_trained: bool = False
     content_free: list[str] = dataclasses.field(default_factory=lambda: list(CONTENT_FREE))
     permute_verbalizers: bool = False
     max_length: int = 256
@@ -260,6 +265,8 @@ class Harness:
             out["finetune"] = self.finetune or self.base
         for t in self.trained:
             out[t.label] = t.init
+            if self.config.calibrate_trained and t.init.icl != "channel":
+                out[f"{t.label}-cal"] = dataclasses.replace(t.init, calibrate=True)
             if self.finetune is not None and not t.init.same_budget(self.finetune):
                 out[f"{t.label}@ft"] = t.init.with_budget(self.finetune.inner.optimizer, self.finetune.inner.lr,
                                                           self.finetune.inner.steps)
@@ -372,11 +379,14 @@ class Harness:
         """Adapt every row's initialization on ``ep``'s support set (one support prefix for all when work
         is shared) and append its query accuracy to ``out[row]``."""
         support = None
+        adapted: dict[tuple[int, ...], dict[str, Tensor]] = {}  # a -cal row scores its twin's adapted weights
         for row, init in rows.items():
-            if init.adapt and (support is None or not self.config.shared_work):
-                support = self._support(ep, init.inner.steps)
-            params = self._adapt(init, support, [init.inner.steps])[0] if init.adapt else init.params()
-            out.setdefault(row, []).append(self._score_episode(params, ep, prep, init.icl))
+            key = (id(init.fast), id(init.frozen), id(init.inner), id(init.lr), init.adapt)
+            if key not in adapted or not self.config.shared_work:
+                if init.adapt and (support is None or not self.config.shared_work):
+                    support = self._support(ep, init.inner.steps)
+                adapted[key] = self._adapt(init, support, [init.inner.steps])[0] if init.adapt else init.params()
+            out.setdefault(row, []).append(self._score_episode(adapted[key], ep, prep, init.icl, init.calibrate))
 
     def _generation_block(self, episodes: Sequence[TextEpisode]) -> dict[str, list[float]]:
         """Exact match per episode; calibrated and channel rows equal their plain method (no options)."""
@@ -431,14 +441,17 @@ class Harness:
         return self.finetune
 
     def _score_episode(self, params: Mapping[str, Tensor], ep: TextEpisode, prep: PreparedQueries | None,
-                       icl: str = "plain") -> float:
+                       icl: str = "plain", calibrate: bool = False) -> float:
         """Query accuracy of ``params`` on ``ep``: the queries alone (``plain``), or after the support
-        set as demonstrations (``direct`` or ``channel`` scoring; generation is always direct)."""
+        set as demonstrations (``direct`` or ``channel`` scoring; generation is always direct), with
+        contextual calibration if ``calibrate``."""
         if ep.type == "generation":
             demos = demonstrations(ep.support) if icl != "plain" else ""
             preds = self._generate(params, [with_demonstrations(demos, q.prompt) for q in ep.query])
             return sum(exact_match(p, q.references) for p, q in zip(preds, ep.query, strict=True)) / len(ep.query)
-        if icl != "plain":
+        if calibrate:
+            scores = self._unadapted("zeroshot-cal" if icl == "plain" else "icl-cal", [ep], params)[0]
+        elif icl != "plain":
             scores = self._unadapted("icl-channel" if icl == "channel" else "icl", [ep], params)[0]
         elif prep is not None:
             scores = score_prepared(self.model, params, prep)
@@ -526,8 +539,8 @@ class Harness:
             if ep.type != "generation" and self.prefix_layer is not None:
                 _, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
                                           self.prefix_layer, batch_size=max(self.config.batch_size, 32))
-            return {row: [self._score_episode(p, ep, prep, init.icl) for p in self._adapt(init, support, steps)]
-                    for row, init in rows.items() if init.adapt}
+            return {row: [self._score_episode(p, ep, prep, init.icl, init.calibrate)
+                          for p in self._adapt(init, support, steps)] for row, init in rows.items() if init.adapt}
 
         got = map_sharded(items, one)
         n = self.config.episodes
@@ -544,6 +557,7 @@ class Harness:
 def budget(init: Init) -> str:
     """A row's adaptation in words, e.g. ``adam lr 0.003, 10 steps``."""
     icl = "" if init.icl == "plain" else f"; scored in context ({init.icl})"
+    icl += "; calibrated" if init.calibrate else ""
     if not init.adapt:
         return "none" + icl
     lr = "learned rates" if init.lr is not None else f"lr {init.inner.lr:g}"

@@ -35,6 +35,8 @@ class Init:
         adapt: Run the inner loop (``False``: score the starting values, as MetaICL's row).
         icl: Score the queries alone (``plain``) or after the support set as demonstrations
             (``direct`` or ``channel``), as a run trained on in-context rows expects.
+        calibrate: Divide the option probabilities by their mean over content-free inputs
+            (Zhao et al. 2021), as ``zeroshot-cal`` / ``icl-cal`` do; not for ``channel`` scoring.
     """
 
     fast: dict[str, Tensor]
@@ -43,6 +45,7 @@ class Init:
     lr: LearningRate | None = None
     adapt: bool = True
     icl: str = "plain"
+    calibrate: bool = False
 
     def rate(self) -> LearningRate:
         """The inner learning rate to pass to :func:`metalm.adapt`."""
@@ -56,7 +59,7 @@ class Init:
         """The same starting point adapted by another inner loop (a plain rate, no learned rates, no
         proximal term): fine-tuning's budget is the same for every starting point."""
         inner = dataclasses.replace(self.inner, optimizer=optimizer, lr=lr, steps=steps, proximal=0.0)
-        return Init(self.fast, inner, self.frozen, None, True, self.icl)
+        return Init(self.fast, inner, self.frozen, None, True, self.icl, self.calibrate)
 
     def same_budget(self, other: Init) -> bool:
         """Whether both adapt with the same steps, optimizer and plain rate."""
