@@ -17,7 +17,16 @@
 #     VAL_OUT=benchmarks/results/study_metaval_gradient_4shot.json \
 #     OUT=benchmarks/results/eval_study_gradient_winner_4shot.json \
 #     bash benchmarks/fewshot/study_methods.sh > runs/study_gradient.log 2>&1 &
-# VAL_ONLY=1 stops after the meta-val scores and the round's selection.
+# The calibrated round: the in-context runs' weights scored with contextual calibration as well
+# (rows <row>-cal), meta-val only; the study's winner is then chosen across rounds by select_run.py:
+#
+#   nohup nice -n 10 env OMP_NUM_THREADS=1 NO_BASE_RUN= CALIBRATE=1 VAL_ONLY=1 \
+#     CONFIGS="metaicl_lr3e-3 metaicl_top12 fomaml_icl metaicl_lr1e-2" \
+#     VAL_OUT=benchmarks/results/study_metaval_calibrated_4shot.json \
+#     bash benchmarks/fewshot/study_methods.sh > runs/study_calibrated.log 2>&1 &
+#
+# VAL_ONLY=1 stops after the meta-val scores and the round's selection; CALIBRATE=1 adds
+# calibrate_trained=true to both evaluations.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -25,6 +34,7 @@ CONFIGS=${CONFIGS:-"metaicl_lr3e-3 metaicl_top12 fomaml_icl"}
 VAL_OUT=${VAL_OUT:-benchmarks/results/study_metaval_4shot.json}
 OUT=${OUT:-benchmarks/results/eval_study_winner_4shot.json}
 EVAL=(--shots 4 --ways 3 --queries 2 max_length=160 --resume --quiet)
+[ -n "${CALIBRATE:-}" ] && EVAL+=(calibrate_trained=true)  # each trained row also calibrated (<row>-cal)
 
 runs=()
 if [ -z "${NO_BASE_RUN:-}" ]; then  # the first MetaICL run (benchmarks/fewshot/study_metaicl.sh) joins the round
