@@ -14,6 +14,7 @@ config, :mod:`metalm.sharding`).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -170,6 +171,11 @@ def close(ok: bool = True) -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
+    # Free, while the interpreter is whole, the reference cycles that keep an FSDP model alive with its
+    # last asynchronous collectives' work objects: gloo work destroyed during interpreter finalization
+    # can abort the process (the mechanism of pytorch/pytorch#179291; a suspected cause of the rare
+    # abort after a finished sharded run, not yet confirmed).
+    gc.collect()
     if ok:
         dist.barrier()
     dist.destroy_process_group()
