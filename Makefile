@@ -45,8 +45,8 @@ MAIN_EVAL ?= --shots 4 --episodes 3 --ways 3 --queries 2 max_length=160 "finetun
 
 main: data
 	rm -rf $(RUN) $(RUN)-mtl
-	$(VENV)/bin/metalm train benchmarks/fewshot/main.yaml --run-dir $(RUN)
-	$(VENV)/bin/metalm train benchmarks/fewshot/main_mtl.yaml --run-dir $(RUN)-mtl
+	$(VENV)/bin/metalm train benchmarks/fewshot/fomaml.yaml --run-dir $(RUN)
+	$(VENV)/bin/metalm train benchmarks/fewshot/fomaml_mtl.yaml --run-dir $(RUN)-mtl
 	$(VENV)/bin/metalm eval --run-dir $(RUN) --run-dir $(RUN)-mtl $(MAIN_EVAL) --json $(RUN)/eval.json
 	$(VENV)/bin/metalm report $(RUN)
 

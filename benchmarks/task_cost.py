@@ -7,7 +7,7 @@ on a single episode, all in one process so the tasks are compared under the same
 Explains the per-task cost the trainer logs (``tasks``/``tokens`` in ``log.jsonl``, the report's
 cost table): at a fixed N-way K-shot shape a task costs what its rows x padded width cost.
 
-    python benchmarks/task_cost.py benchmarks/fewshot/main.yaml --time \
+    python benchmarks/task_cost.py benchmarks/fewshot/fomaml.yaml --time \
         --json benchmarks/results/task_cost.json
 """
 

@@ -3,10 +3,11 @@
 # every baseline on the default split's held-out tasks, 4-shot 3-way episodes with 2 queries per class,
 # 10 episodes per task and seed, 3 seeds of example choice, fine-tuning's optimizer (SGD, Adam), rate and
 # steps (5 or 10: 20 would not fit a working session on 2 CPU cores) chosen on meta-val tasks, and the
-# FOMAML run of `make main` at its own and at fine-tuning's budget (@ft). Resumable: run it again after a
-# kill and it continues (--resume); a stopped run's finished seeds can be reported with --seeds N.
+# FOMAML run of benchmarks/fewshot/fomaml.yaml (the main job before the method study; trained here
+# into runs/fomaml when missing) at its own and at fine-tuning's budget (@ft). Resumable: run it
+# again after a kill and it continues (--resume); a stopped run's finished seeds can be reported
+# with --seeds N.
 #
-#   make main                                   # trains runs/main (FOMAML)
 #   nohup bash benchmarks/fewshot/study_eval.sh > runs/study_eval.log 2>&1 &
 #   SHOTS=1 nohup bash benchmarks/fewshot/study_eval.sh > runs/study_eval_1shot.log 2>&1 &   # the 1-shot study
 set -euo pipefail
@@ -14,7 +15,9 @@ cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 SHOTS=${SHOTS:-4}
 OUT=${OUT:-benchmarks/results/eval_default_${SHOTS}shot.json}
-$BIN/metalm eval --run-dir runs/main --shots $SHOTS --episodes 10 --seeds ${SEEDS:-3} --ways 3 \
+RUN=${RUN:-runs/fomaml}
+[ -d "$RUN/checkpoints" ] || $BIN/metalm train benchmarks/fewshot/fomaml.yaml --run-dir "$RUN" --quiet
+$BIN/metalm eval --run-dir "$RUN" --shots $SHOTS --episodes 10 --seeds ${SEEDS:-3} --ways 3 \
   --queries 2 --methods ${METHODS:-zeroshot,zeroshot-cal,icl,icl-cal,finetune,meta} \
   max_length=160 "finetune_lrs=[0.3,1.0,3.0]" "finetune_adam_lrs=[0.003,0.01]" \
   "finetune_steps=[5,10]" val_episodes=1 --json "$OUT" --resume --quiet

@@ -1,13 +1,13 @@
 """How much a second busy process slows a meta-training step on the same cores, by thread count.
 
-A FOMAML meta-gradient at a run config's shapes (one episode of ``--task``, the main job's config
+A FOMAML meta-gradient at a run config's shapes (one episode of ``--task``, the FOMAML config
 by default) is timed in this process: alone, then while a second process runs the same workload
 without pause, with both processes at torch's default intra-op thread count and with both at 1
 thread. Explains step times many times the usual ones when another job shares a small machine:
 two processes that each start one OpenMP thread per core oversubscribe the cores, and a thread
 that is descheduled in the middle of a parallel region stalls the others at its barrier.
 
-    python benchmarks/speed/contention.py benchmarks/fewshot/main.yaml --task analogical_similarity
+    python benchmarks/speed/contention.py benchmarks/fewshot/fomaml.yaml --task analogical_similarity
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def step_seconds(learner, episode, repeats: int) -> list[float]:  # noqa: ANN001
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config", nargs="?", default="benchmarks/fewshot/main.yaml")
+    ap.add_argument("config", nargs="?", default="benchmarks/fewshot/fomaml.yaml")
     ap.add_argument("--task", default="analogical_similarity")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--busy", action="store_true", help=argparse.SUPPRESS)  # the competing process

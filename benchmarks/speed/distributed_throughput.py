@@ -5,7 +5,7 @@ folder, and reads the per-step wall time that rank 0 logs (``seconds`` in ``log.
 step is dropped as warm-up). The global meta-batch is the same in every run, so episodes per second
 compare directly.
 
-    python benchmarks/speed/distributed_throughput.py benchmarks/fewshot/main.yaml --steps 6 --procs 1,2
+    python benchmarks/speed/distributed_throughput.py benchmarks/fewshot/fomaml.yaml --steps 6 --procs 1,2
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Evaluation throughput: episodes per second of each method, work shared vs every method on its own.
 
-The harness (``metalm.eval.Harness``) on SmolLM2-135M at the main job's shapes (LoRA r=8 on q/v of
+The harness (``metalm.eval.Harness``) on SmolLM2-135M at the FOMAML config's shapes (LoRA r=8 on q/v of
 the top 4 layers, 3-way K-shot episodes with 2 queries per class, 2 inner SGD steps at lr 0.1) on
 the default split's held-out tasks, in one process, twice: ``shared_work=True`` (the frozen layers
 of each episode's support and queries computed once and reused by every adapted method, the
@@ -37,7 +37,7 @@ METHODS = ["zeroshot", "icl", "finetune", "meta"]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="benchmarks/fewshot/main.yaml")
+    parser.add_argument("--config", default="benchmarks/fewshot/fomaml.yaml")
     parser.add_argument("--episodes", type=int, default=2, help="episodes per task")
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--ways", type=int, default=3)
@@ -72,7 +72,7 @@ def main() -> None:
                          methods=methods, shared_work=shared)
         rows = [Trained("meta", "meta", trained)] if "meta" in methods else []
         harness = Harness(model, tokenizer, base, cfg, rows, selection.lowest_adapted_layer())
-        harness.finetune = base  # the main job's inner loop: no grid search in the timing
+        harness.finetune = base  # the config's inner loop: no grid search in the timing
         for t in tasks:  # draw (and render) the episodes outside the timing
             harness.episodes(t, args.shots)
         start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Where a process's resident memory goes when `distributed: fsdp` shards SmolLM2-135M (2 processes).
 
-Builds the main job's model (benchmarks/fewshot/main.yaml, every base weight shared) in each process,
+Builds the FOMAML config's model (benchmarks/fewshot/fomaml.yaml, every base weight shared) in each process,
 then shards it when SHARD=1, and prints rank 0's resident memory (MiB) after each stage, the bytes of
 parameters it holds, and its anonymous vs file-backed resident memory (/proc/self/status).
 
@@ -26,7 +26,7 @@ def resident_mib() -> float:
 def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    config = load_train_config("benchmarks/fewshot/main.yaml", {"meta": {"shared": "all"}})
+    config = load_train_config("benchmarks/fewshot/fomaml.yaml", {"meta": {"shared": "all"}})
     rows = [("start", resident_mib())]
     _, model, selection, _ = build_model(config, torch.device("cpu"))
     gc.collect()

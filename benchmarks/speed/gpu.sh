@@ -12,5 +12,5 @@ $PY benchmarks/speed/prefix_cache.py --bf16 --steps 5 --repeats 5
 $PY benchmarks/speed/prefix_cache.py --bf16 --steps 5 --repeats 5 --first-order
 $PY benchmarks/speed/scoring.py --device cuda --labels 2,5,10 --repeats 3
 rm -rf "${RUN:-/tmp/metalm-gpu}"
-$PY -m metalm.cli train benchmarks/fewshot/main.yaml --run-dir "${RUN:-/tmp/metalm-gpu}" --max-steps 10 \
+$PY -m metalm.cli train benchmarks/fewshot/fomaml.yaml --run-dir "${RUN:-/tmp/metalm-gpu}" --max-steps 10 \
     --quiet val_every=5 checkpoint_every=10

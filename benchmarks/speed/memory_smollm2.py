@@ -1,7 +1,7 @@
 """Peak memory of a meta-gradient on SmolLM2-135M (LoRA r=8 on the top 4 layers) by inner steps k:
 MAML, MAML with ``inner.recompute``, iMAML and FOMAML.
 
-One episode of a task at the main job's shapes (3-way 2-shot, 2 queries per class, max_length 128),
+One episode of a task at the FOMAML config's shapes (3-way 2-shot, 2 queries per class, max_length 128),
 one fresh process per point; the peak is the growth of the peak resident set over the footprint
 after one forward (CPU) or ``max_memory_allocated`` (CUDA), the time one meta-gradient after a
 warm-up one.
@@ -33,7 +33,7 @@ def child(variant: str, k: int, task: str) -> dict[str, float]:
 
     spec = VARIANTS[variant]
     algorithm = {"name": spec["name"], "inner": {"steps": k, "lr": 0.1, **spec["inner"]}}
-    config = load_train_config("benchmarks/fewshot/main.yaml", {"algorithm": algorithm})
+    config = load_train_config("benchmarks/fewshot/fomaml.yaml", {"algorithm": algorithm})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     registry = build_registry(config)
     tokenizer, model, _, learner = build_model(config, device)
@@ -63,7 +63,7 @@ def main() -> None:
         print(json.dumps(child(spec["variant"], spec["k"], args.task)))
         return
     rows = []
-    print(f"SmolLM2-135M, LoRA r=8 top 4 layers, one {args.task} episode (main job's shapes); "
+    print(f"SmolLM2-135M, LoRA r=8 top 4 layers, one {args.task} episode (FOMAML config's shapes); "
           "MiB / s per meta-gradient")
     print("| k | " + " | ".join(f"{v} MiB | {v} s" for v in VARIANTS) + " |")
     print("|---|" + "---|---|" * len(VARIANTS))
