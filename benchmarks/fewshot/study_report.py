@@ -51,8 +51,10 @@ def main() -> None:
         config = load_train_config(run / "config.yaml")
         alg = config.algorithm_config()
         inner = alg.inner
+        learned = getattr(alg, "learn_lr", "none")
+        rate = f"learned {learned.replace('_', '-')} rates from {inner.lr}" if learned != "none" else f"lr {inner.lr}"
         loop = "none (in context)" if config.algorithm["name"] == "metaicl" else \
-            f"{inner.optimizer} lr {inner.lr}, {inner.steps} steps" + ("" if inner.first_order else ", 2nd order") \
+            f"{inner.optimizer} {rate}, {inner.steps} steps" + ("" if inner.first_order else ", 2nd order") \
             + ("" if getattr(alg, "queries", "plain") == "plain" else "; queries in context")
         steps = sum(1 for _ in (run / "log.jsonl").open())
         print(f"| {run} | {config.algorithm['name']} | {loop} | {steps} | {curve(run)} |")
