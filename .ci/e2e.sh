@@ -43,10 +43,10 @@ $BIN/metalm train --run-dir "$WORK/tiny-vmap" --quiet "${TINY[@]}" max_steps=2 c
 if grep -q "does not run under torch.func.vmap" "$WORK/vmap.err"; then cat "$WORK/vmap.err"; exit 1; fi
 
 echo "== SmolLM2-135M, very small budget"
-$BIN/metalm train benchmarks/fewshot/fomaml.yaml --run-dir "$WORK/smol-run" --quiet split=smoke max_steps=2 \
+$BIN/metalm train benchmarks/fewshot/main.yaml --run-dir "$WORK/smol-run" --quiet split=smoke max_steps=2 \
   val_every=0 checkpoint_every=1 outer.meta_batch=1
 $BIN/metalm eval --run-dir "$WORK/smol-run" --tasks navigate --shots 1 --episodes 1 --ways 2 --queries 1 \
-  --methods zeroshot,meta --quiet
+  --methods zeroshot,mtl --quiet
 $BIN/metalm report "$WORK/smol-run"
 $BIN/metalm export "$WORK/smol-run" "$WORK/smol-export"
 test -f "$WORK/smol-export/adapter_model.safetensors"
