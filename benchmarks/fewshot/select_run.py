@@ -46,7 +46,10 @@ def candidates(path: str, runs: list[str]) -> tuple[dict, list[tuple[str, str, f
 def main() -> None:
     groups: list[list[str]] = [[]]
     for arg in sys.argv[1:]:
-        groups.append([]) if arg == "--" else groups[-1].append(arg)
+        if arg == "--":
+            groups.append([])
+        else:
+            groups[-1].append(arg)
     rounds = [candidates(g[0], g[1:]) for g in groups if g]
     first = rounds[0][0]
     for (result, _), group in zip(rounds[1:], groups[1:], strict=True):

@@ -2,8 +2,8 @@
 scoring drops their oldest demonstrations (benchmarks/RESULTS.md, "The method study").
 
 The episodes are the evaluation study's (3-way, 2 queries per class, 10 per task, first seed); a row
-is the demonstrations (a segment of their own, as scoring encodes them), the query's prompt and
-its longest option.
+is the demonstrations, the query's prompt and its longest option, tokenized by scoring's own
+``token_rows`` without a cut.
 
     python benchmarks/fewshot/truncation.py --max-length 160 --shots 4,1
 """
@@ -17,6 +17,7 @@ import torch
 from metalm.data.demos import demonstrations, in_context
 from metalm.eval import EvalConfig, Harness
 from metalm.eval.inits import init_of
+from metalm.eval.scoring import token_rows
 from metalm.run import build_model, build_registry, load_train_config, task_lists
 
 
@@ -41,12 +42,9 @@ def main() -> None:
                 if ep.type == "generation":
                     continue
                 demos = demonstrations(ep.support)
-                for q in ep.query:
-                    ex = in_context(demos, q)
-                    # Scoring encodes the demonstrations as a segment of their own (with the start token).
-                    head = len(tok(ex.context)["input_ids"])
-                    rows = [head + len(tok(ex.prompt + o, add_special_tokens=False)["input_ids"]) for o in ex.options]
-                    n_over += max(rows) > args.max_length
+                # Scoring's own tokenization, uncut: context, prompt and options as it encodes them.
+                for ctx, prompt, opts in token_rows([in_context(demos, q) for q in ep.query], tok, 10**9):
+                    n_over += len(ctx) + len(prompt) + max(map(len, opts)) > args.max_length
                     n += 1
             print(f"{k}-shot {name}: {n_over}/{n}")
             total, over = total + n, over + n_over
