@@ -146,6 +146,13 @@ def test_calibrated_trained_rows(tiny, registry):
         assert data[("b-cal", t.name, 2)] == data[("zeroshot-cal", t.name, 2)]
     assert any(data[("icl", t.name, 2)] != data[("icl-cal", t.name, 2)] for t in tasks)  # calibration mattered
     assert got[0] == got[1]
+    # The inner-steps sweep scores a -cal twin on its row's trajectory: at the rows' own 1 step it gives
+    # the measured accuracy (a second path through _adapt and _score_episode).
+    harness.config.inner_steps = [1]
+    sweep = {r["method"]: r["accuracy"] for r in harness.inner_steps_sweep(tasks)}
+    for row in ("c", "c-cal"):
+        accs = [a for t in tasks for a in data[(row, t.name, 2)][0]]
+        assert sweep[row] == pytest.approx(sum(accs) / len(accs), abs=1e-12)
 
 
 def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):

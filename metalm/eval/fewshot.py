@@ -381,7 +381,7 @@ class Harness:
         support = None
         adapted: dict[tuple[int, ...], dict[str, Tensor]] = {}  # a -cal row scores its twin's adapted weights
         for row, init in rows.items():
-            key = (id(init.fast), id(init.frozen), id(init.inner), id(init.lr), init.adapt)
+            key = _adaptation(init)
             if key not in adapted or not self.config.shared_work:
                 if init.adapt and (support is None or not self.config.shared_work):
                     support = self._support(ep, init.inner.steps)
@@ -539,8 +539,14 @@ class Harness:
             if ep.type != "generation" and self.prefix_layer is not None:
                 _, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
                                           self.prefix_layer, batch_size=max(self.config.batch_size, 32))
-            return {row: [self._score_episode(p, ep, prep, init.icl, init.calibrate)
-                          for p in self._adapt(init, support, steps)] for row, init in rows.items() if init.adapt}
+            trajectories: dict[tuple[int, ...], list[dict[str, Tensor]]] = {}  # shared with a -cal twin
+            out = {}
+            for row, init in rows.items():
+                if _adaptation(init) not in trajectories:
+                    trajectories[_adaptation(init)] = self._adapt(init, support, steps)
+                out[row] = [self._score_episode(p, ep, prep, init.icl, init.calibrate)
+                            for p in trajectories[_adaptation(init)]]
+            return out
 
         got = map_sharded(items, one)
         n = self.config.episodes
@@ -552,6 +558,12 @@ class Harness:
                 mean, ci = mean_ci95(units)
                 out.append({"method": row, "shots": shots, "inner_steps": k, "accuracy": mean, "ci95": ci})
         return out
+
+
+def _adaptation(init: Init) -> tuple[int, ...]:
+    """What an :class:`Init`'s adapted weights depend on (its tensors and inner loop, by identity): a
+    ``-cal`` row, a copy of its twin with ``calibrate`` set, shares it."""
+    return (id(init.fast), id(init.frozen), id(init.inner), id(init.lr), init.adapt)
 
 
 def budget(init: Init) -> str:
