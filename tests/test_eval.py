@@ -155,6 +155,53 @@ def test_calibrated_trained_rows(tiny, registry):
         assert sweep[row] == pytest.approx(sum(accs) / len(accs), abs=1e-12)
 
 
+def test_in_context_trained_rows(tiny, registry):
+    """``in_context_trained``: an unadapted plain row scored in context equals icl (and icl-cal with
+    calibration); an adapting row's ``+icl`` twin equals the adapted weights (inits.adapted_params)
+    scored by option_scores on the demonstrations and the query, by hand; in-context and channel rows
+    get no twin."""
+    from metalm.data import collate
+    from metalm.data.demos import demonstrations, in_context
+    from metalm.eval.fewshot import Trained
+    from metalm.eval.inits import adapted_params, init_from_values
+    from metalm.losses import prepare_batch
+
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    torch.manual_seed(0)  # the moved weights: fixed, so the "prompt mattered" check is one fixed computation
+    start = init_from_values(algo, base, trained=False)
+    moved = init_from_values(algo, {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()})
+    rows = [Trained("a", "meta", dataclasses.replace(start, adapt=False, icl="direct")),
+            Trained("b", "mtl", dataclasses.replace(start, adapt=False)),
+            Trained("c", "meta", moved), Trained("d", "meta", dataclasses.replace(start, icl="channel"))]
+    tasks = [registry["toy_cls"], registry["toy_mc"]]
+    got = []
+    for shared in (True, False):
+        config = EvalConfig(shots=[2], episodes=6, ways=3, queries=2, calibrate_trained=True, in_context_trained=True,
+                            shared_work=shared, methods=["icl", "icl-cal", "meta", "mtl"])
+        harness = Harness(algo.model, tok, start, config, rows, algo.selection.lowest_adapted_layer())
+        assert list(harness.rows()) == ["a", "a-cal", "b", "b-cal", "b+icl", "b+icl-cal", "c", "c-cal", "c+icl",
+                                        "c+icl-cal", "d"]
+        got.append(harness.measure(tasks))
+    assert got[0] == got[1]
+    data = got[0]
+    assert harness.summarize(data, tasks)["budgets"]["c+icl"] == "sgd lr 0.1, 1 steps; scored in context (direct)"
+    for t in tasks:
+        assert data[("b+icl", t.name, 2)] == data[("icl", t.name, 2)]
+        assert data[("b+icl-cal", t.name, 2)] == data[("icl-cal", t.name, 2)]
+    for t in tasks:
+        by_hand = []
+        for ep in harness.episodes(t, 2):
+            support = prepare_batch(collate(ep.support, tok, harness.collate))
+            params = adapted_params(algo.model, moved, support)
+            demos = demonstrations(ep.support)
+            scores = option_scores(algo.model, params, [in_context(demos, q) for q in ep.query], tok, harness.collate)
+            by_hand.append(sum(max(range(len(s)), key=s.__getitem__) == q.label
+                               for s, q in zip(scores, ep.query, strict=True)) / len(ep.query))
+        assert data[("c+icl", t.name, 2)][0] == by_hand
+    assert any(data[("c+icl", t.name, 2)] != data[("c", t.name, 2)] for t in tasks)  # the prompt mattered
+
+
 def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     _, _, path = tiny
     tok, algo, base = _learner(path)

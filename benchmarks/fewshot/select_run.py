@@ -3,7 +3,8 @@ accuracy in one or more `metalm eval --tasks <meta-val tasks> --run-dir A --run-
 
 Rows are matched to runs with the labels `metalm eval` gave them (`metalm.eval.compare`), so each
 JSON's runs must be listed in the same order as in its command. A run's calibrated row
-(`<row>-cal`, from `calibrate_trained=true`) is a candidate of its own. Several rounds (groups
+(`<row>-cal`, from `calibrate_trained=true`) and its in-context rows (`<row>+icl`, `<row>+icl-cal`,
+from `in_context_trained=true`) are candidates of their own. Several rounds (groups
 separated by `--`) are compared only if they scored the same meta-val episodes: their baseline rows
 must agree episode by episode. Prints the winning run folder (stdout) and every trained row's
 meta-val accuracy with its paired difference from the best baseline (stderr). Held-out tasks play no
@@ -35,7 +36,7 @@ def candidates(path: str, runs: list[str]) -> tuple[dict, list[tuple[str, str, f
         sys.exit(f"{path} has no row {missing[0]!r}: were the runs listed in the evaluation's order?")
     out = []
     for run, label in zip(runs, labels, strict=True):
-        for row in (label, f"{label}-cal"):
+        for row in (label, f"{label}-cal", f"{label}+icl", f"{label}+icl-cal"):
             if row in macro:
                 p = paired.get(row, {})
                 diff = f"{p['diff']:+.3f} ± {p['ci95']:.3f} (p {p['p']:.2g})" if p else ""

@@ -25,8 +25,15 @@
 #     VAL_OUT=benchmarks/results/study_metaval_calibrated_4shot.json \
 #     bash benchmarks/fewshot/study_methods.sh > runs/study_calibrated.log 2>&1 &
 #
+# The combined round: the multi-task weights adapted on the support set, then scored with the
+# support set as demonstrations too (rows mtl+icl, mtl+icl-cal), meta-val only:
+#
+#   nohup nice -n 10 env OMP_NUM_THREADS=1 NO_BASE_RUN=1 CALIBRATE=1 IN_CONTEXT=1 VAL_ONLY=1 CONFIGS=multitask \
+#     VAL_OUT=benchmarks/results/study_metaval_combined_4shot.json \
+#     bash benchmarks/fewshot/study_methods.sh > runs/study_combined.log 2>&1 &
+#
 # VAL_ONLY=1 stops after the meta-val scores and the round's selection; CALIBRATE=1 adds
-# calibrate_trained=true to both evaluations.
+# calibrate_trained=true to both evaluations, IN_CONTEXT=1 in_context_trained=true.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -35,6 +42,7 @@ VAL_OUT=${VAL_OUT:-benchmarks/results/study_metaval_4shot.json}
 OUT=${OUT:-benchmarks/results/eval_study_winner_4shot.json}
 EVAL=(--shots 4 --ways 3 --queries 2 max_length=160 --resume --quiet)
 [ -n "${CALIBRATE:-}" ] && EVAL+=(calibrate_trained=true)  # each trained row also calibrated (<row>-cal)
+[ -n "${IN_CONTEXT:-}" ] && EVAL+=(in_context_trained=true)  # each plain trained row also in context (<row>+icl)
 
 runs=()
 if [ -z "${NO_BASE_RUN:-}" ]; then  # the first MetaICL run (benchmarks/fewshot/study_metaicl.sh) joins the round

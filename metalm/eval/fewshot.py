@@ -16,7 +16,9 @@ query examples. Methods:
 * ``meta``, ``mtl``: trained initializations (a meta-learning run, a multi-task run) adapted by
   their run's inner loop; ``meta@ft`` / ``mtl@ft`` also adapt them with fine-tuning's chosen
   budget, so no method wins by having more steps; with ``calibrate_trained`` each is also scored
-  with contextual calibration (``meta-cal`` ...), as ``icl-cal`` scores ``icl``.
+  with contextual calibration (``meta-cal`` ...), as ``icl-cal`` scores ``icl``; with
+  ``in_context_trained`` a row trained on plain queries is also scored after the support set as
+  demonstrations (``mtl+icl``: gradient + in-context adaptation at evaluation).
 
 Classification and multiple choice are scored by rank classification, generation by exact match
 (calibration and channel scoring do not apply to generation: those rows equal their plain method
@@ -89,6 +91,10 @@ class EvalConfig:
         calibrate_trained: Also score every trained row with contextual calibration, as a row
             ``<row>-cal`` (in-context rows as ``icl-cal``, the others as ``zeroshot-cal``; rows
             scored by channel are left out, and generation has no options to calibrate).
+        in_context_trained: Also score every trained row whose queries are plain after the support
+            set as demonstrations, with the same adapted weights, as a row ``<row>+icl`` (and
+            ``<row>+icl-cal`` with ``calibrate_trained``): its weights adapt on the support set and
+            then see it in the prompt too, as ``icl`` scores the pretrained weights.
         content_free: Inputs of contextual calibration.
         permute_verbalizers: Shuffle the verbalized answers among each episode's classes, so the
             answer can only be learned from the support set (synthetic in-context tasks).
@@ -115,6 +121,7 @@ class EvalConfig:
     val_episodes: int = 2
     inner_steps: list[int] | None = None
     calibrate_trained: bool = False
+    in_context_trained: bool = False
     content_free: list[str] = dataclasses.field(default_factory=lambda: list(CONTENT_FREE))
     permute_verbalizers: bool = False
     max_length: int = 256
@@ -264,9 +271,14 @@ class Harness:
         if "finetune" in self.config.methods:
             out["finetune"] = self.finetune or self.base
         for t in self.trained:
-            out[t.label] = t.init
-            if self.config.calibrate_trained and t.init.icl != "channel":
-                out[f"{t.label}-cal"] = dataclasses.replace(t.init, calibrate=True)
+            # Variants share their row's tensors and inner loop, so one adaptation serves them all (_adaptation).
+            scored = {t.label: t.init}
+            if self.config.in_context_trained and t.init.icl == "plain":
+                scored[f"{t.label}+icl"] = dataclasses.replace(t.init, icl="direct")
+            for label, init in scored.items():
+                out[label] = init
+                if self.config.calibrate_trained and init.icl != "channel":
+                    out[f"{label}-cal"] = dataclasses.replace(init, calibrate=True)
             if self.finetune is not None and not t.init.same_budget(self.finetune):
                 out[f"{t.label}@ft"] = t.init.with_budget(self.finetune.inner.optimizer, self.finetune.inner.lr,
                                                           self.finetune.inner.steps)
