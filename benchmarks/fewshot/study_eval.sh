@@ -10,6 +10,14 @@
 #
 #   nohup bash benchmarks/fewshot/study_eval.sh > runs/study_eval.log 2>&1 &
 #   SHOTS=1 nohup bash benchmarks/fewshot/study_eval.sh > runs/study_eval_1shot.log 2>&1 &   # the 1-shot study
+#
+# The same episodes at a context that holds every demonstration (MAX_LENGTH=4096: no 4-shot in-context
+# row of these episodes is longer; at the study's 160 all were cut, benchmarks/fewshot/truncation.py),
+# with the study's selected run (multi-task) and its calibrated and in-context rows (EXTRA):
+#
+#   nohup nice -n 10 env OMP_NUM_THREADS=1 RUN=runs/study/multitask MAX_LENGTH=4096 \
+#     METHODS=zeroshot,zeroshot-cal,icl,icl-cal,finetune,mtl EXTRA="calibrate_trained=true in_context_trained=true" \
+#     OUT=benchmarks/results/eval_context_4shot.json bash benchmarks/fewshot/study_eval.sh > runs/study_context.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -19,5 +27,5 @@ RUN=${RUN:-runs/fomaml}
 [ -d "$RUN/checkpoints" ] || $BIN/metalm train benchmarks/fewshot/fomaml.yaml --run-dir "$RUN" --quiet
 $BIN/metalm eval --run-dir "$RUN" --shots $SHOTS --episodes 10 --seeds ${SEEDS:-3} --ways 3 \
   --queries 2 --methods ${METHODS:-zeroshot,zeroshot-cal,icl,icl-cal,finetune,meta} \
-  max_length=160 "finetune_lrs=[0.3,1.0,3.0]" "finetune_adam_lrs=[0.003,0.01]" \
+  max_length=${MAX_LENGTH:-160} ${EXTRA:-} "finetune_lrs=[0.3,1.0,3.0]" "finetune_adam_lrs=[0.003,0.01]" \
   "finetune_steps=[5,10]" val_episodes=1 --json "$OUT" --resume --quiet

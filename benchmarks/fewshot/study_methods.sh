@@ -32,15 +32,25 @@
 #     VAL_OUT=benchmarks/results/study_metaval_combined_4shot.json \
 #     bash benchmarks/fewshot/study_methods.sh > runs/study_combined.log 2>&1 &
 #
+# The long-context round: the same candidates scored at a context that holds every demonstration
+# (MAX_LENGTH=4096; at 160 every 4-shot in-context row was cut, benchmarks/fewshot/truncation.py):
+#
+#   nohup nice -n 10 env OMP_NUM_THREADS=1 NO_BASE_RUN=1 CALIBRATE=1 IN_CONTEXT=1 VAL_ONLY=1 MAX_LENGTH=4096 \
+#     CONFIGS=multitask VAL_OUT=benchmarks/results/study_metaval_context_mtl_4shot.json \
+#     bash benchmarks/fewshot/study_methods.sh > runs/study_context_mtl.log 2>&1 &
+#   (the same with CONFIGS=metaicl_top12, VAL_OUT=..._context_metaicl_4shot.json: a multi-task run adapts
+#   with the first meta-learning run's inner loop, so it is scored alone, with its own)
+#
 # VAL_ONLY=1 stops after the meta-val scores and the round's selection; CALIBRATE=1 adds
-# calibrate_trained=true to both evaluations, IN_CONTEXT=1 in_context_trained=true.
+# calibrate_trained=true to both evaluations, IN_CONTEXT=1 in_context_trained=true; MAX_LENGTH sets
+# max_length (default 160, the study's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 CONFIGS=${CONFIGS:-"metaicl_lr3e-3 metaicl_top12 fomaml_icl"}
 VAL_OUT=${VAL_OUT:-benchmarks/results/study_metaval_4shot.json}
 OUT=${OUT:-benchmarks/results/eval_study_winner_4shot.json}
-EVAL=(--shots 4 --ways 3 --queries 2 max_length=160 --resume --quiet)
+EVAL=(--shots 4 --ways 3 --queries 2 max_length=${MAX_LENGTH:-160} --resume --quiet)
 [ -n "${CALIBRATE:-}" ] && EVAL+=(calibrate_trained=true)  # each trained row also calibrated (<row>-cal)
 [ -n "${IN_CONTEXT:-}" ] && EVAL+=(in_context_trained=true)  # each plain trained row also in context (<row>+icl)
 
