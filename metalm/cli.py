@@ -189,7 +189,7 @@ def _eval(args: argparse.Namespace) -> int:
     budgets = {}
     if rows and rows.separate:
         extra, budgets = measure_separately(harness, tasks, rows.separate, configs, kinds, device,
-                                            progress=not args.quiet)
+                                            progress=not args.quiet, journal=journal)
         data.update(extra)
     report = harness.summarize(data, tasks)
     report["budgets"].update(budgets)

@@ -419,3 +419,33 @@ def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):
     assert calls == ["toy_mc", "toy_mc"]  # only the blocks the journal lacked
     with pytest.raises(ConfigError, match="another evaluation"):
         Journal(log, {"eval": "y"}, resume=True)
+
+
+def test_two_harnesses_share_a_journal(tiny, registry, tmp_path):
+    """A run with another adapter is measured by a harness of its own on the same episodes; its rows
+    join the first harness's in the same journal blocks, and a resumed evaluation measures neither again."""
+    from metalm.eval.fewshot import Trained
+    from metalm.eval.inits import init_from_values
+    from metalm.eval.journal import Journal
+
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    start = init_from_values(algo, base, trained=False)
+    config = EvalConfig(shots=[1], episodes=2, ways=2, queries=1, methods=["zeroshot", "meta"])
+    tasks = [registry["toy_cls"]]
+
+    def harness(label):
+        return Harness(algo.model, tok, start, config, [Trained(label, "meta", start)],
+                       algo.selection.lowest_adapted_layer())
+
+    log = tmp_path / "eval.json.partial.jsonl"
+    journal = Journal(log, {"eval": "x"}, resume=False)
+    first = harness("a").measure(tasks, journal=journal)
+    other = harness("b")
+    other.config = dataclasses.replace(config, methods=["meta"])  # as measure_separately narrows it
+    second = other.measure(tasks, journal=journal)
+    resumed = Journal(log, {"eval": "x"}, resume=True)
+    assert set(resumed.blocks["toy_cls/1/0"]) == {"zeroshot", "a", "b"}
+    for h, expected in ((harness("a"), first), (other, second)):
+        h.block = lambda *item: pytest.fail("measured again")
+        assert h.measure(tasks, journal=resumed) == expected

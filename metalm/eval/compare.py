@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..run import load_run
 from .fewshot import Harness, Measurements, Trained
 from .inits import Init, init_from_checkpoint, init_from_values
+from .journal import Journal
 
 
 def run_label(config: Any, kind: str, n_runs: int) -> str:
@@ -93,10 +94,11 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
 
 def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequence[tuple[str, str, str]],
                        configs: Sequence[Any], kinds: Sequence[str], device: torch.device, *,
-                       progress: bool = True) -> tuple[Measurements, dict[str, str]]:
+                       progress: bool = True, journal: Journal | None = None) -> tuple[Measurements, dict[str, str]]:
     """Measure runs with another adapter on ``harness``'s episodes, each on a model of its own.
 
-    Returns their per-episode accuracies and their rows' adaptation budgets.
+    Returns their per-episode accuracies and their rows' adaptation budgets. With a ``journal`` their
+    blocks are recorded beside the first harness's rows (a killed evaluation resumes them too).
     """
     from .fewshot import budget
 
@@ -114,7 +116,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
                         learner.selection.lowest_adapted_layer())
         other.finetune = harness.finetune  # the same fine-tuning budget for its @ft row
         other._episodes = harness._episodes  # the very same episodes
-        data.update(other.measure(tasks, progress))
+        data.update(other.measure(tasks, progress, journal))
         budgets.update({r: budget(i) for r, i in other.rows().items()})
         del other, learner
     return data, budgets

@@ -39,8 +39,8 @@ class Journal:
             raise ConfigError("--resume", f"{self.path} was written by another evaluation (settings, runs or "
                                           "checkpoints differ); delete it or run without --resume")
         for line in lines[1:]:
-            if "block" in line:
-                self.blocks[line["block"]] = line["rows"]
+            if "block" in line:  # several lines of one block (several harnesses' rows) add up
+                self.blocks.setdefault(line["block"], {}).update(line["rows"])
             elif "finetune" in line:
                 self.finetune = line["finetune"]
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,8 +68,9 @@ class Journal:
             os.fsync(fh.fileno())
 
     def put(self, key: str, rows: dict[str, list[float]]) -> None:
-        """Record a measured block."""
-        self.blocks[key] = rows
+        """Record a measured block's rows (added to rows already recorded for it, e.g. by the harness
+        of a run with another adapter on the same episodes)."""
+        self.blocks.setdefault(key, {}).update(rows)
         self._append({"block": key, "rows": rows})
 
     def put_finetune(self, finetune: dict[str, Any]) -> None:
