@@ -13,10 +13,12 @@
 #
 # The same episodes at a context that holds every demonstration (MAX_LENGTH=4096: no 4-shot in-context
 # row of these episodes is longer; at the study's 160 all were cut, benchmarks/fewshot/truncation.py),
-# with the study's selected run (multi-task) and its calibrated and in-context rows (EXTRA):
+# with the study's selected run (multi-task) and its calibrated row (EXTRA; on bbc_news an episode's
+# in-context rows hold ~2,000 tokens of demonstrations and 6 queries of ~300 each, so each in-context
+# row costs minutes per episode on one CPU thread: in_context_trained=true would add two more):
 #
 #   nohup nice -n 10 env OMP_NUM_THREADS=1 RUN=runs/study/multitask MAX_LENGTH=4096 \
-#     METHODS=zeroshot,zeroshot-cal,icl,icl-cal,finetune,mtl EXTRA="calibrate_trained=true in_context_trained=true" \
+#     METHODS=zeroshot,zeroshot-cal,icl,icl-cal,finetune,mtl EXTRA=calibrate_trained=true \
 #     OUT=benchmarks/results/eval_context_4shot.json bash benchmarks/fewshot/study_eval.sh > runs/study_context.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/../.."
