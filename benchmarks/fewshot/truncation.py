@@ -6,6 +6,7 @@ is the demonstrations, the query's prompt and its longest option, tokenized by s
 ``token_rows`` without a cut.
 
     python benchmarks/fewshot/truncation.py --max-length 160 --shots 4,1
+    python benchmarks/fewshot/truncation.py --max-length 160 --shots 4 --tasks meta-val
 """
 
 from __future__ import annotations
@@ -26,17 +27,18 @@ def main() -> None:
     ap.add_argument("--config", default="benchmarks/fewshot/fomaml.yaml")
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--shots", default="4,1")
+    ap.add_argument("--tasks", choices=["held-out", "meta-val"], default="held-out")
     args = ap.parse_args()
     config = load_train_config(args.config)
     tok, model, _, learner = build_model(config, torch.device("cpu"))
     registry = build_registry(config)
-    _, _, held = task_lists(config, registry)
+    _, val, held = task_lists(config, registry)
     shots = [int(k) for k in args.shots.split(",")]
     harness = Harness(model, tok, init_of(learner, trained=False),
                       EvalConfig(shots=shots, episodes=10, ways=3, queries=2, methods=["icl"]))
     for k in shots:
         total = over = 0
-        for name in held:
+        for name in held if args.tasks == "held-out" else val:
             n = n_over = 0
             for ep in harness.episodes(registry[name], k, 0):
                 if ep.type == "generation":
