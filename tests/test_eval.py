@@ -115,22 +115,27 @@ def test_shared_work_gives_the_reference_paths_accuracies(tiny, registry):
     assert a == b
 
 
+def _four_rows(path, kind_b="meta"):
+    """A learner, its pretrained start, moved weights, and four rows: ``a`` unadapted in context, ``b``
+    unadapted plain (of kind ``kind_b``), ``c`` adapting from the moved weights, ``d`` scored by channel."""
+    from metalm.eval.fewshot import Trained
+    from metalm.eval.inits import init_from_values
+
+    tok, algo, base = _learner(path)
+    torch.manual_seed(0)  # the moved weights are fixed: every check below is one fixed computation
+    start = init_from_values(algo, base, trained=False)
+    moved = init_from_values(algo, {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()})
+    rows = [Trained("a", "meta", dataclasses.replace(start, adapt=False, icl="direct")),
+            Trained("b", kind_b, dataclasses.replace(start, adapt=False)),
+            Trained("c", "meta", moved), Trained("d", "meta", dataclasses.replace(start, icl="channel"))]
+    return tok, algo, start, moved, rows
+
+
 def test_calibrated_trained_rows(tiny, registry):
     """``calibrate_trained``: an untrained in-context row (MetaICL before training) scores exactly as
     icl-cal, an untrained plain row as zeroshot-cal; an adapting row's ``-cal`` twin scores the weights
     the reference path adapts again on its own; channel rows get no twin."""
-    import dataclasses
-
-    from metalm.eval.fewshot import Trained
-    from metalm.eval.inits import init_from_values
-
-    _, _, path = tiny
-    tok, algo, base = _learner(path)
-    start = init_from_values(algo, base, trained=False)
-    moved = init_from_values(algo, {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()})
-    rows = [Trained("a", "meta", dataclasses.replace(start, adapt=False, icl="direct")),
-            Trained("b", "meta", dataclasses.replace(start, adapt=False)),
-            Trained("c", "meta", moved), Trained("d", "meta", dataclasses.replace(start, icl="channel"))]
+    tok, algo, start, _, rows = _four_rows(tiny[2])
     tasks = [registry["toy_cls"], registry["toy_mc"]]
     got = []
     for shared in (True, False):
@@ -162,18 +167,10 @@ def test_in_context_trained_rows(tiny, registry):
     get no twin."""
     from metalm.data import collate
     from metalm.data.demos import demonstrations, in_context
-    from metalm.eval.fewshot import Trained
-    from metalm.eval.inits import adapted_params, init_from_values
+    from metalm.eval.inits import adapted_params
     from metalm.losses import prepare_batch
 
-    _, _, path = tiny
-    tok, algo, base = _learner(path)
-    torch.manual_seed(0)  # the moved weights: fixed, so the "prompt mattered" check is one fixed computation
-    start = init_from_values(algo, base, trained=False)
-    moved = init_from_values(algo, {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()})
-    rows = [Trained("a", "meta", dataclasses.replace(start, adapt=False, icl="direct")),
-            Trained("b", "mtl", dataclasses.replace(start, adapt=False)),
-            Trained("c", "meta", moved), Trained("d", "meta", dataclasses.replace(start, icl="channel"))]
+    tok, algo, start, moved, rows = _four_rows(tiny[2], kind_b="mtl")
     tasks = [registry["toy_cls"], registry["toy_mc"]]
     got = []
     for shared in (True, False):
