@@ -297,6 +297,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_tasks(manifest: Path, tasks: list[str] | None) -> bool:
+    """Whether a BIG-bench cache lacks some of ``tasks`` (``None``: every task)."""
+    cached = json.loads(manifest.read_text(encoding="utf-8")).get("tasks")
+    if cached is None:  # the cache holds every task
+        return False
+    return tasks is None or not set(tasks) <= set(cached)
+
+
 def _download(args: argparse.Namespace) -> int:
     from .data import default_registry, download
     from .data.download import data_dir
@@ -304,7 +312,11 @@ def _download(args: argparse.Namespace) -> int:
 
     for name in args.names:
         cached = (model_dir(name) if name == "smollm2-135m" else data_dir(name)) / "manifest.json"
-        if args.if_missing and cached.is_file() and (name != "bigbench" or not (args.tasks or args.all)):
+        tasks = None
+        if name == "bigbench" and not args.all:
+            shipped = sorted({t.spec.source.task for t in default_registry() if t.spec.source.kind == "bigbench"})
+            tasks = args.tasks.split(",") if args.tasks else shipped
+        if args.if_missing and cached.is_file() and not (name == "bigbench" and _missing_tasks(cached, tasks)):
             print(f"{name}: already in {cached.parent}")
             continue
         if name == "smollm2-135m":
@@ -312,10 +324,6 @@ def _download(args: argparse.Namespace) -> int:
 
             print(f"{name}: ready in {download_model(name)}")
             continue
-        tasks = None
-        if name == "bigbench" and not args.all:
-            shipped = sorted({t.spec.source.task for t in default_registry() if t.spec.source.kind == "bigbench"})
-            tasks = args.tasks.split(",") if args.tasks else shipped
         path = download(name, tasks=tasks)
         print(f"{name}: ready in {path}")
     return 0
@@ -363,6 +371,14 @@ def _tasks(args: argparse.Namespace) -> int:
         if args.split:
             split = load_split(args.split, registry)
             names = [*split.meta_train, *split.meta_val, *split.meta_test]
+        if not args.sizes:  # from the YAML files alone: instant, and needs no download
+            print(f"{'task':45s} {'type':17s} {'max_shots':>9s}  labels")
+            for name in names:
+                spec = registry[name].spec
+                labels = f"{len(spec.labels)}: " + ", ".join(spec.labels)[:60] if spec.labels else "-"
+                print(f"{name:45s} {spec.type:17s} {spec.max_shots or '-':>9}  {labels}")
+            print(f"# {len(names)} tasks; --sizes loads their data for sizes and class counts")
+            return 0
         print(f"{'task':45s} {'type':17s} {'examples':>8s}  classes")
         for name in names:
             task = registry[name]
@@ -510,8 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = sub.add_parser("tasks", help="list or show task definitions")
     tsub = tasks.add_subparsers(dest="action", required=True)
-    tl = tsub.add_parser("list", help="the shipped tasks (and yours) with type, size and classes")
+    tl = tsub.add_parser("list", help="the shipped tasks (and yours) with type, recorded shots and labels")
     tl.add_argument("--split", help="only the tasks of this split")
+    tl.add_argument("--sizes", action="store_true",
+                    help="load each task's data for its size and class counts (minutes for the whole pool)")
     ts = tsub.add_parser("show", help="a task's definition and one rendered example (a name, or a YAML file to check)")
     ts.add_argument("name", help="a task name, or the path of a task YAML file (validated and rendered)")
     tn = tsub.add_parser("new", help="write a task skeleton (YAML + a small JSONL data file) that validates as is")

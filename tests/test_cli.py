@@ -19,7 +19,7 @@ def fresh_registry():
 
 def test_tasks_list_without_data_says_what_to_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("METALM_HOME", str(tmp_path))
-    assert main(["tasks", "list", "--split", "smoke"]) == 0
+    assert main(["tasks", "list", "--split", "smoke", "--sizes"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:2] == ["task", "type"] and len(out) == 1 + 7
     assert all("metalm download bigbench" in line for line in out[1:])
@@ -37,11 +37,21 @@ def test_tasks_show_names_the_missing_download(tmp_path, monkeypatch, capsys):
     assert "run `metalm download bbc-news`" in capsys.readouterr().err
 
 
+def test_tasks_list_names_the_pool_from_its_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALM_HOME", str(tmp_path))  # no data: the list needs none
+    assert main(["tasks", "list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 + len(default_registry()) and len(default_registry()) >= 150
+    assert lines[-1] == f"# {len(default_registry())} tasks; --sizes loads their data for sizes and class counts"
+    row = next(line.split() for line in lines if line.startswith("abstract_narrative_understanding.4_distractors "))
+    assert row[1:3] == ["multiple_choice", "996"]  # 1,000 examples less 4 queries
+
+
 @needs_data
 def test_tasks_list_and_show_with_data(capsys):
-    assert main(["tasks", "list"]) == 0
+    assert main(["tasks", "list", "--split", "default", "--sizes"]) == 0
     out = capsys.readouterr().out
-    assert len(out.strip().splitlines()) == 1 + len(default_registry())
+    assert len(out.strip().splitlines()) == 1 + 61
     assert "bbc_news" in out and "5: business, entertainment, politics, sports, tech" in out
     assert main(["tasks", "show", "intent_recognition"]) == 0
     out = capsys.readouterr().out

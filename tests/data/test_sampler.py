@@ -152,17 +152,22 @@ def test_classes_with_too_few_examples(home, tmp_path):
 
     task = Task(parse_task({"name": "small", "type": "classification", "labels": ["a", "b"],
                             "source": {"kind": "bigbench", "task": "small"}}), "small.yaml")
-    with pytest.raises(TaskError, match="class 'a' has 3 examples, fewer than shots \\+ queries = 4") as err:
+    with pytest.raises(TaskError) as err:
         EpisodeSampler([task], SamplerConfig(ways=2, shots=2, queries=2))
-    assert err.value.source == "small.yaml"
+    assert err.value.source == "small.yaml" and "\n" not in str(err.value)
+    assert str(err.value).endswith("task 'small' supports at most 1 shots with 2 queries (class 'a' has 3 examples); "
+                                   "asked for 2 (set drop_small_classes to skip such classes)")
     with pytest.raises(TaskError, match="fewer than 2 classes"):
         EpisodeSampler([task], SamplerConfig(ways=2, shots=2, queries=2, drop_small_classes=True))
     assert EpisodeSampler([task], SamplerConfig(ways=2, shots=1, queries=2)).sample().classes
-    with pytest.raises(TaskError, match="24 examples, fewer than"):
-        from metalm.data import TaskRegistry  # noqa: F401
-
-        mc = Task(parse_task({"name": "m", "type": "multiple_choice", "source": {"kind": "bigbench", "task": "toy_mc"}}))
+    mc = Task(parse_task({"name": "m", "type": "multiple_choice", "max_shots": 20,
+                          "source": {"kind": "bigbench", "task": "toy_mc"}}))
+    with pytest.raises(TaskError) as err:  # one line: what the task supports, what its file records, what was asked
         EpisodeSampler([mc], SamplerConfig(shots=20, queries=5))
+    assert str(err.value).endswith("task 'm' supports at most 19 shots with 5 queries (it has 24 examples; its file "
+                                   "records max_shots: 20); asked for 20") and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="max_shots"):
+        parse_task({"name": "m", "type": "multiple_choice", "max_shots": 0, "source": {"kind": "bigbench", "task": "x"}})
 
 
 def test_bad_sampler_configs():

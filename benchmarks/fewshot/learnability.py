@@ -1,0 +1,134 @@
+"""Learnability of the BIG-bench pool: each task's ceiling (a task LoRA) against chance and zero-shot.
+
+    OMP_NUM_THREADS=1 nice python benchmarks/fewshot/learnability.py            # all pool tasks, resumable
+    python benchmarks/fewshot/learnability.py --tasks navigate,snarks --out /tmp/l.json
+
+The criterion is fixed before any run (:data:`metalm.eval.learnability.CRITERION`, with the
+settings of :class:`~metalm.eval.learnability.CeilingConfig`) and written into the output. Each
+finished task is appended to ``OUT.partial.jsonl`` at once, so a killed run resumes where it
+stopped; ``OUT`` (``{"criterion", "tasks": {name: {...}}}``) is rewritten after every task.
+Order: tasks that support 16 shots (the candidates of held-out and meta-val sets) first, then the
+rest, each group in a seeded random order, so a partial file is a random sample of its group (the
+order is written once to ``learnability_order.txt`` beside ``OUT``).
+The model is the study's shape: SmolLM2-135M with LoRA r=8 (alpha 16) on q/v of the top 4 layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metalm import AdapterConfig, MetaConfig, apply_adapter, load_model, select_parameters
+from metalm.data import default_registry
+from metalm.eval.learnability import CeilingConfig, measure_task
+from metalm.files import write_atomic
+from metalm.hub import resolve_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _short(task, chars: int = 600) -> bool:  # noqa: ANN001
+    """Whether a task's median input (plus its template) is short enough, about 160 tokens, for a 3-way
+    16-shot prompt (48 demonstrations) to fit SmolLM2's 8,192 positions (an estimate at 4 characters
+    a token, used only to order the work)."""
+    inputs = task.data["input"] if "input" in task.data.column_names else []
+    return bool(len(inputs)) and len(task.spec.template) + statistics.median(len(x) for x in inputs) <= chars
+
+
+def pool(registry, first_shots: int = 16) -> list[str]:  # noqa: ANN001
+    """Classification and multiple-choice tasks: those that support ``first_shots`` shots and are short
+    (the candidates of held-out and meta-val sets) first, then the rest."""
+    names = [n for n in registry.names() if registry[n].spec.type in ("classification", "multiple_choice")]
+    big = [n for n in names if (registry[n].spec.max_shots or first_shots) >= first_shots and _short(registry[n])]
+    small = [n for n in names if n not in big]
+    random.Random(0).shuffle(big)
+    random.Random(1).shuffle(small)
+    return big + small
+
+
+def read_journals(out: Path) -> dict[str, dict]:
+    """Every task measured so far: ``out`` itself (committed, so a fresh clone resumes too) and the journals
+    of all shards (a line cut by a kill is measured again)."""
+    done: dict[str, dict] = {}
+    if out.is_file():
+        saved = json.loads(out.read_text(encoding="utf-8"))
+        if saved.get("criterion") != CeilingConfig().criterion():
+            raise SystemExit(f"{out} was measured by another criterion; move it away to measure anew")
+        done.update(saved["tasks"])
+    for journal in sorted(out.parent.glob(f"{out.name}.*.partial.jsonl")):
+        for line in journal.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[row["task"]] = row["result"]
+    return done
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", help="comma-separated task names (default: the whole pool)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/learnability.json"))
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--limit", type=int, help="stop after this many new tasks")
+    ap.add_argument("--shard", default="0/1", help="I/N: measure every N-th task from the I-th (one process each)")
+    args = ap.parse_args()
+    cfg = CeilingConfig()
+    registry = default_registry()
+    order = Path(args.out).with_name("learnability_order.txt")
+    if args.tasks:
+        names = args.tasks.split(",")
+    elif order.is_file():  # computed once (it loads every task's data): every shard and resume agree
+        names = order.read_text(encoding="utf-8").split()
+    else:
+        names = pool(registry)
+        write_atomic(order, "\n".join(names) + "\n")
+    out = Path(args.out)
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    journal = out.with_name(f"{out.name}.{shard}.partial.jsonl")
+    done = read_journals(out)
+    path = resolve_model(args.model)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    adapter = AdapterConfig(kind="lora", rank=8, alpha=16, layers="top:4")
+    model = apply_adapter(load_model(path), adapter)
+    sel = select_parameters(model, adapter, MetaConfig(shared="none"))
+    init = {k: v.detach().clone() for k, v in sel.fast_params(model).items()}
+    new = 0
+    for name in names[shard::shards]:
+        if name in done:
+            continue
+        if args.limit is not None and new >= args.limit:
+            break
+        start = time.perf_counter()
+        try:
+            result = measure_task(model, init, registry[name], tokenizer, cfg, sel.lowest_adapted_layer())
+        except Exception as err:  # noqa: BLE001 - recorded per task, the run goes on
+            result = {"error": f"{type(err).__name__}: {err}"[:300]}
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        new += 1
+        with open(journal, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"task": name, "result": result}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        done = read_journals(out)  # every shard's tasks so far
+        write_atomic(out, json.dumps({"criterion": cfg.criterion(), "config": vars(cfg),
+                                      "tasks": {n: done[n] for n in sorted(done)}}, indent=1) + "\n")
+        print(f"{name}: {result}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Learnability: how well the base model does a task once *trained on it* with plenty of data.
+
+A benchmark of few-shot adaptation can only see adaptation on tasks the model can learn at all.
+Before any method is compared, each task gets a ceiling: a task LoRA of the study's shape (the
+model's adapter), trained from its standard initialization on up to ``train_examples`` examples
+with Adam over minibatches, scored on disjoint examples (balanced over classes, so chance is
+``1 / classes``) by the same rank classification (exact match for generation) as the harness; the
+zero-shot score of the same examples is measured beside it. A task is learnable when its ceiling
+clears chance by ``margin`` and its 95% Wilson interval lies above chance (:data:`CRITERION`, fixed
+before any run).
+
+Why a LoRA per task and not one multi-task run over the pool: a multi-task run's score on a task
+depends on every other task in its pool (negative transfer, sampling temperature), so it bounds
+the pool's learnability, not the task's; a per-task LoRA asks each task the question alone, at a
+cost that grows linearly with the pool and resumes task by task.
+
+The layers below the adapted ones are frozen, so each training minibatch runs them once
+(:func:`metalm.losses.cache_prefix`) and every epoch after the first runs only the adapted layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, collate
+from ..data.episode import Example
+from ..errors import ConfigError, TaskError
+from ..losses import cache_prefix, lm_loss
+from .prepared import prepare_queries, score_prepared
+from .scoring import exact_match, greedy_generate
+
+CRITERION = ("learnable: ceiling >= chance + {margin} and the lower end of the ceiling's 95% Wilson "
+             "interval > chance (ceiling: a task LoRA trained on up to {train} examples for {steps} Adam "
+             "steps at lr {lr}, batch {batch}, scored on up to {test} disjoint class-balanced examples)")
+
+
+@dataclasses.dataclass
+class CeilingConfig:
+    """How a task's ceiling is measured.
+
+    Attributes:
+        train_examples: Most training examples (class-balanced for classification).
+        test_examples: Most scored examples, disjoint from the training ones (at most half the task).
+        steps: Adam steps over minibatches of the training examples.
+        batch_size: Training examples per step.
+        lr: Adam's learning rate.
+        max_length: Most tokens per row.
+        margin: How far above chance a learnable task's ceiling must be.
+        seed: Seed of the examples drawn and of the minibatch order.
+    """
+
+    train_examples: int = 256
+    test_examples: int = 60
+    steps: int = 32
+    batch_size: int = 16
+    lr: float = 3e-3
+    max_length: int = 256
+    margin: float = 0.10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("train_examples", "test_examples", "steps", "batch_size", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError("lr", f"must be finite and > 0, got {self.lr}")
+        if not 0 <= self.margin < 1:
+            raise ConfigError("margin", f"must be in [0, 1), got {self.margin}")
+
+    def criterion(self) -> str:
+        return CRITERION.format(margin=self.margin, train=self.train_examples, steps=self.steps, lr=self.lr,
+                                batch=self.batch_size, test=self.test_examples)
+
+
+def split_examples(task: Task, cfg: CeilingConfig) -> tuple[list[Example], list[Example]]:
+    """Disjoint training and test examples of ``task`` (one episode of the task's own sampler).
+
+    Classification takes every class with enough examples, the same number of test examples from
+    each (so chance is ``1 / classes``) and up to ``train_examples / classes`` training ones each.
+    """
+    if task.spec.type == "classification":
+        counts = {k: v for k, v in task.class_counts().items() if v >= 2}
+        if len(counts) < 2:
+            raise TaskError("sampler", f"task {task.name!r} has fewer than 2 classes with 2 examples", task.path)
+        smallest = min(counts.values())
+        queries = max(1, min(math.ceil(cfg.test_examples / len(counts)), smallest // 2))
+        shots = max(1, min(cfg.train_examples // len(counts), smallest - queries))
+        sampler_cfg = SamplerConfig(ways=len(counts), shots=shots, queries=queries, drop_small_classes=True)
+    elif task.spec.type in ("multiple_choice", "generation"):
+        size = len(task)
+        queries = max(1, min(cfg.test_examples, size // 2))
+        sampler_cfg = SamplerConfig(ways=2, shots=max(1, min(cfg.train_examples, size - queries)), queries=queries)
+    else:
+        raise ConfigError("task", f"{task.name!r} is a {task.spec.type} task: learnability needs answers to score")
+    episode = EpisodeSampler([task], sampler_cfg, seed=cfg.seed).sample()
+    return list(episode.support), list(episode.query)
+
+
+def chance(task_type: str, test: Sequence[Example]) -> float:
+    """Expected accuracy of a uniform guess over each example's options (0 for generation)."""
+    if task_type == "generation":
+        return 0.0
+    return sum(1 / len(ex.options) for ex in test) / len(test)
+
+
+def train_lora(model: nn.Module, init: Mapping[str, Tensor], train: Sequence[Example], tokenizer,  # noqa: ANN001
+               cfg: CeilingConfig, layer: int | None) -> dict[str, Tensor]:
+    """Fast weights trained on ``train`` with Adam (``cfg.steps`` steps over shuffled minibatches).
+
+    Args:
+        init: The fast weights' initialization (not modified).
+        layer: The lowest adapted decoder layer: the layers below it run once per minibatch.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(train), generator=gen).tolist()
+    collate_cfg = CollateConfig(max_length=cfg.max_length)
+    device = next(model.parameters()).device
+    batches = []
+    for start in range(0, len(order), cfg.batch_size):
+        batch = collate([train[i] for i in order[start:start + cfg.batch_size]], tokenizer, collate_cfg)
+        batches.append(cache_prefix(model, {k: v.to(device) for k, v in batch.items()}, layer))
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in init.items()}
+    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
+    for step in range(cfg.steps):
+        if step and step % len(batches) == 0:  # a new epoch: a new order of the same minibatches
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        opt.zero_grad(set_to_none=True)
+        lm_loss(model, params, batches[step % len(batches)]).backward()
+        opt.step()
+    return {k: v.detach() for k, v in params.items()}
+
+
+def _argmax_hits(scores: Sequence[Sequence[float]], test: Sequence[Example]) -> list[float]:
+    return [float(max(range(len(s)), key=s.__getitem__) == ex.label) for s, ex in zip(scores, test, strict=True)]
+
+
+@torch.no_grad()
+def _generation_hits(model: nn.Module, params: Mapping[str, Tensor], test: Sequence[Example], tokenizer,  # noqa: ANN001
+                     cfg: CeilingConfig) -> list[float]:
+    preds = greedy_generate(model, params, [ex.prompt for ex in test], tokenizer, max_length=cfg.max_length)
+    return [exact_match(p, ex.references or [ex.answer]) for p, ex in zip(preds, test, strict=True)]
+
+
+@torch.no_grad()
+def hits(model: nn.Module, params: Sequence[Mapping[str, Tensor]], test: Sequence[Example], tokenizer,  # noqa: ANN001
+         task_type: str, cfg: CeilingConfig, layer: int | None) -> list[list[float]]:
+    """Per-example accuracy (rank classification) or exact match (generation) of each of ``params``.
+
+    Rank classification runs the frozen layers below ``layer`` once for every set of weights
+    (:func:`metalm.eval.prepared.prepare_queries`).
+    """
+    if task_type == "generation":
+        return [_generation_hits(model, p, test, tokenizer, cfg) for p in params]
+    first, prepared = prepare_queries(model, params[0], test, tokenizer, CollateConfig(max_length=cfg.max_length),
+                                      layer)
+    out = [_argmax_hits(first, test)]
+    for p in params[1:]:
+        scores = score_prepared(model, p, prepared) if prepared is not None else None
+        out.append(_argmax_hits(scores, test) if scores is not None else
+                   hits(model, [p], test, tokenizer, task_type, cfg, layer)[0])
+    return out
+
+
+def wilson(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (Wilson 1927)."""
+    if n < 1:
+        raise ValueError("wilson: n must be >= 1")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def verdict(chance_level: float, ceiling_hits: Sequence[float], margin: float) -> tuple[tuple[float, float], bool]:
+    """The ceiling's 95% interval and whether the task is learnable by :data:`CRITERION`."""
+    n = len(ceiling_hits)
+    ceiling = sum(ceiling_hits) / n
+    ci = wilson(sum(ceiling_hits), n)
+    return ci, ceiling >= chance_level + margin and ci[0] > chance_level
+
+
+def measure_task(model: nn.Module, init: Mapping[str, Tensor], task: Task, tokenizer,  # noqa: ANN001
+                 cfg: CeilingConfig, layer: int | None) -> dict[str, Any]:
+    """One task's row of ``learnability.json``: chance, zero-shot, ceiling, its interval, n, learnable."""
+    train, test = split_examples(task, cfg)
+    trained = train_lora(model, init, train, tokenizer, cfg, layer)
+    base, top = hits(model, [init, trained], test, tokenizer, task.spec.type, cfg, layer)
+    level = chance(task.spec.type, test)
+    ci, ok = verdict(level, top, cfg.margin)
+    return {"type": task.spec.type, "chance": round(level, 4), "zeroshot": round(sum(base) / len(base), 4),
+            "ceiling": round(sum(top) / len(top), 4), "ci95": [round(ci[0], 4), round(ci[1], 4)],
+            "n": len(test), "train": len(train), "learnable": ok}
