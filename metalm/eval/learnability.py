@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -167,8 +168,9 @@ def hits(model: nn.Module, params: Sequence[Mapping[str, Tensor]], test: Sequenc
     return out
 
 
-def wilson(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson(successes: float, n: int) -> tuple[float, float]:
     """The 95% Wilson score interval of a proportion (Wilson 1927)."""
+    z = statistics.NormalDist().inv_cdf(0.975)
     if n < 1:
         raise ValueError("wilson: n must be >= 1")
     p = successes / n

@@ -1,0 +1,77 @@
+"""Learnability (metalm.eval.learnability) on synthetic tasks whose ceiling is known."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import scipy.stats
+import torch
+from transformers import AutoTokenizer
+
+import metalm
+from metalm import AdapterConfig, MetaConfig
+from metalm.data import Task, parse_task
+from metalm.eval.learnability import CeilingConfig, chance, measure_task, split_examples, verdict, wilson
+from metalm.models import save_tiny_model
+
+from .data.fixtures import corpus
+
+
+@pytest.mark.parametrize(("k", "n"), [(38, 60), (0, 30), (60, 60), (7, 9)])
+def test_wilson_equals_scipy(k, n):
+    lo, hi = wilson(k, n)
+    ref = scipy.stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    assert lo == pytest.approx(ref.low, abs=1e-9) and hi == pytest.approx(ref.high, abs=1e-9)
+
+
+def test_verdict_by_hand():
+    # 40/60 = 0.667 >= 0.5 + 0.1, Wilson low 0.540 > 0.5: learnable; 36/60 = 0.6 clears the margin but its
+    # interval (low 0.474) does not exclude chance; 57/60 on a 0.9-chance task misses the margin.
+    assert verdict(0.5, [1.0] * 40 + [0.0] * 20, 0.1)[1]
+    assert not verdict(0.5, [1.0] * 36 + [0.0] * 24, 0.1)[1]
+    assert not verdict(0.9, [1.0] * 57 + [0.0] * 3, 0.1)[1]
+
+
+def _task(home, name: str, rows: list[dict]) -> Task:
+    folder = home / "data" / "bigbench" / name
+    folder.mkdir()
+    (folder / "task.json").write_text(json.dumps({"examples": rows}), encoding="utf-8")
+    return Task(parse_task({"name": name, "type": "classification", "labels": ["yes", "no"], "template": "{{ input }}\nA:",
+                            "source": {"kind": "bigbench", "task": name}}), f"{name}.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = save_tiny_model(tmp_path_factory.mktemp("m") / "model", corpus(), "llama")
+    torch.manual_seed(0)
+    adapter = AdapterConfig(kind="lora", rank=4, layers="top:1")
+    model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), adapter)
+    sel = metalm.select_parameters(model, adapter, MetaConfig(shared="none"))
+    return model, sel, AutoTokenizer.from_pretrained(path)
+
+
+def test_a_task_with_no_signal_sits_at_chance(home, tiny):
+    """Every example has the same input and half say yes: any model scores exactly 1/2 on the balanced test set."""
+    model, sel, tok = tiny
+    rows = [{"input": "Is the apple a stone?", "target_scores": {"yes": int(i % 2 == 0), "no": int(i % 2 == 1)}}
+            for i in range(80)]
+    cfg = CeilingConfig(train_examples=40, test_examples=20, steps=6, batch_size=8, lr=1e-2, max_length=32)
+    row = measure_task(model, sel.fast_params(model), _task(home, "flat", rows), tok, cfg, sel.lowest_adapted_layer())
+    assert row["chance"] == 0.5 and row["ceiling"] == 0.5 and row["zeroshot"] == 0.5 and row["n"] == 20
+    assert row["learnable"] is False and row["train"] == 40
+
+
+def test_a_rule_the_model_can_learn_is_learnable(home, tiny):
+    """The answer is a word of the input: a LoRA trained on 64 examples learns it; the pretrained tiny model
+    does not know it, and the test examples are disjoint from the training ones."""
+    model, sel, tok = tiny
+    words = "apple river stone cloud lamp tiger violin garden mirror candle forest rocket".split()
+    rows = [{"input": f"{w} number {i} says {lab}", "target_scores": {"yes": int(lab == "yes"), "no": int(lab == "no")}}
+            for i in range(40) for w, lab in ((words[i % 12], "yes"), (words[(i + 5) % 12], "no"))]
+    task = _task(home, "copy", rows)
+    cfg = CeilingConfig(train_examples=64, test_examples=16, steps=40, batch_size=16, lr=3e-2, max_length=32)
+    train, test = split_examples(task, cfg)
+    assert not {e.prompt for e in train} & {e.prompt for e in test} and chance("classification", test) == 0.5
+    row = measure_task(model, sel.fast_params(model), task, tok, cfg, sel.lowest_adapted_layer())
+    assert row["learnable"] is True and row["ceiling"] > row["zeroshot"]
