@@ -37,13 +37,10 @@ test-threads: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not realmodel" -p no:cacheprovider
 
 RUN ?= runs/main
-# The method study's winner (benchmarks/fewshot/main.yaml: multi-task LoRA weights adapted by 5 Adam steps,
-# queries scored with contextual calibration: the row mtl-cal, from calibrate_trained=true) against every
-# baseline on 4-shot episodes of the held-out tasks; fine-tuning's optimizer and rate chosen
-# on meta-val tasks from a small grid at the same 5-step budget, so the whole job stays within 10 minutes on
-# 2 CPU cores. The study itself (10 episodes x 3 seeds, every method): benchmarks/fewshot/study_methods.sh.
-MAIN_EVAL ?= --shots 4 --episodes 3 --ways 3 --queries 2 max_length=160 "finetune_lrs=[0.3,1.0]" \
-             "finetune_adam_lrs=[0.01]" "finetune_steps=[5]" val_episodes=1 calibrate_trained=true
+# The method study's winner (benchmarks/fewshot/main.yaml: multi-task LoRA weights) against every baseline,
+# by the protocol tasks/protocols/main.yaml (4-shot episodes of the held-out tasks, a small fine-tuning grid;
+# the whole job stays within 10 minutes on 2 CPU cores). The study itself: benchmarks/fewshot/study_methods.sh.
+MAIN_EVAL ?= --protocol main  # tasks/protocols/main.yaml
 
 main: data
 	rm -rf $(RUN)

@@ -107,8 +107,10 @@ def _eval(args: argparse.Namespace) -> int:
         init_of,
     )
     from .eval.compare import measure_separately, run_rows
+    from .data import TaskRegistry, load_split, packaged_tasks_dir, task_path
     from .eval.fewshot import UNADAPTED
-    from .run import TrainConfig, build_model, build_registry, load_run, load_train_config, run_kind, task_lists
+    from .eval.protocol import load_protocol, merge
+    from .run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
 
     if bool(args.run_dir) == bool(args.model):
         raise ConfigError("--run-dir/--model", "give exactly one")
@@ -125,6 +127,10 @@ def _eval(args: argparse.Namespace) -> int:
             raise ConfigError("--run-dir", f"{run} holds no trained run (no config.yaml); run `metalm train` first")
     configs = [load_train_config(Path(r) / "config.yaml") for r in runs]
     kinds = [run_kind(c) for c in configs]
+    task_dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *args.task_dirs]))
+    registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *task_dirs)
+    protocol = load_protocol(args.protocol, registry) if args.protocol else None
+    overrides = merge(protocol, overrides)  # a command-line value overrides the protocol's
     # Default methods: the baselines plus whatever the given runs provide (meta, mtl).
     overrides.setdefault("methods", ["zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune",
                                      *(k for k in ("meta", "mtl") if k in kinds)])
@@ -145,12 +151,18 @@ def _eval(args: argparse.Namespace) -> int:
         tokenizer, _, _, learner = build_model(config, device)
         base = init_of(learner, trained=False)
         rows = None
-    if args.split:
-        config.split = args.split
-    config.task_dirs = list(dict.fromkeys([*config.task_dirs, *args.task_dirs]))
-    registry = build_registry(config)
+    split = args.split or (protocol.split if protocol else None)
+    if split:
+        config.split = split
+    config.task_dirs = task_dirs
     _, val, heldout = task_lists(config, registry)
-    names = args.tasks.split(",") if args.tasks else heldout
+    on = args.evaluate_on or (protocol.evaluate_on if protocol else "meta_test")
+    if args.tasks:
+        names = args.tasks.split(",")
+    elif protocol is not None and protocol.tasks and not args.split and not args.evaluate_on:
+        names = list(protocol.tasks)
+    else:
+        names = heldout if on == "meta_test" else load_split(config.split, registry).meta_val
     tasks = eval_tasks(registry, names)
     harness = Harness(learner.model, tokenizer, base, eval_cfg, rows.rows if rows else [],
                       learner.selection.lowest_adapted_layer())
@@ -194,6 +206,8 @@ def _eval(args: argparse.Namespace) -> int:
     report = harness.summarize(data, tasks)
     report["budgets"].update(budgets)
     report["tasks"] = names
+    if protocol is not None:
+        report["protocol"] = protocol.record(eval_cfg, config.split, names)
     if eval_cfg.inner_steps:
         report["inner_steps_sweep"] = harness.inner_steps_sweep(tasks)
     if not ctx.is_main:
@@ -457,7 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-dir", action="append", help="a trained run (enables the meta method); repeat it to "
                                                        "compare several runs' initializations on the same episodes")
     ev.add_argument("--model", help="a model (embedded name, folder or hub name) without meta-training")
-    ev.add_argument("--split", help="split whose meta_test tasks are evaluated (default: the run's)")
+    ev.add_argument("--protocol", help="an evaluation protocol: a shipped name (main, study, study-val, ...) or a "
+                                       "YAML file of split, on, tasks and EvalConfig fields; a flag or key=value "
+                                       "given here overrides the protocol's value")
+    ev.add_argument("--split", help="split whose meta_test tasks are evaluated (default: the protocol's, else "
+                                    "the run's)")
+    ev.add_argument("--evaluate-on", choices=["meta_test", "meta_val"], help="which tasks of the split (default: "
+                                                                             "the protocol's, else meta_test)")
     ev.add_argument("--tasks", help="comma-separated tasks to evaluate instead")
     ev.add_argument("--task-dir", dest="task_dirs", action="append", default=[], help=TASK_DIR_HELP)
     ev.add_argument("--shots", help="comma-separated shot counts, e.g. 1,4,8,16")

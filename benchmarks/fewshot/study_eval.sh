@@ -27,7 +27,6 @@ SHOTS=${SHOTS:-4}
 OUT=${OUT:-benchmarks/results/eval_default_${SHOTS}shot.json}
 RUN=${RUN:-runs/fomaml}
 [ -d "$RUN/checkpoints" ] || $BIN/metalm train benchmarks/fewshot/fomaml.yaml --run-dir "$RUN" --quiet
-$BIN/metalm eval --run-dir "$RUN" --shots $SHOTS --episodes 10 --seeds ${SEEDS:-3} --ways 3 \
-  --queries 2 --methods ${METHODS:-zeroshot,zeroshot-cal,icl,icl-cal,finetune,meta} \
-  max_length=${MAX_LENGTH:-160} ${EXTRA:-} "finetune_lrs=[0.3,1.0,3.0]" "finetune_adam_lrs=[0.003,0.01]" \
-  "finetune_steps=[5,10]" val_episodes=1 --json "$OUT" --resume --quiet
+# The protocol (tasks/protocols/study.yaml) holds the settings; the flags here override it.
+$BIN/metalm eval --run-dir "$RUN" --protocol study --shots $SHOTS --seeds ${SEEDS:-3} \
+  ${METHODS:+--methods $METHODS} max_length=${MAX_LENGTH:-160} ${EXTRA:-} --json "$OUT" --resume --quiet

@@ -11,9 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 RUNS=${RUNS:-"runs/study/fomaml_adam5 runs/study/maml_top4 runs/study/reptile runs/fomaml"}
-val_tasks=$($BIN/python -c "from metalm.config import read_yaml; print(','.join(read_yaml('tasks/splits/default.yaml')['meta_val']))")
 run_args=(); for r in $RUNS; do run_args+=(--run-dir "$r"); done
-$BIN/metalm eval "${run_args[@]}" --tasks "$val_tasks" --methods finetune,meta --shots 4 --ways 3 --queries 2 \
-  --episodes 10 --seeds 1 max_length=160 "finetune_optimizers=[sgd]" "finetune_lrs=[1.0]" "finetune_steps=[5]" \
-  val_episodes=1 "inner_steps=[1,2,5,10]" --json "${OUT:-benchmarks/results/study_inner_steps_metaval.json}" \
+$BIN/metalm eval "${run_args[@]}" --protocol study-val --methods finetune,meta \
+  "finetune_optimizers=[sgd]" "finetune_lrs=[1.0]" "finetune_steps=[5]" val_episodes=1 "inner_steps=[1,2,5,10]" --json "${OUT:-benchmarks/results/study_inner_steps_metaval.json}" \
   --resume --quiet

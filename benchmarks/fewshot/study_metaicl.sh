@@ -14,6 +14,6 @@ OUT=${OUT:-benchmarks/results/eval_metaicl_4shot.json}
 if [ ! -d "$RUN/checkpoints" ]; then
   $BIN/metalm train benchmarks/fewshot/study_metaicl.yaml --run-dir "$RUN" --quiet
 fi
-$BIN/metalm eval --run-dir "$RUN" --shots 4 --episodes 10 --seeds ${SEEDS:-3} --ways 3 --queries 2 \
-  --methods zeroshot,meta max_length=160 --json "$OUT" --resume --quiet
+$BIN/metalm eval --run-dir "$RUN" --protocol study --seeds ${SEEDS:-3} --methods zeroshot,meta --json "$OUT" \
+  --resume --quiet
 $BIN/python benchmarks/fewshot/merge_rows.py benchmarks/results/eval_default_4shot.json "$OUT"

@@ -50,7 +50,7 @@ BIN=${BIN:-.venv/bin}
 CONFIGS=${CONFIGS:-"metaicl_lr3e-3 metaicl_top12 fomaml_icl"}
 VAL_OUT=${VAL_OUT:-benchmarks/results/study_metaval_4shot.json}
 OUT=${OUT:-benchmarks/results/eval_study_winner_4shot.json}
-EVAL=(--shots 4 --ways 3 --queries 2 max_length=${MAX_LENGTH:-160} --resume --quiet)
+EVAL=(max_length=${MAX_LENGTH:-160} --resume --quiet)  # the rest: tasks/protocols/study-val.yaml, study.yaml
 [ -n "${CALIBRATE:-}" ] && EVAL+=(calibrate_trained=true)  # each trained row also calibrated (<row>-cal)
 [ -n "${IN_CONTEXT:-}" ] && EVAL+=(in_context_trained=true)  # each plain trained row also in context (<row>+icl)
 
@@ -71,19 +71,17 @@ for name in $CONFIGS; do
   runs+=("$run")
 done
 
-val_tasks=$($BIN/python -c "from metalm.config import read_yaml; print(','.join(read_yaml('tasks/splits/default.yaml')['meta_val']))")
 run_args=(); for r in "${runs[@]}"; do run_args+=(--run-dir "$r"); done
-echo "meta-val: $val_tasks"
 kinds() {  # the rows the given runs provide: meta and/or mtl (metalm eval refuses a method no run provides)
   $BIN/python -c "import sys; from metalm.run import load_train_config as c, run_kind as k
 print(','.join(sorted({k(c(r + '/config.yaml')) for r in sys.argv[1:]})))" "$@"
 }
-$BIN/metalm eval "${run_args[@]}" --tasks "$val_tasks" --methods "icl,icl-cal,$(kinds "${runs[@]}")" --episodes 10 \
-  --seeds 1 "${EVAL[@]}" --json "$VAL_OUT"
+$BIN/metalm eval "${run_args[@]}" --protocol study-val --methods "icl,icl-cal,$(kinds "${runs[@]}")" \
+  "${EVAL[@]}" --json "$VAL_OUT"
 winner=$($BIN/python benchmarks/fewshot/select_run.py "$VAL_OUT" "${runs[@]}")
 echo "winner on meta-val: $winner"
 [ -n "${VAL_ONLY:-}" ] && exit 0  # only the meta-val scores (a round whose winner is chosen across rounds)
 
-$BIN/metalm eval --run-dir "$winner" --methods "zeroshot,$(kinds "$winner")" --episodes 10 --seeds ${SEEDS:-3} \
+$BIN/metalm eval --run-dir "$winner" --protocol study --methods "zeroshot,$(kinds "$winner")" --seeds ${SEEDS:-3} \
   "${EVAL[@]}" --json "$OUT"
 $BIN/python benchmarks/fewshot/merge_rows.py benchmarks/results/eval_default_4shot.json "$OUT"

@@ -96,14 +96,15 @@ class TaskRegistry:
 
     @classmethod
     def from_dirs(cls, *dirs: str | Path) -> TaskRegistry:
-        """Index every ``*.yaml`` under ``dirs`` (a ``splits`` sub-folder holds splits, not tasks)."""
+        """Index every ``*.yaml`` under ``dirs`` (``splits`` and ``protocols`` sub-folders hold splits and
+        evaluation protocols, not tasks)."""
         registry = cls()
         for root in dict.fromkeys(Path(d).expanduser().resolve() for d in dirs):
             if not root.is_dir():
                 raise TaskError("<tasks>", f"no such folder: {root}")
             registry.dirs.append(root)
             for path in sorted(root.rglob("*.yaml")):
-                if "splits" in path.relative_to(root).parts:
+                if {"splits", "protocols"} & set(path.relative_to(root).parts):
                     continue
                 registry.add(Task(load_task_file(path), str(path)))
         return registry

@@ -42,6 +42,7 @@ def test_training_sampler_never_reads_held_out_tasks(registry, tmp_path):
 
 
 @needs_data
+@pytest.mark.slow  # about 5 minutes for the 350 tasks' data: kept out of the one-thread rerun of the fast tests
 def test_every_shipped_task_loads_and_renders_real_data():
     registry = default_registry()
     for task in registry:
