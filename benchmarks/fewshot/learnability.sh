@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The learnability job (benchmarks/results/learnability.json): two niced one-thread shards, resumable.
-# Rerun the same command to resume; the manifest line in runs/MANIFEST.md names it.
+# Rerun the same command to resume; benchmarks/MANIFEST.md lists it with its status.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
