@@ -252,6 +252,64 @@ def test_shared_prompt_scoring_equals_separate_rows(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_shared_context_is_encoded_once_per_call_and_scores_like_full_rows(arch, tmp_path, monkeypatch):
+    """The demonstrations' KV cache is computed once and copied to every chunk of the queries after them
+    (chunks cut by the row budget too); each query's scores equal a full forward of context + prompt +
+    option (float64: the paths differ by rounding only, ~1e-13 on log-probabilities of magnitude < 20)."""
+    import metalm.eval.scoring as scoring
+
+    path = save_tiny_model(tmp_path / arch, corpus(), arch)
+    model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), metalm.AdapterConfig(rank=2))
+    tok = AutoTokenizer.from_pretrained(path)
+    fast = {n: p.detach() + 0.05 for n, p in model.named_parameters() if "lora_" in n}
+    demos, other = "W: tiger\nA: yes\n\nW: lamp\nA: no\n\n", "W: river\nA: no\n\n"
+    queries = [Example(f"W: {w}\nA:", " yes", [" yes", " no"], 0) for w in ("apple", "stone", "lamp", "cup", "sun")]
+    queries.append(Example("W: apple\nA:", " no", [" yes", " no", " unsure"], 1))  # another option count
+    examples = [dataclasses.replace(q, context=c) for c in (demos, other) for q in queries]
+    encoded = []
+    real = scoring._encode
+    monkeypatch.setattr(scoring, "_encode", lambda backbone, c_ids: encoded.append(c_ids.shape[1]) or
+                        real(backbone, c_ids))
+    monkeypatch.setattr(scoring, "CONTEXT_TOKENS", 40)  # a context of ~20 tokens: 2 rows a chunk
+    config = CollateConfig(max_length=64)
+    shared = option_scores(model, fast, examples, tok, config, batch_size=4)
+    assert len(encoded) == 2  # one encoding per distinct context, for 12 queries in 6+ chunks
+    separate = option_scores(model, fast, examples, tok, config, shared_prompt=False)
+    assert [len(s) for s in shared] == [2, 2, 2, 2, 2, 3] * 2
+    assert shared[0] != shared[6]  # the context counts
+    assert torch.allclose(torch.tensor(sum(shared, [])), torch.tensor(sum(separate, [])), atol=1e-9)
+    with torch.enable_grad():  # training (rank_loss) encodes the context per chunk, so gradients flow through it
+        encoded.clear()
+        loss = metalm.eval.scoring.rank_loss(model, fast, examples[:5], tok, config)
+    assert encoded and torch.isfinite(loss)
+
+
+def test_in_context_rows_share_each_episodes_demonstrations(tiny, registry, monkeypatch):
+    """icl, icl-cal and icl-channel on an episode encode its direct and its channel demonstrations once
+    each (icl's rows are icl-cal's first rows), with the reference path's accuracies."""
+    import metalm.eval.scoring as scoring
+
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    encoded = []
+    real = scoring._encode
+    monkeypatch.setattr(scoring, "_encode", lambda backbone, c_ids: encoded.append(1) or real(backbone, c_ids))
+    task = registry["toy_cls"]
+    results = []
+    for shared in (True, False):
+        config = EvalConfig(shots=[2], episodes=3, ways=2, queries=3, methods=["icl", "icl-cal", "icl-channel"],
+                            shared_work=shared, batch_size=4)
+        harness = Harness.from_learner(algo, tok, base, base, config)
+        encoded.clear()
+        results.append(harness.block(task, 2, 0))
+        if shared:
+            assert len(encoded) == 2 * 3  # per episode: the direct and the channel demonstrations
+        else:
+            assert len(encoded) == 3 * 3  # the reference path: once per method and episode
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_prepared_queries_score_like_full_forwards(arch, tmp_path):
     """Layers below the adapter run once; any fast weights then give option_scores' values."""
     from metalm.eval.prepared import prepare_queries, score_prepared

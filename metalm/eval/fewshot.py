@@ -315,46 +315,68 @@ class Harness:
                    params: Mapping[str, Tensor] | None = None) -> list[list[list[float]]]:
         """Option scores of ``method`` (a non-adapting method) for every query of ``episodes``, with
         the pretrained weights or ``params``."""
+        return self._unadapted_many([method], episodes, params)[method]
+
+    def _unadapted_many(self, methods: Sequence[str], episodes: Sequence[TextEpisode],
+                        params: Mapping[str, Tensor] | None = None) -> dict[str, list[list[list[float]]]]:
+        """:meth:`_unadapted` of several methods. With shared work, the rows of all methods and episodes
+        go to one scoring call per normalization, each distinct row once (``icl``'s rows are the first
+        rows of ``icl-cal``'s) and each episode's demonstrations encoded once for all its queries and
+        methods; the reference path scores each method on each episode on its own."""
+        if not self.config.shared_work:
+            return {m: [self._unadapted_group([m], [ep], params)[m][0] for ep in episodes] for m in methods}
+        return self._unadapted_group(methods, episodes, params)
+
+    def _unadapted_group(self, methods: Sequence[str], episodes: Sequence[TextEpisode],
+                         params: Mapping[str, Tensor] | None) -> dict[str, list[list[list[float]]]]:
         params = self.base.params() if params is None else params
-        channel, icl = method.endswith("-channel"), method.startswith("icl")
-        flat: list[Example] = []
-        groups: list[list[tuple[int, int]]] = []  # per episode, per query: (start, stop) in flat
-        for ep in episodes:
-            demos = demonstrations(ep.support, channel=channel) if icl else ""
-            spans = []
-            for q in ep.query:
-                start = len(flat)
-                if channel:
-                    flat += channel_examples(demos, q)
-                elif method.endswith("-cal"):
-                    flat.append(in_context(demos, q))
-                    flat += [in_context(demos, q, cf) for cf in q.content_free]
-                else:
-                    flat.append(in_context(demos, q))
-                spans.append((start, len(flat)))
-            groups.append(spans)
-        if self.config.shared_work:
+        out: dict[str, list[list[list[float]]]] = {}
+        for channel in (False, True):
+            group = [m for m in methods if m.endswith("-channel") == channel]
+            if not group:
+                continue
+            flat: list[Example] = []
+            where: dict[tuple[Any, ...], int] = {}  # one scored row per distinct (context, prompt, options)
+
+            def add(ex: Example) -> int:
+                key = (ex.context, ex.prompt, tuple(ex.options))
+                if key not in where:
+                    where[key] = len(flat)
+                    flat.append(ex)
+                return where[key]
+
+            plan: dict[str, list[list[list[int]]]] = {}  # method -> episode -> query -> rows in flat
+            for method in group:
+                icl = method.startswith("icl")
+                for ep in episodes:
+                    demos = demonstrations(ep.support, channel=channel) if icl else ""
+                    per_query = []
+                    for q in ep.query:
+                        if channel:
+                            rows = channel_examples(demos, q)
+                        elif method.endswith("-cal"):
+                            rows = [in_context(demos, q), *(in_context(demos, q, cf) for cf in q.content_free)]
+                        else:
+                            rows = [in_context(demos, q)]
+                        per_query.append([add(r) for r in rows])
+                    plan.setdefault(method, []).append(per_query)
             scores = self._scores(params, flat, "sum" if channel else "mean")
-        else:
-            scores, at = [], 0
-            for spans in groups:
-                stop = spans[-1][1]
-                scores += self._scores(params, flat[at:stop], "sum" if channel else "mean")
-                at = stop
-        out = []
-        for spans in groups:
-            per_query = []
-            for start, stop in spans:
-                if channel:
-                    per_query.append([s[0] for s in scores[start:stop]])
-                elif method.endswith("-cal"):
-                    if stop - start < 2:
-                        raise TaskError("content_free", "calibration needs content-free prompts; the sampler made none")
-                    per_query.append(_calibrated(scores[start], scores[start + 1:stop]))
-                else:
-                    per_query.append(scores[start])
-            out.append(per_query)
+            for method in group:
+                out[method] = [[self._combine(method, [scores[i] for i in rows]) for rows in per_query]
+                               for per_query in plan[method]]
         return out
+
+    @staticmethod
+    def _combine(method: str, scores: Sequence[Sequence[float]]) -> list[float]:
+        """One query's option scores from its scored rows: channel rows hold one option each; a
+        calibrated query's first row is the query, the rest its content-free prompts."""
+        if method.endswith("-channel"):
+            return [s[0] for s in scores]
+        if method.endswith("-cal"):
+            if len(scores) < 2:
+                raise TaskError("content_free", "calibration needs content-free prompts; the sampler made none")
+            return _calibrated(scores[0], scores[1:])
+        return list(scores[0])
 
     # ------------------------------------------------------------------ one block of episodes
     def block(self, task: Task, shots: int, seed: int) -> dict[str, list[float]]:
@@ -376,12 +398,12 @@ class Harness:
                                                self.prefix_layer, batch_size=max(self.config.batch_size, 32))
                 zs_from_prepare.append(_accuracy(scores, ep.query))
                 prepared.append(prep)
+        scored = self._unadapted_many([m for m in unadapted if not (m == "zeroshot" and prepare)], episodes)
         for method in unadapted:
             if method == "zeroshot" and prepare:
                 out[method] = zs_from_prepare
                 continue
-            out[method] = [_accuracy(s, ep.query) for s, ep in zip(self._unadapted(method, episodes), episodes,
-                                                                      strict=True)]
+            out[method] = [_accuracy(s, ep.query) for s, ep in zip(scored[method], episodes, strict=True)]
         for e, ep in enumerate(episodes):
             self._adapted_rows(ep, rows, prepared[e] if prepare else None, out)
         return out

@@ -8,6 +8,7 @@ the references (normalized: lower case, punctuation and articles removed, as in 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import string
@@ -40,14 +41,13 @@ class _PromptThenOptions(nn.Module):
         self.m = model
 
     def forward(self, p_ids: Tensor, p_mask: Tensor, o_ids: Tensor, o_mask: Tensor, n: int,
-                c_ids: Tensor | None = None) -> Tensor:
+                c_ids: Tensor | None = None, c_cache: Any = None) -> Tensor:
         lm = causal_lm(self.m)
         backbone = getattr(lm, lm.base_model_prefix)
         extra: dict[str, Any] = {}
-        if c_ids is not None:  # [1, Tc]: run once, its cache copied to every prompt
+        if c_ids is not None:  # [1, Tc]: its cache (given, or computed here) copied to every prompt
             c_mask = torch.ones_like(c_ids)
-            ctx = backbone(input_ids=c_ids, attention_mask=c_mask, position_ids=c_mask.cumsum(-1) - 1, use_cache=True)
-            cache = _cache_of(ctx)
+            cache = copy.deepcopy(c_cache) if c_cache is not None else _encode(backbone, c_ids)
             cache.batch_repeat_interleave(p_ids.shape[0])
             extra = {_cache_kwarg(backbone): cache}
             p_mask = torch.cat([c_mask.expand(p_ids.shape[0], -1), p_mask], 1)
@@ -64,6 +64,24 @@ class _PromptThenOptions(nn.Module):
         # Option token j is predicted at option position j - 1, the first one at the prompt's last token.
         first = out.last_hidden_state[:, -1:].repeat_interleave(n, 0)
         return output_logits(lm, torch.cat([first, hidden[:, :-1]], 1))  # [B*n, L, V]
+
+
+class _Context(nn.Module):
+    """The KV cache of a shared context ``[1, Tc]`` (holds the model as child ``m``, as above)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, c_ids: Tensor) -> Any:
+        lm = causal_lm(self.m)
+        return _encode(getattr(lm, lm.base_model_prefix), c_ids)
+
+
+def _encode(backbone: nn.Module, c_ids: Tensor) -> Any:
+    c_mask = torch.ones_like(c_ids)
+    out = backbone(input_ids=c_ids, attention_mask=c_mask, position_ids=c_mask.cumsum(-1) - 1, use_cache=True)
+    return _cache_of(out)
 
 
 def _cache_of(out: Any) -> Any:
@@ -179,12 +197,22 @@ def chunks_by_option_count(examples: Sequence[Example], batch_size: int) -> list
     return out
 
 
+CONTEXT_TOKENS = 32768
+"""Most context positions held per forward (rows x context length) when a shared context is copied to
+each row: SmolLM2-135M keeps 46 KB of keys and values per position, so about 1.5 GB at fp32."""
+
+
 def option_loglik(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
                   config: CollateConfig, *, normalize: str = "mean",
                   batch_size: int = 32) -> list[tuple[list[int], Tensor]]:
     """Differentiable option scores: ``[(indices, scores [len(indices), n])]``, one entry per chunk of
     examples sharing a context and an option count ``n``; ``scores[r, j]`` is option ``j`` of
-    example ``indices[r]`` (shared prompt encoding, as :func:`option_scores`)."""
+    example ``indices[r]`` (shared prompt encoding, as :func:`option_scores`).
+
+    A shared context (the demonstrations of in-context rows) runs through the model once per call
+    when no gradient is taken, its KV cache copied to each chunk's rows; with gradients, once per
+    chunk. Chunks hold at most :data:`CONTEXT_TOKENS` copied context positions.
+    """
     device = next(model.parameters()).device
     rows = token_rows(examples, tokenizer, config.max_length)
     swapped = {f"m.{k}": v for k, v in params.items()}
@@ -194,13 +222,23 @@ def option_loglik(model: nn.Module, params: Mapping[str, Tensor], examples: Sequ
     out = []
     for ctx, members in groups.items():
         c_ids = torch.tensor([ctx], dtype=torch.long, device=device) if ctx else None
-        for n, chunk in chunks_by_option_count([examples[i] for i in members], batch_size):
+        rows_cap = max(1, min(batch_size, CONTEXT_TOKENS // max(1, len(ctx))))
+        chunks = [(n, chunk) for n, group in chunks_by_option_count([examples[i] for i in members], batch_size)
+                  for chunk in _split(group, max(1, rows_cap // n))]
+        c_cache = None
+        if ctx and len(chunks) > 1 and not torch.is_grad_enabled():
+            c_cache = functional_call(_Context(model), swapped, (c_ids,), strict=False)
+        for n, chunk in chunks:
             idx = [members[j] for j in chunk]
             p_ids, p_mask, o_ids, o_mask = (t.to(device) for t in pad_rows([rows[i] for i in idx], _pad_id(tokenizer)))
-            logits = functional_call(_PromptThenOptions(model), swapped, (p_ids, p_mask, o_ids, o_mask, n, c_ids),
-                                     strict=False)
+            logits = functional_call(_PromptThenOptions(model), swapped,
+                                     (p_ids, p_mask, o_ids, o_mask, n, c_ids, c_cache), strict=False)
             out.append((idx, option_logprobs(logits, o_ids, o_mask, normalize).view(len(idx), n)))
     return out
+
+
+def _split(items: list[int], size: int) -> list[list[int]]:
+    return [items[s:s + size] for s in range(0, len(items), size)]
 
 
 def rank_loss(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
