@@ -242,7 +242,16 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .diagnose import conflict_batches, generalization_gap, gradient_conflict, plot_conflict, plot_gap, spread
+    from .diagnose import (
+        against_noise_floor,
+        conflict_batches,
+        generalization_gap,
+        gradient_conflict,
+        plot_conflict,
+        plot_gap,
+        split_half,
+        spread,
+    )
     from .eval import EvalConfig, Harness, eval_tasks
     from .run import TrainConfig, build_model, build_registry, load_run, run_kind, task_lists
 
@@ -268,15 +277,21 @@ def _diagnose(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             sampler = dataclasses.replace(sampler, **{key: getattr(args, key)})
     print(f"metalm diagnose: gradient conflict of {len(names)} tasks, {args.batches} batches each", flush=True)
-    batches = conflict_batches([registry[n] for n in names], tokenizer, batches=args.batches, sampler=sampler,
-                               collate_config=config.collate, seed=args.seed, device=device, loss=args.loss)
+    options = {"batches": args.batches, "sampler": sampler, "collate_config": config.collate, "seed": args.seed,
+               "device": device, "loss": args.loss}
+    batches = conflict_batches([registry[n] for n in names], tokenizer, **options)
     model = algorithm.model
-    result = gradient_conflict(model, algorithm.selection.meta_params(model), batches)
+    params = algorithm.selection.meta_params(model)
+    result = gradient_conflict(model, params, batches)
     out = Path(args.json)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     plot_conflict(result, plot)
     print(f"mean off-diagonal cosine {result['mean_offdiag']:.3f}, most negative {result['min_offdiag']:.3f}; "
           f"heatmap {plot}")
+    if not args.no_split_half:
+        result["split_half"] = split_half(model, params, [registry[n] for n in names], tokenizer, **options)
+        result["against_floor"] = against_noise_floor(result, result["split_half"])
+        print(_floor_table(result))
     if args.gap:
         methods = ["zeroshot", *([run_kind(config)] if args.run_dir else [])]
         cfg = from_dict(EvalConfig, {"shots": [args.gap_shots], "episodes": args.episodes, "methods": methods,
@@ -295,6 +310,27 @@ def _diagnose(args: argparse.Namespace) -> int:
                   f"{row['heldout']:.3f} ± {row['heldout_ci95']:.3f} | {row['gap']:+.3f} |")
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
+
+
+def _floor_table(result: dict[str, Any]) -> str:
+    """Per task: its split-half cosine (the noise floor), its cross-task cosines and the same read
+    against the floor (cosine / sqrt(h_i h_j): about 1 for the same rule, lower for conflict)."""
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:+.3f}"
+
+    names = result["tasks"]
+    lines = ["| task | split-half | mean cross-task cosine | read against the floor: mean, lowest (task) |",
+             "|---|---|---|---|"]
+    for i, name in enumerate(names):
+        cross = [result["cosine"][i][j] for j in range(len(names)) if j != i]
+        read = [(result["against_floor"][i][j], names[j]) for j in range(len(names))
+                if j != i and result["against_floor"][i][j] is not None]
+        lowest = min(read) if read else None
+        mean = sum(r for r, _ in read) / len(read) if read else None
+        lines.append(f"| {name} | {fmt(result['split_half'][name])} | {fmt(sum(cross) / len(cross))} | "
+                     f"{fmt(mean)}, {fmt(lowest[0]) if lowest else 'n/a'} ({lowest[1] if lowest else '-'}) |")
+    return "\n".join(lines)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -514,7 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--loss", choices=["auto", "decision", "token"], default="auto",
                     help="auto (default): the rank-classification cross-entropy over the options for tasks that "
                          "have them, the answer tokens' loss otherwise; decision; token")
-    dg.add_argument("--json", required=True, help="write {tasks, cosine, ...} here (heatmap beside it as .png)")
+    dg.add_argument("--json", required=True, help="write {tasks, cosine, split_half, against_floor, ...} here "
+                                                  "(heatmap beside it as .png)")
+    dg.add_argument("--no-split-half", action="store_true",
+                    help="skip each task's split-half cosine (the noise floor the cross-task cosines are read "
+                         "against; two more gradients per task and batch)")
     dg.add_argument("--plot", help="heatmap path (default: the JSON path with .png)")
     dg.add_argument("--gap", action="store_true", help="also few-shot accuracy on seen vs held-out tasks")
     dg.add_argument("--seen", type=int, default=10, help="seen (meta-train) tasks in the gap (default 10)")

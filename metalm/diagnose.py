@@ -12,6 +12,13 @@
   share, so two tasks with the same inputs and swapped labels measured that way look aligned
   (cos +0.86 on a tiny model); at the decision level they are opposite. Generation and
   language-modeling tasks keep the token loss. The result says which loss each task used.
+* :func:`split_half`: the noise floor of those cosines. Each task's examples are cut into two
+  disjoint halves (class-balanced) and the cosine of the two halves' gradients, measured on batches
+  of the same shape, is what the task can agree with *itself*: two tasks with the same rule read at
+  about that figure, whatever their examples. :func:`against_noise_floor` divides a cross-task cosine
+  by ``sqrt(h_i h_j)`` (Spearman's correction for attenuation, 1904): about +1 for the same rule,
+  below for a conflict. Without it, a shared answer format (token loss) or a large sampling noise can
+  make two tasks with opposite labels read like two with the same rule.
 * :func:`generalization_gap`: few-shot accuracy on seen (meta-train) tasks vs held-out tasks for
   each method, and the gap between them.
 """
@@ -156,6 +163,66 @@ def gradient_conflict(model: nn.Module, params: Mapping[str, Tensor],
     return {"tasks": names, "cosine": mean.tolist(), "batches": n_batches, "mean_offdiag": float(off.mean()),
             "min_offdiag": float(off.min()), "params": sum(p.numel() for p in params.values()),
             "losses": {t: "+".join(k) for t, k in losses.items()}}
+
+
+def halves(task: Task, seed: int = 0) -> tuple[Task, Task]:
+    """Two tasks holding disjoint halves of ``task``'s examples (each label's examples halved, so both
+    keep every class), in a seeded random order."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"halves/{task.name}/{seed}".encode()))
+    data = task.data
+    labels = data["label"] if task.spec.type == "classification" else [0] * len(data)
+    by_label: dict[Any, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_label.setdefault(lab, []).append(i)
+    parts: tuple[list[int], list[int]] = ([], [])
+    for members in by_label.values():
+        order = [members[i] for i in torch.randperm(len(members), generator=gen).tolist()]
+        parts[0].extend(order[: len(order) // 2])
+        parts[1].extend(order[len(order) // 2:])
+    out = []
+    for k, idx in enumerate(parts):
+        half = Task(dataclasses.replace(task.spec, name=f"{task.name}.half{k + 1}", max_shots=None), task.path)
+        half._data, half.header = data.select(sorted(idx)), task.header
+        out.append(half)
+    return out[0], out[1]
+
+
+def split_half(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Task], tokenizer,  # noqa: ANN001
+               **batch_options: Any) -> dict[str, float | None]:
+    """Each task's within-task cosine: the mean over measurements of the cosine between the gradients
+    of two episodes drawn from disjoint halves of its examples (:func:`halves`), ``None`` for a task
+    too small to halve at the sampler's shape. ``batch_options`` go to :func:`conflict_batches`
+    (``batches``, ``sampler``, ``collate_config``, ``seed``, ``device``, ``loss``)."""
+    out: dict[str, float | None] = {}
+    for task in tasks:
+        try:
+            a, b = halves(task, batch_options.get("seed", 0))
+            objectives = conflict_batches([a, b], tokenizer, **batch_options)
+        except ConfigError:  # a half too small for the episode shape (the sampler says so)
+            out[task.name] = None
+            continue
+        pairs = zip(objectives[a.name], objectives[b.name], strict=True)
+        cosines = [float(cosine_matrix(torch.stack([task_gradient(model, params, x), task_gradient(model, params, y)]))
+                         [0, 1]) for x, y in pairs]
+        out[task.name] = sum(cosines) / len(cosines)
+    return out
+
+
+def against_noise_floor(result: Mapping[str, Any], floor: Mapping[str, float | None]) -> list[list[float | None]]:
+    """Cross-task cosines divided by ``sqrt(h_i h_j)`` (``h``: :func:`split_half`), ``None`` where a
+    floor is missing or not positive (a task whose halves do not agree has no direction to compare)."""
+    names, cos = result["tasks"], result["cosine"]
+    out: list[list[float | None]] = []
+    for i, a in enumerate(names):
+        row: list[float | None] = []
+        for j, b in enumerate(names):
+            ha, hb = floor.get(a), floor.get(b)
+            if ha is None or hb is None or ha <= 0 or hb <= 0:
+                row.append(None)
+            else:  # the diagonal reads 1: a task against itself is its split-half figure
+                row.append(1.0 if i == j else cos[i][j] / (ha * hb) ** 0.5)
+        out.append(row)
+    return out
 
 
 def plot_conflict(result: Mapping[str, Any], path: str | Path, title: str = "") -> Path:

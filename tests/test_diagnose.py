@@ -1,9 +1,11 @@
 """Objective-conflict diagnostics: swapped labels give cosine -1 at the decision level, a copy +1."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer
 
 import metalm
@@ -113,3 +115,77 @@ def test_spread_picks_evenly_including_both_ends():
     assert spread(items, 4) == ["0", "3", "6", "9"]
     assert spread(items, 1) == ["0"] and spread(items, 0) == []
     assert spread(items, 20) == items
+
+
+def _vector_objective(v: torch.Tensor):
+    """An objective whose gradient with respect to a bias-free linear layer's weight is exactly ``v``."""
+    from metalm.diagnose import Objective
+
+    return Objective("token", lambda model: (model.weight.flatten() * v).sum())
+
+
+def test_the_noise_floor_separates_same_rule_from_flipped_by_hand():
+    """Gradients built from orthonormal parts: a shared format f (|f|^2 = 1), a rule part +-l (|l|^2 = 1/2)
+    and per-measurement noise n (orthogonal to everything else). Tasks a, b follow one rule with noise
+    |n|^2 = 4; tasks c, d follow opposite rules with |n|^2 = 1/4. Raw cosines read alike, 0.273 (a, b:
+    1.5 / 5.5) and 0.286 (c, d: 0.5 / 1.75); each task's halves agree at 1.5 / 5.5 and 1.5 / 1.75, so read
+    against that floor a, b give exactly 1 and c, d exactly 1/3."""
+    from metalm.diagnose import against_noise_floor
+
+    e = torch.eye(48, dtype=torch.float64)
+    f, l = e[0], e[1] * 0.5 ** 0.5
+    noise = iter(e[2:])
+    model = torch.nn.Linear(48, 1, bias=False).double()
+
+    def task(sign, sigma):
+        return [_vector_objective(f + sign * l + sigma * next(noise)) for _ in range(3)]
+
+    measured = gradient_conflict(model, {"w": model.weight}, {"a": task(1, 2.0), "b": task(1, 2.0),
+                                                              "c": task(1, 0.5), "d": task(-1, 0.5)})
+    cos = torch.tensor(measured["cosine"], dtype=torch.float64)
+    assert cos[0, 1].item() == pytest.approx(1.5 / 5.5, abs=1e-6) and cos[2, 3].item() == pytest.approx(0.5 / 1.75,
+                                                                                                        abs=1e-6)
+    halves = {}
+    for name, sign, sigma in (("a", 1, 2.0), ("b", 1, 2.0), ("c", 1, 0.5), ("d", -1, 0.5)):
+        h = gradient_conflict(model, {"w": model.weight}, {"1": task(sign, sigma), "2": task(sign, sigma)})
+        halves[name] = h["cosine"][0][1]
+    assert halves["a"] == pytest.approx(1.5 / 5.5, abs=1e-6) and halves["c"] == pytest.approx(1.5 / 1.75, abs=1e-6)
+    read = against_noise_floor(measured, halves)
+    assert read[0][1] == pytest.approx(1.0, abs=1e-5) and read[2][3] == pytest.approx(1 / 3, abs=1e-5)
+    assert read[0][0] == 1.0
+    assert against_noise_floor(measured, {**halves, "a": None})[0][1] is None
+
+
+def _rule_task(folder, name: str, numbers, flip: bool):
+    rows = [{"text": f"n{k}", "label": "yes" if (k % 2 == 0) != flip else "no"} for k in numbers]
+    (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(
+        {"name": name, "type": "classification", "source": {"kind": "jsonl", "path": f"{name}.jsonl"},
+         "template": "Number: {{ text }}\nEven?", "labels": ["yes", "no"], "target_field": "label"}), encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_diagnose_reads_same_rule_and_flipped_tasks_against_their_split_half(tmp_path, capsys):
+    """Three tasks on disjoint examples: a and b share a rule, flip has the opposite labels. A same-rule
+    pair is two samples of one gradient distribution, as a task's two halves are, so it reads about 1
+    against the floor; flip shares only what does not depend on the labels (the terms (s_i - 1/2) g_i,
+    same sign for both labels: the comment of the swapped-label test above), so it reads well below.
+    Measured here: a-b +1.18, a-flip -0.19, b-flip +0.05 (seeded episodes and weights: a deterministic
+    computation; the bounds sit 0.38 and 0.45 from those figures, far above any machine's rounding)."""
+    from metalm.cli import main
+
+    path = save_tiny_model(tmp_path / "model", corpus(), "llama")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    _rule_task(tasks, "rule_a", range(0, 40), False)
+    _rule_task(tasks, "rule_b", range(40, 80), False)
+    _rule_task(tasks, "rule_flip", range(80, 120), True)
+    out = tmp_path / "conflict.json"
+    assert main(["diagnose", "--model", str(path), "--task-dir", str(tasks), "--tasks", "rule_a,rule_b,rule_flip",
+                 "--batches", "6", "--ways", "2", "--shots", "4", "--queries", "4", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["split_half"]) == {"rule_a", "rule_b", "rule_flip"}
+    assert all(h is not None and 0 < h <= 1 for h in result["split_half"].values())
+    read = result["against_floor"]
+    assert read[0][1] > 0.8 and read[0][2] < 0.5 and read[1][2] < 0.5
+    assert "| rule_a | +" in capsys.readouterr().out
