@@ -10,15 +10,56 @@ The small public API::
     algo.step(episodes, torch.optim.AdamW(algo.meta_parameters().values()))
 """
 
-from . import data
-from .algorithms import MetaLearner, algorithm_config, algorithm_names, build_algorithm, register_algorithm
-from .config import AdapterConfig, InnerConfig, MetaConfig, from_dict, load_yaml, to_dict
-from .data import Episode, SyntheticTasks
-from .errors import BatchError, ConfigError, DataNotFoundError, MetalmError, NonFiniteError, TaskError
-from .inner import Trajectory, adapt, adapt_trajectory
-from .losses import lm_loss, lm_loss_and_accuracy, prepare_batch, target_logits
-from .models import apply_adapter, load_model, tiny_config
-from .params import ParameterSelection, select_parameters
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The public names, imported on first use (PEP 562): `metalm --help` and a run folder's lock answer
+# before torch and transformers load (several seconds).
+_EXPORTS = {
+    "data": "", "Episode": ".data", "SyntheticTasks": ".data",
+    "MetaLearner": ".algorithms", "algorithm_config": ".algorithms", "algorithm_names": ".algorithms",
+    "build_algorithm": ".algorithms", "register_algorithm": ".algorithms",
+    "AdapterConfig": ".config", "InnerConfig": ".config", "MetaConfig": ".config", "from_dict": ".config",
+    "load_yaml": ".config", "to_dict": ".config",
+    "BatchError": ".errors", "ConfigError": ".errors", "DataNotFoundError": ".errors", "MetalmError": ".errors",
+    "NonFiniteError": ".errors", "TaskError": ".errors",
+    "Trajectory": ".inner", "adapt": ".inner", "adapt_trajectory": ".inner",
+    "lm_loss": ".losses", "lm_loss_and_accuracy": ".losses", "prepare_batch": ".losses", "target_logits": ".losses",
+    "apply_adapter": ".models", "load_model": ".models", "tiny_config": ".models",
+    "ParameterSelection": ".params", "select_parameters": ".params",
+}
+
+if TYPE_CHECKING:
+    from . import data
+    from .algorithms import MetaLearner, algorithm_config, algorithm_names, build_algorithm, register_algorithm
+    from .config import AdapterConfig, InnerConfig, MetaConfig, from_dict, load_yaml, to_dict
+    from .data import Episode, SyntheticTasks
+    from .errors import BatchError, ConfigError, DataNotFoundError, MetalmError, NonFiniteError, TaskError
+    from .inner import Trajectory, adapt, adapt_trajectory
+    from .losses import lm_loss, lm_loss_and_accuracy, prepare_batch, target_logits
+    from .models import apply_adapter, load_model, tiny_config
+    from .params import ParameterSelection, select_parameters
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:  # a submodule (metalm.eval, metalm.hub, ...) loads on first use, as an import would
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'metalm' has no attribute {name!r}") from None
+    module = importlib.import_module(_EXPORTS[name] or f".{name}", __name__)
+    value = module if not _EXPORTS[name] else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __version__ = "0.1.0"
 

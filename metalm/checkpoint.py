@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from .errors import MetalmError, NonFiniteError
@@ -44,11 +44,16 @@ class CheckpointWarning(UserWarning):
     """A newer checkpoint was unreadable or corrupt and an older one is used instead."""
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+def _write_synced(path: Path, data: str | bytes) -> None:
+    """Write and fsync; a full disk or a file-size limit raises ``OSError`` (ENOSPC, EDQUOT, EFBIG)."""
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        err.filename = err.filename or str(path)  # a refused write names no file of its own
+        raise
 
 
 def nonfinite(tensors: dict[str, Tensor]) -> list[str]:
@@ -141,8 +146,10 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, Tensor], state:
     final = root / f"{PREFIX}{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-                  str(tmp / "tensors.safetensors"))
+        # Serialized here and written by Python, so a full disk is an OSError naming the file (safetensors'
+        # own writer reports it as a SafetensorError).
+        _write_synced(tmp / "tensors.safetensors",
+                      save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}))
         _write_synced(tmp / "state.json", json.dumps({"step": step, "format": FORMAT, **state}))
         _write_synced(tmp / "checksums.json", json.dumps({name: sha256_file(tmp / name) for name in FILES}))
         _fsync_dir(tmp)

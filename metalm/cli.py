@@ -20,6 +20,7 @@ import yaml
 from . import __version__
 from .config import from_dict, yaml_load
 from .errors import ConfigError, MetalmError
+from .longrun import Interrupted, disk_full
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -60,6 +61,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+
+    from .longrun import RunLock
+
+    with RunLock(args.run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+        return _run_train(args)  # the folder is locked before the model loads: a second launch is refused at once
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from .train import MetaTrainer, load_train_config
 
     if args.config and "=" in args.config and not Path(args.config).is_file():
@@ -92,7 +103,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import contextlib
 
+    with contextlib.ExitStack() as stack:  # the output's lock and the signal handlers, when journaled
+        return _run_eval(args, stack)
+
+
+def _run_eval(args: argparse.Namespace, stack: Any) -> int:
     import torch
 
     from . import distributed
@@ -172,7 +189,10 @@ def _eval(args: argparse.Namespace) -> int:
         from .eval.compare import run_checkpoint
         from .eval.journal import Journal
 
+        from .longrun import RunLock, StopSignals
+
         where = Path(args.json) if args.json else Path(runs[0]) / "eval.json"
+        stack.enter_context(RunLock(where.parent, f".{where.name}.lock", "output path"))  # one writer per output
         # Blocks are keyed by seed and hold one list per method: a journal of more seeds or more methods
         # serves a run of fewer (a study stopped early, or narrowed).
         fingerprint = {"eval": {k: v for k, v in to_dict(eval_cfg).items() if k not in ("seeds", "methods")},
@@ -180,6 +200,8 @@ def _eval(args: argparse.Namespace) -> int:
                        "tasks": names, "val": val,
                        "runs": [[str(Path(r).resolve()), run_checkpoint(r).name] for r in runs]}
         journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, args.resume)
+        stack.enter_context(StopSignals(immediate=True, what="the evaluation",
+                                        note=f": its measured blocks are in {journal.path}; --resume continues"))
     if "finetune" in eval_cfg.methods and journal is not None and journal.finetune is not None:
         chosen = journal.finetune
         harness.finetune = base.with_budget(chosen["optimizer"], chosen["lr"], chosen["steps"])
@@ -616,6 +638,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.func(args)
         ok = True
         return code
+    except Interrupted as err:  # a scheduler's SIGTERM or a Ctrl-C: the work so far is saved
+        print(f"metalm: {err}", file=sys.stderr)
+        return err.status
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        print(f"metalm: error: no room to write {err.filename or 'a file'}: {err.strerror} (a full disk, a quota or "
+              "a file-size limit); what was written before is intact: make room and run again with --resume",
+              file=sys.stderr)
+        return 2
     except MetalmError as err:
         # One line: control characters of the input (a newline in a path) are shown escaped.
         print("metalm: error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(err)),

@@ -37,6 +37,7 @@ from .data import EpisodeSampler, TaskRegistry, tensorize
 from .errors import ConfigError, MetalmError, NonFiniteError
 from .eval.inits import init_of, query_metrics
 from .files import trim_to_step, write_atomic
+from .longrun import Interrupted, RunLock, StopSignals, signal_name
 from .run import (  # noqa: F401 - re-exported: the config and model builders lived here
     MAX_EPISODES,
     OuterConfig,
@@ -223,6 +224,13 @@ class MetaTrainer:
 
         Under torchrun every process runs this; rank 0 alone writes the config, logs and checkpoints.
         """
+        with contextlib.ExitStack() as stack:
+            if self.ctx.is_main:  # one writer per run folder, taken before anything in it is touched
+                stack.enter_context(RunLock(self.run_dir))
+            signals = stack.enter_context(StopSignals())
+            return self._train(signals, resume=resume, max_steps=max_steps, progress=progress)
+
+    def _train(self, signals: StopSignals, *, resume: bool, max_steps: int | None, progress: bool) -> dict[str, Any]:
         cfg, main = self.config, self.ctx.is_main
         max_steps = max_steps or cfg.max_steps
         log_path = self.run_dir / "log.jsonl"
@@ -245,6 +253,7 @@ class MetaTrainer:
         writer = _tensorboard(self.run_dir, self.step) if main else None
         bar = _progress(progress and main, self.step, max_steps)
         last: dict[str, Any] = {}
+        interrupted: Interrupted | None = None
         held, whole = parameter_bytes(self.model, [n for n, _ in self.model.named_parameters()
                                                    if n not in self.selection.fast])
         base_mib = {"held": [h / 2**20 for h in distributed.gather_objects(held, self.ctx)], "whole": whole / 2**20}
@@ -285,8 +294,12 @@ class MetaTrainer:
                     with open(self.run_dir / "conflict.jsonl", "a", encoding="utf-8") as fh:
                         fh.write(json.dumps({"step": self.step, **measured}) + "\n")
                 if log is not None:
-                    log.write(json.dumps(last) + "\n")
-                    log.flush()
+                    try:
+                        log.write(json.dumps(last) + "\n")
+                        log.flush()
+                    except OSError as err:
+                        err.filename = err.filename or str(log_path)  # a full disk: named in the one-line error
+                        raise
                 if writer is not None:
                     for k, v in last.items():
                         if k != "step" and isinstance(v, (int, float)):
@@ -294,11 +307,23 @@ class MetaTrainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.get('query_loss', float('nan')):.3f}",
                                 acc=f"{metrics.get('query_accuracy', float('nan')):.3f}")
-                if self.step % cfg.checkpoint_every == 0 or self.step == max_steps:
+                due = self.step % cfg.checkpoint_every == 0 or self.step == max_steps
+                if due:
                     self.save()
+                stop = signals.requested
+                if self.ctx.enabled:  # every process stops after the same step
+                    stop = next((s for s in distributed.gather_objects(stop, self.ctx) if s), None)
+                if stop:
+                    if not due:
+                        self.save()
+                    interrupted = Interrupted(stop, f"stopped by {signal_name(stop)} after step {self.step}: "
+                                                    f"checkpoint step-{self.step:07d} written; --resume continues")
+                    break
         bar.close()
         if writer is not None:
             writer.close()
+        if interrupted is not None:
+            raise interrupted
         if self.nonfinite["run"]:
             raise NonFiniteError(
                 f"{self.run_dir}: the run ended on {self.nonfinite['run']} step(s) with a NaN or infinite loss or "

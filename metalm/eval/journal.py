@@ -62,10 +62,14 @@ class Journal:
         return f"{task}/{shots}/{seed}"
 
     def _append(self, line: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            err.filename = err.filename or str(self.path)  # a refused write names no file of its own
+            raise
 
     def put(self, key: str, rows: dict[str, list[float]]) -> None:
         """Record a measured block's rows (added to rows already recorded for it, e.g. by the harness
