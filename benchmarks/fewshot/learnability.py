@@ -73,14 +73,42 @@ def read_journals(out: Path) -> dict[str, dict]:
     return done
 
 
+def table(out: Path) -> str:
+    """The status line and the markdown table of RESULTS.md, from ``out`` and the order file."""
+    done = read_journals(out)
+    order = out.with_name("learnability_order.txt").read_text(encoding="utf-8").split()
+    registry = default_registry()
+    measured = [n for n in order if n in done and "error" not in done[n]]
+    by_type: dict[str, list[int]] = {}
+    for n in measured:
+        by_type.setdefault(registry[n].spec.type, [0, 0])
+        by_type[registry[n].spec.type][0] += bool(done[n]["learnable"])
+        by_type[registry[n].spec.type][1] += 1
+    seconds = statistics.median(done[n]["seconds"] for n in measured) if measured else 0.0
+    lines = [f"{len(measured)} tasks measured, {sum(bool(done[n]['learnable']) for n in measured)} learnable ("
+             + ", ".join(f"{t}: {a} of {b}" for t, (a, b) in sorted(by_type.items()))
+             + f"); median {seconds:.0f} s a task on one thread", "",
+             "| task | type | chance | zero-shot | ceiling | 95% CI | n | learnable |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for n in sorted(measured):
+        r = done[n]
+        lines.append(f"| {n} | {registry[n].spec.type} | {r['chance']:.3f} | {r['zeroshot']:.3f} | {r['ceiling']:.3f} | "
+                     f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['n']} | {'yes' if r['learnable'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--table", action="store_true", help="print the status line and table of RESULTS.md and exit")
     ap.add_argument("--tasks", help="comma-separated task names (default: the whole pool)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/learnability.json"))
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--limit", type=int, help="stop after this many new tasks")
     ap.add_argument("--shard", default="0/1", help="I/N: measure every N-th task from the I-th (one process each)")
     args = ap.parse_args()
+    if args.table:
+        print(table(Path(args.out)))
+        return 0
     cfg = CeilingConfig()
     registry = default_registry()
     order = Path(args.out).with_name("learnability_order.txt")
