@@ -100,8 +100,16 @@ class RunLock:
             import fcntl
         except ImportError:  # no flock on this platform: one writer is the user's to ensure
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise MetalmError(f"{folder} is a file, not a folder: give a new or existing folder as the {self.what}")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if disk_full(err):
+                raise
+            raise MetalmError(f"cannot use {folder} as the {self.what}: {err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

@@ -34,6 +34,14 @@ def test_a_held_lock_is_refused_naming_its_holder_and_released_when_the_holder_d
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
 
 
+def test_a_run_folder_that_is_a_file_or_cannot_be_made_is_one_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MetalmError, match="file is a file, not a folder: give a new or existing folder as the run"):
+        RunLock(tmp_path / "file").__enter__()
+    with pytest.raises(MetalmError, match="cannot use .*file/sub as the output path: Not a directory"):
+        RunLock(tmp_path / "file" / "sub", ".out.json.lock", "output path").__enter__()
+
+
 def test_the_first_signal_is_recorded_and_the_second_stops_at_once():
     before = signal.getsignal(signal.SIGTERM)
     with StopSignals() as signals:
