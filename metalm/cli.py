@@ -641,16 +641,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as err:  # a scheduler's SIGTERM or a Ctrl-C: the work so far is saved
         print(f"metalm: {err}", file=sys.stderr)
         return err.status
+    except MetalmError as err:
+        # One line: control characters of the input (a newline in a path) are shown escaped.
+        print("metalm: error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(err)),
+              file=sys.stderr)
+        return 2
     except OSError as err:
         if not disk_full(err):
             raise
         print(f"metalm: error: no room to write {err.filename or 'a file'}: {err.strerror} (a full disk, a quota or "
               "a file-size limit); what was written before is intact: make room and run again with --resume",
-              file=sys.stderr)
-        return 2
-    except MetalmError as err:
-        # One line: control characters of the input (a newline in a path) are shown escaped.
-        print("metalm: error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(err)),
               file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:  # torch reports running out of memory as a RuntimeError
