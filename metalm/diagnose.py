@@ -179,12 +179,7 @@ def halves(task: Task, seed: int = 0) -> tuple[Task, Task]:
         order = [members[i] for i in torch.randperm(len(members), generator=gen).tolist()]
         parts[0].extend(order[: len(order) // 2])
         parts[1].extend(order[len(order) // 2:])
-    out = []
-    for k, idx in enumerate(parts):
-        half = Task(dataclasses.replace(task.spec, name=f"{task.name}.half{k + 1}", max_shots=None), task.path)
-        half._data, half.header = data.select(sorted(idx)), task.header
-        out.append(half)
-    return out[0], out[1]
+    return task.subset(sorted(parts[0]), f"{task.name}.half1"), task.subset(sorted(parts[1]), f"{task.name}.half2")
 
 
 def split_half(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Task], tokenizer,  # noqa: ANN001
@@ -283,3 +278,25 @@ def plot_gap(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def floor_table(result: dict[str, Any]) -> str:
+    """A markdown table of a :func:`gradient_conflict` result with ``split_half`` and ``against_floor``:
+    per task, its split-half cosine (the noise floor), its cross-task cosines and the same read
+    against the floor (cosine / sqrt(h_i h_j): about 1 for the same rule, lower for conflict)."""
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:+.3f}"
+
+    names = result["tasks"]
+    lines = ["| task | split-half | mean cross-task cosine | read against the floor: mean, lowest (task) |",
+             "|---|---|---|---|"]
+    for i, name in enumerate(names):
+        cross = [result["cosine"][i][j] for j in range(len(names)) if j != i]
+        read = [(result["against_floor"][i][j], names[j]) for j in range(len(names))
+                if j != i and result["against_floor"][i][j] is not None]
+        lowest = min(read) if read else None
+        mean = sum(r for r, _ in read) / len(read) if read else None
+        lines.append(f"| {name} | {fmt(result['split_half'][name])} | {fmt(sum(cross) / len(cross))} | "
+                     f"{fmt(mean)}, {fmt(lowest[0]) if lowest else 'n/a'} ({lowest[1] if lowest else '-'}) |")
+    return "\n".join(lines)

@@ -6,10 +6,11 @@ import pytest
 
 from metalm.train import build_registry, load_train_config, task_lists
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot").glob("*.yaml"))
+FEWSHOT = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot"
+CONFIGS = sorted(FEWSHOT.rglob("*.yaml"))  # sub-folders too (the study's candidates)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(FEWSHOT).with_suffix("")) for p in CONFIGS])
 def test_shipped_config_validates(path):
     config = load_train_config(path)
     train, val, heldout = task_lists(config, build_registry(config))

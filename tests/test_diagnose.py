@@ -133,12 +133,12 @@ def test_the_noise_floor_separates_same_rule_from_flipped_by_hand():
     from metalm.diagnose import against_noise_floor
 
     e = torch.eye(48, dtype=torch.float64)
-    f, l = e[0], e[1] * 0.5 ** 0.5
+    f, g = e[0], e[1] * 0.5 ** 0.5
     noise = iter(e[2:])
     model = torch.nn.Linear(48, 1, bias=False).double()
 
     def task(sign, sigma):
-        return [_vector_objective(f + sign * l + sigma * next(noise)) for _ in range(3)]
+        return [_vector_objective(f + sign * g + sigma * next(noise)) for _ in range(3)]
 
     measured = gradient_conflict(model, {"w": model.weight}, {"a": task(1, 2.0), "b": task(1, 2.0),
                                                               "c": task(1, 0.5), "d": task(-1, 0.5)})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,13 @@ class Task:
     def loaded(self) -> bool:
         """Whether the examples have been read."""
         return self._data is not None
+
+    def subset(self, indices: Sequence[int], name: str) -> Task:
+        """A task named ``name`` holding the examples of ``indices`` (of :attr:`data`), with this task's
+        spec otherwise (no ``max_shots``: a part is for measuring, not for the benchmark's caps)."""
+        part = Task(dataclasses.replace(self.spec, name=name, max_shots=None), self.path)
+        part._data, part.header = self.data.select(list(indices)), self.header
+        return part
 
     def __len__(self) -> int:
         return len(self.data)

@@ -21,7 +21,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, from_dict, read_yaml
+from ..config import ConfigError, from_dict, read_yaml, to_dict
 from ..data.registry import TaskRegistry, packaged_tasks_dir
 from .fewshot import EvalConfig
 
@@ -53,8 +53,8 @@ class Protocol:
 
     def record(self, eval_config: EvalConfig, split: str, tasks: list[str]) -> dict[str, Any]:
         """What the report stores: the protocol's name, file and the values the evaluation ran with."""
-        return {"name": self.name, "path": self.path, "description": self.description,
-                "values": {"split": split, "evaluate_on": self.evaluate_on, "tasks": tasks, **dataclasses.asdict(eval_config)}}
+        values = {"split": split, "evaluate_on": self.evaluate_on, "tasks": tasks, **to_dict(eval_config)}
+        return {"name": self.name, "path": self.path, "description": self.description, "values": values}
 
 
 _OWN = ("description", "split", "evaluate_on", "tasks")
@@ -93,7 +93,7 @@ def load_protocol(name_or_path: str | Path, registry: TaskRegistry) -> Protocol:
     own = {k: data[k] for k in _OWN if k in data}
     values = {k: v for k, v in data.items() if k not in _OWN}
     known = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted((str(k) for k in set(values) - known))
+    unknown = sorted(str(k) for k in set(values) - known)
     if unknown:
         raise ConfigError(str(unknown[0]), f"unknown field (known: {', '.join(sorted([*_OWN, *known]))})", source)
     from_dict(EvalConfig, values, source=source)  # every value checked now, against this file

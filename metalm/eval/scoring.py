@@ -223,8 +223,7 @@ def option_loglik(model: nn.Module, params: Mapping[str, Tensor], examples: Sequ
     for ctx, members in groups.items():
         c_ids = torch.tensor([ctx], dtype=torch.long, device=device) if ctx else None
         rows_cap = max(1, min(batch_size, CONTEXT_TOKENS // max(1, len(ctx))))
-        chunks = [(n, chunk) for n, group in chunks_by_option_count([examples[i] for i in members], batch_size)
-                  for chunk in _split(group, max(1, rows_cap // n))]
+        chunks = chunks_by_option_count([examples[i] for i in members], rows_cap)
         c_cache = None
         if ctx and len(chunks) > 1 and not torch.is_grad_enabled():
             c_cache = functional_call(_Context(model), swapped, (c_ids,), strict=False)
@@ -235,10 +234,6 @@ def option_loglik(model: nn.Module, params: Mapping[str, Tensor], examples: Sequ
                                      (p_ids, p_mask, o_ids, o_mask, n, c_ids, c_cache), strict=False)
             out.append((idx, option_logprobs(logits, o_ids, o_mask, normalize).view(len(idx), n)))
     return out
-
-
-def _split(items: list[int], size: int) -> list[list[int]]:
-    return [items[s:s + size] for s in range(0, len(items), size)]
 
 
 def rank_loss(model: nn.Module, params: Mapping[str, Tensor], examples: Sequence[Example], tokenizer,  # noqa: ANN001
