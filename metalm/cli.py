@@ -113,6 +113,7 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
     import torch
 
     from . import distributed
+    from .data import TaskRegistry, load_split, packaged_tasks_dir, task_path
     from .eval import (
         EvalConfig,
         Harness,
@@ -124,8 +125,7 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
         init_of,
     )
     from .eval.compare import measure_separately, run_rows
-    from .data import TaskRegistry, load_split, packaged_tasks_dir, task_path
-    from .eval.fewshot import UNADAPTED
+    from .eval.fewshot import TRAINED, UNADAPTED, trained_by
     from .eval.protocol import load_protocol, merge
     from .run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
 
@@ -150,14 +150,13 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
     overrides = merge(protocol, overrides)  # a command-line value overrides the protocol's
     # Default methods: the baselines plus whatever the given runs provide (meta, mtl).
     overrides.setdefault("methods", ["zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune",
-                                     *(k for k in ("meta", "mtl") if k in kinds)])
+                                     *(k for k in TRAINED if k in kinds)])
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    for method in ("meta", "mtl"):
+    for method in TRAINED:
         if method in eval_cfg.methods and method not in kinds:
-            what = "a run trained with algorithm: multitask" if method == "mtl" else "a meta-learning run"
-            raise ConfigError("--methods", f"{method} needs {what} among --run-dir")
+            raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
     if runs:
         first = load_run(runs[0], device)
         config, tokenizer, learner = first.config, first.tokenizer, first.learner
@@ -188,7 +187,6 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
         from .config import to_dict
         from .eval.compare import run_checkpoint
         from .eval.journal import Journal
-
         from .longrun import RunLock, StopSignals
 
         where = Path(args.json) if args.json else Path(runs[0]) / "eval.json"
@@ -267,6 +265,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from .diagnose import (
         against_noise_floor,
         conflict_batches,
+        floor_table,
         generalization_gap,
         gradient_conflict,
         plot_conflict,
@@ -313,7 +312,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     if not args.no_split_half:
         result["split_half"] = split_half(model, params, [registry[n] for n in names], tokenizer, **options)
         result["against_floor"] = against_noise_floor(result, result["split_half"])
-        print(_floor_table(result))
+        print(floor_table(result))
     if args.gap:
         methods = ["zeroshot", *([run_kind(config)] if args.run_dir else [])]
         cfg = from_dict(EvalConfig, {"shots": [args.gap_shots], "episodes": args.episodes, "methods": methods,
@@ -332,27 +331,6 @@ def _diagnose(args: argparse.Namespace) -> int:
                   f"{row['heldout']:.3f} ± {row['heldout_ci95']:.3f} | {row['gap']:+.3f} |")
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
-
-
-def _floor_table(result: dict[str, Any]) -> str:
-    """Per task: its split-half cosine (the noise floor), its cross-task cosines and the same read
-    against the floor (cosine / sqrt(h_i h_j): about 1 for the same rule, lower for conflict)."""
-
-    def fmt(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:+.3f}"
-
-    names = result["tasks"]
-    lines = ["| task | split-half | mean cross-task cosine | read against the floor: mean, lowest (task) |",
-             "|---|---|---|---|"]
-    for i, name in enumerate(names):
-        cross = [result["cosine"][i][j] for j in range(len(names)) if j != i]
-        read = [(result["against_floor"][i][j], names[j]) for j in range(len(names))
-                if j != i and result["against_floor"][i][j] is not None]
-        lowest = min(read) if read else None
-        mean = sum(r for r, _ in read) / len(read) if read else None
-        lines.append(f"| {name} | {fmt(result['split_half'][name])} | {fmt(sum(cross) / len(cross))} | "
-                     f"{fmt(mean)}, {fmt(lowest[0]) if lowest else 'n/a'} ({lowest[1] if lowest else '-'}) |")
-    return "\n".join(lines)
 
 
 def _report(args: argparse.Namespace) -> int:

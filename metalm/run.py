@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .algorithms import MetaLearner, algorithm_config, build_algorithm
+from .algorithms import MetaLearner, algorithm_class, algorithm_config, build_algorithm
 from .checkpoint import latest_checkpoint, list_checkpoints
 from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, read_yaml
 from .data import CollateConfig, SamplerConfig, Task, TaskRegistry, load_split, packaged_tasks_dir, task_path
@@ -138,7 +138,8 @@ class TrainConfig:
             raise ConfigError("algorithm.name", "required field is missing")
         alg = algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
         if self.distributed == "fsdp":
-            check_algorithm(self.algorithm["name"], alg)
+            check_algorithm(self.algorithm["name"], alg,
+                            double_backward=algorithm_class(self.algorithm["name"]).needs_double_backward(alg))
             if self.conflict_every:
                 raise ConfigError("conflict_every", "not supported with distributed: fsdp (measure the conflict "
                                                     "with `metalm diagnose` in one process)")
@@ -250,7 +251,7 @@ class Run:
 
     @property
     def kind(self) -> str:
-        """Its evaluation row: ``meta`` or ``mtl`` (:func:`run_kind`)."""
+        """Its evaluation row: ``meta``, ``mtl`` or ``hyper`` (:func:`run_kind`)."""
         return run_kind(self.config)
 
     def load_into_model(self) -> MetaLearner:
@@ -261,8 +262,9 @@ class Run:
 
 
 def run_kind(config: TrainConfig) -> str:
-    """``mtl`` for a multi-task run, ``meta`` for a meta-learning run."""
-    return "mtl" if config.algorithm["name"] == "multitask" else "meta"
+    """Its evaluation row, as its algorithm declares it (:attr:`MetaLearner.row`): ``mtl`` for a multi-task
+    run, ``hyper`` for a hypernetwork run, ``meta`` for a meta-learning run."""
+    return algorithm_class(config.algorithm["name"]).row
 
 
 def load_run(run_dir: str | Path, device: torch.device | None = None) -> Run:

@@ -30,15 +30,16 @@ from .losses import SHARDED_ROOT, _TargetHead
 from .models import decoder_layers
 from .params import ParameterSelection
 
-FIRST_ORDER = ("fomaml", "reptile", "multitask", "metaicl")
 LOSS_WEIGHTINGS = ("equal", "fixed", "uncertainty", "dwa")  # multi-task weightings that need no per-task gradient
 ALTERNATIVES = ("use a first-order algorithm under distributed: fsdp (fomaml, reptile, multitask, metaicl, or "
                 "inner.first_order: true), or keep the model replicated (distributed: replicate) and save "
                 "memory with inner.recompute: true (checkpointed MAML) or algorithm: imaml")
 
 
-def check_algorithm(name: str, config: Any) -> None:
-    """Refuse what cannot run on a sharded base (one line naming the alternatives).
+def check_algorithm(name: str, config: Any, double_backward: bool) -> None:
+    """Refuse what cannot run on a sharded base (one line naming the alternatives); ``double_backward``:
+    whether the algorithm's outer step differentiates through gradients, as it declares it
+    (:meth:`metalm.algorithms.MetaLearner.needs_double_backward`).
 
     Raises:
         ConfigError: For second-order outer steps (double backward through FSDP, pytorch#172543),
@@ -47,7 +48,7 @@ def check_algorithm(name: str, config: Any) -> None:
             the whole model in one process: ``inner.vmap``, ``inner.compile``.
     """
     inner = getattr(config, "inner", None)
-    if name == "imaml" or (name not in FIRST_ORDER and inner is not None and not inner.first_order):
+    if double_backward:
         raise ConfigError("distributed", f"fsdp cannot run {name} with second-order meta-gradients: FSDP does "
                                          f"not support double backward (pytorch#172543); {ALTERNATIVES}")
     weighting = getattr(config, "weighting", "equal")

@@ -96,3 +96,23 @@ def lora() -> AdapterConfig:
 @pytest.fixture
 def meta_none() -> MetaConfig:
     return MetaConfig()
+
+
+def directional_derivatives(params: dict[str, Tensor], objective: Callable[[], float], h: float,
+                            seed: int = 1) -> tuple[float, float]:
+    """``(analytic, numeric)`` derivatives of ``objective`` along a random direction of ``params``: from
+    their ``.grad`` (already computed), and by central finite differences of step ``h`` (the tensors are
+    moved and put back in place)."""
+    gen = torch.Generator().manual_seed(seed)
+    direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
+    analytic = sum(float((p.grad * direction[n]).sum()) for n, p in params.items())
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for n, p in params.items():
+                p.add_(sign * h * direction[n])
+        values.append(objective())
+        with torch.no_grad():
+            for n, p in params.items():
+                p.sub_(sign * h * direction[n])
+    return analytic, (values[0] - values[1]) / (2 * h)

@@ -10,7 +10,7 @@ import metalm
 from metalm import AdapterConfig, ConfigError, MetaConfig, adapt, adapt_trajectory, build_algorithm, select_parameters
 from metalm.algorithms import multi_step_loss_weights
 
-from .conftest import episodes, grads_of, make_model, reference_loss, with_values
+from .conftest import directional_derivatives, episodes, grads_of, make_model, reference_loss, with_values
 
 INNER = {"steps": 2, "lr": 0.3}
 
@@ -57,21 +57,9 @@ def test_meta_gradient_matches_central_finite_differences(arch, name, config, me
     algo.meta_gradients(eps)
     params = algo.meta_parameters()
     assert all(p.grad is not None for p in params.values())
-    gen = torch.Generator().manual_seed(1)
-    direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
-    analytic = sum(float((p.grad * direction[n]).sum()) for n, p in params.items())
     # Llama's RMSNorm computes in fp32 even in an fp64 model, so its differences are noisier.
     h, rel = (1e-5, 1e-6) if arch == "gpt2" else (1e-4, 2e-3)
-    values = []
-    for sign in (1, -1):
-        with torch.no_grad():
-            for n, p in params.items():
-                p.add_(sign * h * direction[n])
-        values.append(objective(algo, eps))
-        with torch.no_grad():
-            for n, p in params.items():
-                p.sub_(sign * h * direction[n])
-    numeric = (values[0] - values[1]) / (2 * h)
+    analytic, numeric = directional_derivatives(params, lambda: objective(algo, eps), h=h)
     assert analytic == pytest.approx(numeric, rel=rel, abs=1e-9)
 
 

@@ -11,7 +11,7 @@ import metalm
 from metalm.data import CollateConfig, EpisodeSampler, SamplerConfig
 from metalm.data.episode import Example
 from metalm.errors import ConfigError
-from metalm.eval import METHODS, EvalConfig, Harness, exact_match, greedy_generate, mean_ci95, option_scores, token_f1
+from metalm.eval import BASELINES, EvalConfig, Harness, exact_match, greedy_generate, mean_ci95, option_scores, token_f1
 from metalm.models import save_tiny_model
 from metalm.train import TrainConfig, build_model
 
@@ -104,7 +104,7 @@ def test_shared_work_gives_the_reference_paths_accuracies(tiny, registry):
     tasks = [registry["toy_cls"], registry["toy_mc"], registry["toy_gen"]]
     reports = []
     for shared in (True, False):
-        config = EvalConfig(shots=[2], episodes=2, seeds=2, ways=3, queries=2, methods=list(METHODS[:-1]),
+        config = EvalConfig(shots=[2], episodes=2, seeds=2, ways=3, queries=2, methods=[*BASELINES, "meta"],
                             finetune_lrs=[0.3, 1.0], finetune_adam_lrs=[0.01], finetune_steps=[1, 3],
                             shared_work=shared)
         harness = Harness.from_learner(algo, tok, base, trained, config)
@@ -212,7 +212,7 @@ def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     best = max(grid, key=lambda g: g["val_accuracy"])
     assert (chosen.inner.optimizer, chosen.inner.lr, chosen.inner.steps) == (best["optimizer"], best["lr"], best["steps"])
     assert set(k[0] for k in harness._episodes) == {"toy_mc"}  # only validation episodes were drawn
-    with pytest.raises(ConfigError, match="meta needs a trained run"):
+    with pytest.raises(ConfigError, match="meta needs a meta-learning run"):
         Harness.from_learner(algo, tok, base, None, EvalConfig(methods=["meta"]))
     with pytest.raises(ConfigError, match="unknown method"):
         EvalConfig(methods=["mtl2"])

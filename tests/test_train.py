@@ -39,6 +39,23 @@ def final_tensors(run_dir):
     return last.name, load_file(str(last / "tensors.safetensors"))
 
 
+def whole_and_resumed(world, tmp_path, steps=4):
+    """Train ``world``'s config for ``steps`` steps in one go and in two halves (``--resume``) through the
+    CLI; returns the whole run's folder and final checkpoint tensors after checking both runs end
+    bit-identical at the same step."""
+    from metalm.cli import main
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    n, half = str(steps), str(steps // 2)
+    assert main(["train", str(world["config"]), "--run-dir", str(whole), "--max-steps", n, "--quiet"]) == 0
+    assert main(["train", str(world["config"]), "--run-dir", str(split), "--max-steps", half, "--quiet"]) == 0
+    assert main(["train", str(world["config"]), "--run-dir", str(split), "--max-steps", n, "--quiet", "--resume"]) == 0
+    (name_a, a), (name_b, b) = final_tensors(whole), final_tensors(split)
+    assert name_a == name_b == f"step-{steps:07d}" and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return whole, a
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_bit_identical(world, tmp_path):
     reference = tmp_path / "reference"

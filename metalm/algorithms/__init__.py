@@ -10,7 +10,9 @@ from .base import (
     build_algorithm,
     register_algorithm,
 )
+from .hyperlora import HyperLoRA, HyperLoRAConfig
 from .imaml import IMAML, IMAMLConfig, implicit_task_gradient
+from .library import LoRALibrary, LoRALibraryConfig
 from .maml import MAML, FOMAMLConfig, MAMLConfig, multi_step_loss_weights
 from .mamlpp import MAMLPlusPlusConfig
 from .metaicl import MetaICL, MetaICLConfig
@@ -19,7 +21,9 @@ from .multitask import Multitask, MultitaskConfig
 from .reptile import Reptile, ReptileConfig
 
 __all__ = [
-    "ANILConfig", "FOMAMLConfig", "IMAML", "IMAMLConfig", "MAML", "MAMLConfig", "MAMLPlusPlusConfig",
+    "ANILConfig", "FOMAMLConfig", "HyperLoRA", "HyperLoRAConfig", "IMAML", "IMAMLConfig", "LoRALibrary",
+    "LoRALibraryConfig", "MAML", "MAMLConfig",
+    "MAMLPlusPlusConfig",
     "MetaICL", "MetaICLConfig", "MetaLearner", "MetaSGDConfig", "Multitask", "MultitaskConfig",
     "Reptile", "ReptileConfig", "algorithm_class", "algorithm_config", "algorithm_names", "build_algorithm",
     "implicit_task_gradient", "multi_step_loss_weights", "register_algorithm",

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -112,6 +112,12 @@ class MetaLearner:
     """
 
     name: str = ""  #: the registered name it was built under (:func:`build_algorithm`)
+    #: Evaluation's row of a trained run (:func:`metalm.run.run_kind`): ``meta`` (an initialization the
+    #: inner loop adapts), ``mtl`` (multi-task weights), ``hyper`` (weights generated from the support set),
+    #: ``library`` (a LoRA library composed for the support set).
+    row: ClassVar[str] = "meta"
+    #: Whether a new task's starting weights are written from its support set (:meth:`generators`).
+    amortized: ClassVar[bool] = False
 
     @classmethod
     def scoring(cls, config: Any) -> dict[str, Any]:
@@ -119,6 +125,27 @@ class MetaLearner:
         loop or not, and score its queries alone (``icl: plain``) or after the support set as
         demonstrations (``direct``, ``channel``), as training presented them."""
         return {"adapt": True, "icl": getattr(config, "queries", "plain")}
+
+    @classmethod
+    def needs_double_backward(cls, config: Any) -> bool:
+        """Whether the outer step differentiates through gradients (second-order meta-gradients; FSDP
+        cannot run it): by default, when the config's inner loop is not first-order."""
+        inner = getattr(config, "inner", None)
+        return inner is not None and not inner.first_order
+
+    def generators(self, values: Mapping[str, Tensor]) -> dict[str, Callable[..., dict[str, Tensor]]]:
+        """Algorithms that write a new task's fast weights from its support set (a hypernetwork, a
+        composition of a LoRA library): ``generate(support, frozen) -> fast weights`` from the
+        meta-parameter ``values``, by evaluation row suffix (``""``: the row itself; ``-hub``, ...);
+        :class:`metalm.eval.Init`'s ``generate``. Empty for an initialization the inner loop adapts
+        as it is."""
+        return {}
+
+    def routers(self, values: Mapping[str, Tensor]) -> dict[str, Callable[[], Any]]:
+        """Algorithms that change the forward pass for a new task (a LoRA library's Arrow routing): a
+        context manager factory by evaluation row suffix, under which the row's standard-initialization
+        weights are scored (:class:`metalm.eval.Init`'s ``route``). Empty for the others."""
+        return {}
 
     @property
     def query_rows(self) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +97,11 @@ class IMAML(MetaLearner):
         ConfigError: If the selection has shared weights (their implicit gradient needs mixed second
             derivatives this implementation does not take; use fomaml or maml for them).
     """
+
+    @classmethod
+    def needs_double_backward(cls, config: Any) -> bool:
+        """Always: Hessian-vector products are double backward."""
+        return True
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: IMAMLConfig) -> None:
         if selection.shared:

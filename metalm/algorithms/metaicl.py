@@ -47,6 +47,10 @@ class MetaICLConfig:
 class MetaICL(MetaLearner):
     """Train the meta-parameters on in-context rows (demonstrations + query), no inner loop."""
 
+    @classmethod
+    def needs_double_backward(cls, config: Any) -> bool:
+        """Never: no gradient of a gradient (its inner config only serves evaluation or is first-order)."""
+        return False
 
     @classmethod
     def scoring(cls, config: MetaICLConfig) -> dict[str, Any]:

@@ -80,6 +80,12 @@ class Multitask(MetaLearner):
     the trainer calls before building the outer optimizer.
     """
 
+    @classmethod
+    def needs_double_backward(cls, config: Any) -> bool:
+        """Never: no gradient of a gradient (its inner config only serves evaluation or is first-order)."""
+        return False
+
+    row = "mtl"
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: MultitaskConfig) -> None:
         super().__init__(model, selection, config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,10 @@ class Reptile(MetaLearner):
             adapts, so shared weights would never move (adapt them with ``bitfit``/``full`` instead).
     """
 
+    @classmethod
+    def needs_double_backward(cls, config: Any) -> bool:
+        """Never: no gradient of a gradient (its inner config only serves evaluation or is first-order)."""
+        return False
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: ReptileConfig) -> None:
         if selection.shared:

@@ -4,7 +4,8 @@ Runs that share the first run's model, adapter and parameter selection are rows 
 harness: their initializations are read from their checkpoints as values (:class:`Init`) and
 adapted on the same model object, episode by episode, beside every baseline. A run with another
 adapter needs a model of its own and is measured by a harness of its own on the same episodes
-(the episodes depend only on the task, shot count and seed). A multi-task run (``mtl``) adapts with
+(the episodes depend only on the task, shot count and seed), as is a HyperLoRA run after the first
+(its hypernetwork belongs to its own learner), and a LoRA library. A multi-task run (``mtl``) adapts with
 the inner loop of the first meta-learning run, so both get the same adaptation budget.
 """
 
@@ -23,15 +24,16 @@ from ..config import InnerConfig
 from ..errors import ConfigError
 from ..run import load_run
 from .fewshot import Harness, Measurements, Trained
-from .inits import Init, init_from_checkpoint, init_from_values
+from .inits import Init, init_from_checkpoint, init_from_values, trained_rows
 from .journal import Journal
 
 
 def run_label(config: Any, kind: str, n_runs: int) -> str:
-    """Row name of a run: ``mtl`` for multi-task; ``meta:<algorithm>`` when several runs are compared;
+    """Row name of a run: ``mtl`` for multi-task, ``hyper`` for HyperLoRA; ``meta:<algorithm>`` when several
+    meta-learning runs are compared;
     ``+icl`` when its queries are scored after the support set as demonstrations (MetaICL, gradient +
     in-context adaptation)."""
-    label = "mtl" if kind == "mtl" else f"meta:{config.algorithm['name']}" if n_runs > 1 else "meta"
+    label = kind if kind != "meta" else f"meta:{config.algorithm['name']}" if n_runs > 1 else "meta"
     name = config.algorithm["name"]
     return label + ("+icl" if algorithm_class(name).scoring(config.algorithm_config())["icl"] != "plain" else "")
 
@@ -78,8 +80,11 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
             raise ConfigError("--run-dir", f"{run} trained {config.model}, not {configs[0].model}: "
                                             "compared runs must share the base model")
         if i == 0:
-            init: Init | None = init_from_values(first.learner, first.trained)
-        elif (config.adapter, config.meta, config.dtype) == (configs[0].adapter, configs[0].meta, configs[0].dtype):
+            out.rows.extend(Trained(name, kind, _with_inner(init, kind, inner))
+                            for name, init in trained_rows(first.learner, first.trained, label).items())
+            continue
+        if not algorithm_class(config.algorithm["name"]).amortized and \
+                (config.adapter, config.meta, config.dtype) == (configs[0].adapter, configs[0].meta, configs[0].dtype):
             alg = config.algorithm_config()
             init = init_from_checkpoint(run_checkpoint(run), base, alg.inner,
                                         algorithm_class(config.algorithm["name"]).scoring(alg))
@@ -111,8 +116,9 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
         loaded = load_run(run, device)
         tokenizer, learner = loaded.tokenizer, loaded.learner
         base = init_from_values(learner, loaded.base, trained=False)
-        row = Trained(label, kind, _with_inner(init_from_values(learner, loaded.trained), kind, inner))
-        other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), [row],
+        rows = [Trained(name, kind, _with_inner(init, kind, inner))
+                for name, init in trained_rows(learner, loaded.trained, label).items()]
+        other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), rows,
                         learner.selection.lowest_adapted_layer())
         other.finetune = harness.finetune  # the same fine-tuning budget for its @ft row
         other._episodes = harness._episodes  # the very same episodes

@@ -14,7 +14,10 @@ query examples. Methods:
 * ``finetune``: the inner loop from the standard initialization, with the optimizer, learning rate
   and steps chosen on meta-val tasks (never on held-out ones);
 * ``meta``, ``mtl``: trained initializations (a meta-learning run, a multi-task run) adapted by
-  their run's inner loop; ``meta@ft`` / ``mtl@ft`` also adapt them with fine-tuning's chosen
+  their run's inner loop; ``hyper``: the fast weights a HyperLoRA run's hypernetwork writes from
+  the support set (amortized: no inner loop unless the run refines); ``library-hub``,
+  ``library-mean``, ``library-arrow``: a LoRA library's compositions for the support set; ``meta@ft`` / ``mtl@ft`` /
+  ``hyper@ft`` ... also adapt them with fine-tuning's chosen
   budget, so no method wins by having more steps; with ``calibrate_trained`` each is also scored
   with contextual calibration (``meta-cal`` ...), as ``icl-cal`` scores ``icl``; with
   ``in_context_trained`` a row trained on plain queries is also scored after the support set as
@@ -48,7 +51,7 @@ from ..distributed import current, map_sharded
 from ..errors import ConfigError, TaskError
 from ..inner import adapt_trajectory
 from ..losses import cache_prefix, prepare_batch
-from .inits import Init, init_from_values
+from .inits import Init, init_from_values, trained_rows
 from .journal import Journal
 from .prepared import PreparedQueries, prepare_queries, score_prepared
 from .scoring import exact_match, greedy_generate, option_scores
@@ -61,7 +64,7 @@ __all__ = ["BASELINES", "METHODS", "EvalConfig", "Harness", "Measurements", "Tra
 
 UNADAPTED = ("zeroshot", "zeroshot-cal", "zeroshot-channel", "icl", "icl-cal", "icl-channel")
 BASELINES = (*UNADAPTED, "finetune")
-TRAINED = ("meta", "mtl")  # methods that start from a run's trained weights
+TRAINED = ("meta", "mtl", "hyper", "library")  # methods that start from a run's trained weights (MetaLearner.row)
 METHODS = (*BASELINES, *TRAINED)
 CONTENT_FREE = ["N/A", "", "[MASK]"]  # Zhao et al. 2021, section 5
 
@@ -161,10 +164,10 @@ class EvalConfig:
             raise ConfigError("finetune_steps", "step counts must be >= 1")
         if self.inner_steps is not None and (not self.inner_steps or min(self.inner_steps) < 1):
             raise ConfigError("inner_steps", "needs step counts >= 1 (or null)")
-        # A trained row is named after its method: meta, meta:maml, meta:maml(run), meta@ft ...
-        kind = (self.reference or "").split("@")[0].split(":")[0].split("(")[0]
+        # A trained row is named after its method: meta, meta:maml, meta:maml(run), meta@ft, library-hub ...
+        ref = self.reference or ""
         if self.reference is not None and self.reference not in self.methods and \
-                not (kind in TRAINED and kind in self.methods):
+                not any(ref.startswith(k) and k in self.methods for k in TRAINED):
             raise ConfigError("reference", f"{self.reference!r} is not among the evaluated methods "
                                            f"({', '.join(self.methods)})")
 
@@ -220,8 +223,7 @@ class Harness:
                  trained: Sequence[Trained] = (), prefix_layer: int | None = None) -> None:
         for kind in TRAINED:
             if kind in config.methods and not any(t.kind == kind for t in trained):
-                what = "a run trained with algorithm: multitask" if kind == "mtl" else "a trained run (--run-dir)"
-                raise ConfigError("methods", f"{kind} needs {what}")
+                raise ConfigError("methods", f"{kind} needs {trained_by(kind)}")
         self.model, self.tokenizer, self.base, self.config = model, tokenizer, base, config
         self.trained = [t for t in trained if t.kind in config.methods]
         # Never longer than the model's position table (GPT-2 style models index it directly).
@@ -241,7 +243,8 @@ class Harness:
         """A harness for a :class:`~metalm.algorithms.MetaLearner`'s model, from meta-parameter values
         (``meta_parameters()`` names) before and after training."""
         start = init_from_values(learner, base, trained=False)
-        rows = [Trained(kind, kind, init_from_values(learner, trained))] if trained is not None else []
+        rows = [Trained(label, kind, init) for label, init in trained_rows(learner, trained, kind).items()] \
+            if trained is not None else []
         return cls(learner.model, tokenizer, start, config, rows, learner.selection.lowest_adapted_layer())
 
     @classmethod
@@ -279,7 +282,7 @@ class Harness:
                 out[label] = init
                 if self.config.calibrate_trained and init.icl != "channel":
                     out[f"{label}-cal"] = dataclasses.replace(init, calibrate=True)
-            if self.finetune is not None and not t.init.same_budget(self.finetune):
+            if self.finetune is not None and not t.init.same_budget(self.finetune) and t.init.route is None:
                 out[f"{t.label}@ft"] = t.init.with_budget(self.finetune.inner.optimizer, self.finetune.inner.lr,
                                                           self.finetune.inner.steps)
         return out
@@ -307,7 +310,7 @@ class Harness:
     def _adapt(self, init: Init, support: Mapping[str, Any], steps: Sequence[int]) -> list[dict[str, Tensor]]:
         """The fast weights after each of ``steps`` inner steps (one trajectory), as scoring params."""
         opts = {**init.inner.options(), "steps": max(steps)}
-        traj = adapt_trajectory(self.model, init.fast, support, lr=init.rate(), first_order=True,
+        traj = adapt_trajectory(self.model, init.start(support), support, lr=init.rate(), first_order=True,
                                 frozen=init.frozen, **opts)
         return [init.params({k: v.detach() for k, v in traj.params[k].items()}) for k in steps]
 
@@ -335,15 +338,8 @@ class Harness:
             group = [m for m in methods if m.endswith("-channel") == channel]
             if not group:
                 continue
-            flat: list[Example] = []
-            where: dict[tuple[Any, ...], int] = {}  # one scored row per distinct (context, prompt, options)
-
-            def add(ex: Example) -> int:
-                key = (ex.context, ex.prompt, tuple(ex.options))
-                if key not in where:
-                    where[key] = len(flat)
-                    flat.append(ex)
-                return where[key]
+            rows_of = _Rows()  # one scored row per distinct (context, prompt, options)
+            add, flat = rows_of.add, rows_of.flat
 
             plan: dict[str, list[list[list[int]]]] = {}  # method -> episode -> query -> rows in flat
             for method in group:
@@ -417,10 +413,12 @@ class Harness:
         for row, init in rows.items():
             key = _adaptation(init)
             if key not in adapted or not self.config.shared_work:
-                if init.adapt and (support is None or not self.config.shared_work):
+                if (init.adapt or init.generate) and (support is None or not self.config.shared_work):
                     support = self._support(ep, init.inner.steps)
-                adapted[key] = self._adapt(init, support, [init.inner.steps])[0] if init.adapt else init.params()
-            out.setdefault(row, []).append(self._score_episode(adapted[key], ep, prep, init.icl, init.calibrate))
+                adapted[key] = self._adapt(init, support, [init.inner.steps])[0] if init.adapt \
+                    else init.params(init.start(support) if init.generate else None)
+            with init.scoring():
+                out.setdefault(row, []).append(self._score_episode(adapted[key], ep, prep, init.icl, init.calibrate))
 
     def _generation_block(self, episodes: Sequence[TextEpisode]) -> dict[str, list[float]]:
         """Exact match per episode; calibrated and channel rows equal their plain method (no options)."""
@@ -594,21 +592,45 @@ class Harness:
         return out
 
 
+class _Rows:
+    """Distinct rows to score: :meth:`add` returns a row's index in :attr:`flat`, adding it once."""
+
+    def __init__(self) -> None:
+        self.flat: list[Example] = []
+        self.where: dict[tuple[Any, ...], int] = {}
+
+    def add(self, ex: Example) -> int:
+        key = (ex.context, ex.prompt, tuple(ex.options))
+        if key not in self.where:
+            self.where[key] = len(self.flat)
+            self.flat.append(ex)
+        return self.where[key]
+
+
 def _adaptation(init: Init) -> tuple[int, ...]:
     """What an :class:`Init`'s adapted weights depend on (its tensors and inner loop, by identity): a
     ``-cal`` row, a copy of its twin with ``calibrate`` set, shares it."""
-    return (id(init.fast), id(init.frozen), id(init.inner), id(init.lr), init.adapt)
+    return (id(init.fast), id(init.frozen), id(init.inner), id(init.lr), init.adapt, id(init.generate), id(init.route))
 
 
 def budget(init: Init) -> str:
     """A row's adaptation in words, e.g. ``adam lr 0.003, 10 steps``."""
     icl = "" if init.icl == "plain" else f"; scored in context ({init.icl})"
     icl += "; calibrated" if init.calibrate else ""
+    generated = "generated from the support set" if init.generate else "routed per token (Arrow)" if init.route else ""
     if not init.adapt:
-        return "none" + icl
+        return (generated or "none") + icl
+    generated += ", then " if generated else ""
     lr = "learned rates" if init.lr is not None else f"lr {init.inner.lr:g}"
     prox = f", proximal {init.inner.proximal:g}" if init.inner.proximal else ""
-    return f"{init.inner.optimizer} {lr}, {init.inner.steps} steps{prox}" + icl
+    return f"{generated}{init.inner.optimizer} {lr}, {init.inner.steps} steps{prox}" + icl
+
+
+def trained_by(kind: str) -> str:
+    """What a trained row needs, in words (for errors)."""
+    return {"mtl": "a run trained with algorithm: multitask",
+            "hyper": "a run trained with algorithm: hyperlora",
+            "library": "a run trained with algorithm: lora-library"}.get(kind, "a meta-learning run (--run-dir)")
 
 
 def eval_tasks(registry: TaskRegistry, names: list[str]) -> list[Task]:

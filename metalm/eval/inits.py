@@ -9,8 +9,9 @@ one) are scored on the same model object, episode by episode, without swapping w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ class Init:
             (``direct`` or ``channel``), as a run trained on in-context rows expects.
         calibrate: Divide the option probabilities by their mean over content-free inputs
             (Zhao et al. 2021), as ``zeroshot-cal`` / ``icl-cal`` do; not for ``channel`` scoring.
+        generate: Amortized adaptation (:class:`metalm.algorithms.HyperLoRA`): ``generate(support,
+            frozen)`` writes the starting fast weights from the support batch (``fast`` is then the
+            hypernetwork's ``θ_0``); ``None``: adaptation starts from ``fast``.
+        route: A factory of a context manager that changes the forward pass while the row is scored
+            (a LoRA library's Arrow routing, :class:`metalm.algorithms.library.ArrowRouting`); such a
+            row does not adapt.
     """
 
     fast: dict[str, Tensor]
@@ -46,6 +53,18 @@ class Init:
     adapt: bool = True
     icl: str = "plain"
     calibrate: bool = False
+    generate: Callable[[Batch, Mapping[str, Tensor]], dict[str, Tensor]] | None = None
+    route: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+
+    def scoring(self) -> contextlib.AbstractContextManager[Any]:
+        """The context to score this row in: its routing, or nothing."""
+        return self.route() if self.route is not None else contextlib.nullcontext()
+
+    def start(self, support: Batch) -> dict[str, Tensor]:
+        """The fast weights adaptation starts from on this support batch: generated from it, or ``fast``."""
+        if self.generate is None:
+            return self.fast
+        return {k: v.detach() for k, v in self.generate(support, self.frozen).items()}
 
     def rate(self) -> LearningRate:
         """The inner learning rate to pass to :func:`metalm.adapt`."""
@@ -59,26 +78,29 @@ class Init:
         """The same starting point adapted by another inner loop (a plain rate, no learned rates, no
         proximal term): fine-tuning's budget is the same for every starting point."""
         inner = dataclasses.replace(self.inner, optimizer=optimizer, lr=lr, steps=steps, proximal=0.0)
-        return Init(self.fast, inner, self.frozen, None, True, self.icl, self.calibrate)
+        return dataclasses.replace(self, inner=inner, lr=None, adapt=True)
 
     def same_budget(self, other: Init) -> bool:
         """Whether both adapt with the same steps, optimizer and plain rate."""
         a, b = self.inner, other.inner
         return (a.steps, a.optimizer, a.lr, a.proximal, self.lr is None, self.adapt) == \
-            (b.steps, b.optimizer, b.lr, b.proximal, other.lr is None, other.adapt)
+            (b.steps, b.optimizer, b.lr, b.proximal, other.lr is None, other.adapt) and \
+            (self.generate is None) == (other.generate is None)
 
 
 def adapted_params(model: nn.Module, init: Init, support: Batch, *, steps: int | None = None) -> dict[str, Tensor]:
     """Every tensor to score with after adapting ``init`` to ``support`` (detached; no meta-graph).
 
     The inner loop of ``init`` (its steps unless ``steps`` is given, its learned rates) runs
-    first-order from ``init.fast`` with ``init.frozen`` passed, never written into ``model``; an
-    ``init`` that does not adapt (``init.adapt`` false, MetaICL's) gives its starting values.
+    first-order from ``init.start(support)`` (``init.fast``, or the weights generated from ``support``)
+    with ``init.frozen`` passed, never written into ``model``; an ``init`` that does not adapt
+    (``init.adapt`` false: MetaICL's, HyperLoRA's) gives its starting values.
     """
+    start = init.start(support)
     if not init.adapt:
-        return init.params()
+        return init.params(start)
     opts = {**init.inner.options(), **({} if steps is None else {"steps": steps})}
-    out = adapt(model, init.fast, support, lr=init.rate(), first_order=True, frozen=init.frozen, **opts)
+    out = adapt(model, start, support, lr=init.rate(), first_order=True, frozen=init.frozen, **opts)
     return init.params({k: v.detach() for k, v in out.items()})
 
 
@@ -93,7 +115,8 @@ def query_metrics(model: nn.Module, init: Init, episode: Any, prefix_layer: int 
         prefix_layer: The lowest layer holding a fast or shared weight: layers below it are run
             once for all inner steps (:func:`metalm.losses.reusable_batch`); ``None``: no cache.
     """
-    support = reusable_batch(model, episode.support, prefix_layer, init.inner.steps if init.adapt else 0)
+    uses = (init.inner.steps if init.adapt else 0) + (init.generate is not None)
+    support = reusable_batch(model, episode.support, prefix_layer, uses)
     params = adapted_params(model, init, support)
     with torch.no_grad():
         loss, acc = lm_loss_and_accuracy(model, params, episode.query)
@@ -110,7 +133,8 @@ def init_of(learner: Any, *, trained: bool = True) -> Init:
     # A sharded shared weight (distributed: fsdp) is not copied: the model's own value is the current one,
     # and FSDP gathers it for each forward (a swapped-in shard would not be).
     values = {n: named[n] for n in (*learner.selection.fast, *learner.selection.shared) if not is_sharded(named[n])}
-    values.update({f"inner_lr/{n}": p for n, p in learner.inner_lrs.items()})
+    # The learner's own meta-parameters: learned rates (inner_lr/...), a hypernetwork (hyper/...).
+    values.update({n: p for n, p in learner.meta_parameters().items() if n not in named})
     return init_from_values(learner, {k: v.detach().clone() for k, v in values.items()}, trained=trained)
 
 
@@ -124,7 +148,23 @@ def init_from_values(learner: Any, values: Mapping[str, Tensor], *, trained: boo
                 {n: values[n].detach() for n in sel.shared if n in values})
     if not trained:
         return init
-    return dataclasses.replace(init, lr=lrs or None, **type(learner).scoring(learner.config))
+    generate = next(iter(learner.generators(values).values()), None)  # a library's first composition
+    return dataclasses.replace(init, lr=lrs or None, generate=generate, **type(learner).scoring(learner.config))
+
+
+def trained_rows(learner: Any, values: Mapping[str, Tensor], label: str) -> dict[str, Init]:
+    """A trained run's evaluation rows by name: ``label`` with the initialization of ``values``, or, for
+    an algorithm with several ways of writing a new task's weights (a LoRA library's compositions),
+    one row per way (``label-hub``, ``label-mean``, ``label-arrow`` ...)."""
+    init = init_from_values(learner, values)
+    generators, routers = learner.generators(values), learner.routers(values)
+    if not generators and not routers:
+        return {label: init}
+    out = {label + suffix: dataclasses.replace(init, generate=gen) for suffix, gen in generators.items()}
+    zero = {n: torch.zeros_like(v) if ".lora_B." in n else v for n, v in init.fast.items()}  # no update of its own
+    out.update({label + suffix: dataclasses.replace(init, fast=zero, generate=None, route=route, adapt=False)
+                for suffix, route in routers.items()})
+    return out
 
 
 def init_from_checkpoint(path: str | Path, like: Init, inner: InnerConfig,
