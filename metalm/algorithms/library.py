@@ -72,9 +72,8 @@ class LoRALibraryConfig:
             raise ConfigError("algorithm.hub_budget", f"must be in 2..100000, got {self.hub_budget}")
         if self.hub_candidates < 0:
             raise ConfigError("algorithm.hub_candidates", f"must be >= 0 (0: every LoRA), got {self.hub_candidates}")
-        for key in ("hub_l1",):
-            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
-                raise ConfigError(f"algorithm.{key}", f"must be finite and >= 0, got {getattr(self, key)}")
+        if not (self.hub_l1 >= 0 and math.isfinite(self.hub_l1)):
+            raise ConfigError("algorithm.hub_l1", f"must be finite and >= 0, got {self.hub_l1}")
         for key in ("hub_bound", "hub_sigma"):
             if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
                 raise ConfigError(f"algorithm.{key}", f"must be finite and > 0, got {getattr(self, key)}")
