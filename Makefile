@@ -31,7 +31,7 @@ test: install
 # (a tolerance fitted to one machine's kernels) fails here before it fails on a user's machine.
 # The property-based tests of bad input (tests/test_fuzz.py) with 20x the examples.
 fuzz: install
-	METALM_FUZZ=long $(PY) -m pytest -q tests/test_fuzz.py tests/data/test_tasks.py -k "fuzz or survives" -p no:cacheprovider
+	METALM_FUZZ=long $(PY) -m pytest -q tests/test_fuzz.py tests/test_fuzz_api.py tests/data/test_tasks.py -k "fuzz or survives or test_fuzz_api" -p no:cacheprovider
 
 test-threads: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not realmodel" -p no:cacheprovider

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .checks import check_number, check_weights, vocabulary_size
 from .errors import ConfigError, MetalmError, NonFiniteError
 from .losses import Batch, lm_loss, prepare_batch, proximal_loss
 from .models import DOUBLE_BACKWARD_ATTENTION, attention_implementation
@@ -43,12 +44,19 @@ def _check_lr(lr: LearningRate, params: Mapping[str, Tensor], steps: int) -> Non
     if not isinstance(lr, Mapping):
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr):
             raise ConfigError("lr", f"must be a finite number or a dict of tensors, got {lr!r}")
+        if lr < 0:
+            raise ConfigError("lr", f"must be >= 0 (a negative rate ascends the support loss), got {lr!r}")
+        dtype = next(iter(params.values())).dtype
+        if lr > torch.finfo(dtype).max:
+            raise ConfigError("lr", f"{lr!r} overflows the weights' {dtype}")
         return
     missing = [n for n in params if n not in lr]
     if missing:
         raise ConfigError("lr", f"no learning rate for fast weight {missing[0]!r} ({len(missing)} missing)")
     for name, p in params.items():
         v = lr[name]
+        if not isinstance(v, Tensor) or not v.is_floating_point():
+            raise ConfigError(f"lr[{name}]", f"must be a floating tensor, got {getattr(v, 'dtype', type(v).__name__)}")
         if v.dim() == p.dim() + 1:
             if v.shape[0] < steps:
                 raise ConfigError(f"lr[{name}]", f"per-step rates for {v.shape[0]} steps, but steps={steps}")
@@ -57,6 +65,31 @@ def _check_lr(lr: LearningRate, params: Mapping[str, Tensor], steps: int) -> Non
             torch.broadcast_shapes(v.shape, p.shape)
         except RuntimeError:
             raise ConfigError(f"lr[{name}]", f"shape {tuple(v.shape)} does not broadcast to {tuple(p.shape)}") from None
+
+
+def _check_arguments(model: nn.Module, params: Any, steps: Any, lr: Any, optimizer: Any, clip_grad_norm: Any,
+                     betas: Any, eps: Any, frozen: Any, proximal: Any) -> None:
+    """One :class:`ConfigError` naming the argument for a bad call of :func:`adapt` (no tensor values read)."""
+    check_number(steps, "steps", integer=True)
+    if optimizer not in ("sgd", "adam"):
+        raise ConfigError("optimizer", f"{optimizer!r} is not one of sgd, adam")
+    if clip_grad_norm is not None:
+        check_number(clip_grad_norm, "clip_grad_norm", strict=True)
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ConfigError("betas", f"must be a pair (beta1, beta2), got {betas!r}")
+    for i, beta in enumerate(betas):
+        check_number(beta, f"betas[{i}]", high=1.0)
+    check_number(eps, "eps", strict=True)
+    check_number(proximal, "proximal")
+    if not params:
+        raise ConfigError("params", "no fast weights to adapt")
+    check_weights(model, params, "params")
+    if frozen is not None:
+        check_weights(model, frozen, "frozen")
+        overlap = sorted(set(frozen) & set(params))
+        if overlap:
+            raise ConfigError("frozen", f"{overlap[0]!r} is a fast weight; frozen tensors are the ones not adapted")
+    _check_lr(lr, params, steps)
 
 
 def _lr_at(lr: LearningRate, name: str, p: Tensor, step: int) -> Tensor | float:
@@ -154,22 +187,9 @@ def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, st
                 keep_history: bool, recompute: bool = False, proximal: float = 0.0) -> Trajectory:
     # Without keep_history only the newest fast weights are held: a first-order loop over many
     # weights (Reptile, evaluation) then keeps one copy of them, not one per step.
-    if steps < 0:
-        raise ConfigError("steps", f"must be >= 0, got {steps}")
-    if optimizer not in ("sgd", "adam"):
-        raise ConfigError("optimizer", f"{optimizer!r} is not one of sgd, adam")
-    if clip_grad_norm is not None and clip_grad_norm <= 0:
-        raise ConfigError("clip_grad_norm", f"must be > 0, got {clip_grad_norm}")
-    if not params:
-        raise ConfigError("params", "no fast weights to adapt")
-    _check_lr(lr, params, steps)
-    overlap = sorted(set(frozen or {}) & set(params))
-    if overlap:
-        raise ConfigError("frozen", f"{overlap[0]!r} is a fast weight; frozen tensors are the ones not adapted")
+    _check_arguments(model, params, steps, lr, optimizer, clip_grad_norm, betas, eps, frozen, proximal)
     if loss_fn is lm_loss:
-        batch = prepare_batch(batch, "support batch")
-    if proximal < 0:
-        raise ConfigError("proximal", f"must be >= 0, got {proximal}")
+        batch = prepare_batch(batch, "support batch", vocabulary_size(model))
     if proximal:  # anchored at the starting values, as constants (iMAML's inner problem)
         loss_fn = proximal_loss({n: p.detach() for n, p in params.items()}, proximal, loss_fn)
     names = list(params)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .checks import check_batch_structure, check_token_values, vocabulary_size
 from .errors import BatchError, MetalmError
 from .models import causal_lm, decoder_layers
 
@@ -38,23 +39,17 @@ Batch = Mapping[str, Tensor]
 IGNORE_INDEX = -100
 
 
-def prepare_batch(batch: Batch, where: str = "batch") -> dict[str, Tensor]:
+def prepare_batch(batch: Batch, where: str = "batch", vocab: int | None = None) -> dict[str, Tensor]:
     """Check a batch and add ``target_positions`` and ``target_ids`` (both ``[B, M]``).
 
     Raises:
         BatchError: On a missing key, mismatched shapes or a batch without any target token.
     """
-    if "target_positions" in batch and "target_ids" in batch:
+    if isinstance(batch, Mapping) and "target_positions" in batch and "target_ids" in batch:
         return dict(batch)
-    for key in ("input_ids", "labels"):
-        if key not in batch:
-            raise BatchError(f"{where}: missing {key!r} (have {sorted(batch)})")
+    check_batch_structure(batch, where)
+    check_token_values(batch, vocab, where)
     ids, labels = batch["input_ids"], batch["labels"]
-    if ids.dim() != 2 or labels.shape != ids.shape:
-        raise BatchError(f"{where}: input_ids {tuple(ids.shape)} and labels {tuple(labels.shape)} must both be [B, T]")
-    mask = batch.get("attention_mask")
-    if mask is not None and mask.shape != ids.shape:
-        raise BatchError(f"{where}: attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}")
     shifted = labels[:, 1:]
     has_target = shifted != IGNORE_INDEX
     per_row = has_target.sum(1)
@@ -232,14 +227,14 @@ def _upcast(logits: Tensor) -> Tensor:
 
 def lm_loss(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
     """Mean cross-entropy over all target tokens of the batch (a scalar)."""
-    batch = prepare_batch(batch)
+    batch = prepare_batch(batch, vocab=vocabulary_size(model))
     logits = target_logits(model, params, batch)
     return F.cross_entropy(_upcast(logits).flatten(0, 1), batch["target_ids"].flatten(), ignore_index=IGNORE_INDEX)
 
 
 def lm_loss_and_accuracy(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> tuple[Tensor, Tensor]:
     """The loss of :func:`lm_loss` and the token accuracy (argmax) at the target positions."""
-    batch = prepare_batch(batch)
+    batch = prepare_batch(batch, vocab=vocabulary_size(model))
     logits = target_logits(model, params, batch)
     targets = batch["target_ids"]
     loss = F.cross_entropy(_upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)

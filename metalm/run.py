@@ -8,6 +8,7 @@ this module; ``train.py`` keeps only the training recipe (:class:`~metalm.train.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -271,11 +272,15 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> Run:
     """Rebuild a trained run from its folder: config, model, tasks and its newest intact checkpoint.
 
     Raises:
-        MetalmError: If the folder holds no trained run or no intact checkpoint.
+        ConfigError: If ``run_dir`` is not a path or the folder holds no trained run.
+        MetalmError: If no checkpoint in it is intact.
     """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError("run_dir", f"must be a path to a run folder, got {type(run_dir).__name__}")
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not list_checkpoints(run_dir):
-        raise MetalmError(f"{run_dir} holds no trained run (config.yaml and a checkpoint); run `metalm train` first")
+        raise ConfigError("run_dir", f"{run_dir} holds no trained run (config.yaml and a checkpoint); "
+                                     "run `metalm train` first")
     path, tensors, state = latest_checkpoint(run_dir)  # type: ignore[misc]  # checked above: there is one
     config = load_train_config(run_dir / "config.yaml")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..checks import check_number
 from ..errors import BatchError, ConfigError
 from .episode import Episode, Example, TextEpisode
 
@@ -34,8 +35,11 @@ class CollateConfig:
     add_eos: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_length < 2:
-            raise ConfigError("collate.max_length", f"must be >= 2, got {self.max_length}")
+        check_number(self.max_length, "collate.max_length", low=2, integer=True)
+        if self.padding_side not in ("right", "left"):
+            raise ConfigError("collate.padding_side", f"{self.padding_side!r} is not one of right, left")
+        if not isinstance(self.add_eos, bool):
+            raise ConfigError("collate.add_eos", f"must be true or false, got {self.add_eos!r}")
 
 
 def encode(example: Example, tokenizer, config: CollateConfig) -> tuple[list[int], int]:  # noqa: ANN001
@@ -85,6 +89,9 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad: int,
 def collate(examples: Sequence[Example], tokenizer, config: CollateConfig | None = None) -> dict[str, Tensor]:  # noqa: ANN001
     """Tokenize and pad examples into ``input_ids``, ``attention_mask`` and ``labels`` (``[B, T]``)."""
     config = config or CollateConfig()
+    if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence) or \
+            not all(isinstance(ex, Example) for ex in examples):
+        raise BatchError(f"examples must be a list of Example, got {type(examples).__name__}")
     if not examples:
         raise BatchError("cannot collate an empty list of examples")
     encoded = [encode(ex, tokenizer, config) for ex in examples]
@@ -107,6 +114,8 @@ def tensorize(episode: TextEpisode, tokenizer, config: CollateConfig | None = No
     """
     from .demos import training_rows
 
+    if queries not in ("plain", "direct", "channel"):
+        raise ConfigError("queries", f"{queries!r} is not one of plain, direct, channel")
     query = episode.query if queries == "plain" else training_rows(episode, channel=queries == "channel")
     return Episode(collate(episode.support, tokenizer, config), collate(query, tokenizer, config),
                    episode.task, episode)

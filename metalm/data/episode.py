@@ -7,6 +7,8 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from ..errors import BatchError
+
 
 @dataclasses.dataclass
 class Example:
@@ -34,6 +36,19 @@ class Example:
     references: list[str] = dataclasses.field(default_factory=list)
     content_free: tuple[str, ...] = ()
     context: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("prompt", "answer", "context"):
+            if not isinstance(getattr(self, key), str):
+                raise BatchError(f"Example.{key} must be a str, got {type(getattr(self, key)).__name__}")
+        for key in ("options", "references", "content_free"):
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise BatchError(f"Example.{key} must be a list of str, got {value!r:.60}")
+        if isinstance(self.label, bool) or not isinstance(self.label, int) or not -1 <= self.label < max(
+                len(self.options), 1 if self.label == -1 else 0):
+            raise BatchError(f"Example.label must be -1 or an index into its {len(self.options)} options, "
+                             f"got {self.label!r}")
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import InnerConfig
+from ..errors import ConfigError
 from ..inner import LearningRate, adapt
 from ..losses import Batch, lm_loss_and_accuracy, reusable_batch
 from ..sharding import is_sharded
@@ -136,6 +137,32 @@ def init_of(learner: Any, *, trained: bool = True) -> Init:
     # The learner's own meta-parameters: learned rates (inner_lr/...), a hypernetwork (hyper/...).
     values.update({n: p for n, p in learner.meta_parameters().items() if n not in named})
     return init_from_values(learner, {k: v.detach().clone() for k, v in values.items()}, trained=trained)
+
+
+def check_values(learner: Any, values: Any, argument: str) -> None:
+    """``values`` holds a tensor for each of ``learner``'s fast weights, each value of a meta-parameter
+    name with that tensor's shape and dtype (extra names are ignored).
+
+    Raises:
+        ConfigError: Naming ``argument`` and the tensor at fault.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(argument, "must be a dict of tensors by meta-parameter name (MetaLearner.meta_parameters()), "
+                                    f"got {type(values).__name__}")
+    missing = [n for n in learner.selection.fast if n not in values]
+    if missing:
+        raise ConfigError(argument, f"has no value for fast weight {missing[0]!r} ({len(missing)} missing)")
+    own = learner.meta_parameters()
+    for name, value in values.items():
+        ref = own.get(name)
+        if ref is None:
+            continue
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            got = getattr(value, "dtype", type(value).__name__)
+            raise ConfigError(f"{argument}[{name}]", f"must be a floating tensor, got {got}")
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            raise ConfigError(f"{argument}[{name}]", f"{value.dtype} {tuple(value.shape)} does not match the "
+                                                     f"meta-parameter's {ref.dtype} {tuple(ref.shape)}")
 
 
 def init_from_values(learner: Any, values: Mapping[str, Tensor], *, trained: bool = True) -> Init:
