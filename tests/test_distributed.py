@@ -43,18 +43,10 @@ def metalm(world, *args, procs=1):
         if procs > 1 else [sys.executable]
     proc = subprocess.run([*launch, "-m", "metalm.cli", *map(str, args)], env=world["env"], capture_output=True,
                           text=True, timeout=600)
-    if procs > 1 and _teardown_abort(proc.stderr):
-        # Known, rare (about 1 launch in 40 with fsdp): a rank aborts in gloo's C++ teardown after the
-        # command finished (no Python traceback from any rank). What it wrote is checked by the caller;
-        # the abort itself is an open bug (see the scaling issue's note), not hidden from users.
-        return proc
+    # Any non-zero exit fails, a rank's abort in gloo's teardown included (benchmarks/speed/teardown.py
+    # counts clean exits over 50 launches).
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-def _teardown_abort(stderr: str) -> bool:
-    return ("terminate called without an active exception" in stderr and "SIGABRT" in stderr
-            and "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr)
 
 
 def meta_tensors(run_dir):
