@@ -504,3 +504,31 @@ def test_two_harnesses_share_a_journal(tiny, registry, tmp_path):
     for h, expected in ((harness("a"), first), (other, second)):
         h.block = lambda *item: pytest.fail("measured again")
         assert h.measure(tasks, journal=resumed) == expected
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_adaptation_cost_counts_each_inner_steps_forward_over_the_support_set(tiny, registry, shared):
+    """Forward tokens per new task = inner steps x the support batch's [B, T] (each step reads the
+    whole support set once through the top layer); an unadapted row costs none; a twin scored on
+    its row's adapted weights is charged the same adaptation."""
+    from metalm.data import collate
+
+    tok, algo, start, moved, rows = _four_rows(tiny[2])
+    moved3 = dataclasses.replace(moved, inner=dataclasses.replace(moved.inner, steps=3))
+    rows = [rows[0], dataclasses.replace(rows[2], init=moved3)]
+    task = registry["toy_cls"]
+    config = EvalConfig(shots=[2], episodes=3, ways=2, queries=1, calibrate_trained=True, shared_work=shared,
+                        methods=["meta"])
+    harness = Harness(algo.model, tok, start, config, rows, algo.selection.lowest_adapted_layer())
+    harness.measure([task])
+    support = [collate(ep.support, tok, harness.collate)["input_ids"].numel() for ep in harness.episodes(task, 2)]
+    records = harness.cost.records
+    assert [t for _, t in records["a"]] == [0, 0, 0]
+    assert [t for _, t in records["c"]] == [3 * n for n in support]
+    if shared:  # the -cal twin scores c's adapted weights: the same adaptation, charged again
+        assert records["c-cal"] == records["c"]
+    else:  # the reference path adapts the twin again on its own: the same tokens
+        assert [t for _, t in records["c-cal"]] == [3 * n for n in support]
+    summary = harness.summarize(harness.measure([task]), [task])["adaptation_cost"]
+    assert summary["c"]["forward_tokens"] == pytest.approx(3 * sum(support) / 3)
+    assert summary["c"]["adaptations"] == 6 and all(s > 0 for s, _ in records["c"])

@@ -124,6 +124,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
         other._episodes = harness._episodes  # the very same episodes
         data.update(other.measure(tasks, progress, journal))
         budgets.update({r: budget(i) for r, i in other.rows().items()})
+        harness.cost.records.update(other.cost.records)
         del other, learner
     return data, budgets
 

@@ -51,7 +51,8 @@ from ..distributed import current, map_sharded
 from ..errors import ConfigError, TaskError
 from ..inner import adapt_trajectory
 from ..losses import cache_prefix, prepare_batch
-from .inits import Init, init_from_values, trained_rows
+from .cost import AdaptationCost
+from .inits import Init, check_values, init_from_values, trained_rows
 from .journal import Journal
 from .prepared import PreparedQueries, prepare_queries, score_prepared
 from .scoring import exact_match, greedy_generate, option_scores
@@ -221,6 +222,8 @@ class Harness:
 
     def __init__(self, model: torch.nn.Module, tokenizer, base: Init, config: EvalConfig,  # noqa: ANN001
                  trained: Sequence[Trained] = (), prefix_layer: int | None = None) -> None:
+        if not isinstance(config, EvalConfig):
+            raise ConfigError("config", f"must be an EvalConfig, got {type(config).__name__}")
         for kind in TRAINED:
             if kind in config.methods and not any(t.kind == kind for t in trained):
                 raise ConfigError("methods", f"{kind} needs {trained_by(kind)}")
@@ -236,12 +239,16 @@ class Harness:
         self.device = next(model.parameters()).device
         self._episodes: dict[tuple[str, int, int, int, int], list[TextEpisode]] = {}
         self.finetune: Init | None = None
+        self.cost = AdaptationCost(model)  # seconds and forward tokens of each adapted row, per new task
 
     @classmethod
     def from_learner(cls, learner: Any, tokenizer, base: Mapping[str, Tensor],  # noqa: ANN001
                      trained: Mapping[str, Tensor] | None, config: EvalConfig, kind: str = "meta") -> Harness:
         """A harness for a :class:`~metalm.algorithms.MetaLearner`'s model, from meta-parameter values
         (``meta_parameters()`` names) before and after training."""
+        check_values(learner, base, "base")
+        if trained is not None:
+            check_values(learner, trained, "trained")
         start = init_from_values(learner, base, trained=False)
         rows = [Trained(label, kind, init) for label, init in trained_rows(learner, trained, kind).items()] \
             if trained is not None else []
@@ -410,13 +417,18 @@ class Harness:
         is shared) and append its query accuracy to ``out[row]``."""
         support = None
         adapted: dict[tuple[int, ...], dict[str, Tensor]] = {}  # a -cal row scores its twin's adapted weights
+        spent: dict[tuple[int, ...], tuple[float, int]] = {}
         for row, init in rows.items():
             key = _adaptation(init)
             if key not in adapted or not self.config.shared_work:
                 if (init.adapt or init.generate) and (support is None or not self.config.shared_work):
                     support = self._support(ep, init.inner.steps)
-                adapted[key] = self._adapt(init, support, [init.inner.steps])[0] if init.adapt \
-                    else init.params(init.start(support) if init.generate else None)
+                with self.cost.measure(row):  # the support batch (shared by the rows) is not counted
+                    adapted[key] = self._adapt(init, support, [init.inner.steps])[0] if init.adapt \
+                        else init.params(init.start(support) if init.generate else None)
+                spent[key] = self.cost.records[row][-1]
+            else:
+                self.cost.records.setdefault(row, []).append(spent[key])
             with init.scoring():
                 out.setdefault(row, []).append(self._score_episode(adapted[key], ep, prep, init.icl, init.calibrate))
 
@@ -501,6 +513,9 @@ class Harness:
         """
         from tqdm.auto import tqdm
 
+        if isinstance(tasks, (str, Task)) or not isinstance(tasks, Sequence) or not tasks or \
+                not all(isinstance(t, Task) for t in tasks):
+            raise ConfigError("tasks", f"must be a non-empty list of Task (metalm.data), got {tasks!r:.60}")
         ctx = current()
         journal = journal if not ctx.enabled else None
         # Seed-major: a killed run's journal holds whole seeds first.
@@ -538,6 +553,7 @@ class Harness:
                            seeds=[self.config.seed + s for s in range(self.config.seeds)], baselines=BASELINES,
                            reference=self.config.reference)
         report["budgets"] = {row: budget(init) for row, init in self.rows().items()}
+        report["adaptation_cost"] = self.cost.summary()
         if self.finetune is not None:
             ft = self.finetune.inner
             report["finetune"] = {"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps,
