@@ -125,6 +125,7 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
         init_of,
     )
     from .eval.compare import measure_separately, run_rows
+    from .eval.cost import format_costs
     from .eval.fewshot import TRAINED, UNADAPTED, trained_by
     from .eval.protocol import load_protocol, merge
     from .run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
@@ -190,6 +191,8 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
         from .longrun import RunLock, StopSignals
 
         where = Path(args.json) if args.json else Path(runs[0]) / "eval.json"
+        if where.is_dir():  # found now, not after the measuring
+            raise ConfigError("--json" if args.json else "--run-dir", f"{where} is a folder; the report is a file")
         stack.enter_context(RunLock(where.parent, f".{where.name}.lock", "output path"))  # one writer per output
         # Blocks are keyed by seed and hold one list per method: a journal of more seeds or more methods
         # serves a run of fewer (a study stopped early, or narrowed).
@@ -225,6 +228,7 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
         data.update(extra)
     report = harness.summarize(data, tasks)
     report["budgets"].update(budgets)
+    report["adaptation_cost"] = harness.cost.summary()
     report["tasks"] = names
     if protocol is not None:
         report["protocol"] = protocol.record(eval_cfg, config.split, names)
@@ -240,6 +244,9 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
     if journal is not None:
         journal.close()
     print(format_table(report))
+    if report["adaptation_cost"]:
+        print("\nAdaptation to a new task (support set -> weights; the support batch itself not counted):\n"
+              + format_costs(report["adaptation_cost"]))
     paired = format_paired(report)
     if paired:
         print(f"\nPaired differences on the same episodes ({len(names)} tasks x {eval_cfg.episodes} episodes x "
@@ -623,6 +630,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line: control characters of the input (a newline in a path) are shown escaped.
         print("metalm: error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(err)),
               file=sys.stderr)
+        return 2
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as err:
+        # A path where metalm reads or writes that is a folder, a file or not allowed: the user's to fix.
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f) or "a path"
+        print(f"metalm: error: {where}: {err.strerror} (a file where a folder belongs, a folder where a file "
+              "belongs, or no permission)", file=sys.stderr)
         return 2
     except OSError as err:
         if not disk_full(err):

@@ -9,6 +9,7 @@ results table and PNG plots (meta-training curves; accuracy against shots per me
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,107 @@ def _save_accuracy_plot(fig, ax, chance: float, path: Path) -> None:  # noqa: AN
     plt.close(fig)
 
 
+def _eval_section(report: dict[str, Any], out: Path) -> list[str]:
+    """The report's evaluation part: tables, paired differences, seeds and plots of ``report``."""
+    import matplotlib.pyplot as plt
+
+    from .eval.summary import format_paired, format_table, format_winner
+
+    lines: list[str] = []
+    lines += ["## Few-shot accuracy on held-out tasks (macro mean ± 95% CI over episodes)", "",
+              format_table(report), "", f"Tasks: {', '.join(report.get('tasks', []))}.", ""]
+    paired = format_paired(report)
+    if paired:
+        lines += ["### Paired differences against the reference (same episodes, paired t)", "", paired, ""]
+    if format_winner(report):
+        lines += [format_winner(report), ""]
+    seeds = report.get("seeds", {})
+    if len(seeds.get("seeds", [])) > 1:
+        lines += ["### Seeds of example choice (macro accuracy per seed)", "",
+                  "| method | shots | " + " | ".join(f"seed {s}" for s in seeds["seeds"]) + " | mean | worst |",
+                  "|---|---|" + "---|" * (len(seeds["seeds"]) + 2)]
+        for row in seeds["summary"]:
+            per = [r["accuracy"] for r in seeds["per_seed"]
+                   if r["method"] == row["method"] and r["shots"] == row["shots"]]
+            lines.append(f"| {row['method']} | {row['shots']} | " + " | ".join(f"{v:.3f}" for v in per) +
+                         f" | {row['mean']:.3f} | {row['worst']:.3f} |")
+        lines.append("")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    methods = list(dict.fromkeys(r["method"] for r in report["macro"]))
+    shots = sorted({r["shots"] for r in report["macro"]})
+    if len(shots) == 1:  # one shot count: a bar per method
+        rows = [next(r for r in report["macro"] if r["method"] == m) for m in methods]
+        ax.bar(methods, [r["accuracy"] for r in rows], yerr=[r["ci95"] for r in rows], capsize=4,
+               color=[f"C{i}" for i in range(len(methods))])
+        ax.set_xlabel(f"method ({shots[0]}-shot)")
+    else:
+        _curves(ax, report["macro"], "shots")
+        ax.set_xlabel("shots (K)")
+    _save_accuracy_plot(fig, ax, report["macro_chance"], out / "accuracy_vs_shots.png")
+    lines += ["![accuracy vs shots](accuracy_vs_shots.png)", ""]
+    sweep = report.get("inner_steps_sweep")
+    if sweep:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        _curves(ax, sweep, "inner_steps")
+        ax.set_xlabel(f"inner steps ({sweep[0]['shots']}-shot)")
+        _save_accuracy_plot(fig, ax, report["macro_chance"], out / "accuracy_vs_inner_steps.png")
+        lines += ["![accuracy vs inner steps](accuracy_vs_inner_steps.png)", ""]
+    lines += ["### Per task", "",
+              "| method | task | shots | accuracy | ci95 |", "|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['task']} | {r['shots']} | {r['accuracy']:.3f} | {r['ci95']:.3f} |"
+              for r in report["results"]]
+    return lines
+
+
+def read_eval_report(path: Path) -> dict[str, Any]:
+    """``eval.json`` as written by ``metalm eval``, its rows checked (methods, shots, finite accuracies).
+
+    Raises:
+        MetalmError: Naming the file and what is wrong with it.
+    """
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise MetalmError(f"{path}: not a report of `metalm eval` ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:120]}); rerun the evaluation") from None
+
+    def bad(what: str) -> MetalmError:
+        return MetalmError(f"{path}: not a report of `metalm eval`: {what}; rerun the evaluation")
+
+    if not isinstance(report, dict):
+        raise bad(f"a {type(report).__name__}, not an object")
+    for key in ("macro", "results"):
+        rows = report.get(key)
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            raise bad(f"{key!r} is not a non-empty list of rows")
+        for r in rows:
+            if not isinstance(r.get("method"), str) or isinstance(r.get("shots"), bool) or \
+                    not isinstance(r.get("shots"), int) or (key == "results" and not isinstance(r.get("task"), str)):
+                raise bad(f"a row of {key!r} lacks its method, shots or task: {str(r)[:80]}")
+            for field in ("accuracy", "ci95"):
+                if not _finite(r.get(field)):
+                    raise bad(f"{key!r} row {r['method']}/{r['shots']}: {field} {r.get(field)!r} is not a finite "
+                              "number")
+    for key in ("macro_chance", *(["macro_majority"] if "macro_majority" in report else [])):
+        if not _finite(report.get(key)):
+            raise bad(f"{key!r} is {report.get(key)!r}, not a finite number")
+    for key, kind in (("tasks", list), ("seeds", dict), ("budgets", dict), ("paired", list), ("winner", list),
+                      ("inner_steps_sweep", list)):
+        if key in report and not isinstance(report[key], kind):
+            raise bad(f"{key!r} is a {type(report[key]).__name__}, not a {kind.__name__}")
+    return report
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report/report.md`` and its plots for a run folder; returns the markdown path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .eval import format_paired, format_table, format_winner
 
     run_dir = Path(run_dir)
     log = _read_log(run_dir)  # before anything is written
@@ -100,50 +194,15 @@ def write_report(run_dir: str | Path) -> Path:
               "![training curves](training.png)", ""]
     lines += _cost_by_task(log)
     eval_path = run_dir / "eval.json"
+    if eval_path.exists() and not eval_path.is_file():
+        raise MetalmError(f"{eval_path} is not a file (a report of `metalm eval`)")
     if eval_path.is_file():
-        report = json.loads(eval_path.read_text(encoding="utf-8"))
-        lines += ["## Few-shot accuracy on held-out tasks (macro mean ± 95% CI over episodes)", "",
-                  format_table(report), "", f"Tasks: {', '.join(report.get('tasks', []))}.", ""]
-        paired = format_paired(report)
-        if paired:
-            lines += ["### Paired differences against the reference (same episodes, paired t)", "", paired, ""]
-        if format_winner(report):
-            lines += [format_winner(report), ""]
-        seeds = report.get("seeds", {})
-        if len(seeds.get("seeds", [])) > 1:
-            lines += ["### Seeds of example choice (macro accuracy per seed)", "",
-                      "| method | shots | " + " | ".join(f"seed {s}" for s in seeds["seeds"]) + " | mean | worst |",
-                      "|---|---|" + "---|" * (len(seeds["seeds"]) + 2)]
-            for row in seeds["summary"]:
-                per = [r["accuracy"] for r in seeds["per_seed"]
-                       if r["method"] == row["method"] and r["shots"] == row["shots"]]
-                lines.append(f"| {row['method']} | {row['shots']} | " + " | ".join(f"{v:.3f}" for v in per) +
-                             f" | {row['mean']:.3f} | {row['worst']:.3f} |")
-            lines.append("")
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        methods = list(dict.fromkeys(r["method"] for r in report["macro"]))
-        shots = sorted({r["shots"] for r in report["macro"]})
-        if len(shots) == 1:  # one shot count: a bar per method
-            rows = [next(r for r in report["macro"] if r["method"] == m) for m in methods]
-            ax.bar(methods, [r["accuracy"] for r in rows], yerr=[r["ci95"] for r in rows], capsize=4,
-                   color=[f"C{i}" for i in range(len(methods))])
-            ax.set_xlabel(f"method ({shots[0]}-shot)")
-        else:
-            _curves(ax, report["macro"], "shots")
-            ax.set_xlabel("shots (K)")
-        _save_accuracy_plot(fig, ax, report["macro_chance"], out / "accuracy_vs_shots.png")
-        lines += ["![accuracy vs shots](accuracy_vs_shots.png)", ""]
-        sweep = report.get("inner_steps_sweep")
-        if sweep:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            _curves(ax, sweep, "inner_steps")
-            ax.set_xlabel(f"inner steps ({sweep[0]['shots']}-shot)")
-            _save_accuracy_plot(fig, ax, report["macro_chance"], out / "accuracy_vs_inner_steps.png")
-            lines += ["![accuracy vs inner steps](accuracy_vs_inner_steps.png)", ""]
-        lines += ["### Per task", "",
-                  "| method | task | shots | accuracy | ci95 |", "|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['task']} | {r['shots']} | {r['accuracy']:.3f} | {r['ci95']:.3f} |"
-                  for r in report["results"]]
+        report = read_eval_report(eval_path)
+        try:
+            lines += _eval_section(report, out)
+        except (KeyError, TypeError, ValueError, IndexError, StopIteration, AttributeError) as err:
+            raise MetalmError(f"{eval_path}: not a report of `metalm eval`: {type(err).__name__} {err} while "
+                              "writing its tables; rerun the evaluation") from None
     else:
         lines += ["No `eval.json` yet: run `metalm eval --run-dir " + str(run_dir) + "`."]
     path = out / "report.md"

@@ -169,3 +169,40 @@ def test_sigterm_stops_an_evaluation_with_its_journal_kept_and_resume_finishes_i
     subprocess.run([*cmd[:-3], "--json", str(whole), "--quiet"], env=world["env"], check=True, capture_output=True,
                    timeout=300)
     assert resumed["results"] == json.loads(whole.read_text())["results"]
+
+
+def test_paths_of_the_wrong_kind_and_a_broken_report_are_one_line_errors(world, tmp_path, monkeypatch, capsys):
+    """A log that is a folder, checkpoints that are a file, an output that is a folder or under a file,
+    an eval.json that is not a report: exit 2 and one line naming the path, before any work is lost."""
+    import shutil
+
+    from metalm.cli import main
+
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    run = tmp_path / "run"
+    main(["train", str(world["config"]), "--run-dir", str(run), "--quiet", "--max-steps", "1"])
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+
+    def one_line_error(argv, *expected):
+        assert main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("metalm")]
+        assert len(err) == 1 and err[0].startswith("metalm: error: ") and all(e in err[0] for e in expected), err
+
+    for target, make in (("log.jsonl", "folder"), ("checkpoints", "file")):
+        bad = tmp_path / f"bad-{target}"
+        shutil.copytree(run, bad)
+        shutil.rmtree(bad / target) if (bad / target).is_dir() else (bad / target).unlink()
+        (bad / target).mkdir() if make == "folder" else (bad / target).write_text("x")
+        one_line_error(["train", str(world["config"]), "--run-dir", str(bad), "--quiet", "--resume"], target)
+    small = ["--tasks", "toy_cls", "--episodes", "1", "--methods", "zeroshot", "--shots", "1", "--ways", "2",
+             "--queries", "1", "--quiet"]
+    one_line_error(["eval", "--run-dir", str(run), *small, "--json", str(tmp_path)], "--json", "is a folder")
+    one_line_error(["eval", "--run-dir", str(run), *small, "--json", str(tmp_path / "file" / "e.json")], "file")
+    one_line_error(["export", str(run), str(tmp_path / "file")], "file")
+    for body, expected in (("{", "JSONDecodeError"), ("[1]", "a list, not an object"),
+                           ('{"macro": [], "results": []}', "'macro' is not a non-empty list"),
+                           ('{"macro": [{"method": "m", "shots": 1, "accuracy": NaN, "ci95": 0}], "results": []}',
+                            "accuracy nan is not a finite number")):
+        (run / "eval.json").write_text(body)
+        one_line_error(["report", str(run)], "eval.json", expected)

@@ -92,7 +92,7 @@ def run(argv: list[str], limit: int = 120) -> dict:
         escaped = traceback.format_exc(limit=-3)
     finally:
         signal.alarm(0)
-    return {"status": status, "stderr": err.getvalue()[-600:], "escaped": escaped,
+    return {"status": status, "stderr": err.getvalue()[-4000:], "escaped": escaped,
             "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -301,6 +301,10 @@ def cases(world: dict, work: Path):  # noqa: C901 - a list of generators, one pe
             (folder / "log.jsonl").write_bytes((folder / "log.jsonl").read_bytes() + b'{"step": ')
         return folder
 
+    yield from _filesystem_cases(world, work, new)
+    yield from _data_source_cases(new)
+    yield from _report_cases(world, new)
+
     recover = {"flip newest", "truncate newest", "state {} newest", "log not utf-8", "log torn"}
     # train --resume with the saved config gone uses the config given on the command line: a recovery.
     for how in ["flip newest", "truncate newest", "state {} newest", "flip all", "state step -5 all", "no checkpoints",
@@ -321,10 +325,139 @@ def cases(world: dict, work: Path):  # noqa: C901 - a list of generators, one pe
         yield "run folder", f"{how}: report", ["report", str(folder)], "recover"  # the report reads the log
 
 
+def _filesystem_cases(world: dict, work: Path, new):  # noqa: ANN001, ANN202 - a generator of cases
+    """8. File-system surprises: paths that are files where folders belong and the reverse."""
+    run_dir, config = world["run"], str(world["config"])
+    a_file = new("a_file")
+    a_file.write_text("x")
+    a_folder = new("a_folder")
+    a_folder.mkdir()
+    yield "file system", "train: run folder is a file", ["train", config, "--run-dir", str(a_file), "--quiet"], "error"
+    yield "file system", "train: run folder under a file", ["train", config, "--run-dir", str(a_file / "run"),
+                                                             "--quiet"], "error"
+    for what in ("log is a folder", "checkpoints is a file", "config.yaml is a folder", "eval.json is a folder"):
+        folder = new("run")
+        shutil.copytree(run_dir, folder)
+        target = {"log is a folder": "log.jsonl", "checkpoints is a file": "checkpoints",
+                  "config.yaml is a folder": "config.yaml", "eval.json is a folder": "eval.json"}[what]
+        path = folder / target
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        (path.write_text("x") if what == "checkpoints is a file" else path.mkdir())
+        yield "file system", f"train --resume: {what}", ["train", config, "--run-dir", str(folder), "--quiet",
+                                                          "--resume", "--max-steps", "3"], \
+            "recover" if what == "eval.json is a folder" else "error"
+        yield "file system", f"eval: {what}", ["eval", "--run-dir", str(folder), "--tasks", "toy_cls", "--episodes",
+                                               "1", "--methods", "zeroshot", "--shots", "1", "--ways", "2",
+                                               "--queries", "1"], \
+            "recover" if what == "log is a folder" else "error"
+        yield "file system", f"report: {what}", ["report", str(folder)], \
+            "recover" if what in ("checkpoints is a file", "config.yaml is a folder") else "error"
+    small = ["--tasks", "toy_cls", "--episodes", "1", "--methods", "zeroshot", "--shots", "1", "--ways", "2",
+             "--queries", "1"]
+    yield "file system", "eval --json is a folder", ["eval", "--run-dir", str(run_dir), *small, "--json",
+                                                     str(a_folder)], "error"
+    yield "file system", "eval --json under a file", ["eval", "--run-dir", str(run_dir), *small, "--json",
+                                                      str(a_file / "e.json")], "error"
+    yield "file system", "export out is a file", ["export", str(run_dir), str(a_file)], "error"
+    yield "file system", "export out under a file", ["export", str(run_dir), str(a_file / "out")], "error"
+    yield "file system", "diagnose --json is a folder", ["diagnose", "--run-dir", str(run_dir), "--json",
+                                                         str(a_folder), "--batches", "1"], "error"
+    yield "file system", "tasks new in a file", ["tasks", "new", "mine", "--dir", str(a_file)], "error"
+    yield "file system", "task dir is a file", ["tasks", "list", "--task-dir", str(a_file)], "error"
+
+
+def _data_source_cases(new):  # noqa: ANN001, ANN202 - a generator of cases
+    """9. Data through the ``datasets`` sources (json, csv, hf builders): nesting, broken files,
+    ragged rows, values of the wrong shape that would otherwise pass without a word."""
+    def task(spec: dict, files: dict[str, str | bytes]) -> Path:
+        path = new("task.yaml")
+        for name, content in files.items():
+            (path.parent / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        path.write_text(yaml.safe_dump({"name": "mine", **spec}), encoding="utf-8")
+        return path
+
+    cls = {"type": "classification", "template": "{{ text }}", "labels": ["yes", "no"]}
+    rows = [{"text": f"w{i}", "label": "yes" if i % 2 else "no"} for i in range(12)]
+    deep: object = "x"
+    for _ in range(200):
+        deep = {"a": deep}
+    json_cases = {
+        "deeply nested text": json.dumps([{**r, "text": deep} for r in rows]),
+        "nested list label": json.dumps([{**r, "label": [[r["label"]]]} for r in rows]),
+        "rows not objects": json.dumps([[1, 2]] * 12),
+        "object not a list": json.dumps({"text": "a", "label": "yes"}),
+        "truncated": json.dumps(rows)[:-7],
+        "mixed types per row": json.dumps([{**r, "text": i if i % 2 else r["text"]} for i, r in enumerate(rows)]),
+        "1000-deep list": "[" * 1000 + "]" * 1000,
+    }
+    for what, text in json_cases.items():
+        yield "data source", f"json: {what}", ["tasks", "show", str(task({**cls, "source": {
+            "kind": "json", "path": "rows.json"}}, {"rows.json": text}))], "error"
+        # datasets' json builder reads a column of numbers and strings as strings: a number is valid text
+        yield "data source", f"hf json builder: {what}", ["tasks", "show", str(task({**cls, "source": {
+            "kind": "hf", "name": "json", "data_files": ["rows.json"]}}, {"rows.json": text}))], \
+            "recover" if what == "mixed types per row" else "error"
+    header = "text,label\n"
+    body = "".join(f"w{i},{r['label']}\n" for i, r in enumerate(rows))
+    csv_cases = {
+        "ragged row (extra field)": header + body + "a,yes,extra\n",
+        "ragged row (missing field)": header + body + "a\n",
+        "unclosed quote": header + '"w0,yes\n' + body,
+        "no header row": body,
+        "not utf-8": (header + "w\xe9,yes\n" * 12).encode("latin-1"),
+        "empty file": "",
+    }
+    for what, text in csv_cases.items():
+        yield "data source", f"csv: {what}", ["tasks", "show", str(task({**cls, "source": {
+            "kind": "csv", "path": "rows.csv"}}, {"rows.csv": text}))], "error"
+    mc = {"type": "multiple_choice", "template": "{{ q }}", "options_field": "choices", "target_field": "answer"}
+    mc_rows = {
+        "an empty option": [{"q": f"q{i}", "choices": ["x", "", "z"], "answer": 0} for i in range(8)],
+        "a blank option": [{"q": f"q{i}", "choices": ["x", "  ", "z"], "answer": 0} for i in range(8)],
+        "a non-string option": [{"q": f"q{i}", "choices": ["x", 3], "answer": 0} for i in range(8)],
+    }
+    for what, data in mc_rows.items():
+        yield "data source", f"multiple choice: {what}", ["tasks", "show", str(task({**mc, "source": {
+            "kind": "jsonl", "path": "rows.jsonl"}}, {"rows.jsonl": "".join(json.dumps(r) + "\n" for r in data)}))], \
+            "error"
+    gen = {"type": "generation", "template": "{{ q }}", "target_field": "a", "metric": "exact_match"}
+    gen_rows = {
+        "a list target": [{"q": f"q{i}", "a": ["one", "two"]} for i in range(8)],
+        "a number target": [{"q": f"q{i}", "a": 3} for i in range(8)],
+        "an empty target": [{"q": f"q{i}", "a": ""} for i in range(8)],
+        "a null target": [{"q": f"q{i}", "a": None} for i in range(8)],
+        "a mapping target": [{"q": f"q{i}", "a": {"x": 1}} for i in range(8)],
+    }
+    for what, data in gen_rows.items():  # a list of strings: several acceptable references (documented)
+        yield "data source", f"generation: {what}", ["tasks", "show", str(task({**gen, "source": {
+            "kind": "jsonl", "path": "rows.jsonl"}}, {"rows.jsonl": "".join(json.dumps(r) + "\n" for r in data)}))], \
+            "recover" if what in ("a list target", "a number target") else "error"  # a number is valid text
+
+
+def _report_cases(world: dict, new):  # noqa: ANN001, ANN202 - a generator of cases
+    """10. ``metalm report`` over a broken ``eval.json`` (the log and checkpoints intact)."""
+    bodies = {"not json": "{", "a list": "[1, 2]", "empty": "", "not utf-8": b"\xff\xfe{}",
+              "results a string": json.dumps({"results": "x"}), "macro a list": json.dumps({"macro": [1]}),
+              "rows of wrong types": json.dumps({"results": {"toy_cls": {"1": {"meta": "high"}}}, "macro": {}}),
+              "nan accuracies": '{"results": {"toy_cls": {"1": {"meta": {"mean": NaN}}}}, "macro": {}}',
+              "deeply nested": "[" * 5000 + "]" * 5000}
+    for what, body in bodies.items():
+        folder = new("run")
+        shutil.copytree(world["run"], folder)
+        path = folder / "eval.json"
+        (path.write_bytes if isinstance(body, bytes) else path.write_text)(body)
+        yield "report", f"eval.json {what}", ["report", str(folder)], "error"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "fuzz_corpus.json"))
+    parser.add_argument("--kinds", help="comma-separated kinds to run (default: all), e.g. 'file system,report'")
     args = parser.parse_args()
+    kinds = set(args.kinds.split(",")) if args.kinds else None
     os.environ["HF_HUB_OFFLINE"] = "1"  # a model name that is no folder fails at once, not after network retries
     work = Path(tempfile.mkdtemp(prefix="metalm-corpus-"))
     world = make_world(work / "world", max_steps=2, val_every=0, checkpoint_every=1, keep_checkpoints=3,
@@ -334,6 +467,8 @@ def main() -> int:
     assert run(["train", str(world["config"]), "--run-dir", str(world["run"]), "--quiet"])["status"] == 0
     records = []
     for kind, what, argv, expect in cases(world, work / "cases"):
+        if kinds is not None and kind not in kinds:
+            continue
         result = run(argv)
         outcome = classify(result, expect)
         records.append({"kind": kind, "case": what, "argv": argv, "expect": expect, "outcome": outcome, **result})

@@ -87,10 +87,14 @@ def _local_rows(spec: TaskSpec, source: str | None) -> list[dict[str, Any]]:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             rows = list(csv.DictReader(text.splitlines()))
-    except (json.JSONDecodeError, csv.Error) as err:
-        raise TaskError("source.path", f"{path} is not valid {kind}: {err}", source) from None
+    except (json.JSONDecodeError, csv.Error, RecursionError) as err:
+        raise TaskError("source.path", f"{path} is not valid {kind}: {type(err).__name__}: {err}", source) from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise TaskError("source.path", f"{path} must hold a list of objects (or {{'examples': [...]}})", source)
+    if kind == "csv":  # DictReader keeps a row's fields past the header under the key None
+        ragged = next((i for i, r in enumerate(rows) if None in r), None)
+        if ragged is not None:
+            raise TaskError("source.path", f"{path}: row {ragged + 1} has more fields than the header", source)
     return rows
 
 
@@ -146,7 +150,10 @@ def _hf_dataset(spec: TaskSpec, source: str | None) -> datasets.Dataset:
             ds = datasets.load_from_disk(str(src.path))
         else:
             ds = datasets.load_dataset(str(src.name), src.config, split=src.split, data_files=src.data_files)
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, RecursionError,
+            datasets.exceptions.DatasetGenerationError) as err:
+        if isinstance(err, datasets.exceptions.DatasetGenerationError) and err.__cause__ is not None:
+            err = err.__cause__  # what the builder could not read
         field = "source.path" if src.kind == "disk" else "source.name"
         raise TaskError(field, f"cannot load the dataset: {type(err).__name__}: {err}".split("\n")[0], source) from None
     if isinstance(ds, datasets.DatasetDict):
@@ -231,6 +238,14 @@ def _normalize(spec: TaskSpec, ds: datasets.Dataset, source: str | None) -> data
         if bad:
             raise TaskError(spec.options_field, f"example {bad[0]} needs >= 2 options and a label indexing them",
                             source)
+        blank = [i for i, opts in enumerate(ds["options"]) if any(not o.strip() for o in opts)]
+        if blank and not spec.drop_empty:
+            raise TaskError(spec.options_field, f"example {blank[0]} has an empty option (an option is scored by "
+                                                "its tokens; set drop_empty to skip such examples)", source)
+        if blank:
+            ds = ds.select(sorted(set(range(len(ds))) - set(blank)))
+            if len(ds) == 0:
+                raise TaskError("source", "every example has an empty option", source)
     elif spec.type == "generation":
         def answers(row: dict[str, Any], i: int) -> dict[str, Any]:
             value = row[field]

@@ -91,7 +91,8 @@ class TaskSpec:
         template: Prompt template (sandboxed Jinja2) over the example's fields.
         target_prefix: Text between the prompt and the answer (usually a space).
         target_field: Field holding the label (classification: a label; multiple choice: the
-            index of the right option), the reference (generation) or the text (language modeling).
+            index of the right option), the reference (generation: a string, or a list of acceptable
+            references whose first is the one trained on) or the text (language modeling).
         options_field: Field holding the per-example options (multiple choice).
         labels: The label set (classification), in a fixed order.
         verbalizers: Label -> answer text (classification); a missing label is its own text.

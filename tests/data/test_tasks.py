@@ -212,6 +212,7 @@ def test_empty_text_and_non_utf8_data(tmp_path, home):
     ("multiple_choice", {"text": "a", "choices": "abc", "answer": 1}, "choices", "expected a list of options"),
     ("multiple_choice", {"text": "a", "choices": ["x", "y"], "answer": 1.7}, "answer", "index of the correct option"),
     ("multiple_choice", {"text": "a", "choices": ["x", "y"], "answer": True}, "answer", "index of the correct option"),
+    ("multiple_choice", {"text": "a", "choices": ["x", " "], "answer": 0}, "choices", "example 0 has an empty option"),
     ("language_modeling", {"text": {"a": 1}}, "text", "expected text or a number, got dict"),
     ("classification", {"text": {"a": 1}, "label": "yes"}, "template", "'text', whose values are mappings"),
     ("classification", {"text": None, "label": "yes"}, "text", "empty text in 'text'"),
@@ -226,6 +227,31 @@ def test_data_values_of_the_wrong_type_are_errors(tmp_path, home, kind, row, fie
     with pytest.raises(TaskError, match=message) as err:
         Task(load_task_file(spec), spec).data
     assert err.value.source == spec and err.value.field == field
+
+
+@pytest.mark.parametrize("kind, text, field, message", [
+    ("csv", "text,label\na,yes\nb,no,extra\n", "source.path", "row 2 has more fields than the header"),
+    ("json", "[" * 1000 + "]" * 1000, "source.path", "RecursionError"),
+    ("hf", '[{"text": "a", "label": "yes"}', "source.name", "cannot load the dataset"),
+    ("hf", "[" * 1000 + "]" * 1000, "source.name", "cannot load the dataset"),
+])
+def test_broken_data_files_are_task_errors(tmp_path, home, kind, text, field, message):
+    (tmp_path / "rows").write_text(text)
+    source = {"kind": "hf", "name": "json", "data_files": ["rows"]} if kind == "hf" else {"kind": kind, "path": "rows"}
+    spec = write(tmp_path, "b", {"name": "b", "type": "classification", "labels": ["yes", "no"],
+                                 "template": "{{ text }}", "source": source})
+    with pytest.raises(TaskError, match=message) as err:
+        Task(load_task_file(spec), spec).data
+    assert err.value.field == field
+
+
+def test_drop_empty_skips_examples_with_an_empty_option(tmp_path, home):
+    rows = [{"q": "a", "choices": ["x", "y"], "answer": 0}, {"q": "b", "choices": ["x", ""], "answer": 1}] * 3
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = write(tmp_path, "m", {"name": "m", "type": "multiple_choice", "template": "{{ q }}", "drop_empty": True,
+                                 "options_field": "choices", "target_field": "answer",
+                                 "source": {"kind": "jsonl", "path": "rows.jsonl"}})
+    assert Task(load_task_file(spec), spec).data["q"] == ["a", "a", "a"]
 
 
 def test_lists_and_numbers_are_answers(tmp_path, home):
