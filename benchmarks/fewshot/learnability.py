@@ -92,8 +92,9 @@ def table(out: Path) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in sorted(measured):
         r = done[n]
-        lines.append(f"| {n} | {registry[n].spec.type} | {r['chance']:.3f} | {r['zeroshot']:.3f} | {r['ceiling']:.3f} | "
-                     f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['n']} | {'yes' if r['learnable'] else 'no'} |")
+        lines.append(f"| {n} | {registry[n].spec.type} | {r['chance']:.3f} | {r['zeroshot']:.3f} | "
+                     f"{r['ceiling']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['n']} | "
+                     f"{'yes' if r['learnable'] else 'no'} |")
     return "\n".join(lines)
 
 
