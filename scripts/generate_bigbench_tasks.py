@@ -148,8 +148,9 @@ def spec_of(task: str, kind: str, meta: dict) -> dict[str, Any]:
     spec["keywords"] = list(meta.get("keywords", []))
     canary = meta.get("canary", "")
     spec["canary"] = " ".join(canary) if isinstance(canary, list) else str(canary)
-    if any(not str(ex.get("input", "")).strip() for ex in meta["examples"]):
-        spec["drop_empty"] = True  # a few examples have no input text
+    if any(not str(ex.get("input", "")).strip() for ex in meta["examples"]) or (kind == "multiple_choice" and any(
+            not str(o).strip() for ex in meta["examples"] for o in ex.get("target_scores", {}))):
+        spec["drop_empty"] = True  # a few examples have no input text, or an empty option
     if task not in CURATED:  # the first release's files stay byte for byte
         spec["max_shots"] = max_shots(kind, meta, spec.get("labels"))
     return spec
