@@ -107,14 +107,20 @@ def check_weights(model: nn.Module, weights: Any, argument: str) -> None:
             close = difflib.get_close_matches(str(name), list(own), n=1)
             hint = f" (closest: {close[0]!r})" if close else ""
             raise ConfigError(f"{argument}[{name}]", f"the model has no parameter of this name{hint}")
-        if not isinstance(value, Tensor):
-            raise ConfigError(f"{argument}[{name}]", f"must be a tensor, got {type(value).__name__}")
-        ref = own[name]
-        if not value.is_floating_point():
-            raise ConfigError(f"{argument}[{name}]", f"must be a floating tensor, got {value.dtype}")
-        if value.shape != ref.shape or value.dtype != ref.dtype:
-            raise ConfigError(f"{argument}[{name}]", f"{value.dtype} {tuple(value.shape)} does not match the "
-                                                     f"model's {ref.dtype} {tuple(ref.shape)}")
+        check_like(value, own[name], f"{argument}[{name}]", "the model's")
+
+
+def check_like(value: Any, ref: Tensor, field: str, owner: str) -> None:
+    """``value`` is a floating tensor of ``ref``'s shape and dtype.
+
+    Raises:
+        ConfigError: Naming ``field`` (and ``owner``, whose tensor ``ref`` is).
+    """
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        raise ConfigError(field, f"must be a floating tensor, got {getattr(value, 'dtype', type(value).__name__)}")
+    if value.shape != ref.shape or value.dtype != ref.dtype:
+        raise ConfigError(field, f"{value.dtype} {tuple(value.shape)} does not match {owner} {ref.dtype} "
+                                 f"{tuple(ref.shape)}")
 
 
 def check_number(value: Any, argument: str, *, low: float = 0.0, strict: bool = False, integer: bool = False,

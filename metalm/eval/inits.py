@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_like
 from ..config import InnerConfig
 from ..errors import ConfigError
 from ..inner import LearningRate, adapt
@@ -154,15 +155,8 @@ def check_values(learner: Any, values: Any, argument: str) -> None:
         raise ConfigError(argument, f"has no value for fast weight {missing[0]!r} ({len(missing)} missing)")
     own = learner.meta_parameters()
     for name, value in values.items():
-        ref = own.get(name)
-        if ref is None:
-            continue
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            got = getattr(value, "dtype", type(value).__name__)
-            raise ConfigError(f"{argument}[{name}]", f"must be a floating tensor, got {got}")
-        if value.shape != ref.shape or value.dtype != ref.dtype:
-            raise ConfigError(f"{argument}[{name}]", f"{value.dtype} {tuple(value.shape)} does not match the "
-                                                     f"meta-parameter's {ref.dtype} {tuple(ref.shape)}")
+        if name in own:
+            check_like(value, own[name], f"{argument}[{name}]", "the meta-parameter's")
 
 
 def init_from_values(learner: Any, values: Mapping[str, Tensor], *, trained: bool = True) -> Init:
