@@ -8,13 +8,18 @@ run killed at any moment leaves either the whole checkpoint or none; only the la
 kept. Loading never unpickles.
 
 A checkpoint proves itself: ``checksums.json`` holds the SHA-256 of both files, verified on load,
-and a checkpoint with a non-finite floating-point tensor is never written. :func:`latest_checkpoint`
-returns the newest checkpoint that loads and verifies, warning about each newer one it passes over
-(a truncated file, a flipped bit), so ``--resume`` falls back to the previous intact checkpoint.
+and a checkpoint with a non-finite floating-point tensor is never written. :func:`read_checkpoint` is
+the one reader: it opens each file once, hashes the bytes it loads and returns a :class:`Checkpoint`
+value that train, eval, export and diagnose pass along (a command reads a checkpoint once).
+:func:`latest_checkpoint` returns the newest checkpoint that reads and verifies, warning about each
+newer one it passes over (a truncated file, a flipped bit), so ``--resume`` falls back to the previous
+intact checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -27,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 from torch import Tensor
 
 from .errors import MetalmError, NonFiniteError
@@ -183,27 +188,70 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
                   and (p / "state.json").is_file() and (p / "tensors.safetensors").is_file())
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint folder (safetensors and JSON only; nothing is unpickled).
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint folder, read once and verified (:func:`read_checkpoint`).
+
+    Attributes:
+        path: The folder (``checkpoints/step-NNNNNNN``).
+        tensors: Its ``tensors.safetensors``: ``meta/<name>`` meta-parameters, optimizer state, RNG state.
+        state: Its ``state.json``: step, optimizer, scheduler, sampler, algorithm counters, RNG states.
+    """
+
+    path: Path
+    tensors: dict[str, Tensor]
+    state: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def _read_verified(path: Path) -> tuple[dict[str, bytes], bool]:
+    """Each checkpoint file's bytes, read once, checked against ``checksums.json`` when there is one
+    (the flag: whether there was)."""
+    raw = {name: (path / name).read_bytes() for name in FILES}
+    sums = path / "checksums.json"
+    if not sums.is_file():
+        return raw, False
+    recorded = json.loads(sums.read_bytes().decode("utf-8"))
+    for name in FILES:
+        if not isinstance(recorded, dict) or recorded.get(name) != hashlib.sha256(raw[name]).hexdigest():
+            raise MetalmError(f"checkpoint {path} is corrupt: {name} does not match its recorded checksum")
+    return raw, True
+
+
+def _tensors_in_file_order(raw: bytes) -> dict[str, Tensor]:
+    """The tensors of a safetensors file's bytes, in the file's order (``safetensors.torch.load`` returns
+    them in a hash map's order, which differs between processes: under torchrun the ranks must walk
+    a checkpoint's tensors in one order, or their collectives mismatch)."""
+    loaded = load(raw)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size].decode("utf-8"))
+    return {k: loaded[k] for k in sorted(loaded, key=lambda k: (header[k]["data_offsets"][0], k))}
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint folder (safetensors and JSON only; nothing is unpickled). Each file
+    is opened once and the bytes hashed are the bytes loaded (transiently twice the tensors' size).
 
     Raises:
         MetalmError: Naming the folder, if a file is missing, unreadable, truncated or does not
             match its recorded checksum, or the state lacks a field. A checkpoint written before
-            checksums existed (no ``checksums.json``) is read without that check.
+            checksums existed (no ``checksums.json``, format 1) is read without that check.
     """
     path = Path(path)
     try:
-        sums = path / "checksums.json"
-        if sums.is_file():
-            recorded = json.loads(sums.read_text(encoding="utf-8"))
-            for name in FILES:
-                if recorded.get(name) != sha256_file(path / name):
-                    raise MetalmError(f"checkpoint {path} is corrupt: {name} does not match its recorded checksum")
-        tensors = load_file(str(path / "tensors.safetensors"))
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, SafetensorError, UnicodeDecodeError) as err:
+        raw, summed = _read_verified(path)
+        state = json.loads(raw["state.json"].decode("utf-8"))
+        tensors = _tensors_in_file_order(raw.pop("tensors.safetensors"))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError, UnicodeDecodeError) as err:
         raise MetalmError(f"checkpoint {path} is unreadable: {err}") from err
-    if isinstance(state, dict) and state.get("format", 1) != 1 and not sums.is_file():
+    if isinstance(state, dict) and state.get("format", 1) != 1 and not summed:
         raise MetalmError(f"checkpoint {path} is corrupt: checksums.json is missing")
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED):
         missing = next(k for k in REQUIRED if not isinstance(state, dict) or k not in state)
@@ -215,11 +263,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     bad = nonfinite(tensors)
     if bad:
         raise MetalmError(f"checkpoint {path} is corrupt: {bad[0]!r} holds NaN or inf")
-    return tensors, state
+    return Checkpoint(path, tensors, state)
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Tensor], dict[str, Any]] | None:
-    """The newest checkpoint of a run that loads and verifies, with its contents (``None`` without any).
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest checkpoint of a run that reads and verifies (``None`` without any).
 
     Each newer checkpoint passed over is reported with a :class:`CheckpointWarning`.
 
@@ -230,13 +278,13 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Tensor], dict[str,
     errors = []
     for path in reversed(found):
         try:
-            tensors, state = load_checkpoint(path)
+            checkpoint = read_checkpoint(path)
         except MetalmError as err:
             errors.append(str(err))
             continue
         for message in errors:
             warnings.warn(f"{message}; using {path.name}", CheckpointWarning, stacklevel=2)
-        return path, tensors, state
+        return checkpoint
     if errors:
         raise MetalmError(f"no intact checkpoint in {Path(run_dir) / 'checkpoints'}: " + "; ".join(errors))
     return None

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .algorithms import MetaLearner, algorithm_class, algorithm_config, build_algorithm
-from .checkpoint import latest_checkpoint, list_checkpoints
+from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints
 from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, read_yaml
 from .data import CollateConfig, SamplerConfig, Task, TaskRegistry, load_split, packaged_tasks_dir, task_path
 from .errors import ConfigError, MetalmError
@@ -238,8 +238,7 @@ class Run:
             initialization), plain tensors by name.
         trained: The trained meta-parameters (fast-weight initialization, shared weights, learned
             inner rates), plain tensors by name.
-        checkpoint: The checkpoint folder read.
-        step: Its outer step.
+        checkpoint: The checkpoint read (:class:`~metalm.checkpoint.Checkpoint`: folder, tensors, state).
     """
 
     config: TrainConfig
@@ -247,8 +246,12 @@ class Run:
     learner: MetaLearner
     base: dict[str, Tensor]
     trained: dict[str, Tensor]
-    checkpoint: Path
-    step: int
+    checkpoint: Checkpoint
+
+    @property
+    def step(self) -> int:
+        """The checkpoint's outer step."""
+        return self.checkpoint.step
 
     @property
     def kind(self) -> str:
@@ -268,8 +271,9 @@ def run_kind(config: TrainConfig) -> str:
     return algorithm_class(config.algorithm["name"]).row
 
 
-def load_run(run_dir: str | Path, device: torch.device | None = None) -> Run:
-    """Rebuild a trained run from its folder: config, model, tasks and its newest intact checkpoint.
+def load_run(run_dir: str | Path, device: torch.device | None = None, checkpoint: Checkpoint | None = None) -> Run:
+    """Rebuild a trained run from its folder: config, model, tasks and its newest intact checkpoint
+    (``checkpoint``: that checkpoint, when the caller has read it already; it is not read again).
 
     Raises:
         ConfigError: If ``run_dir`` is not a path or the folder holds no trained run.
@@ -281,28 +285,29 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> Run:
     if not (run_dir / "config.yaml").is_file() or not list_checkpoints(run_dir):
         raise ConfigError("run_dir", f"{run_dir} holds no trained run (config.yaml and a checkpoint); "
                                      "run `metalm train` first")
-    path, tensors, state = latest_checkpoint(run_dir)  # type: ignore[misc]  # checked above: there is one
+    checkpoint = checkpoint or latest_checkpoint(run_dir)
+    assert checkpoint is not None  # checked above: there is one
     config = load_train_config(run_dir / "config.yaml")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     registry = build_registry(config)
     train, _, _ = task_lists(config, registry)
     tokenizer, model, selection, algorithm = build_model(config, device, [registry[t] for t in train])
     base = {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
-    trained = checkpoint_values(algorithm, path, tensors)
-    restore_counters(algorithm, path, state)
-    return Run(config, tokenizer, algorithm, base, trained, path, int(state["step"]))
+    trained = checkpoint_values(algorithm, checkpoint)
+    restore_counters(algorithm, checkpoint)
+    return Run(config, tokenizer, algorithm, base, trained, checkpoint)
 
 
-def checkpoint_values(algorithm: MetaLearner, path: Path, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def checkpoint_values(algorithm: MetaLearner, checkpoint: Checkpoint) -> dict[str, Tensor]:
     """A checkpoint's meta-parameter values by :meth:`~MetaLearner.meta_parameters` name, on the
     learner's device and dtypes.
 
     Raises:
         MetalmError: If a meta-parameter is missing or has another shape (naming it).
     """
-    out = {}
+    out, path = {}, checkpoint.path
     for name, p in algorithm.meta_parameters().items():
-        value = tensors.get(f"meta/{name}")
+        value = checkpoint.tensors.get(f"meta/{name}")
         if value is None:
             raise MetalmError(f"checkpoint {path} does not match this model/adapter: no tensor for {name!r}")
         if p.shape != value.shape:
@@ -319,23 +324,22 @@ def copy_values(algorithm: MetaLearner, values: Mapping[str, Tensor]) -> None:
         assign(p, values[name])
 
 
-def restore_algorithm(algorithm: MetaLearner, path: Path, tensors: dict[str, torch.Tensor],
-                      state: dict[str, Any]) -> None:
+def restore_algorithm(algorithm: MetaLearner, checkpoint: Checkpoint) -> None:
     """Copy a checkpoint's meta-parameters and counters into ``algorithm`` (a mismatch names the tensor)."""
-    copy_values(algorithm, checkpoint_values(algorithm, path, tensors))
-    restore_counters(algorithm, path, state)
+    copy_values(algorithm, checkpoint_values(algorithm, checkpoint))
+    restore_counters(algorithm, checkpoint)
 
 
-def restore_counters(algorithm: MetaLearner, path: Path, state: Mapping[str, Any]) -> None:
+def restore_counters(algorithm: MetaLearner, checkpoint: Checkpoint) -> None:
     """Restore a checkpoint's outer-step counter and the algorithm's extra state.
 
     Raises:
         MetalmError: If the state's ``algorithm`` record is malformed.
     """
     try:
-        algorithm.outer_steps = int(state["algorithm"]["outer_steps"])
-        algorithm.load_extra_state(state["algorithm"].get("extra", {}))
+        algorithm.outer_steps = int(checkpoint.state["algorithm"]["outer_steps"])
+        algorithm.load_extra_state(checkpoint.state["algorithm"].get("extra", {}))
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise MetalmError(f"checkpoint {path} is corrupt: state.json algorithm: {err!r}") from None
+        raise MetalmError(f"checkpoint {checkpoint.path} is corrupt: state.json algorithm: {err!r}") from None
 
 

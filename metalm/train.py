@@ -22,12 +22,13 @@ import yaml
 
 from . import distributed
 from .checkpoint import (
+    Checkpoint,
     clean_partial,
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
+    read_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -136,12 +137,12 @@ class MetaTrainer:
         distributed.barrier(self.ctx)
         return path
 
-    def restore(self, path: Path, tensors: dict[str, torch.Tensor] | None = None,
-                state: dict[str, Any] | None = None) -> None:
-        """Continue from a checkpoint folder (``tensors``/``state``: its contents, if already loaded)."""
-        if tensors is None or state is None:
-            tensors, state = load_checkpoint(path)
-        restore_algorithm(self.algorithm, path, tensors, state)
+    def restore(self, checkpoint: Checkpoint | Path) -> None:
+        """Continue from a checkpoint (read already, or a folder to read)."""
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = read_checkpoint(checkpoint)
+        path, tensors, state = checkpoint.path, checkpoint.tensors, checkpoint.state
+        restore_algorithm(self.algorithm, checkpoint)
         slots = state["sampler"].get("slots", {}) if isinstance(state["sampler"], dict) else {}
         if len(slots) != len(self.micro_slots) * self.config.outer.meta_batch:
             raise MetalmError(f"checkpoint {path} was written with {len(slots)} episode streams (meta_batch x "
@@ -242,7 +243,7 @@ class MetaTrainer:
             raise MetalmError(f"{self.run_dir} already holds a run; pass --resume to continue it or use a new folder")
         found = latest_checkpoint(self.run_dir) if resume else None
         if found is not None:
-            self.restore(*found)
+            self.restore(found)
         # Drop what was logged after the step we start from (all of it before the first checkpoint):
         # it is recomputed identically.
         for path in (log_path, self.run_dir / "conflict.jsonl"):

@@ -94,7 +94,7 @@ def test_sigterm_checkpoints_the_logged_step_exits_143_and_resumes_identically(w
     assert proc.returncode == 143, err[-2000:]
     last = logged_steps(run)
     assert last >= 4 and f"stopped by SIGTERM after step {last}" in err and "Traceback" not in err
-    assert latest_checkpoint(run)[0].name == f"step-{last:07d}"  # no logged step is lost
+    assert latest_checkpoint(run).name == f"step-{last:07d}"  # no logged step is lost
     run_cli(world, run, "--resume")
     same_as(reference, run)
 
@@ -136,7 +136,7 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes_identical
     assert "Traceback" not in proc.stderr
     assert [p.name for p in list_checkpoints(run)] == ["step-0000003"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000003"]  # nothing partial
-    assert latest_checkpoint(run)[0].name == "step-0000003"  # and it verifies
+    assert latest_checkpoint(run).name == "step-0000003"  # and it verifies
     run_cli(world, run, "--resume", "--max-steps", "12")  # the reference's 12 (a constant rate: same schedule)
     same_as(reference, run)
 

@@ -69,8 +69,8 @@ def test_a_corrupt_checkpoint_is_named_and_resume_uses_the_previous_one(world, t
         sums["state.json"] = hashlib.sha256((final / "state.json").read_bytes()).hexdigest()
         (final / "checksums.json").write_text(json.dumps(sums))
     with pytest.warns(CheckpointWarning, match=r"step-0000006 is (corrupt|unreadable).*using step-0000003"):
-        path, _, state = latest_checkpoint(run)
-    assert path.name == "step-0000003" and state["step"] == 3
+        found = latest_checkpoint(run)
+    assert found.name == "step-0000003" and found.state["step"] == 3 == found.step
     with pytest.warns(CheckpointWarning):
         trainer = train(world, run, monkeypatch, resume=True)
     assert trainer.step == 6 and same(tensors_of(final), reference)  # recomputed identically

@@ -1,8 +1,14 @@
 """A trained run read back as a value (metalm.run.Run) and evaluated without touching its model."""
 
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
 import torch
 from safetensors.torch import load_file
 
+from metalm.cli import main
 from metalm.eval import EvalConfig, Harness, eval_tasks
 from metalm.run import build_registry, load_run, load_train_config
 from metalm.train import MetaTrainer
@@ -16,7 +22,10 @@ def test_a_run_is_a_value_and_evaluating_it_leaves_the_model_untouched(tmp_path,
     MetaTrainer(load_train_config(world["config"]), tmp_path / "run").train(progress=False)
     run = load_run(tmp_path / "run")
     assert run.step == 2 and run.checkpoint.name == "step-0000002" and run.config.max_steps == 2
-    saved = load_file(str(run.checkpoint / "tensors.safetensors"))
+    saved = load_file(str(run.checkpoint.path / "tensors.safetensors"))
+    # The file's order, as load_file gives it: torchrun's ranks walk the tensors in one order (a hash
+    # map's order, safetensors.torch.load's, differs between processes and broke fsdp resume).
+    assert list(run.checkpoint.tensors) == list(saved)
     assert run.trained.keys() == run.base.keys() == run.learner.meta_parameters().keys()
     assert all(torch.equal(v, saved[f"meta/{k}"]) for k, v in run.trained.items())
     assert any(not torch.equal(run.base[k], v) for k, v in run.trained.items())  # training moved them
@@ -39,3 +48,34 @@ def test_load_into_model_writes_the_trained_values(tmp_path, monkeypatch):
     run = load_run(tmp_path / "run")
     learner = run.load_into_model()
     assert all(torch.equal(p, run.trained[k]) for k, p in learner.meta_parameters().items())
+
+
+OPENED: list[str] = []
+
+
+def _count_opens(event: str, args: tuple) -> None:  # an audit hook stays for the process: it only records
+    if event == "open" and isinstance(args[0], (str, os.PathLike)):
+        OPENED.append(os.fspath(args[0]))
+
+
+def test_eval_export_and_diagnose_read_each_checkpoint_file_once(tmp_path, monkeypatch, capsys):
+    """One reader (metalm.checkpoint.read_checkpoint): the bytes hashed are the bytes loaded, and a
+    command passes the Checkpoint value along instead of reading the folder again. (Counted with a
+    Python audit hook; ``strace -f -e trace=openat`` shows the same, see benchmarks/RESULTS.md.)"""
+    world = make_world(tmp_path, max_steps=1, val_every=0, checkpoint_every=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    MetaTrainer(load_train_config(world["config"]), tmp_path / "run").train(progress=False)
+    folder = tmp_path / "run" / "checkpoints" / "step-0000001"
+    if not OPENED:
+        sys.addaudithook(_count_opens)
+    commands = {"eval": ["eval", "--run-dir", str(tmp_path / "run"), "--shots", "1", "--episodes", "1",
+                         "--methods", "zeroshot,meta", "--quiet", "val_episodes=1"],
+                "export": ["export", str(tmp_path / "run"), str(tmp_path / "exported")],
+                "diagnose": ["diagnose", "--run-dir", str(tmp_path / "run"), "--json", str(tmp_path / "d.json"),
+                             "--episodes", "1"]}
+    for name, argv in commands.items():
+        OPENED.clear()
+        assert main(argv) == 0, name
+        opened = Counter(Path(p).name for p in OPENED if Path(p).parent == folder)
+        assert opened == {"tensors.safetensors": 1, "state.json": 1, "checksums.json": 1}, (name, opened)
+    capsys.readouterr()
