@@ -103,32 +103,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import contextlib
-
-    with contextlib.ExitStack() as stack:  # the output's lock and the signal handlers, when journaled
-        return _run_eval(args, stack)
-
-
-def _run_eval(args: argparse.Namespace, stack: Any) -> int:
-    import torch
-
     from . import distributed
-    from .data import TaskRegistry, load_split, packaged_tasks_dir, task_path
-    from .eval import (
-        EvalConfig,
-        Harness,
-        eval_tasks,
-        format_paired,
-        format_table,
-        format_winner,
-        init_from_values,
-        init_of,
-    )
-    from .eval.compare import measure_separately, run_rows
+    from .data import TaskRegistry, packaged_tasks_dir, task_path
+    from .eval import EvalConfig, format_paired, format_table, format_winner
     from .eval.cost import format_costs
-    from .eval.fewshot import TRAINED, UNADAPTED, trained_by
     from .eval.protocol import load_protocol, merge
-    from .run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
+    from .eval.recipe import default_methods, evaluate, run_configs
 
     if bool(args.run_dir) == bool(args.model):
         raise ConfigError("--run-dir/--model", "give exactly one")
@@ -140,117 +120,33 @@ def _run_eval(args: argparse.Namespace, stack: Any) -> int:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     runs = args.run_dir or []
-    for run in runs:
-        if not (Path(run) / "config.yaml").is_file():
-            raise ConfigError("--run-dir", f"{run} holds no trained run (no config.yaml); run `metalm train` first")
-    configs = [load_train_config(Path(r) / "config.yaml") for r in runs]
-    kinds = [run_kind(c) for c in configs]
+    configs, kinds = run_configs(runs)
     task_dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *args.task_dirs]))
-    registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *task_dirs)
-    protocol = load_protocol(args.protocol, registry) if args.protocol else None
+    protocol = None
+    if args.protocol:
+        protocol = load_protocol(args.protocol, TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *task_dirs))
     overrides = merge(protocol, overrides)  # a command-line value overrides the protocol's
-    # Default methods: the baselines plus whatever the given runs provide (meta, mtl).
-    overrides.setdefault("methods", ["zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune",
-                                     *(k for k in TRAINED if k in kinds)])
+    overrides.setdefault("methods", default_methods(kinds))
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
-    ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
-    device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    for method in TRAINED:
-        if method in eval_cfg.methods and method not in kinds:
-            raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
-    if runs:
-        first = load_run(runs[0], device)
-        config, tokenizer, learner = first.config, first.tokenizer, first.learner
-        base = init_from_values(learner, first.base, trained=False)
-        rows = run_rows(runs, configs, kinds, first, base)
-    else:
-        config = from_dict(TrainConfig, {"model": args.model}, source="command line")
-        tokenizer, _, _, learner = build_model(config, device)
-        base = init_of(learner, trained=False)
-        rows = None
-    split = args.split or (protocol.split if protocol else None)
-    if split:
-        config.split = split
-    config.task_dirs = task_dirs
-    _, val, heldout = task_lists(config, registry)
-    on = args.evaluate_on or (protocol.evaluate_on if protocol else "meta_test")
-    if args.tasks:
-        names = args.tasks.split(",")
-    elif protocol is not None and protocol.tasks and not args.split and not args.evaluate_on:
-        names = list(protocol.tasks)
-    else:
-        names = heldout if on == "meta_test" else load_split(config.split, registry).meta_val
-    tasks = eval_tasks(registry, names)
-    harness = Harness(learner.model, tokenizer, base, eval_cfg, rows.rows if rows else [],
-                      learner.selection.lowest_adapted_layer())
-    journal = None
-    if (args.json or runs) and not ctx.enabled:  # one process: a journal to resume from (torchrun: none)
-        from .config import to_dict
-        from .eval.compare import run_checkpoint
-        from .eval.journal import Journal
-        from .longrun import RunLock, StopSignals
-
-        where = Path(args.json) if args.json else Path(runs[0]) / "eval.json"
-        if where.is_dir():  # found now, not after the measuring
-            raise ConfigError("--json" if args.json else "--run-dir", f"{where} is a folder; the report is a file")
-        stack.enter_context(RunLock(where.parent, f".{where.name}.lock", "output path"))  # one writer per output
-        # Blocks are keyed by seed and hold one list per method: a journal of more seeds or more methods
-        # serves a run of fewer (a study stopped early, or narrowed).
-        fingerprint = {"eval": {k: v for k, v in to_dict(eval_cfg).items() if k not in ("seeds", "methods")},
-                       "model": args.model,
-                       "tasks": names, "val": val,
-                       "runs": [[str(Path(r).resolve()), run_checkpoint(r).name] for r in runs]}
-        journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, args.resume)
-        stack.enter_context(StopSignals(immediate=True, what="the evaluation",
-                                        note=f": its measured blocks are in {journal.path}; --resume continues"))
-    if "finetune" in eval_cfg.methods and journal is not None and journal.finetune is not None:
-        chosen = journal.finetune
-        harness.finetune = base.with_budget(chosen["optimizer"], chosen["lr"], chosen["steps"])
-        harness.finetune_grid = chosen["grid"]
-    elif "finetune" in eval_cfg.methods:
-        ft = harness.choose_finetune(eval_tasks(registry, val)).inner
-        if journal is not None:
-            journal.put_finetune({"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps,
-                                  "grid": harness.finetune_grid})
-        if ctx.is_main:
-            print(f"finetune: {ft.optimizer}, inner lr {ft.lr:g}, {ft.steps} steps, chosen on meta-val tasks "
-                  f"{', '.join(val)}", flush=True)
-    evaluated = [m for m in UNADAPTED if m in eval_cfg.methods] + list(harness.rows()) + \
-        [label + suffix for _, label, kind in (rows.separate if rows else []) if kind in eval_cfg.methods
-         for suffix in ("", "@ft")]
-    if eval_cfg.reference is not None and eval_cfg.reference not in evaluated:
-        raise ConfigError("--reference", f"{eval_cfg.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
-    data = harness.measure(tasks, progress=not args.quiet, journal=journal)
-    budgets = {}
-    if rows and rows.separate:
-        extra, budgets = measure_separately(harness, tasks, rows.separate, configs, kinds, device,
-                                            progress=not args.quiet, journal=journal)
-        data.update(extra)
-    report = harness.summarize(data, tasks)
-    report["budgets"].update(budgets)
-    report["adaptation_cost"] = harness.cost.summary()
-    report["tasks"] = names
-    if protocol is not None:
-        report["protocol"] = protocol.record(eval_cfg, config.split, names)
-    if eval_cfg.inner_steps:
-        report["inner_steps_sweep"] = harness.inner_steps_sweep(tasks)
-    if not ctx.is_main:
+    output = Path(args.json) if args.json else Path(runs[0]) / "eval.json" if runs else None
+    if output is not None and output.is_dir():  # found now, not after the measuring
+        raise ConfigError("--json" if args.json else "--run-dir", f"{output} is a folder; the report is a file")
+    report = evaluate(eval_cfg, runs=runs, model=args.model, split=args.split,
+                      tasks=args.tasks.split(",") if args.tasks else None, evaluate_on=args.evaluate_on,
+                      task_dirs=args.task_dirs, protocol=protocol, output=output, resume=args.resume,
+                      progress=not args.quiet, log=lambda line: print(line, flush=True))
+    if not distributed.init().is_main:
         return 0
-    text = json.dumps(report, indent=1)
-    if args.json:
-        Path(args.json).write_text(text, encoding="utf-8")
-    if args.run_dir:
-        (Path(args.run_dir[0]) / "eval.json").write_text(text, encoding="utf-8")
-    if journal is not None:
-        journal.close()
+    if args.json and runs:  # the run folder keeps its own copy
+        (Path(runs[0]) / "eval.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(format_table(report))
     if report["adaptation_cost"]:
         print("\nAdaptation to a new task (support set -> weights; the support batch itself not counted):\n"
               + format_costs(report["adaptation_cost"]))
     paired = format_paired(report)
     if paired:
-        print(f"\nPaired differences on the same episodes ({len(names)} tasks x {eval_cfg.episodes} episodes x "
-              f"{eval_cfg.seeds} seeds; paired t):\n{paired}")
+        print(f"\nPaired differences on the same episodes ({len(report['tasks'])} tasks x {eval_cfg.episodes} "
+              f"episodes x {eval_cfg.seeds} seeds; paired t):\n{paired}")
     winner = format_winner(report)
     if winner:
         print(f"\n{winner}")

@@ -12,14 +12,14 @@ the inner loop of the first meta-learning run, so both get the same adaptation b
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..algorithms import algorithm_class
-from ..checkpoint import latest_checkpoint
+from ..checkpoint import Checkpoint, latest_checkpoint
 from ..config import InnerConfig
 from ..errors import ConfigError
 from ..run import load_run
@@ -64,10 +64,11 @@ def _with_inner(init: Init, kind: str, inner: InnerConfig | None) -> Init:
     return dataclasses.replace(init, inner=inner, lr=None) if kind == "mtl" and inner is not None else init
 
 
-def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], first: Any, base: Init) -> RunRows:
-    """The trained rows of ``runs`` (their ``TrainConfig`` and :func:`run_kind`); ``first`` is the first
-    run (a loaded :class:`~metalm.run.Run`, its trained values passed as values) and ``base`` its
-    pretrained :class:`Init`.
+def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], first: Any, base: Init,
+             checkpoints: Mapping[str, Checkpoint]) -> RunRows:
+    """The trained rows of ``runs`` (their ``TrainConfig``, :func:`run_kind` and :func:`run_checkpoint`);
+    ``first`` is the first run (a loaded :class:`~metalm.run.Run`, its trained values passed as values)
+    and ``base`` its pretrained :class:`Init`.
 
     Raises:
         ConfigError: If a run trained another base model than the first.
@@ -86,7 +87,7 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
         if not algorithm_class(config.algorithm["name"]).amortized and \
                 (config.adapter, config.meta, config.dtype) == (configs[0].adapter, configs[0].meta, configs[0].dtype):
             alg = config.algorithm_config()
-            init = init_from_checkpoint(run_checkpoint(run), base, alg.inner,
+            init = init_from_checkpoint(checkpoints[run], base, alg.inner,
                                         algorithm_class(config.algorithm["name"]).scoring(alg))
         else:
             init = None
@@ -98,9 +99,11 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
 
 
 def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequence[tuple[str, str, str]],
-                       configs: Sequence[Any], kinds: Sequence[str], device: torch.device, *,
-                       progress: bool = True, journal: Journal | None = None) -> tuple[Measurements, dict[str, str]]:
-    """Measure runs with another adapter on ``harness``'s episodes, each on a model of its own.
+                       configs: Sequence[Any], kinds: Sequence[str], device: torch.device,
+                       checkpoints: Mapping[str, Checkpoint], *, progress: bool = True,
+                       journal: Journal | None = None) -> tuple[Measurements, dict[str, str]]:
+    """Measure runs with another adapter on ``harness``'s episodes, each on a model of its own (from
+    its checkpoint in ``checkpoints``, read already).
 
     Returns their per-episode accuracies and their rows' adaptation budgets. With a ``journal`` their
     blocks are recorded beside the first harness's rows (a killed evaluation resumes them too).
@@ -113,7 +116,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
     for run, label, kind in separate:
         if kind not in harness.config.methods:
             continue
-        loaded = load_run(run, device)
+        loaded = load_run(run, device, checkpoints[run])
         tokenizer, learner = loaded.tokenizer, loaded.learner
         base = init_from_values(learner, loaded.base, trained=False)
         rows = [Trained(name, kind, _with_inner(init, kind, inner))
@@ -129,9 +132,9 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
     return data, budgets
 
 
-def run_checkpoint(run: str | Path) -> Path:
-    """The run's newest intact checkpoint folder."""
+def run_checkpoint(run: str | Path) -> Checkpoint:
+    """The run's newest intact checkpoint, read and verified (once per command: pass it along)."""
     found = latest_checkpoint(Path(run))
     if found is None:
         raise ConfigError("--run-dir", f"{run} holds no checkpoint; run `metalm train` first")
-    return found[0]
+    return found

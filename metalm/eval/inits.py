@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -188,17 +187,15 @@ def trained_rows(learner: Any, values: Mapping[str, Tensor], label: str) -> dict
     return out
 
 
-def init_from_checkpoint(path: str | Path, like: Init, inner: InnerConfig,
+def init_from_checkpoint(checkpoint: Any, like: Init, inner: InnerConfig,
                          scoring: Mapping[str, Any] | None = None) -> Init | None:
-    """A run's initialization read from its checkpoint folder without building a model.
+    """A run's initialization from its :class:`~metalm.checkpoint.Checkpoint` without building a model.
 
     Returns ``None`` when the checkpoint's fast and shared weights do not have the names and shapes
     of ``like`` (another adapter or selection: the run needs a model of its own). ``scoring``: the
     run's ``adapt`` / ``icl`` (:meth:`MetaLearner.scoring`).
     """
-    from ..checkpoint import load_checkpoint
-
-    tensors, state = load_checkpoint(Path(path))
+    tensors, state = checkpoint.tensors, checkpoint.state
     fast, shared = list(state.get("fast", [])), list(state.get("shared", []))
     if set(fast) != set(like.fast) or set(shared) != set(like.frozen):
         return None

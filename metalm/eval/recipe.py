@@ -1,0 +1,211 @@
+"""The evaluation recipe: ``evaluate(...) -> report``, a function over values.
+
+The CLI's ``metalm eval``, notebooks and benchmark scripts call :func:`evaluate` with an
+:class:`~metalm.eval.EvalConfig` and either trained run folders or a base model name; it builds the
+rows (baselines, each run's trained rows), draws the episodes once, chooses fine-tuning's budget on
+meta-val tasks, measures every row on the same episodes and returns the report dict that
+``eval.json`` holds. With ``output`` set, the report is written there (JSON) and measured blocks are
+journaled beside it meanwhile, so a killed evaluation resumes (``resume=True``); the output path is
+locked against a second writer.
+
+    report = evaluate(EvalConfig(shots=[1, 4], episodes=20), model="smollm2-135m", split="default")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import distributed
+from ..config import from_dict, to_dict
+from ..data import TaskRegistry, load_split, packaged_tasks_dir, task_path
+from ..errors import ConfigError
+from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
+from .compare import RunRows, measure_separately, run_checkpoint, run_rows
+from .fewshot import TRAINED, UNADAPTED, EvalConfig, Harness, eval_tasks, trained_by
+from .inits import init_from_values, init_of
+from .journal import Journal
+from .protocol import Protocol
+
+DEFAULT_METHODS = ("zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune")
+
+
+@dataclasses.dataclass
+class Setting:
+    """What the rows are measured on: the model (a run's or a base model's), its pretrained
+    initialization, the runs' rows and checkpoints (each read once)."""
+
+    config: TrainConfig
+    tokenizer: Any
+    learner: Any
+    base: Any
+    rows: RunRows | None
+    checkpoints: dict[str, Any]
+    configs: list[TrainConfig]
+    kinds: list[str]
+
+
+def run_configs(runs: Sequence[str | Path]) -> tuple[list[TrainConfig], list[str]]:
+    """Each run folder's ``TrainConfig`` and evaluation row kind (``meta``, ``mtl``, ``hyper``).
+
+    Raises:
+        ConfigError: If a folder holds no trained run.
+    """
+    for run in runs:
+        if not (Path(run) / "config.yaml").is_file():
+            raise ConfigError("--run-dir", f"{run} holds no trained run (no config.yaml); run `metalm train` first")
+    configs = [load_train_config(Path(r) / "config.yaml") for r in runs]
+    return configs, [run_kind(c) for c in configs]
+
+
+def default_methods(kinds: Sequence[str]) -> list[str]:
+    """The methods evaluated when none are named: the baselines plus what the runs provide."""
+    return [*DEFAULT_METHODS, *(k for k in TRAINED if k in kinds)]
+
+
+def build_setting(runs: Sequence[str], model: str | None, device: torch.device) -> Setting:
+    """The model and rows of an evaluation of ``runs`` (their first run's model) or of ``model``."""
+    configs, kinds = run_configs(runs)
+    checkpoints = {r: run_checkpoint(r) for r in runs}  # each read and verified once for the command
+    if runs:
+        first = load_run(runs[0], device, checkpoints[runs[0]])
+        base = init_from_values(first.learner, first.base, trained=False)
+        rows = run_rows(runs, configs, kinds, first, base, checkpoints)
+        return Setting(first.config, first.tokenizer, first.learner, base, rows, checkpoints, configs, kinds)
+    config = from_dict(TrainConfig, {"model": model}, source="command line")
+    tokenizer, _, _, learner = build_model(config, device)
+    return Setting(config, tokenizer, learner, init_of(learner, trained=False), None, {}, [], [])
+
+
+def task_names(config: TrainConfig, registry: TaskRegistry, *, split: str | None, tasks: Sequence[str] | None,
+               evaluate_on: str | None, protocol: Protocol | None) -> tuple[list[str], list[str]]:
+    """The evaluated task names and the meta-val names fine-tuning is chosen on. Explicit ``tasks``
+    win; then a protocol's task list (unless ``split``/``evaluate_on`` override it); then the split's
+    meta-test (or meta-val) tasks. Sets ``config.split`` when ``split`` is given."""
+    effective = split or (protocol.split if protocol else None)
+    if effective:
+        config.split = effective
+    _, val, heldout = task_lists(config, registry)
+    on = evaluate_on or (protocol.evaluate_on if protocol else "meta_test")
+    if tasks:
+        names = list(tasks)
+    elif protocol is not None and protocol.tasks and not split and not evaluate_on:
+        names = list(protocol.tasks)
+    else:
+        names = heldout if on == "meta_test" else load_split(config.split, registry).meta_val
+    return names, val
+
+
+def open_journal(stack: contextlib.ExitStack, where: Path, fingerprint: dict[str, Any], resume: bool) -> Journal:
+    """The journal beside the report ``where``: the output path locked for this writer, SIGTERM/SIGINT
+    ending the evaluation with a note on how to resume."""
+    from ..longrun import RunLock, StopSignals
+
+    if where.is_dir():  # found now, not after the measuring
+        raise ConfigError("output", f"{where} is a folder; the report is a file")
+    stack.enter_context(RunLock(where.parent, f".{where.name}.lock", "output path"))  # one writer per output
+    journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, resume)
+    stack.enter_context(StopSignals(immediate=True, what="the evaluation",
+                                    note=f": its measured blocks are in {journal.path}; --resume continues"))
+    return journal
+
+
+def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str], journal: Journal | None,
+                    log: Callable[[str], None] | None) -> None:
+    """Fine-tuning's budget, chosen on the meta-val tasks ``val`` (or the journal's earlier choice)."""
+    if journal is not None and journal.finetune is not None:
+        chosen = journal.finetune
+        harness.finetune = harness.base.with_budget(chosen["optimizer"], chosen["lr"], chosen["steps"])
+        harness.finetune_grid = chosen["grid"]
+        return
+    ft = harness.choose_finetune(eval_tasks(registry, val)).inner
+    if journal is not None:
+        journal.put_finetune({"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps,
+                              "grid": harness.finetune_grid})
+    if log is not None:
+        log(f"finetune: {ft.optimizer}, inner lr {ft.lr:g}, {ft.steps} steps, chosen on meta-val tasks "
+            f"{', '.join(val)}")
+
+
+def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str | None = None,
+             split: str | None = None, tasks: Sequence[str] | None = None, evaluate_on: str | None = None,
+             task_dirs: Sequence[str | Path] = (), protocol: Protocol | None = None,
+             output: str | Path | None = None, resume: bool = False, progress: bool = True,
+             log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Evaluate ``runs`` (trained run folders; the first one's model is shared by runs of the same
+    adapter) or the base ``model`` on held-out episodes: the report ``eval.json`` holds.
+
+    Args:
+        config: Shots, episodes, methods, fine-tuning grid (:class:`EvalConfig`).
+        runs / model: Exactly one: trained run folders, or a model name/folder for the baselines alone.
+        split / tasks / evaluate_on: Which tasks (see :func:`task_names`).
+        task_dirs: Folders of the researcher's own task YAMLs (beside the runs' own).
+        protocol: A named protocol (:func:`~metalm.eval.protocol.load_protocol`), recorded in the report.
+        output: The report's path (written as JSON by the main process); measured blocks are journaled
+            beside it until it is written (``resume`` continues them).
+        log: Where progress lines go (``None``: nowhere).
+
+    Raises:
+        ConfigError: Naming the argument, for a missing run, an unknown method or reference.
+    """
+    runs = [str(r) for r in runs]
+    if bool(runs) == bool(model):
+        raise ConfigError("--run-dir/--model", "give exactly one")
+    ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
+    device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    configs, kinds = run_configs(runs)
+    for method in TRAINED:
+        if method in config.methods and method not in kinds:
+            raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
+    setting = build_setting(runs, model, device)
+    dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *map(str, task_dirs)]))
+    registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *dirs)
+    setting.config.task_dirs = dirs
+    names, val = task_names(setting.config, registry, split=split, tasks=tasks, evaluate_on=evaluate_on,
+                            protocol=protocol)
+    eval_list = eval_tasks(registry, names)
+    rows = setting.rows
+    harness = Harness(setting.learner.model, setting.tokenizer, setting.base, config, rows.rows if rows else [],
+                      setting.learner.selection.lowest_adapted_layer())
+    with contextlib.ExitStack() as stack:
+        book = None
+        if output is not None and not ctx.enabled:  # one process: a journal to resume from (torchrun: none)
+            # Blocks are keyed by seed and hold one list per method: a journal of more seeds or more
+            # methods serves a run of fewer (a study stopped early, or narrowed).
+            fingerprint = {"eval": {k: v for k, v in to_dict(config).items() if k not in ("seeds", "methods")},
+                           "model": model, "tasks": names, "val": val,
+                           "runs": [[str(Path(r).resolve()), setting.checkpoints[r].name] for r in runs]}
+            book = open_journal(stack, Path(output), fingerprint, resume)
+        if "finetune" in config.methods:
+            choose_finetune(harness, registry, val, book, log if ctx.is_main else None)
+        evaluated = [m for m in UNADAPTED if m in config.methods] + list(harness.rows()) + \
+            [label + suffix for _, label, kind in (rows.separate if rows else []) if kind in config.methods
+             for suffix in ("", "@ft")]
+        if config.reference is not None and config.reference not in evaluated:
+            raise ConfigError("--reference", f"{config.reference!r} is not evaluated "
+                                             f"(evaluated: {', '.join(evaluated)})")
+        data = harness.measure(eval_list, progress=progress, journal=book)
+        budgets: dict[str, str] = {}
+        if rows and rows.separate:
+            extra, budgets = measure_separately(harness, eval_list, rows.separate, configs, kinds, device,
+                                                setting.checkpoints, progress=progress, journal=book)
+            data.update(extra)
+        report = harness.summarize(data, eval_list)
+        report["budgets"].update(budgets)
+        report["adaptation_cost"] = harness.cost.summary()
+        report["tasks"] = names
+        if protocol is not None:
+            report["protocol"] = protocol.record(config, setting.config.split, names)
+        if config.inner_steps:
+            report["inner_steps_sweep"] = harness.inner_steps_sweep(eval_list)
+        if output is not None and ctx.is_main:
+            Path(output).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        if book is not None:
+            book.close()  # after the report is written: a kill in between loses nothing
+    return report

@@ -1,0 +1,31 @@
+"""The evaluation recipe (metalm.eval.recipe.evaluate) called as a function, as a notebook would."""
+
+import yaml
+
+from metalm.eval import EvalConfig
+from metalm.eval.recipe import evaluate
+from metalm.run import load_train_config
+from metalm.train import MetaTrainer
+
+from .data.fixtures import make_world
+
+
+def test_a_runs_rows_in_a_multi_run_evaluation_equal_the_run_evaluated_alone(tmp_path, monkeypatch):
+    """Run B beside run A is read from its checkpoint onto A's model (init_from_checkpoint); alone it
+    is rebuilt by load_run: two code paths, the same per-episode accuracies on the same episodes."""
+    world = make_world(tmp_path, max_steps=2, val_every=0, checkpoint_every=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    other = yaml.safe_load(world["config"].read_text())
+    other["algorithm"] = {"name": "fomaml", "inner": {"steps": 3, "lr": 0.2}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    for name, config in (("a", world["config"]), ("b", tmp_path / "other.yaml")):
+        MetaTrainer(load_train_config(config), tmp_path / name).train(progress=False)
+    config = EvalConfig(shots=[1, 2], episodes=2, ways=2, queries=2, methods=["zeroshot", "meta"])
+    both = evaluate(config, runs=[tmp_path / "a", tmp_path / "b"], progress=False, log=None)
+    alone = evaluate(config, runs=[tmp_path / "b"], progress=False, log=None, output=tmp_path / "alone.json")
+    rows = {k.split("|", 1)[1]: v for k, v in alone["per_episode"].items() if k.startswith("meta|")}
+    assert rows and both["tasks"] == alone["tasks"]
+    for key, values in rows.items():
+        assert both["per_episode"][f"meta:fomaml|{key}"] == values, key
+        assert both["per_episode"][f"zeroshot|{key}"] == alone["per_episode"][f"zeroshot|{key}"], key
+    assert (tmp_path / "alone.json").is_file() and not (tmp_path / "alone.json.partial.jsonl").exists()
