@@ -331,14 +331,15 @@ def restore_algorithm(algorithm: MetaLearner, checkpoint: Checkpoint) -> None:
 
 
 def restore_counters(algorithm: MetaLearner, checkpoint: Checkpoint) -> None:
-    """Restore a checkpoint's outer-step counter and the algorithm's extra state.
+    """Restore a checkpoint's algorithm state (:meth:`MetaLearner.load_state_dict`: the outer-step
+    counter and what the algorithm adds).
 
     Raises:
         MetalmError: If the state's ``algorithm`` record is malformed.
     """
     try:
-        algorithm.outer_steps = int(checkpoint.state["algorithm"]["outer_steps"])
-        algorithm.load_extra_state(checkpoint.state["algorithm"].get("extra", {}))
+        state = checkpoint.state["algorithm"]
+        algorithm.load_state_dict({**state.get("extra", {}), **state})  # "extra": as checkpoints before 2026-12-04
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise MetalmError(f"checkpoint {checkpoint.path} is corrupt: state.json algorithm: {err!r}") from None
 

@@ -122,7 +122,7 @@ class MetaTrainer:
         for part in distributed.gather_objects({str(j): s.state_dict() for j, s in self.samplers.items()}, self.ctx):
             slots.update(part)
         state = {"optimizer": opt_state, "scheduler": self.scheduler.state_dict(), "sampler": {"slots": slots},
-                 "algorithm": {"outer_steps": self.algorithm.outer_steps, "extra": self.algorithm.extra_state()},
+                 "algorithm": self.algorithm.state_dict(),
                  "rng": rng_data, "nonfinite": dict(self.nonfinite),
                  "config": to_dict(self.config), "fast": list(self.selection.fast),
                  "shared": list(self.selection.shared)}

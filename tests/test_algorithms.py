@@ -1,6 +1,7 @@
 """Meta-gradients against independent oracles: finite differences, `higher`, and plain backward."""
 
 import copy
+import json
 
 import higher
 import pytest
@@ -173,10 +174,13 @@ def test_meta_gradients_accumulate_and_state_round_trips():
     first = {n: p.grad.clone() for n, p in algo.meta_parameters().items()}
     algo.meta_gradients(eps)
     assert all(torch.allclose(p.grad, 2 * first[n]) for n, p in algo.meta_parameters().items())
-    state = algo.state_dict()
+    algo.outer_steps = 5
+    state = algo.state_dict()  # JSON (state.json); the learned rates are meta-parameters (tensors)
+    assert json.loads(json.dumps(state)) == state == {"outer_steps": 5}
+    assert set(algo.inner_lrs) and all(f"inner_lr/{n}" in algo.meta_parameters() for n in algo.inner_lrs)
     _, other = build("gpt2", "meta-sgd")
     other.load_state_dict(state)
-    assert all(torch.equal(other.inner_lrs[n], v) for n, v in algo.inner_lrs.items())
+    assert other.outer_steps == 5
 
 
 def test_evaluation_adapts_with_learned_rates_and_keeps_the_model():

@@ -205,7 +205,7 @@ def test_multitask_run_resumes_exactly_and_is_the_mtl_row(world, tmp_path, monke
     assert any(k.startswith("meta/task/head/toy_cls/") for k in a)  # the task head is trained and saved
     assert all(torch.equal(a[k], b[k]) for k in a)
     state = json.loads((sorted((whole / "checkpoints").glob("step-*"))[-1] / "state.json").read_text())
-    assert set(state["algorithm"]["extra"]["history"]) == {"toy_cls", "toy_mc", "plays"}
+    assert set(state["algorithm"]["history"]) == {"toy_cls", "toy_mc", "plays"} and state["algorithm"]["outer_steps"] == 4
     logs = [json.loads(line) for line in (split / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2, 3, 4] and "conflict_mean" in logs[1] and "val_query_loss" in logs[3]
     conflict = [json.loads(line) for line in (split / "conflict.jsonl").read_text().splitlines()]

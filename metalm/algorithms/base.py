@@ -194,13 +194,6 @@ class MetaLearner:
         """Create per-task meta-parameters for the training tasks (``Task`` objects); the trainer calls
         it before building the outer optimizer. The meta-learners have none."""
 
-    def extra_state(self) -> dict[str, Any]:
-        """JSON-serializable algorithm state besides tensors (saved in checkpoints)."""
-        return {}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`extra_state` returned."""
-
     # ------------------------------------------------------------------ helpers of meta_gradients
     def inner_loss(self, first_order: bool) -> LossFn:
         """The support loss of the inner loop: :func:`metalm.lm_loss`, compiled
@@ -282,19 +275,14 @@ class MetaLearner:
         return {**metrics, "skipped": 0.0}
 
     def state_dict(self) -> dict[str, Any]:
-        """Algorithm state besides the model: learned rates and the outer-step counter."""
-        lrs = {n: p.detach().clone() for n, p in self.inner_lrs.items()}
-        return {"outer_steps": self.outer_steps, "inner_lrs": lrs}
+        """The algorithm's state besides its tensors, JSON-serializable (checkpoints store it as
+        ``state.json``'s ``algorithm``): the outer-step counter, plus what a subclass adds. Tensors,
+        learned inner rates included, are :meth:`meta_parameters`."""
+        return {"outer_steps": self.outer_steps}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.outer_steps = int(state["outer_steps"])
-        missing = set(self.inner_lrs) ^ set(state["inner_lrs"])
-        if missing:
-            raise ConfigError("inner_lrs", f"learned rates do not match this model: {sorted(missing)[:3]}")
-        with torch.no_grad():
-            for n, v in state["inner_lrs"].items():
-                self.inner_lrs[n].copy_(v)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {dataclasses.asdict(self.config)})"

@@ -113,10 +113,12 @@ class Multitask(MetaLearner):
     def meta_parameters(self) -> dict[str, Tensor]:
         return {**super().meta_parameters(), **{f"task/{k}": v for k, v in self.task_params.items()}}
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"history": self.history, "gradnorm_weights": self.gradnorm_weights}
+    def state_dict(self) -> dict[str, Any]:
+        """The outer-step counter, each task's loss history and GradNorm's weights."""
+        return {**super().state_dict(), "history": self.history, "gradnorm_weights": self.gradnorm_weights}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
         self.history = {k: list(v) for k, v in state.get("history", {}).items()}
         self.gradnorm_weights = dict(state.get("gradnorm_weights", {}))
 
