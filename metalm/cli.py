@@ -385,7 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algorithm=fomaml")
     demo.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     demo.set_defaults(func=_demo)
+    for add in (_add_train, _add_eval, _add_diagnose, _add_tools):
+        add(sub)
+    return parser
 
+
+def _add_train(sub: Any) -> None:
+    """``metalm train``."""
     train = sub.add_parser(
         "train", help="meta-train on a split's meta-train tasks", formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (in the YAML or as key=value, nested with dots, e.g. outer.lr=1e-3 "
@@ -406,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(func=_train)
 
+
+def _add_eval(sub: Any) -> None:
+    """``metalm eval``."""
     ev = sub.add_parser("eval", help="few-shot evaluation of every method on the same held-out episodes")
     ev.add_argument("--run-dir", action="append", help="a trained run (enables the meta method); repeat it to "
                                                        "compare several runs' initializations on the same episodes")
@@ -437,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="EvalConfig fields, e.g. max_length=256")
     ev.set_defaults(func=_eval)
 
+
+def _add_diagnose(sub: Any) -> None:
+    """``metalm diagnose``."""
     dg = sub.add_parser("diagnose", help="objective conflict (cosine of per-task gradients) and the seen vs "
                                          "held-out generalization gap")
     dg.add_argument("--run-dir", help="a trained run (its weights and parameter selection)")
@@ -465,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--episodes", type=int, default=4, help="episodes per task in the gap (default 4)")
     dg.set_defaults(func=_diagnose)
 
+
+def _add_tools(sub: Any) -> None:
+    """``metalm report``, ``export``, ``download``, ``config`` and ``tasks``."""
     rp = sub.add_parser("report", help="markdown table and PNG plots of a run folder")
     rp.add_argument("run_dir")
     rp.set_defaults(func=_report)
@@ -502,7 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (tl, ts):
         p.add_argument("--task-dir", dest="task_dirs", action="append", default=[], help=TASK_DIR_HELP)
     tasks.set_defaults(func=_tasks)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

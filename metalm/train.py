@@ -231,10 +231,11 @@ class MetaTrainer:
             signals = stack.enter_context(StopSignals())
             return self._train(signals, resume=resume, max_steps=max_steps, progress=progress)
 
-    def _train(self, signals: StopSignals, *, resume: bool, max_steps: int | None, progress: bool) -> dict[str, Any]:
-        cfg, main = self.config, self.ctx.is_main
-        max_steps = max_steps or cfg.max_steps
-        log_path = self.run_dir / "log.jsonl"
+    def _open_folder(self, resume: bool) -> None:
+        """Create or resume the run folder: leftovers of killed writes removed, the newest intact
+        checkpoint restored, what was logged after it dropped (all of it before the first
+        checkpoint: it is recomputed identically), the config written."""
+        main = self.ctx.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             clean_partial(self.run_dir)
@@ -244,13 +245,46 @@ class MetaTrainer:
         found = latest_checkpoint(self.run_dir) if resume else None
         if found is not None:
             self.restore(found)
-        # Drop what was logged after the step we start from (all of it before the first checkpoint):
-        # it is recomputed identically.
-        for path in (log_path, self.run_dir / "conflict.jsonl"):
+        for path in (self.run_dir / "log.jsonl", self.run_dir / "conflict.jsonl"):
             if main and path.exists():
                 trim_to_step(path, self.step)
         if main:
-            write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
+
+    def _count_nonfinite(self, skipped: bool) -> None:
+        """Count a step skipped for a non-finite loss or meta-gradient (no update; the step still counts:
+        episodes and schedule advance as in any step); too many in a row end the run."""
+        if not skipped:
+            self.nonfinite["run"] = 0
+            return
+        self.nonfinite["total"] += 1
+        self.nonfinite["run"] += 1
+        if self.nonfinite["run"] >= self.config.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{self.run_dir}: {self.nonfinite['run']} consecutive steps (to step {self.step + 1}) "
+                "had a NaN or infinite loss or meta-gradient (max_nonfinite_steps); none was applied "
+                "or saved. Lower algorithm.inner.lr or outer.lr, or check the model's weights; "
+                "--resume continues from the last checkpoint")
+
+    def _log(self, row: dict[str, Any], log: Any, log_path: Path, writer: Any) -> None:
+        """One step's row to ``log.jsonl`` (flushed) and its numbers to tensorboard (main process)."""
+        if log is not None:
+            try:
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            except OSError as err:
+                err.filename = err.filename or str(log_path)  # a full disk: named in the one-line error
+                raise
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(k, v, self.step)
+
+    def _train(self, signals: StopSignals, *, resume: bool, max_steps: int | None, progress: bool) -> dict[str, Any]:
+        cfg, main = self.config, self.ctx.is_main
+        max_steps = max_steps or cfg.max_steps
+        log_path = self.run_dir / "log.jsonl"
+        self._open_folder(resume)
         writer = _tensorboard(self.run_dir, self.step) if main else None
         bar = _progress(progress and main, self.step, max_steps)
         last: dict[str, Any] = {}
@@ -265,17 +299,7 @@ class MetaTrainer:
                 metrics = self.algorithm.step(self._micro_batches(shapes), self.optimizer,
                                               clip_grad_norm=cfg.outer.clip_grad_norm, sync=self._sync,
                                               autocast=self._autocast)
-                if not metrics.pop("skipped"):
-                    self.nonfinite["run"] = 0
-                else:  # no update; the step still counts (episodes and schedule advance as in any step)
-                    self.nonfinite["total"] += 1
-                    self.nonfinite["run"] += 1
-                    if self.nonfinite["run"] >= cfg.max_nonfinite_steps:
-                        raise NonFiniteError(
-                            f"{self.run_dir}: {self.nonfinite['run']} consecutive steps (to step {self.step + 1}) "
-                            "had a NaN or infinite loss or meta-gradient (max_nonfinite_steps); none was applied "
-                            "or saved. Lower algorithm.inner.lr or outer.lr, or check the model's weights; "
-                            "--resume continues from the last checkpoint")
+                self._count_nonfinite(bool(metrics.pop("skipped")))
                 self.scheduler.step()
                 self.step += 1
                 shapes = [s for part in distributed.gather_objects(shapes, self.ctx) for s in part]
@@ -294,17 +318,7 @@ class MetaTrainer:
                     last.update(conflict_mean=measured["mean_offdiag"], conflict_min=measured["min_offdiag"])
                     with open(self.run_dir / "conflict.jsonl", "a", encoding="utf-8") as fh:
                         fh.write(json.dumps({"step": self.step, **measured}) + "\n")
-                if log is not None:
-                    try:
-                        log.write(json.dumps(last) + "\n")
-                        log.flush()
-                    except OSError as err:
-                        err.filename = err.filename or str(log_path)  # a full disk: named in the one-line error
-                        raise
-                if writer is not None:
-                    for k, v in last.items():
-                        if k != "step" and isinstance(v, (int, float)):
-                            writer.add_scalar(k, v, self.step)
+                self._log(last, log, log_path, writer)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.get('query_loss', float('nan')):.3f}",
                                 acc=f"{metrics.get('query_accuracy', float('nan')):.3f}")

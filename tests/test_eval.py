@@ -95,6 +95,28 @@ def test_harness_pairs_episodes_and_keeps_the_model(tiny, registry):
     assert again["results"] == report["results"]
 
 
+def test_a_generation_tasks_metric_is_read(tiny, registry):
+    """A generation task's YAML ``metric`` decides its score: with fixed predictions (the first
+    reference word plus a wrong one) exact match is 0 and token F1 is 2/3 on every query."""
+    from metalm.data import Task
+
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    config = EvalConfig(shots=[1], episodes=2, ways=2, queries=2, methods=["zeroshot"])
+    scores = {}
+    for metric in ("exact_match", "token_f1"):
+        task = Task(dataclasses.replace(registry["toy_gen"].spec, name=f"gen_{metric}", metric=metric))
+        harness = Harness.from_learner(algo, tok, base, base, config)
+        eps = harness.episodes(task, 1)
+        first = {q.prompt: q.references[0].split()[0] for ep in eps for q in ep.query}
+        assert all(len(q.references[0].split()) == 1 for ep in eps for q in ep.query)  # one-word answers
+        harness._generate = lambda params, prompts, first=first: [first[p] + " zzz" for p in prompts]
+        report = harness.summarize(harness.measure([task]), [task])
+        assert report["metrics"] == {task.name: metric}
+        scores[metric] = report["per_episode"][f"zeroshot|{task.name}|1"]
+    assert scores == {"exact_match": [[0.0, 0.0]], "token_f1": [[pytest.approx(2 / 3)] * 2]}
+
+
 def test_shared_work_gives_the_reference_paths_accuracies(tiny, registry):
     """Prefix reuse, batching across episodes and one trajectory per grid point against the plain
     path that computes every method on every episode on its own."""

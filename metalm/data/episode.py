@@ -62,6 +62,8 @@ class TextEpisode:
         query: Examples to score.
         classes: For classification, the episode's classes (original label names); position ``i``
             is episode label ``i``.
+        metric: The task's metric (its YAML ``metric``): how a generation episode's queries are
+            scored (``exact_match`` or ``token_f1``); ``accuracy`` for option-scored tasks.
     """
 
     task: str
@@ -69,6 +71,7 @@ class TextEpisode:
     support: list[Example]
     query: list[Example]
     classes: list[str] = dataclasses.field(default_factory=list)
+    metric: str = "accuracy"
 
 
 @dataclasses.dataclass

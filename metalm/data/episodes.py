@@ -158,7 +158,8 @@ class EpisodeSampler:
             return self._classification(ix, rng)
         rows = rng.choice(ix.size, cfg.shots + cfg.queries, replace=False)
         examples = self._render(ix, rows.tolist(), None, None)
-        return TextEpisode(ix.task.name, ix.spec.type, examples[:cfg.shots], examples[cfg.shots:])
+        return TextEpisode(ix.task.name, ix.spec.type, examples[:cfg.shots], examples[cfg.shots:],
+                           metric=ix.spec.metric)
 
     def _classification(self, ix: _TaskIndex, rng: np.random.Generator) -> TextEpisode:
         cfg = self.config
@@ -182,7 +183,7 @@ class EpisodeSampler:
         s_perm, q_perm = rng.permutation(len(support_rows)), rng.permutation(len(query_rows))
         support = self._render(ix, [support_rows[i] for i in s_perm], [support_lab[i] for i in s_perm], options)
         query = self._render(ix, [query_rows[i] for i in q_perm], [query_lab[i] for i in q_perm], options)
-        return TextEpisode(ix.task.name, spec.type, support, query, classes)
+        return TextEpisode(ix.task.name, spec.type, support, query, classes, spec.metric)
 
     def _render(self, ix: _TaskIndex, rows: list[int], labels: list[int] | None,
                 options: list[str] | None) -> list[Example]:

@@ -210,59 +210,83 @@ def _normalize(spec: TaskSpec, ds: datasets.Dataset, source: str | None) -> data
     if field not in cols:
         raise TaskError("target_field", f"no field {field!r} in the data (have {', '.join(sorted(cols))})", source)
     if spec.type == "classification":
-        labels = spec.labels or []
-
-        def fix(row: dict[str, Any]) -> dict[str, Any]:
-            value = row[field]
-            if isinstance(value, int) and not isinstance(value, bool):
-                if "options" in row:  # BIG-bench: an index into the example's options
-                    value = row["options"][value]
-                elif 0 <= value < len(labels):  # an index into the label set
-                    value = labels[value]
-            return {"_label": str(value)}
-
-        # A new column, so datasets does not cast the strings back to the old column's type.
-        ds = ds.map(fix)
-        ds = ds.remove_columns([c for c in ("label",) if c in ds.column_names]).rename_column("_label", "label")
-        present = set(ds.unique("label"))
-        unknown = sorted(present - set(labels))
-        if unknown:
-            raise TaskError("labels", f"the data has label {unknown[0]!r} not in labels {labels}", source)
+        ds = _classification(spec, ds, field, source)
     elif spec.type == "multiple_choice":
-        if spec.options_field not in cols:
-            raise TaskError("options_field", f"no field {spec.options_field!r} in the data", source)
-        ds = ds.map(lambda r, i: {"options": _options(r[spec.options_field], spec.options_field, i, source),
-                                  "label": _index(r[field], field, i, source)}, with_indices=True)
-        bad = [i for i, (opts, lab) in enumerate(zip(ds["options"], ds["label"], strict=True))
-               if len(opts) < 2 or not 0 <= lab < len(opts)]
-        if bad:
-            raise TaskError(spec.options_field, f"example {bad[0]} needs >= 2 options and a label indexing them",
-                            source)
-        blank = [i for i, opts in enumerate(ds["options"]) if any(not o.strip() for o in opts)]
-        if blank and not spec.drop_empty:
-            raise TaskError(spec.options_field, f"example {blank[0]} has an empty option (an option is scored by "
-                                                "its tokens; set drop_empty to skip such examples)", source)
-        if blank:
-            ds = ds.select(sorted(set(range(len(ds))) - set(blank)))
-            if len(ds) == 0:
-                raise TaskError("source", "every example has an empty option", source)
+        ds = _multiple_choice(spec, ds, field, set(ds.column_names), source)
     elif spec.type == "generation":
-        def answers(row: dict[str, Any], i: int) -> dict[str, Any]:
-            value = row[field]
-            refs = value if isinstance(value, list) else [value]
-            refs = [_text(x, field, i, source) for x in (row.get("references") or refs)]
-            if not refs:
-                raise TaskError(field, f"example {i} has no reference answer", source)
-            return {"_target": _text(refs[0] if isinstance(value, list) else value, field, i, source),
-                    "_references": refs}
-
-        # New columns, so datasets does not cast the strings back to the old columns' types.
-        ds = ds.map(answers, with_indices=True)
-        ds = ds.remove_columns([c for c in ("target", "references") if c in ds.column_names])
-        ds = ds.rename_columns({"_target": "target", "_references": "references"})
+        ds = _generation(ds, field, source)
     else:
         ds = ds.map(lambda r, i: {"text": _text(r[field], field, i, source)}, with_indices=True)
-    # Empty text: every field the template reads, and the answer, must be non-empty.
+    return _check_text(spec, ds, source)
+
+
+def _classification(spec: TaskSpec, ds: datasets.Dataset, field: str, source: str | None) -> datasets.Dataset:
+    """A ``label`` column of label strings (an int indexes the example's options or the label set)."""
+    labels = spec.labels or []
+
+    def fix(row: dict[str, Any]) -> dict[str, Any]:
+        value = row[field]
+        if isinstance(value, int) and not isinstance(value, bool):
+            if "options" in row:  # BIG-bench: an index into the example's options
+                value = row["options"][value]
+            elif 0 <= value < len(labels):  # an index into the label set
+                value = labels[value]
+        return {"_label": str(value)}
+
+    # A new column, so datasets does not cast the strings back to the old column's type.
+    ds = ds.map(fix)
+    ds = ds.remove_columns([c for c in ("label",) if c in ds.column_names]).rename_column("_label", "label")
+    present = set(ds.unique("label"))
+    unknown = sorted(present - set(labels))
+    if unknown:
+        raise TaskError("labels", f"the data has label {unknown[0]!r} not in labels {labels}", source)
+    return ds
+
+
+def _multiple_choice(spec: TaskSpec, ds: datasets.Dataset, field: str, cols: set[str],
+                     source: str | None) -> datasets.Dataset:
+    """``options`` (>= 2 non-empty strings) and ``label`` (an index into them)."""
+    if spec.options_field not in cols:
+        raise TaskError("options_field", f"no field {spec.options_field!r} in the data", source)
+    ds = ds.map(lambda r, i: {"options": _options(r[spec.options_field], spec.options_field, i, source),
+                              "label": _index(r[field], field, i, source)}, with_indices=True)
+    bad = [i for i, (opts, lab) in enumerate(zip(ds["options"], ds["label"], strict=True))
+           if len(opts) < 2 or not 0 <= lab < len(opts)]
+    if bad:
+        raise TaskError(spec.options_field, f"example {bad[0]} needs >= 2 options and a label indexing them",
+                        source)
+    blank = [i for i, opts in enumerate(ds["options"]) if any(not o.strip() for o in opts)]
+    if blank and not spec.drop_empty:
+        raise TaskError(spec.options_field, f"example {blank[0]} has an empty option (an option is scored by "
+                                            "its tokens; set drop_empty to skip such examples)", source)
+    if blank:
+        ds = ds.select(sorted(set(range(len(ds))) - set(blank)))
+        if len(ds) == 0:
+            raise TaskError("source", "every example has an empty option", source)
+    return ds
+
+
+def _generation(ds: datasets.Dataset, field: str, source: str | None) -> datasets.Dataset:
+    """``target`` (the answer trained on) and ``references`` (every accepted answer)."""
+    def answers(row: dict[str, Any], i: int) -> dict[str, Any]:
+        value = row[field]
+        refs = value if isinstance(value, list) else [value]
+        refs = [_text(x, field, i, source) for x in (row.get("references") or refs)]
+        if not refs:
+            raise TaskError(field, f"example {i} has no reference answer", source)
+        return {"_target": _text(refs[0] if isinstance(value, list) else value, field, i, source),
+                "_references": refs}
+
+    # New columns, so datasets does not cast the strings back to the old columns' types.
+    ds = ds.map(answers, with_indices=True)
+    ds = ds.remove_columns([c for c in ("target", "references") if c in ds.column_names])
+    ds = ds.rename_columns({"_target": "target", "_references": "references"})
+    return ds
+
+
+def _check_text(spec: TaskSpec, ds: datasets.Dataset, source: str | None) -> datasets.Dataset:
+    """Every field the template reads, and the answer, must be non-empty text (``drop_empty``: such
+    examples are dropped instead)."""
     used = jinja_meta.find_undeclared_variables(_ENV.parse(spec.template))
     missing = sorted(used - set(ds.column_names))
     if missing:

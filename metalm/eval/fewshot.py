@@ -55,7 +55,7 @@ from .cost import AdaptationCost
 from .inits import Init, check_values, init_from_values, trained_rows
 from .journal import Journal
 from .prepared import PreparedQueries, prepare_queries, score_prepared
-from .scoring import exact_match, greedy_generate, option_scores
+from .scoring import generation_score, greedy_generate, option_scores
 from .summary import Measurements, query_baselines, summarize
 
 if TYPE_CHECKING:
@@ -433,7 +433,8 @@ class Harness:
                 out.setdefault(row, []).append(self._score_episode(adapted[key], ep, prep, init.icl, init.calibrate))
 
     def _generation_block(self, episodes: Sequence[TextEpisode]) -> dict[str, list[float]]:
-        """Exact match per episode; calibrated and channel rows equal their plain method (no options)."""
+        """The task's metric (exact match or token F1) per episode; calibrated and channel rows equal their
+        plain method (no options)."""
         out: dict[str, list[float]] = {}
         plain: dict[str, list[float]] = {}
         for method in ("zeroshot", "icl"):
@@ -443,7 +444,7 @@ class Harness:
                        for ep in episodes for q in ep.query]
             preds = self._generate(self.base.params(), prompts)
             refs = [q.references for ep in episodes for q in ep.query]
-            hits = [exact_match(p, r) for p, r in zip(preds, refs, strict=True)]
+            hits = [generation_score(episodes[0].metric, p, r) for p, r in zip(preds, refs, strict=True)]
             q = len(episodes[0].query)
             plain[method] = [sum(hits[i * q:(i + 1) * q]) / q for i in range(len(episodes))]
         for m in UNADAPTED:
@@ -492,7 +493,8 @@ class Harness:
         if ep.type == "generation":
             demos = demonstrations(ep.support) if icl != "plain" else ""
             preds = self._generate(params, [with_demonstrations(demos, q.prompt) for q in ep.query])
-            return sum(exact_match(p, q.references) for p, q in zip(preds, ep.query, strict=True)) / len(ep.query)
+            return sum(generation_score(ep.metric, p, q.references)
+                       for p, q in zip(preds, ep.query, strict=True)) / len(ep.query)
         if calibrate:
             scores = self._unadapted("zeroshot-cal" if icl == "plain" else "icl-cal", [ep], params)[0]
         elif icl != "plain":
@@ -545,7 +547,8 @@ class Harness:
 
     def summarize(self, data: Measurements, tasks: Sequence[Task]) -> dict[str, Any]:
         """The report of ``data`` (:func:`metalm.eval.summary.summarize`) with chance, majority label,
-        fine-tuning's chosen budget and each row's adaptation."""
+        fine-tuning's chosen budget, each row's adaptation and each task's metric (``accuracy`` for
+        option-scored tasks; a generation task's ``exact_match`` or ``token_f1``)."""
         shots = self.config.shots[0]
         eps = {t.name: [ep for s in range(self.config.seeds) for ep in self.episodes(t, shots, s)] for t in tasks}
         chance, majority = query_baselines(eps)
@@ -561,6 +564,7 @@ class Harness:
         report["finetune_lr"] = self.finetune.inner.lr if self.finetune else None
         report["finetune_steps"] = self.finetune.inner.steps if self.finetune else None
         report["inner_steps"] = self.base.inner.steps
+        report["metrics"] = {t.name: t.spec.metric for t in tasks}  # what a task's "accuracy" is
         return report
 
     def run(self, tasks: Sequence[Task], progress: bool = False) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from ..data.collate import CollateConfig, pad_sequences
 from ..data.episode import Example
-from ..errors import BatchError
+from ..errors import BatchError, ConfigError
 from ..losses import IGNORE_INDEX, output_logits, prepare_batch, target_logits
 from ..models import causal_lm
 
@@ -349,6 +349,17 @@ def exact_match(prediction: str, references: Sequence[str]) -> float:
     return float(any(normalize_answer(prediction) == normalize_answer(r) for r in references))
 
 
+def generation_score(metric: str, prediction: str, references: Sequence[str]) -> float:
+    """A generated answer's score under a task's ``metric``: :func:`exact_match` or :func:`token_f1`.
+
+    Raises:
+        ConfigError: For another metric.
+    """
+    if metric not in GENERATION_METRICS:
+        raise ConfigError("metric", f"{metric!r} does not score generated answers (use exact_match or token_f1)")
+    return GENERATION_METRICS[metric](prediction, references)
+
+
 def token_f1(prediction: str, references: Sequence[str]) -> float:
     """Best token-overlap F1 of the prediction against the references (SQuAD)."""
     best = 0.0
@@ -362,3 +373,6 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
             p, r = common / len(pred), common / len(gold)
             best = max(best, 2 * p * r / (p + r))
     return best
+
+
+GENERATION_METRICS = {"exact_match": exact_match, "token_f1": token_f1}
