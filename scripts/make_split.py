@@ -5,9 +5,9 @@ Usage: python scripts/make_split.py [--learnability benchmarks/results/learnabil
 The rule, fixed before any method is compared on the split:
 
 1. Read the tasks in the seeded order of ``learnability_order.txt`` (classification and multiple
-   choice tasks that support 16 shots with short inputs first) and stop at the first one not yet
-   measured: the split depends on a prefix of that order only, so measuring more tasks later does
-   not change it once it is complete.
+   choice tasks that support 16 shots with short inputs first), one at a time, and stop at the
+   first prefix whose tasks fill both sets (rules 2-3) or at the first task not yet measured: the
+   split is that of the shortest complete prefix, so measuring more tasks later does not change it.
 2. A task's *family* is its name before the first dot (BIG-bench's subtasks: ``arithmetic.*``,
    ``multiemo.*``). Families are taken in the order of their first learnable task; a family gives the
    evaluation sets its first ``PER_FAMILY`` learnable tasks (so no family dominates the macro), and
@@ -44,25 +44,11 @@ def family(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def make_split(order: Sequence[str], measured: Mapping[str, Mapping], types: Mapping[str, str],
-               pool: Sequence[str]) -> dict:
-    """The split of the rule above: ``{"meta_train", "meta_val", "meta_test", "read"}``.
-
-    Args:
-        order: The seeded order of the learnability job.
-        measured: Task name -> its learnability entry (``learnable``).
-        types: Task name -> ``classification`` / ``multiple_choice`` / ``generation``.
-        pool: Every task of the pool (meta-train is drawn from it).
-
-    Raises:
-        ValueError: If the measured prefix cannot fill both evaluation sets.
-    """
-    read = 0
+def _assign(prefix: Sequence[str], measured: Mapping[str, Mapping],
+            types: Mapping[str, str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Rules 2-3 over the tasks of ``prefix``: the evaluation sets, and what each still lacks."""
     families: dict[str, list[str]] = {}
-    for name in order:
-        if name not in measured:
-            break
-        read += 1
+    for name in prefix:
         if measured[name].get("learnable"):
             families.setdefault(family(name), []).append(name)
     sets: dict[str, list[str]] = {"meta_test": [], "meta_val": []}
@@ -82,16 +68,39 @@ def make_split(order: Sequence[str], measured: Mapping[str, Mapping], types: Map
         where = next((w for w in [*lacking, *quota] if room(w, cls) >= 1), None)
         if where is not None:  # its first tasks, as many as fit (at most PER_FAMILY)
             sets[where] += members[:min(PER_FAMILY, room(where, cls))]
-    missing = [f"{where}: {len(sets[where])} of {size} tasks, "
-               f"{sum(types[t] == 'classification' for t in sets[where])} of {need} classification"
-               for where, (size, need) in quota.items()
-               if len(sets[where]) < size or sum(types[t] == "classification" for t in sets[where]) < need]
+    missing = [f"{where}: {len(sets[where])} of {size} tasks, {count_cls(where)} of {need} classification"
+               for where, (size, need) in quota.items() if len(sets[where]) < size or count_cls(where) < need]
+    return sets, missing
+
+
+def make_split(order: Sequence[str], measured: Mapping[str, Mapping], types: Mapping[str, str],
+               pool: Sequence[str]) -> dict:
+    """The split of the rule above: ``{"meta_train", "meta_val", "meta_test", "read"}``.
+
+    Args:
+        order: The seeded order of the learnability job.
+        measured: Task name -> its learnability entry (``learnable``).
+        types: Task name -> ``classification`` / ``multiple_choice`` / ``generation``.
+        pool: Every task of the pool (meta-train is drawn from it).
+
+    Raises:
+        ValueError: If the measured prefix cannot fill both evaluation sets.
+    """
+    prefix: list[str] = []
+    sets, missing = _assign(prefix, measured, types)
+    for name in order:
+        if name not in measured:
+            break
+        prefix.append(name)
+        sets, missing = _assign(prefix, measured, types)
+        if not missing:  # the shortest complete prefix: later measurements do not change the split
+            break
     if missing:
-        raise ValueError(f"the {read} tasks measured in order cannot fill the split yet ({'; '.join(missing)}): "
-                         "let the learnability job measure more")
+        raise ValueError(f"the {len(prefix)} tasks measured in order cannot fill the split yet "
+                         f"({'; '.join(missing)}): let the learnability job measure more")
     taken = {family(t) for t in sets["meta_test"] + sets["meta_val"]}
     return {"meta_train": [t for t in pool if family(t) not in taken], "meta_val": sets["meta_val"],
-            "meta_test": sets["meta_test"], "read": read}
+            "meta_test": sets["meta_test"], "read": len(prefix)}
 
 
 def render(split: dict, criterion: str) -> str:

@@ -19,7 +19,7 @@ SHIPPED = sorted(p.stem for p in (ROOT / "tasks" / "protocols").glob("*.yaml"))
 
 
 def test_the_shipped_protocols_exist():
-    assert {"main", "study", "study-val"} <= set(SHIPPED)
+    assert {"main", "study", "study-val", "bench"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -58,6 +58,21 @@ def test_the_split_depends_on_the_measured_prefix_only():
         make_split(order, gap, types, pool)
 
 
+def test_measuring_more_tasks_after_the_split_is_complete_does_not_change_it():
+    """The shortest complete prefix decides: a sibling measured later (one more learnable task of an
+    evaluated family) would otherwise take a place and push the last family's task out."""
+    order, measured, types, pool = world()
+    first = make_split(order, measured, types, pool)
+    read = first["read"]
+    assert read < len(order)  # the world has more measured tasks than the split needed
+    shorter = make_split(order, {t: measured[t] for t in order[:read]}, types, pool)
+    assert shorter == first
+    with pytest.raises(ValueError, match=f"the {read - 1} tasks measured in order cannot fill"):
+        make_split(order, {t: measured[t] for t in order[:read - 1]}, types, pool)
+    later = {**measured, **{t: {"learnable": True} for t in order[read:]}}  # every later task learnable
+    assert make_split(order, later, types, pool) == first
+
+
 def test_too_few_learnable_classification_tasks_are_named():
     order, measured, types, pool = world()
     for t in order:
@@ -67,7 +82,6 @@ def test_too_few_learnable_classification_tasks_are_named():
         make_split(order, measured, types, pool)
 
 
-@pytest.mark.skipif(not (ROOT / "tasks" / "splits" / "bench.yaml").is_file(), reason="the split is not made yet")
 def test_the_shipped_split_is_the_rules_output(tmp_path):
     out = tmp_path / "bench.yaml"
     assert make_split_module.main(["--out", str(out)]) == 0
