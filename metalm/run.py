@@ -139,8 +139,9 @@ class TrainConfig:
             raise ConfigError("algorithm.name", "required field is missing")
         alg = algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
         if self.distributed == "fsdp":
-            check_algorithm(self.algorithm["name"], alg,
-                            double_backward=algorithm_class(self.algorithm["name"]).needs_double_backward(alg))
+            cls = algorithm_class(self.algorithm["name"])
+            check_algorithm(self.algorithm["name"], alg, double_backward=cls.needs_double_backward(alg))
+            cls.check_sharded(alg)
             if self.conflict_every:
                 raise ConfigError("conflict_every", "not supported with distributed: fsdp (measure the conflict "
                                                     "with `metalm diagnose` in one process)")

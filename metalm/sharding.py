@@ -30,7 +30,6 @@ from .losses import SHARDED_ROOT, _TargetHead
 from .models import decoder_layers
 from .params import ParameterSelection
 
-LOSS_WEIGHTINGS = ("equal", "fixed", "uncertainty", "dwa")  # multi-task weightings that need no per-task gradient
 ALTERNATIVES = ("use a first-order algorithm under distributed: fsdp (fomaml, reptile, multitask, metaicl, or "
                 "inner.first_order: true), or keep the model replicated (distributed: replicate) and save "
                 "memory with inner.recompute: true (checkpointed MAML) or algorithm: imaml")
@@ -43,20 +42,14 @@ def check_algorithm(name: str, config: Any, double_backward: bool) -> None:
 
     Raises:
         ConfigError: For second-order outer steps (double backward through FSDP, pytorch#172543),
-            iMAML (Hessian-vector products are double backward too), multi-task weightings that
-            combine per-task gradients (GradNorm, torchjd aggregators), and the options that need
-            the whole model in one process: ``inner.vmap``, ``inner.compile``.
+            iMAML (Hessian-vector products are double backward too), and the options that need the
+            whole model in one process: ``inner.vmap``, ``inner.compile``. What else an algorithm
+            cannot run sharded it refuses itself (:meth:`metalm.algorithms.MetaLearner.check_sharded`).
     """
     inner = getattr(config, "inner", None)
     if double_backward:
         raise ConfigError("distributed", f"fsdp cannot run {name} with second-order meta-gradients: FSDP does "
                                          f"not support double backward (pytorch#172543); {ALTERNATIVES}")
-    weighting = getattr(config, "weighting", "equal")
-    if name == "multitask" and weighting not in LOSS_WEIGHTINGS:
-        raise ConfigError("algorithm.weighting", f"{weighting!r} is not supported with distributed: fsdp: it combines "
-                                                 "each task's gradient of the shared weights, which FSDP holds in "
-                                                 f"shards; use one of {', '.join(LOSS_WEIGHTINGS)} (they weight the "
-                                                 "losses), or distributed: replicate")
     for option in ("vmap", "compile"):
         if inner is not None and getattr(inner, option):
             raise ConfigError(f"algorithm.inner.{option}", f"not supported with distributed: fsdp (the sharded "

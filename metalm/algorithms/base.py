@@ -133,6 +133,12 @@ class MetaLearner:
         inner = getattr(config, "inner", None)
         return inner is not None and not inner.first_order
 
+    @classmethod
+    def check_sharded(cls, config: Any) -> None:
+        """Refuse, with a :class:`~metalm.errors.ConfigError` naming the field, a config this algorithm
+        cannot run on a base model sharded across processes (``distributed: fsdp``), beyond what
+        :func:`metalm.sharding.check_algorithm` refuses for every algorithm. Nothing by default."""
+
     def generators(self, values: Mapping[str, Tensor]) -> dict[str, Callable[..., dict[str, Tensor]]]:
         """Algorithms that write a new task's fast weights from its support set (a hypernetwork, a
         composition of a LoRA library): ``generate(support, frozen) -> fast weights`` from the

@@ -72,6 +72,9 @@ class MultitaskConfig:
             raise ConfigError(f"algorithm.weights.{bad[0]}", "must be a number >= 0")
 
 
+SHARDABLE_WEIGHTINGS = ("equal", "fixed", "uncertainty", "dwa")  # no per-task gradient of the shared weights
+
+
 @register_algorithm("multitask", MultitaskConfig)
 class Multitask(MetaLearner):
     """Multi-task learning with loss weighting or gradient aggregation.
@@ -84,6 +87,16 @@ class Multitask(MetaLearner):
     def needs_double_backward(cls, config: Any) -> bool:
         """Never: no gradient of a gradient (its inner config only serves evaluation or is first-order)."""
         return False
+
+    @classmethod
+    def check_sharded(cls, config: Any) -> None:
+        """Weightings that combine each task's gradient of the shared weights (GradNorm, torchjd's
+        aggregators) cannot run on FSDP's shards; those that weight the losses can."""
+        if config.weighting not in SHARDABLE_WEIGHTINGS:
+            raise ConfigError("algorithm.weighting",
+                              f"{config.weighting!r} is not supported with distributed: fsdp: it combines each "
+                              "task's gradient of the shared weights, which FSDP holds in shards; use one of "
+                              f"{', '.join(SHARDABLE_WEIGHTINGS)} (they weight the losses), or distributed: replicate")
 
     row = "mtl"
 
