@@ -158,17 +158,20 @@ def check_values(learner: Any, values: Any, argument: str) -> None:
             check_like(value, own[name], f"{argument}[{name}]", "the meta-parameter's")
 
 
-def init_from_values(learner: Any, values: Mapping[str, Tensor], *, trained: bool = True) -> Init:
+def init_from_values(learner: Any, values: Mapping[str, Tensor], *, trained: bool = True,
+                     generators: Mapping[str, Callable[..., Any]] | None = None) -> Init:
     """An :class:`Init` from meta-parameter values by name, as :meth:`MetaLearner.meta_parameters` names
     them (``inner_lr/NAME`` for learned rates), with ``learner``'s selection and inner loop (see
-    :func:`init_of` for ``trained``). A shared weight without a value is used as the model holds it."""
+    :func:`init_of` for ``trained``). A shared weight without a value is used as the model holds it.
+    ``generators``: ``learner.generators(values)`` when the caller has them already (built once)."""
     sel = learner.selection
     lrs = {n[len("inner_lr/"):]: v.detach() for n, v in values.items() if n.startswith("inner_lr/")}
     init = Init({n: values[n].detach() for n in sel.fast}, learner.inner,
                 {n: values[n].detach() for n in sel.shared if n in values})
     if not trained:
         return init
-    generate = next(iter(learner.generators(values).values()), None)  # a library's first composition
+    generators = learner.generators(values) if generators is None else generators
+    generate = next(iter(generators.values()), None)  # a library's first composition
     return dataclasses.replace(init, lr=lrs or None, generate=generate, **type(learner).scoring(learner.config))
 
 
@@ -176,8 +179,8 @@ def trained_rows(learner: Any, values: Mapping[str, Tensor], label: str) -> dict
     """A trained run's evaluation rows by name: ``label`` with the initialization of ``values``, or, for
     an algorithm with several ways of writing a new task's weights (a LoRA library's compositions),
     one row per way (``label-hub``, ``label-mean``, ``label-arrow`` ...)."""
-    init = init_from_values(learner, values)
     generators, routers = learner.generators(values), learner.routers(values)
+    init = init_from_values(learner, values, generators=generators)
     if not generators and not routers:
         return {label: init}
     out = {label + suffix: dataclasses.replace(init, generate=gen) for suffix, gen in generators.items()}
