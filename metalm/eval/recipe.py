@@ -47,8 +47,6 @@ class Setting:
     base: Any
     rows: RunRows | None
     checkpoints: dict[str, Any]
-    configs: list[TrainConfig]
-    kinds: list[str]
 
 
 def run_configs(runs: Sequence[str | Path]) -> tuple[list[TrainConfig], list[str]]:
@@ -69,18 +67,19 @@ def default_methods(kinds: Sequence[str]) -> list[str]:
     return [*DEFAULT_METHODS, *(k for k in TRAINED if k in kinds)]
 
 
-def build_setting(runs: Sequence[str], model: str | None, device: torch.device) -> Setting:
-    """The model and rows of an evaluation of ``runs`` (their first run's model) or of ``model``."""
-    configs, kinds = run_configs(runs)
+def build_setting(runs: Sequence[str], model: str | None, device: torch.device,
+                  configs: list[TrainConfig], kinds: list[str]) -> Setting:
+    """The model and rows of an evaluation of ``runs`` (their configs and kinds: :func:`run_configs`;
+    the first run's model) or of ``model``."""
     checkpoints = {r: run_checkpoint(r) for r in runs}  # each read and verified once for the command
     if runs:
         first = load_run(runs[0], device, checkpoints[runs[0]])
         base = init_from_values(first.learner, first.base, trained=False)
         rows = run_rows(runs, configs, kinds, first, base, checkpoints)
-        return Setting(first.config, first.tokenizer, first.learner, base, rows, checkpoints, configs, kinds)
+        return Setting(first.config, first.tokenizer, first.learner, base, rows, checkpoints)
     config = from_dict(TrainConfig, {"model": model}, source="command line")
     tokenizer, _, _, learner = build_model(config, device)
-    return Setting(config, tokenizer, learner, init_of(learner, trained=False), None, {}, [], [])
+    return Setting(config, tokenizer, learner, init_of(learner, trained=False), None, {})
 
 
 def task_names(config: TrainConfig, registry: TaskRegistry, *, split: str | None, tasks: Sequence[str] | None,
@@ -163,7 +162,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
     for method in TRAINED:
         if method in config.methods and method not in kinds:
             raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
-    setting = build_setting(runs, model, device)
+    setting = build_setting(runs, model, device, configs, kinds)
     dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *map(str, task_dirs)]))
     registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *dirs)
     setting.config.task_dirs = dirs
