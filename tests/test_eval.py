@@ -1,6 +1,7 @@
 """The evaluation harness against independent computations: HF forward log-probs, HF generate, hand-computed metrics."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -489,6 +490,8 @@ def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):
         fh.write('{"block": "toy_mc/1/0", "rows": {"zeroshot": [0.')  # killed mid-line
     resumed = Journal(log, {"eval": "x"}, resume=True)
     assert set(resumed.blocks) == {"toy_cls/1/0", "toy_cls/1/1"}
+    recorded = [json.loads(line)["seconds"] for line in log.read_text().splitlines()[1:3]]
+    assert all(s > 0 for s in recorded) and resumed.seconds == pytest.approx(sum(recorded))  # the earlier session's time
     calls = []
     harness = Harness.from_learner(algo, tok, base, trained, config)
     harness.block = lambda *item, f=harness.block: calls.append(item[0].name) or f(*item)

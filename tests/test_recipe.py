@@ -29,3 +29,4 @@ def test_a_runs_rows_in_a_multi_run_evaluation_equal_the_run_evaluated_alone(tmp
         assert both["per_episode"][f"meta:fomaml|{key}"] == values, key
         assert both["per_episode"][f"zeroshot|{key}"] == alone["per_episode"][f"zeroshot|{key}"], key
     assert (tmp_path / "alone.json").is_file() and not (tmp_path / "alone.json.partial.jsonl").exists()
+    assert alone["measuring_seconds"] > 0 and "measuring_seconds" not in both  # recorded where journaled

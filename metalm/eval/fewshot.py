@@ -37,6 +37,7 @@ fine-tuning optimizer and rate for every step count of the grid.
 from __future__ import annotations
 
 import dataclasses
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -531,9 +532,10 @@ class Harness:
             if journal is not None and wanted <= set(journal.blocks.get(key, {})):
                 out = {row: accs for row, accs in journal.blocks[key].items() if row in wanted}
             else:
+                start = time.perf_counter()
                 out = self.block(*item)
                 if journal is not None:
-                    journal.put(key, out)
+                    journal.put(key, out, time.perf_counter() - start)
             bar.update(ctx.world_size)
             return out
 

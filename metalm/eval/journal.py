@@ -4,7 +4,9 @@ Each block of episodes (task, shot count, seed) is appended to a JSONL file as s
 measured, with fine-tuning's chosen budget; ``metalm eval --resume`` reads them back and measures
 only the rest. The first line holds a fingerprint of everything the figures depend on (evaluation
 settings, runs and their checkpoints): a journal of another evaluation is refused, never mixed in.
-A line cut short by a kill is dropped. The journal is deleted once the report is written.
+A line cut short by a kill is dropped. Each line records the seconds it took, so an evaluation
+resumed over several sessions still reports its whole measuring time. The journal is deleted once
+the report is written.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ class Journal:
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.blocks: dict[str, dict[str, list[float]]] = {}
         self.finetune: dict[str, Any] | None = None
+        self.seconds = 0.0  # measuring time recorded so far, earlier (resumed) sessions included
         lines = self._read() if resume and self.path.is_file() else []
         if lines and lines[0].get("fingerprint") != self.fingerprint:
             raise ConfigError("--resume", f"{self.path} was written by another evaluation (settings, runs or "
                                           "checkpoints differ); delete it or run without --resume")
         for line in lines[1:]:
+            self.seconds += float(line.get("seconds", 0.0))
             if "block" in line:  # several lines of one block (several harnesses' rows) add up
                 self.blocks.setdefault(line["block"], {}).update(line["rows"])
             elif "finetune" in line:
@@ -71,16 +75,18 @@ class Journal:
             err.filename = err.filename or str(self.path)  # a refused write names no file of its own
             raise
 
-    def put(self, key: str, rows: dict[str, list[float]]) -> None:
+    def put(self, key: str, rows: dict[str, list[float]], seconds: float = 0.0) -> None:
         """Record a measured block's rows (added to rows already recorded for it, e.g. by the harness
-        of a run with another adapter on the same episodes)."""
+        of a run with another adapter on the same episodes) and the seconds it took."""
         self.blocks.setdefault(key, {}).update(rows)
-        self._append({"block": key, "rows": rows})
+        self.seconds += seconds
+        self._append({"block": key, "rows": rows, "seconds": round(seconds, 3)})
 
-    def put_finetune(self, finetune: dict[str, Any]) -> None:
-        """Record fine-tuning's chosen budget and its grid."""
+    def put_finetune(self, finetune: dict[str, Any], seconds: float = 0.0) -> None:
+        """Record fine-tuning's chosen budget and its grid, and the seconds choosing it took."""
         self.finetune = finetune
-        self._append({"finetune": finetune})
+        self.seconds += seconds
+        self._append({"finetune": finetune, "seconds": round(seconds, 3)})
 
     def close(self) -> None:
         """Delete the journal (the report is written)."""

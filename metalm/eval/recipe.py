@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,11 @@ def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str]
         harness.finetune = harness.base.with_budget(chosen["optimizer"], chosen["lr"], chosen["steps"])
         harness.finetune_grid = chosen["grid"]
         return
+    start = time.perf_counter()
     ft = harness.choose_finetune(eval_tasks(registry, val)).inner
     if journal is not None:
         journal.put_finetune({"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps,
-                              "grid": harness.finetune_grid})
+                              "grid": harness.finetune_grid}, time.perf_counter() - start)
     if log is not None:
         log(f"finetune: {ft.optimizer}, inner lr {ft.lr:g}, {ft.steps} steps, chosen on meta-val tasks "
             f"{', '.join(val)}")
@@ -203,6 +205,8 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
             report["protocol"] = protocol.record(config, setting.config.split, names)
         if config.inner_steps:
             report["inner_steps_sweep"] = harness.inner_steps_sweep(eval_list)
+        if book is not None:  # choosing fine-tuning's budget and every block, resumed sessions included
+            report["measuring_seconds"] = round(book.seconds, 1)
         if output is not None and ctx.is_main:
             Path(output).write_text(json.dumps(report, indent=1), encoding="utf-8")
         if book is not None:
