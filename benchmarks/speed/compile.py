@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from _json import add_json_argument, write_json
 
 import torch
 from vmap_tasks import meta_step, tasks
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=4, help="meta-steps counted as compilation")
     parser.add_argument("--measure", type=int, default=8, help="meta-steps timed after the warm-up")
+    add_json_argument(parser)
     args = parser.parse_args()
     print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), FOMAML k={args.steps}, {args.tasks} tasks of 4+4 rows, "
           f"widths 45-64 tokens varying by step, CPU, torch {torch.__version__}")
@@ -64,6 +66,9 @@ def main() -> None:
     e, c = statistics.median(times["eager"][w:]), statistics.median(times["compiled"][w:])
     overhead = sum(times["compiled"][:w]) - sum(times["eager"][:w])
     print(f"| {layers} | {e:.3f} | {c:.3f} | {e / c:.2f} | {overhead:.1f} |", flush=True)
+    write_json(args.json, [{"layers": layers, "eager_seconds_per_step": e, "compiled_seconds_per_step": c,
+                            "speedup": e / c, "compilation_overhead_seconds": overhead}],
+               steps=args.steps, tasks=args.tasks, warmup=args.warmup, measure=args.measure)
 
 if __name__ == "__main__":
     main()

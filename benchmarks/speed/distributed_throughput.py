@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from _json import add_json_argument, write_json  # same directory
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--procs", default="1,2")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU threads shared by the processes")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    add_json_argument(parser)
     args = parser.parse_args()
     rows = [run(args.config, p, args.steps, max(1, args.cores // p), args.overrides)
             for p in (int(x) for x in args.procs.split(","))]
@@ -53,6 +55,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['procs']} | {r['threads_per_proc']} | {r['meta_batch']} | {r['seconds_per_step']:.2f} | "
               f"{r['episodes_per_second']:.2f} | {r['episodes_per_second'] / base:.2f}x |")
+    write_json(args.json, [{**r, "speedup": r["episodes_per_second"] / base} for r in rows], config=str(args.config),
+               steps=args.steps)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from _json import add_json_argument, write_json  # same directory
 
 import torch
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA), as the trainer uses there")
+    add_json_argument(parser)
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,6 +74,9 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| full forward every step | {t_plain:.3f} | 1.00x |")
     print(f"| frozen-prefix cache | {t_cached:.3f} | {t_plain / t_cached:.2f}x |")
+    write_json(args.json, [{"variant": "full forward every step", "seconds": t_plain},
+                           {"variant": "frozen-prefix cache", "seconds": t_cached, "speedup": t_plain / t_cached}],
+               same_adapted_weights=bool(same), cache_below_layer=layer, layers=n_layers)
 
 
 if __name__ == "__main__":

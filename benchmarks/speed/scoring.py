@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from _json import add_json_argument, write_json  # same directory
 
 import torch
 from transformers import AutoTokenizer
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per prompt")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_json_argument(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     path = resolve_model(args.model)
@@ -60,6 +62,7 @@ def main() -> None:
     config = CollateConfig(max_length=args.prompt_tokens + 64)
     print(f"{args.model}, {args.examples} examples, prompts of ~{args.prompt_tokens} tokens, {device}")
     print("| labels | naive s | shared prompt s | naive / shared |")
+    rows = []
     print("|---|---|---|---|")
     for n in (int(x) for x in args.labels.split(",")):
         exs = examples(tokenizer, args.examples, n, args.prompt_tokens)
@@ -82,6 +85,8 @@ def main() -> None:
                 times[shared].append(time.perf_counter() - start)
         naive, shared = statistics.median(times[False]), statistics.median(times[True])
         print(f"| {n} | {naive:.3f} | {shared:.3f} | {naive / shared:.2f} |", flush=True)
+        rows.append({"table": "rank classification", "labels": n, "naive_seconds": naive, "shared_seconds": shared,
+                     "speedup": naive / shared})
     prompts = [ex.prompt for ex in examples(tokenizer, args.examples, 2, args.prompt_tokens)]
 
     def generate(cached: bool) -> list[str]:
@@ -100,6 +105,10 @@ def main() -> None:
     print("| whole sequence per token s | KV cache s | speed-up |")
     print("|---|---|---|")
     print(f"| {full:.3f} | {cached:.3f} | {full / cached:.2f} |", flush=True)
+    rows.append({"table": "greedy generation", "new_tokens": args.new_tokens, "whole_sequence_seconds": full,
+                 "kv_cache_seconds": cached, "speedup": full / cached})
+    write_json(args.json, rows, model=args.model, examples=args.examples, prompt_tokens=args.prompt_tokens,
+               repeats=args.repeats)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from _json import add_json_argument, write_json  # same directory
 
 import torch
 from meta_step import timed  # same directory
@@ -59,11 +60,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_json_argument(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"tiny GPT-2 (vocab 8192, width 128, 4 layers), LoRA r=8 on every layer, k={args.steps}, "
           f"{args.rows} support + {args.rows} query rows of {args.tokens - 3}-{args.tokens} tokens per task, {device}")
     print("| algorithm | tasks | loop s | vmap s | loop / vmap |")
+    rows = []
     print("|---|---|---|---|---|")
     for algo in args.algorithms.split(","):
         loop, vmapped = build(device, algo, args.steps, False), build(device, algo, args.steps, True)
@@ -78,6 +81,10 @@ def main() -> None:
                     times[name].append(timed(lambda lr=learner, eps=episodes: meta_step(lr, eps), device))
             t_loop, t_vmap = statistics.median(times["loop"]), statistics.median(times["vmap"])
             print(f"| {algo} | {n} | {t_loop:.3f} | {t_vmap:.3f} | {t_loop / t_vmap:.2f} |", flush=True)
+            rows.append({"algorithm": algo, "tasks": n, "loop_seconds": t_loop, "vmap_seconds": t_vmap,
+                         "speedup": t_loop / t_vmap})
+    write_json(args.json, rows, steps=args.steps, rows_per_set=args.rows, tokens=args.tokens, repeats=args.repeats,
+               device=str(device))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The baseline table of the benchmark (tasks/protocols/bench.yaml: the bench split's 20 held-out tasks at
+# 1, 4 and 16 shots, 10 episodes x 3 seeds, in-context rows at 8,192 positions; zero-shot, ICL plain,
+# calibrated and channel, fine-tuning with its budget chosen on the 10 meta-val tasks). The table the
+# meta-training study must beat. Resumable across sessions: each measured block is journaled in
+# benchmarks/results/bench_baselines.json.partial.jsonl (commit it at a session's end; the same command
+# continues from it in a fresh clone), and the report's measuring_seconds sums every session's time.
+#
+#   nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_baselines.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-.venv/bin}
+THREADS=${THREADS:-1}
+OUT=${OUT:-benchmarks/results/bench_baselines.json}
+OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --model smollm2-135m --protocol bench \
+  --json "$OUT" --resume "$@"
