@@ -17,10 +17,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from _json import add_json_argument, write_json  # same directory
 from pathlib import Path
 
 import yaml
+from jsonout import add_json_argument, write_json  # same directory
 
 
 def run(config: str, procs: int, steps: int, threads: int, overrides: list[str]) -> dict:

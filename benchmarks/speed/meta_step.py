@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from jsonout import add_json_argument, write_json  # same directory
 from peak import PeakGrowth  # same directory
 from torch.func import functional_call
 
@@ -254,9 +255,17 @@ def main() -> None:
                         help="peak memory and time of MAML, MAML with recompute, FOMAML and higher by k instead")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--first-order", action="store_true", help=argparse.SUPPRESS)
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.memory_of:
         return _memory_child(args)
+    try:
+        _tables(args)
+    finally:  # the rows measured so far, also when a later row fails
+        write_json(args.json, ROWS, steps=args.steps, rows_per_set=args.rows, repeats=args.repeats)
+
+
+def _tables(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     model, support, query = build(device, args.rows)
     if args.saved:
@@ -284,6 +293,10 @@ def main() -> None:
         print(f"| {k} | {med['metalm']:.3f} | {med['higher']:.3f} | {med['naive']:.3f} | "
               f"{med['metalm'] / med['higher']:.2f} | {mem} | {med['fomaml']:.3f} | {med['ideal']:.3f} | "
               f"{med['fomaml'] / med['ideal']:.2f} |", flush=True)
+        ROWS.append({"table": "maml", "k": k, "seconds": med, "memory_metalm_over_higher": mem})
+
+
+ROWS: list[dict] = []  # every table row measured, for --json
 
 
 def medians(variants: dict[str, tuple[Callable, bool]], model, support, query, k: int, repeats: int,  # noqa: ANN001
@@ -323,6 +336,7 @@ def compare_reptile(args: argparse.Namespace, device: torch.device, model, suppo
         print(f"| {k} | {med['metalm']:.3f} | {med['higher']:.3f} | {med['naive']:.3f} | "
               f"{med['metalm'] / med['higher']:.2f} | {mem} | {med['ideal']:.3f} | "
               f"{med['metalm'] / med['ideal']:.2f} |", flush=True)
+        ROWS.append({"table": "reptile", "k": k, "seconds": med, "memory_metalm_over_higher": mem})
 
 
 def compare_learn2learn(args: argparse.Namespace, device: torch.device, model, support, query) -> None:  # noqa: ANN001
@@ -340,6 +354,7 @@ def compare_learn2learn(args: argparse.Namespace, device: torch.device, model, s
         mem = memory_ratio(args, "metalm", "learn2learn", k, False, device)
         print(f"| {k} | {med['metalm']:.3f} | {med['l2l']:.3f} | {med['metalm'] / med['l2l']:.2f} | {mem} | "
               f"{med['fo_metalm']:.3f} | {med['fo_l2l']:.3f} | {med['fo_metalm'] / med['fo_l2l']:.2f} |", flush=True)
+        ROWS.append({"table": "learn2learn", "k": k, "seconds": med, "memory_metalm_over_learn2learn": mem})
 
 def memory_table(args: argparse.Namespace, device: torch.device, model, support, query) -> None:  # noqa: ANN001
     """Peak memory (fresh process per point) and median time of MAML, MAML with ``recompute``, iMAML,
@@ -360,6 +375,7 @@ def memory_table(args: argparse.Namespace, device: torch.device, model, support,
         print(f"| {k} | {mib['maml']:.0f} | {mib['recompute']:.0f} | {mib['imaml']:.0f} | {mib['fomaml']:.0f} | "
               f"{mib['higher']:.0f} | {mib['recompute'] / mib['higher']:.2f} | {med['maml']:.3f} | "
               f"{med['recompute']:.3f} | {med['imaml']:.3f} | {med['fomaml']:.3f} |", flush=True)
+        ROWS.append({"table": "memory", "k": k, "peak_mib": mib, "seconds": med})
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from _json import add_json_argument, write_json  # same directory
 
 import torch
+from jsonout import add_json_argument, write_json  # same directory
 
 import metalm
 from metalm import AdapterConfig

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from _json import add_json_argument, write_json  # same directory
 
 import torch
+from jsonout import add_json_argument, write_json  # same directory
 from meta_step import timed  # same directory
 
 import metalm
