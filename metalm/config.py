@@ -108,7 +108,9 @@ class MetaConfig:
 
 @dataclasses.dataclass
 class InnerConfig:
-    """The inner loop's budget and update rule (see :func:`metalm.adapt`).
+    """The inner loop's update rule (``steps`` to ``eps`` and ``proximal``: :class:`metalm.UpdateRule`,
+    built by ``UpdateRule.of(config)``) and how it is executed (``cache_prefix``, ``vmap``,
+    ``vmap_chunk``, ``compile``, ``recompute``: the same result, another cost). See :func:`metalm.adapt`.
 
     Attributes:
         steps: Number of inner gradient steps on the support set.
@@ -173,12 +175,6 @@ class InnerConfig:
             raise ConfigError("inner.recompute", "cannot be combined with inner.vmap (choose one)")
         if self.vmap_chunk < 0:
             raise ConfigError("inner.vmap_chunk", f"must be >= 0 (0 = the whole meta-batch), got {self.vmap_chunk}")
-
-    def options(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`metalm.adapt` (everything but ``lr`` and ``first_order``)."""
-        return {"steps": self.steps, "optimizer": self.optimizer, "clip_grad_norm": self.clip_grad_norm,
-                "betas": self.betas, "eps": self.eps, "recompute": self.recompute,
-                "proximal": self.proximal}
 
 
 # --------------------------------------------------------------------------- loading

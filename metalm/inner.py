@@ -1,13 +1,17 @@
 """The one inner loop: pure, functional adaptation of fast weights on a support batch.
 
 Training (every algorithm), evaluation and baselines all call :func:`adapt` (or
-:func:`adapt_trajectory`, the same loop returning every step). The model is never modified:
-fast weights live in a dict and are swapped in with ``torch.func.functional_call``.
+:func:`adapt_trajectory`, the same loop returning every step, with the same arguments). The model is
+never modified: fast weights live in a dict and are swapped in with ``torch.func.functional_call``.
+What the loop computes is an :class:`UpdateRule` (steps, rate, order, optimizer, clipping, proximal
+term); how it runs (the loss, frozen tensors, recomputation, a finiteness check) are the other
+keywords, and nothing of them changes the result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -25,6 +29,68 @@ from .recompute import recomputed
 
 LossFn = Callable[[nn.Module, Mapping[str, Tensor], Batch], Tensor]
 LearningRate = float | Mapping[str, Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateRule:
+    """How the inner loop updates fast weights (MAML: Finn et al. 2017; learned rates: Meta-SGD, Li et
+    al. 2017 and MAML++, Antoniou et al. 2019; the proximal term: iMAML, Rajeswaran et al. 2019).
+
+    Attributes:
+        steps: Number of inner steps (0 returns the weights unchanged).
+        lr: A float, or a dict name -> tensor of learned rates. A tensor with as many dims as its
+            parameter (or fewer) broadcasts to it; one with an extra leading dim is per step
+            (``[steps, ...]``, row ``t`` used at step ``t``), e.g. ``[steps, 1, 1]`` for a per-step
+            per-tensor rate.
+        first_order: If False, the inner gradients are part of the graph (``create_graph=True``)
+            and the result is differentiable w.r.t. the weights and ``lr`` to second order (MAML).
+            If True, each step is ``p - lr * g.detach()``: the result stays connected to the
+            starting weights through the identity, so backpropagating a query loss gives exactly the
+            first-order (FOMAML) meta-gradient, the query gradient at the adapted weights.
+        optimizer: ``sgd`` or ``adam`` (a differentiable Adam with bias correction, its state
+            starting at zero for every call).
+        clip_grad_norm: If set, each step's gradients are scaled so their global norm is at most this.
+        betas: Adam's ``(beta1, beta2)``.
+        eps: Adam's epsilon.
+        proximal: Add ``proximal/2 ||phi - phi_0||^2`` to the support loss, anchored at the starting
+            values as constants (iMAML's regularized inner problem); 0 = off.
+    """
+
+    steps: int
+    lr: LearningRate
+    first_order: bool = False
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    clip_grad_norm: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    proximal: float = 0.0
+
+    @classmethod
+    def of(cls, inner: Any, **overrides: Any) -> UpdateRule:
+        """The rule of an :class:`~metalm.config.InnerConfig` (its update fields; its execution fields,
+        ``vmap``, ``vmap_chunk``, ``compile``, ``cache_prefix``, ``recompute``, are not part of it), with
+        ``overrides`` (e.g. learned rates as ``lr``, ``first_order=True`` at evaluation)."""
+        fields = {f.name: getattr(inner, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{**fields, **overrides})
+
+
+def _rule(rule: UpdateRule | None, update: Mapping[str, Any]) -> UpdateRule:
+    """``rule``, or the rule of the keyword form ``adapt(..., steps=5, lr=0.1)``."""
+    if rule is not None:
+        if update:
+            raise ConfigError(next(iter(update)), "give an UpdateRule or its fields as keywords, not both")
+        if not isinstance(rule, UpdateRule):
+            raise ConfigError("rule", f"must be a metalm.UpdateRule, got {type(rule).__name__}")
+        return rule
+    known = {f.name for f in dataclasses.fields(UpdateRule)}
+    unknown = sorted(set(update) - known)
+    if unknown:
+        raise ConfigError(unknown[0], f"is not an argument of the inner loop (update rule: {', '.join(sorted(known))}; "
+                                      "also loss_fn, frozen, recompute, check_finite)")
+    for key in ("steps", "lr"):
+        if key not in update:
+            raise ConfigError(key, "is required (or pass rule=UpdateRule(...))")
+    return UpdateRule(**update)
 
 
 class Trajectory(NamedTuple):
@@ -67,9 +133,10 @@ def _check_lr(lr: LearningRate, params: Mapping[str, Tensor], steps: int) -> Non
             raise ConfigError(f"lr[{name}]", f"shape {tuple(v.shape)} does not broadcast to {tuple(p.shape)}") from None
 
 
-def _check_arguments(model: nn.Module, params: Any, steps: Any, lr: Any, optimizer: Any, clip_grad_norm: Any,
-                     betas: Any, eps: Any, frozen: Any, proximal: Any) -> None:
+def _check_arguments(model: nn.Module, params: Any, rule: UpdateRule, frozen: Any) -> None:
     """One :class:`ConfigError` naming the argument for a bad call of :func:`adapt` (no tensor values read)."""
+    steps, lr, optimizer, clip_grad_norm = rule.steps, rule.lr, rule.optimizer, rule.clip_grad_norm
+    betas, eps, proximal = rule.betas, rule.eps, rule.proximal
     check_number(steps, "steps", integer=True)
     if optimizer not in ("sgd", "adam"):
         raise ConfigError("optimizer", f"{optimizer!r} is not one of sgd, adam")
@@ -155,39 +222,12 @@ def double_backward_attention(model: nn.Module) -> contextlib.AbstractContextMan
     return _attention_context(model, True)
 
 
-def adapt_trajectory(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    batch: Batch,
-    *,
-    steps: int,
-    lr: LearningRate,
-    first_order: bool = False,
-    optimizer: Literal["sgd", "adam"] = "sgd",
-    clip_grad_norm: float | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    loss_fn: LossFn = lm_loss,
-    frozen: Mapping[str, Tensor] | None = None,
-    recompute: bool = False,
-    proximal: float = 0.0,
-) -> Trajectory:
-    """Run the inner loop and return every intermediate set of fast weights.
-
-    Same contract as :func:`adapt`, which returns the last entry of ``params`` (without keeping the
-    others alive). MAML++'s multi-step loss reads the query loss at each entry of ``params``.
-    """
-    return _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                       loss_fn, frozen, keep_history=True, recompute=recompute, proximal=proximal)
-
-
-def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, steps: int, lr: LearningRate,
-                first_order: bool, optimizer: str, clip_grad_norm: float | None, betas: tuple[float, float],
-                eps: float, loss_fn: LossFn, frozen: Mapping[str, Tensor] | None, *,
-                keep_history: bool, recompute: bool = False, proximal: float = 0.0) -> Trajectory:
+def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, rule: UpdateRule, loss_fn: LossFn,
+                frozen: Mapping[str, Tensor] | None, *, keep_history: bool, recompute: bool = False) -> Trajectory:
     # Without keep_history only the newest fast weights are held: a first-order loop over many
     # weights (Reptile, evaluation) then keeps one copy of them, not one per step.
-    _check_arguments(model, params, steps, lr, optimizer, clip_grad_norm, betas, eps, frozen, proximal)
+    _check_arguments(model, params, rule, frozen)
+    steps, lr, first_order, optimizer, proximal = rule.steps, rule.lr, rule.first_order, rule.optimizer, rule.proximal
     if loss_fn is lm_loss:
         batch = prepare_batch(batch, "support batch", vocabulary_size(model))
     if proximal:  # anchored at the starting values, as constants (iMAML's inner problem)
@@ -200,9 +240,7 @@ def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, st
     history, losses = [current], []
     m1 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
     m2 = {n: torch.zeros_like(p) for n, p in current.items()} if optimizer == "adam" else {}
-    step = functools.partial(_step, model=model, batch=batch, names=names, first_order=first_order,
-                             optimizer=optimizer, clip_grad_norm=clip_grad_norm, betas=betas, eps=eps,
-                             loss_fn=loss_fn)
+    step = functools.partial(_step, model=model, batch=batch, names=names, rule=rule, loss_fn=loss_fn)
     if recompute and not first_order and steps > 0:
         if under_vmap():
             raise ConfigError("recompute", "cannot run under vmap (inner.vmap); choose one")
@@ -223,10 +261,12 @@ def _inner_loop(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, st
 
 
 def _step(t: int, current: dict[str, Tensor], m1: dict[str, Tensor], m2: dict[str, Tensor], lr: LearningRate,
-          frozen: Mapping[str, Tensor], *, model: nn.Module, batch: Batch, names: list[str], first_order: bool,
-          optimizer: str, clip_grad_norm: float | None, betas: tuple[float, float], eps: float, loss_fn: LossFn,
-          create_graph: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
-    """Inner step ``t``: the support loss at ``current`` and the updated weights and Adam moments."""
+          frozen: Mapping[str, Tensor], *, model: nn.Module, batch: Batch, names: list[str], rule: UpdateRule,
+          loss_fn: LossFn, create_graph: bool = True,
+          ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """Inner step ``t``: the support loss at ``current`` and the updated weights and Adam moments
+    (``lr``: the rule's rate, passed apart so recomputation can differentiate learned rates)."""
+    first_order, optimizer, clip_grad_norm, eps = rule.first_order, rule.optimizer, rule.clip_grad_norm, rule.eps
     loss, grads = _loss_and_grads(loss_fn, model, current, batch, names, create_graph and not first_order, frozen)
     if first_order:
         grads = tuple(g.detach() for g in grads)
@@ -234,7 +274,7 @@ def _step(t: int, current: dict[str, Tensor], m1: dict[str, Tensor], m2: dict[st
         total = torch.sqrt(sum(g.pow(2).sum() for g in grads))
         coef = torch.clamp(clip_grad_norm / (total + 1e-6), max=1.0)
         grads = tuple(g * coef for g in grads)
-    b1, b2 = betas
+    b1, b2 = rule.betas
     new, m1, m2 = {}, dict(m1), dict(m2)
     for n, g in zip(names, grads, strict=True):
         step_lr = _lr_at(lr, n, current[n], t)
@@ -278,25 +318,10 @@ def _recomputed_step(step: Callable[..., Any], model: nn.Module, names: list[str
             dict(zip(moments, out[k + m:k + 2 * m], strict=True)), out[-1])
 
 
-def adapt(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    batch: Batch,
-    *,
-    steps: int,
-    lr: LearningRate,
-    first_order: bool = False,
-    optimizer: Literal["sgd", "adam"] = "sgd",
-    clip_grad_norm: float | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    loss_fn: LossFn = lm_loss,
-    frozen: Mapping[str, Tensor] | None = None,
-    check_finite: bool = False,
-    recompute: bool = False,
-    proximal: float = 0.0,
-) -> dict[str, Tensor]:
-    """Adapt fast weights to a support batch with ``steps`` gradient steps; a pure function.
+def adapt(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, rule: UpdateRule | None = None, *,
+          loss_fn: LossFn = lm_loss, frozen: Mapping[str, Tensor] | None = None, recompute: bool = False,
+          check_finite: bool = False, **update: Any) -> dict[str, Tensor]:
+    """Adapt fast weights to a support batch by an :class:`UpdateRule`; a pure function.
 
     The model and its parameters are never modified: each step evaluates the loss with
     ``torch.func.functional_call(model, params)`` and takes ``torch.autograd.grad`` of it.
@@ -309,61 +334,58 @@ def adapt(
         batch: ``input_ids`` ``[B, T]``, ``attention_mask`` ``[B, T]``, ``labels`` ``[B, T]`` with
             ``-100`` where there is no loss. The loss is the mean cross-entropy over target tokens,
             with logits computed at target positions only.
-        steps: Number of inner steps (0 returns ``params`` unchanged).
-        lr: A float, or a dict name -> tensor of learned rates (Meta-SGD, MAML++). A tensor with as
-            many dims as its parameter (or fewer) broadcasts to it; one with an extra leading dim
-            is per step (``[steps, ...]``, row ``t`` used at step ``t``), e.g. ``[steps, 1, 1]`` for
-            a per-step per-tensor rate.
-        first_order: If False, the inner gradients are part of the graph (``create_graph=True``)
-            and the result is differentiable w.r.t. ``params`` and ``lr`` to second order (MAML).
-            If True, each step is ``p - lr * g.detach()``: the result stays connected to ``params``
-            through the identity, so backpropagating a query loss gives exactly the first-order
-            (FOMAML) meta-gradient, the query gradient at the adapted weights.
-        optimizer: ``sgd`` or ``adam`` (a differentiable Adam with bias correction, its state
-            starting at zero for every call).
-        clip_grad_norm: If set, each step's gradients are scaled so their global norm is at most this.
-        betas: Adam's ``(beta1, beta2)``.
-        eps: Adam's epsilon.
+        rule: What each step computes. Or its fields as keywords (``update``): ``steps=5, lr=0.1``.
         loss_fn: ``loss_fn(model, params, batch) -> scalar``; default :func:`metalm.losses.lm_loss`.
         frozen: Tensors by name used in place of the model's own but never adapted nor
-            differentiated by the inner loop (e.g. a trained run's shared weights), so they are
-            passed as values instead of being written into the model. The returned dict holds
-            the fast weights only: pass ``{**frozen, **adapted}`` to score with both.
-        check_finite: Raise :class:`metalm.NonFiniteError` if an adapted weight holds NaN or inf
-            (a too large ``lr``, a NaN in the model). Off by default: it costs a device sync and
-            cannot run under ``vmap``; the trainer instead checks the meta-gradient before each
-            outer update (``max_nonfinite_steps``).
-        recompute: Second order only: keep no inner step's graph, and recompute each step (its
-            forward and inner backward) while the meta-backward passes through it
-            (:mod:`metalm.recompute`): memory of one step's graph instead of ``steps`` of them,
-            for about one more forward and backward per step. The same meta-gradient. Not
-            under ``vmap``.
-        proximal: Add ``proximal/2 ||phi - params||^2`` to the support loss, anchored at the
-            starting values as constants (iMAML's regularized inner problem); 0 = off.
+            differentiated by the inner loop (e.g. a trained run's shared weights), passed as
+            values instead of being written into the model. The result holds the fast weights
+            only: pass ``{**frozen, **adapted}`` to score with both.
+        recompute: Second order only: keep no inner step's graph, and recompute each step while the
+            meta-backward passes through it (:mod:`metalm.recompute`): memory of one step's graph
+            instead of ``steps``, about one more forward and backward per step; the same
+            meta-gradient. Not under ``vmap``.
+        check_finite: Raise :class:`metalm.NonFiniteError` if an adapted weight holds NaN or inf.
+            Off by default: it costs a device sync and cannot run under ``vmap`` (the trainer checks
+            the meta-gradient before each outer update instead).
 
     Returns:
         The adapted fast weights, a new dict with the same names.
 
     Raises:
         NonFiniteError: With ``check_finite``, naming the first non-finite tensor.
-        ConfigError: On a bad ``steps``, ``lr``, ``optimizer`` or ``clip_grad_norm``.
+        ConfigError: Naming the argument, for a bad rule or keyword.
         BatchError: On a malformed batch.
         MetalmError: For second-order adaptation with an attention kernel lacking double backward.
 
     Example:
-        >>> fast = selection.fast_params(model)
-        >>> adapted = metalm.adapt(model, fast, support, steps=5, lr=0.1)
+        >>> adapted = metalm.adapt(model, selection.fast_params(model), support, steps=5, lr=0.1)
         >>> metalm.lm_loss(model, adapted, query).backward()  # MAML meta-gradient on the init
     """
-    adapted = _inner_loop(model, params, batch, steps, lr, first_order, optimizer, clip_grad_norm, betas, eps,
-                          loss_fn, frozen, keep_history=False, recompute=recompute,
-                          proximal=proximal).params[-1]
-    if check_finite:
-        bad = next((k for k, v in adapted.items() if not bool(torch.isfinite(v).all())), None)
-        if bad is not None:
-            raise NonFiniteError(f"adapt: {bad!r} is NaN or infinite after {steps} step(s) at lr {_lr_text(lr)}; "
-                                 "lower the learning rate or check the model's weights")
+    rule = _rule(rule, update)
+    adapted = _inner_loop(model, params, batch, rule, loss_fn, frozen, keep_history=False,
+                          recompute=recompute).params[-1]
+    _check_finite(adapted, rule, check_finite)
     return adapted
+
+
+def adapt_trajectory(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, rule: UpdateRule | None = None,
+                     *, loss_fn: LossFn = lm_loss, frozen: Mapping[str, Tensor] | None = None,
+                     recompute: bool = False, check_finite: bool = False, **update: Any) -> Trajectory:
+    """:func:`adapt` (the same arguments), returning every intermediate set of fast weights and the
+    support loss before each step; MAML++'s multi-step loss reads the query loss at each of them."""
+    rule = _rule(rule, update)
+    trajectory = _inner_loop(model, params, batch, rule, loss_fn, frozen, keep_history=True, recompute=recompute)
+    _check_finite(trajectory.params[-1], rule, check_finite)
+    return trajectory
+
+
+def _check_finite(adapted: Mapping[str, Tensor], rule: UpdateRule, check: bool) -> None:
+    if not check:
+        return
+    bad = next((k for k, v in adapted.items() if not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise NonFiniteError(f"adapt: {bad!r} is NaN or infinite after {rule.steps} step(s) at lr "
+                             f"{_lr_text(rule.lr)}; lower the learning rate or check the model's weights")
 
 
 def _lr_text(lr: LearningRate) -> str:

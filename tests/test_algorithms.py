@@ -8,7 +8,16 @@ import pytest
 import torch
 
 import metalm
-from metalm import AdapterConfig, ConfigError, MetaConfig, adapt, adapt_trajectory, build_algorithm, select_parameters
+from metalm import (
+    AdapterConfig,
+    ConfigError,
+    MetaConfig,
+    UpdateRule,
+    adapt,
+    adapt_trajectory,
+    build_algorithm,
+    select_parameters,
+)
 from metalm.algorithms import multi_step_loss_weights
 
 from .conftest import directional_derivatives, episodes, grads_of, make_model, reference_loss, with_values
@@ -32,7 +41,8 @@ def objective(algo, eps) -> float:
     with torch.no_grad():
         for ep in eps:
             fast = {n: p.detach() for n, p in algo.selection.fast_params(algo.model).items()}
-            traj = adapt_trajectory(algo.model, fast, ep.support, lr=lr, first_order=True, **algo.inner.options())
+            traj = adapt_trajectory(algo.model, fast, ep.support, UpdateRule.of(algo.inner, lr=lr, first_order=True),
+                                    recompute=algo.inner.recompute)
             if getattr(cfg, "multi_step_loss", False):
                 w = multi_step_loss_weights(algo.inner.steps, algo.outer_steps, cfg.msl_anneal_steps)
                 steps = zip(w, traj.params[1:], strict=True)

@@ -165,11 +165,43 @@ def test_bad_rate_shape_is_named():
 
 
 def test_help_documents_the_contract():
-    out = subprocess.run([sys.executable, "-c", "import metalm; help(metalm.adapt)"], capture_output=True, text=True,
-                         check=True, env={"PAGER": "cat", "PATH": ""}).stdout
-    for phrase in ("functional_call", "first_order", "p - lr * g.detach()", "-100", "never modified",
-                   "Meta-SGD", "clip_grad_norm", "adam"):
+    """help(adapt) states the call's contract, help(UpdateRule) what each step computes."""
+    def help_of(name):
+        return subprocess.run([sys.executable, "-c", f"import metalm; help(metalm.{name})"], capture_output=True,
+                              text=True, check=True, env={"PAGER": "cat", "PATH": ""}).stdout
+
+    out = help_of("adapt")
+    for phrase in ("functional_call", "UpdateRule", "steps=5, lr=0.1", "-100", "never modified", "frozen",
+                   "recompute", "check_finite"):
         assert phrase in out, phrase
+    assert "the same arguments" in help_of("adapt_trajectory")
+    out = help_of("UpdateRule")
+    for phrase in ("first_order", "p - lr * g.detach()", "Meta-SGD", "clip_grad_norm", "adam", "proximal"):
+        assert phrase in out, phrase
+
+
+def test_the_rule_and_its_keywords_give_the_same_adaptation(lora):
+    """adapt(..., UpdateRule(...)) and adapt(..., steps=, lr=, ...) are one signature; adapt_trajectory
+    takes the same; mixing the two forms, an unknown keyword or a missing step count is one ConfigError."""
+    from metalm import MetaConfig
+
+    model = make_model("llama", adapter=lora)
+    sel = metalm.select_parameters(model, lora, MetaConfig())
+    batch = episodes(1)[0].support
+    fast = {n: p.detach() for n, p in sel.fast_params(model).items()}
+    rule = metalm.UpdateRule(steps=2, lr=0.3, optimizer="adam", clip_grad_norm=1.0)
+    a = metalm.adapt(model, fast, batch, rule)
+    b = metalm.adapt(model, fast, batch, steps=2, lr=0.3, optimizer="adam", clip_grad_norm=1.0)
+    c = metalm.adapt_trajectory(model, fast, batch, rule).params[-1]
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ConfigError, match="steps: give an UpdateRule or its fields as keywords, not both"):
+        metalm.adapt(model, fast, batch, rule, steps=3)
+    with pytest.raises(ConfigError, match="stesp: is not an argument of the inner loop"):
+        metalm.adapt(model, fast, batch, stesp=2, lr=0.1)
+    with pytest.raises(ConfigError, match="steps: is required"):
+        metalm.adapt_trajectory(model, fast, batch, lr=0.1)
+    inner = metalm.InnerConfig(steps=3, lr=0.2, optimizer="adam", vmap=True, vmap_chunk=2, cache_prefix=False)
+    assert metalm.UpdateRule.of(inner, first_order=True) == metalm.UpdateRule(3, 0.2, True, "adam")
 
 
 def test_frozen_weights_are_used_not_adapted(lora):

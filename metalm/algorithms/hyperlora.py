@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..config import InnerConfig
 from ..data.episode import Episode
 from ..errors import ConfigError
-from ..inner import adapt_trajectory
+from ..inner import UpdateRule, adapt_trajectory
 from ..losses import Batch, lm_loss_and_accuracy, prepare_batch, target_hidden
 from ..models import causal_lm
 from ..params import ParameterSelection
@@ -173,9 +173,9 @@ class HyperLoRA(MetaLearner):
         params = generated(values, fast, coeffs)
         if self.config.refine:
             first_order = self.inner.first_order
-            traj = adapt_trajectory(self.model, params, self.prefixed(episode.support), lr=self.inner.lr,
-                                    first_order=first_order, loss_fn=self.inner_loss(first_order),
-                                    **self.inner.options())
+            traj = adapt_trajectory(self.model, params, self.prefixed(episode.support),
+                                    UpdateRule.of(self.inner, first_order=first_order),
+                                    loss_fn=self.inner_loss(first_order), recompute=self.inner.recompute)
             params = traj.params[-1]
         loss, acc = lm_loss_and_accuracy(self.model, params, episode.query)
         return loss, loss.detach(), acc.detach(), coeffs.detach().norm()

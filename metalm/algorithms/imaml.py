@@ -28,7 +28,7 @@ from ..config import InnerConfig
 from ..data.episode import Episode
 from ..errors import ConfigError
 from ..implicit import implicit_gradient
-from ..inner import adapt, double_backward_attention
+from ..inner import UpdateRule, adapt, double_backward_attention
 from ..losses import Batch, lm_loss, lm_loss_and_accuracy
 from ..params import ParameterSelection
 from .base import MetaLearner, register_algorithm
@@ -73,7 +73,7 @@ def implicit_task_gradient(model: nn.Module, start: Mapping[str, Tensor], suppor
     lam = inner.proximal
     if not lam > 0:
         raise ConfigError("inner.proximal", f"the implicit gradient needs lambda > 0, got {lam}")
-    phi = adapt(model, dict(start), support, lr=inner.lr, first_order=True, **inner.options())
+    phi = adapt(model, dict(start), support, UpdateRule.of(inner, first_order=True), recompute=inner.recompute)
     phi = {n: v.detach().requires_grad_() for n, v in phi.items()}
     q_loss, q_acc = lm_loss_and_accuracy(model, phi, query)
     query_grad = list(torch.autograd.grad(q_loss, list(phi.values()), allow_unused=True, materialize_grads=True))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..config import InnerConfig
 from ..data.episode import Episode
 from ..errors import ConfigError
-from ..inner import adapt_trajectory
+from ..inner import UpdateRule, adapt_trajectory
 from ..losses import Batch, lm_loss_and_accuracy
 from ..params import ParameterSelection
 from .base import MetaLearner, register_algorithm
@@ -114,8 +114,9 @@ class MAML(MetaLearner):
         """One task's outer objective, with its first support loss, query loss and query accuracy
         (the last three detached); runs alone or under ``vmap`` (:meth:`run_tasks`)."""
         fast = self.selection.fast_params(self.model)
-        traj = adapt_trajectory(self.model, fast, self.prefixed(support), lr=self.inner_lr(),
-                                first_order=first_order, loss_fn=self.inner_loss(first_order), **self.inner.options())
+        traj = adapt_trajectory(self.model, fast, self.prefixed(support),
+                                UpdateRule.of(self.inner, lr=self.inner_lr(), first_order=first_order),
+                                loss_fn=self.inner_loss(first_order), recompute=self.inner.recompute)
         query = self.prefixed(query, self.inner.steps if weights is not None else 1)
         q_loss, q_acc = lm_loss_and_accuracy(self.model, traj.params[-1], query)
         objective = q_loss

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..config import InnerConfig
 from ..data.episode import Episode
 from ..errors import ConfigError
-from ..inner import adapt
+from ..inner import UpdateRule, adapt
 from ..losses import Batch, lm_loss_and_accuracy
 from ..params import ParameterSelection
 from .base import MetaLearner, register_algorithm
@@ -58,8 +58,8 @@ class Reptile(MetaLearner):
         """One task's adapted fast weights (detached), query loss and accuracy; runs alone or under
         ``vmap`` (:meth:`run_tasks`)."""
         start = {n: p.detach() for n, p in self.selection.fast_params(self.model).items()}
-        adapted = adapt(self.model, start, self.prefixed(support), lr=self.inner.lr, first_order=True,
-                        loss_fn=self.inner_loss(True), **self.inner.options())
+        adapted = adapt(self.model, start, self.prefixed(support), UpdateRule.of(self.inner, first_order=True),
+                        loss_fn=self.inner_loss(True), recompute=self.inner.recompute)
         adapted = {n: v.detach() for n, v in adapted.items()}
         with torch.no_grad():
             q_loss, q_acc = lm_loss_and_accuracy(self.model, adapted, query)

@@ -50,7 +50,7 @@ from ..data.demos import channel_examples, demonstrations, in_context, with_demo
 from ..data.episode import Example, TextEpisode
 from ..distributed import current, map_sharded
 from ..errors import ConfigError, TaskError
-from ..inner import adapt_trajectory
+from ..inner import UpdateRule, adapt_trajectory
 from ..losses import cache_prefix, prepare_batch
 from .cost import AdaptationCost
 from .inits import Init, check_values, init_from_values, trained_rows
@@ -317,9 +317,9 @@ class Harness:
 
     def _adapt(self, init: Init, support: Mapping[str, Any], steps: Sequence[int]) -> list[dict[str, Tensor]]:
         """The fast weights after each of ``steps`` inner steps (one trajectory), as scoring params."""
-        opts = {**init.inner.options(), "steps": max(steps)}
-        traj = adapt_trajectory(self.model, init.start(support), support, lr=init.rate(), first_order=True,
-                                frozen=init.frozen, **opts)
+        rule = UpdateRule.of(init.inner, steps=max(steps), lr=init.rate(), first_order=True)
+        traj = adapt_trajectory(self.model, init.start(support), support, rule, frozen=init.frozen,
+                                recompute=init.inner.recompute)
         return [init.params({k: v.detach() for k, v in traj.params[k].items()}) for k in steps]
 
     def _unadapted(self, method: str, episodes: Sequence[TextEpisode],

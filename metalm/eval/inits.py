@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..checks import check_like
 from ..config import InnerConfig
 from ..errors import ConfigError
-from ..inner import LearningRate, adapt
+from ..inner import LearningRate, UpdateRule, adapt
 from ..losses import Batch, lm_loss_and_accuracy, reusable_batch
 from ..sharding import is_sharded
 
@@ -100,8 +100,8 @@ def adapted_params(model: nn.Module, init: Init, support: Batch, *, steps: int |
     start = init.start(support)
     if not init.adapt:
         return init.params(start)
-    opts = {**init.inner.options(), **({} if steps is None else {"steps": steps})}
-    out = adapt(model, start, support, lr=init.rate(), first_order=True, frozen=init.frozen, **opts)
+    rule = UpdateRule.of(init.inner, lr=init.rate(), first_order=True, **({} if steps is None else {"steps": steps}))
+    out = adapt(model, start, support, rule, frozen=init.frozen, recompute=init.inner.recompute)
     return init.params({k: v.detach() for k, v in out.items()})
 
 
