@@ -94,9 +94,13 @@ def _run_train(args: argparse.Namespace) -> int:
     trainer = MetaTrainer(config, args.run_dir)
     procs = f", {trainer.ctx.world_size} processes" if trainer.ctx.enabled else ""
     if trainer.ctx.is_main:
-        print(f"metalm train: {config.algorithm['name']} on {len(trainer.train_tasks)} tasks, model {config.model}, "
+        left = f" ({len(trainer.dropped)} too small for the episode shape left out)" if trainer.dropped else ""
+        print(f"metalm train: {config.algorithm['name']} on {len(trainer.train_tasks) - len(trainer.dropped)} tasks"
+              f"{left}, model {config.model}, "
               f"{trainer.device}{procs}; run folder {args.run_dir}", flush=True)
-    last = trainer.train(resume=args.resume, progress=not args.quiet)
+    if args.until is not None and not 1 <= args.until <= config.max_steps:
+        raise ConfigError("--until", f"must be in 1..max_steps ({config.max_steps}), got {args.until}")
+    last = trainer.train(resume=args.resume, max_steps=args.until, progress=not args.quiet)
     if trainer.ctx.is_main:
         print(json.dumps(last))
     return 0
@@ -403,6 +407,9 @@ def _add_train(sub: Any) -> None:
     train.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
     train.add_argument("--run-dir", required=True, help="folder for the config, logs and checkpoints")
     train.add_argument("--max-steps", type=int)
+    train.add_argument("--until", type=int, metavar="STEP",
+                       help="stop after this step, checkpointed (the schedule still runs to max_steps; "
+                            "--resume continues): a long run in stages")
     train.add_argument("--seed", type=int)
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.add_argument("--tasks", help="comma-separated meta-train tasks (overrides the split)")

@@ -107,6 +107,7 @@ class MetaTrainer:
         # One task index, one independent stream per slot of the global meta-batch.
         first = EpisodeSampler(pool, config.sampler, seed=config.seed, world_size=batch * micro)
         self.samplers = {j: first.fork(j) for slots in self.micro_slots for j in slots}
+        self.dropped = first.dropped  # meta-train tasks too small for the episode shape (sampler.drop_small_tasks)
         self.step = 0
         self.nonfinite = {"total": 0, "run": 0}  # skipped steps: in all, and consecutive up to now
         self._conflict_batches: dict[str, list] | None = None

@@ -59,7 +59,7 @@ def test_the_first_signal_is_recorded_and_the_second_stops_at_once():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"), outer={"lr": 0.01, "meta_batch": 2},
+    return make_world(tmp_path_factory.mktemp("world"), outer={"lr": 0.01, "meta_batch": 2, "schedule": "cosine"},
                       max_steps=12, val_every=0, checkpoint_every=3, keep_checkpoints=2)
 
 
@@ -100,6 +100,20 @@ def test_sigterm_checkpoints_the_logged_step_exits_143_and_resumes_identically(w
 
 
 @pytest.mark.slow
+def test_a_run_in_stages_with_until_is_the_same_run(world, reference, tmp_path):
+    run = tmp_path / "run"
+    run_cli(world, run, "--until", "5")  # the cosine schedule still runs to max_steps (12)
+    assert latest_checkpoint(run).name == "step-0000005" and logged_steps(run) == 5
+    run_cli(world, run, "--resume", "--until", "8")
+    assert logged_steps(run) == 8
+    run_cli(world, run, "--resume")
+    same_as(reference, run)
+    proc = run_cli(world, tmp_path / "other", "--until", "13", wait=False)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--until: must be in 1..max_steps (12), got 13" in err
+
+
+@pytest.mark.slow
 def test_a_second_launch_on_a_running_folder_is_refused(world, reference, tmp_path):
     run = tmp_path / "run"
     first = run_cli(world, run, wait=False)
@@ -119,7 +133,7 @@ def test_a_second_launch_on_a_running_folder_is_refused(world, reference, tmp_pa
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes_identically(world, reference, tmp_path):
     run = tmp_path / "run"
-    run_cli(world, run, "--max-steps", "3")
+    run_cli(world, run, "--until", "3")
     tensors = run / "checkpoints" / "step-0000003" / "tensors.safetensors"
     limit = tensors.stat().st_size // 2
     assert limit > 3 * (run / "log.jsonl").stat().st_size  # the log (twice as long at step 6) still fits
@@ -128,7 +142,7 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes_identical
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     cmd = [sys.executable, "-m", "metalm.cli", "train", str(world["config"]), "--run-dir", str(run), "--quiet",
-           "--resume", "--max-steps", "6"]
+           "--resume", "--until", "6"]
     proc = subprocess.run(cmd, env=world["env"], capture_output=True, text=True, timeout=300, preexec_fn=small_files)
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
@@ -137,7 +151,7 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes_identical
     assert [p.name for p in list_checkpoints(run)] == ["step-0000003"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000003"]  # nothing partial
     assert latest_checkpoint(run).name == "step-0000003"  # and it verifies
-    run_cli(world, run, "--resume", "--max-steps", "12")  # the reference's 12 (a constant rate: same schedule)
+    run_cli(world, run, "--resume")  # to the reference's 12 steps, on the same schedule
     same_as(reference, run)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -38,6 +39,9 @@ class SamplerConfig:
         permute_verbalizers: Shuffle the verbalized answers among an episode's classes.
         drop_small_classes: Leave out classes with fewer than ``shots + queries`` examples
             instead of raising.
+        drop_small_tasks: Leave out of the pool a task that cannot supply an episode of this shape
+            (after ``drop_small_classes``), with one warning line naming it and the most shots it
+            supports, instead of raising (meta-training on a whole pool at a large shot count).
         content_free: Also render each classification and multiple-choice prompt with its input
             fields (every text field but the answer's) replaced by each of these strings, into
             ``Example.content_free`` (contextual calibration, e.g. ``["N/A", "", "[MASK]"]``).
@@ -50,6 +54,7 @@ class SamplerConfig:
     temperature: float = 2.0
     permute_verbalizers: bool = False
     drop_small_classes: bool = False
+    drop_small_tasks: bool = False
     content_free: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -81,7 +86,10 @@ class _TaskIndex:
                     raise TaskError("sampler", _too_few(task, cfg, len(rows), f"class {lab!r} has") +
                                     " (set drop_small_classes to skip such classes)", task.path)
             if len(self.by_class) < 2:
-                raise TaskError("sampler", f"task {task.name!r} has fewer than 2 classes with {need} examples",
+                counts = sorted((int((labels == lab).sum()) for lab in self.spec.labels or []), reverse=True)
+                second = counts[1] if len(counts) > 1 else 0
+                raise TaskError("sampler", f"task {task.name!r} has fewer than 2 classes with {need} examples "
+                                f"({_most(second, cfg)} with {cfg.queries} queries); asked for {cfg.shots}",
                                 task.path)
         elif self.size < need:
             raise TaskError("sampler", _too_few(task, cfg, self.size, "it has"), task.path)
@@ -89,11 +97,14 @@ class _TaskIndex:
 
 def _too_few(task: Task, cfg: SamplerConfig, have: int, what: str) -> str:
     """One line: the most shots ``task`` supports with ``cfg.queries`` queries, and what was asked."""
-    most = have - cfg.queries
     recorded = f"; its file records max_shots: {task.spec.max_shots}" if task.spec.max_shots else ""
-    supports = f"at most {most} shots" if most >= 1 else "no shot"
-    return (f"task {task.name!r} supports {supports} with {cfg.queries} queries ({what} {have} examples"
+    return (f"task {task.name!r} supports {_most(have, cfg)} with {cfg.queries} queries ({what} {have} examples"
             f"{recorded}); asked for {cfg.shots}")
+
+
+def _most(have: int, cfg: SamplerConfig) -> str:
+    """``at most K shots`` (or ``no shot``) for a class or task of ``have`` examples."""
+    return f"at most {have - cfg.queries} shots" if have > cfg.queries else "no shot"
 
 
 class EpisodeSampler:
@@ -106,8 +117,13 @@ class EpisodeSampler:
         rank: This process's rank; each rank gets an independent stream of the same seed.
         world_size: Number of ranks.
 
+    Attributes:
+        dropped: Tasks left out of the pool because they cannot supply this shape
+            (``drop_small_tasks``), with the reason.
+
     Raises:
-        TaskError: If a task cannot supply episodes of this shape.
+        TaskError: If a task cannot supply episodes of this shape (and ``drop_small_tasks`` is
+            off, or no task of the pool can).
     """
 
     def __init__(self, tasks: Sequence[Task], config: SamplerConfig | None = None, *, seed: int = 0,
@@ -118,7 +134,20 @@ class EpisodeSampler:
             raise ConfigError("rank", f"must be in 0..{world_size - 1}, got {rank}")
         self.config = config or SamplerConfig()
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.index = [_TaskIndex(t, self.config) for t in tasks]
+        self.index: list[_TaskIndex] = []
+        self.dropped: dict[str, str] = {}
+        for task in tasks:
+            try:
+                self.index.append(_TaskIndex(task, self.config))
+            except TaskError as err:
+                if not self.config.drop_small_tasks:
+                    raise
+                self.dropped[task.name] = err.message
+                warnings.warn(f"sampler.drop_small_tasks: {task.name} left out of the pool: {err.message}",
+                              stacklevel=2)
+        if not self.index:
+            raise TaskError("sampler", f"no task of the pool of {len(tasks)} can supply {self.config.ways}-way "
+                                       f"{self.config.shots}-shot episodes with {self.config.queries} queries")
         sizes = np.array([ix.size for ix in self.index], dtype=float)
         mode = self.config.task_sampling
         weights = np.ones_like(sizes) if mode == "uniform" else sizes if mode == "proportional" else \

@@ -157,7 +157,8 @@ def test_classes_with_too_few_examples(home, tmp_path):
     assert err.value.source == "small.yaml" and "\n" not in str(err.value)
     assert str(err.value).endswith("task 'small' supports at most 1 shots with 2 queries (class 'a' has 3 examples); "
                                    "asked for 2 (set drop_small_classes to skip such classes)")
-    with pytest.raises(TaskError, match="fewer than 2 classes"):
+    with pytest.raises(TaskError, match=r"fewer than 2 classes with 4 examples \(at most 1 shots with 2 queries\); "
+                                        "asked for 2$"):
         EpisodeSampler([task], SamplerConfig(ways=2, shots=2, queries=2, drop_small_classes=True))
     assert EpisodeSampler([task], SamplerConfig(ways=2, shots=1, queries=2)).sample().classes
     mc = Task(parse_task({"name": "m", "type": "multiple_choice", "max_shots": 20,
@@ -178,3 +179,23 @@ def test_bad_sampler_configs():
         assert err.value.field == field
     with pytest.raises(ConfigError, match="at least one task"):
         EpisodeSampler([])
+
+
+def test_tasks_too_small_for_the_shape_are_left_out_by_name_when_asked(home):
+    from metalm.data import Task, parse_task
+
+    small = Task(parse_task({"name": "small", "type": "classification", "labels": ["a", "b"],
+                             "source": {"kind": "bigbench", "task": "small"}}), "small.yaml")
+    mc = Task(parse_task({"name": "m", "type": "multiple_choice", "source": {"kind": "bigbench", "task": "toy_mc"}}))
+    cfg = SamplerConfig(ways=2, shots=2, queries=2, drop_small_classes=True, drop_small_tasks=True)
+    with pytest.warns(UserWarning) as caught:
+        sampler = EpisodeSampler([small, mc], cfg, seed=0)
+    assert [str(w.message) for w in caught] == [
+        "sampler.drop_small_tasks: small left out of the pool: task 'small' has fewer than 2 classes with 4 "
+        "examples (at most 1 shots with 2 queries); asked for 2"]
+    assert list(sampler.dropped) == ["small"] and sampler.tasks == ["m"]
+    assert {sampler.sample().task for _ in range(5)} == {"m"}
+    with pytest.raises(TaskError, match="no task of the pool of 2 can supply 2-way 30-shot episodes with 2 queries"), \
+            pytest.warns(UserWarning):
+        EpisodeSampler([small, mc], SamplerConfig(ways=2, shots=30, queries=2, drop_small_classes=True,
+                                                  drop_small_tasks=True))
