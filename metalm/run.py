@@ -8,6 +8,7 @@ this module; ``train.py`` keeps only the training recipe (:class:`~metalm.train.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -137,7 +138,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if "name" not in self.algorithm:
             raise ConfigError("algorithm.name", "required field is missing")
-        alg = algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
+        alg = self.algorithm_config()
         if self.distributed == "fsdp":
             cls = algorithm_class(self.algorithm["name"])
             check_algorithm(self.algorithm["name"], alg, double_backward=cls.needs_double_backward(alg))
@@ -160,7 +161,15 @@ class TrainConfig:
             raise ConfigError("model", "must name a model (an embedded name, a folder or a hub id)")
 
     def algorithm_config(self) -> Any:
-        return algorithm_config(self.algorithm["name"], {k: v for k, v in self.algorithm.items() if k != "name"})
+        """The algorithm's typed config (its registered dataclass), parsed once from ``algorithm``
+        (again only if that dict was changed since)."""
+        key = json.dumps(self.algorithm, sort_keys=True, default=str)
+        parsed = self.__dict__.get("_algorithm_parsed")
+        if parsed is None or parsed[0] != key:
+            parsed = (key, algorithm_config(self.algorithm["name"],
+                                            {k: v for k, v in self.algorithm.items() if k != "name"}))
+            self.__dict__["_algorithm_parsed"] = parsed
+        return parsed[1]
 
 
 def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -73,6 +73,21 @@ def test_algorithm_sections_are_rooted_under_algorithm():
     assert isinstance(algorithm_config("maml++"), MAMLPlusPlusConfig)
 
 
+def test_a_runs_algorithm_config_is_parsed_once_and_again_only_when_changed(monkeypatch):
+    import metalm.run as run_module
+    from metalm.run import TrainConfig
+
+    calls = []
+    real = run_module.algorithm_config
+    monkeypatch.setattr(run_module, "algorithm_config", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    config = TrainConfig(algorithm={"name": "fomaml", "inner": {"steps": 3}})
+    first = config.algorithm_config()
+    assert config.algorithm_config() is first and calls == ["fomaml"]  # parsed by validation, then reused
+    assert first.inner.steps == 3 and "_algorithm_parsed" not in to_dict(config)
+    config.algorithm["inner"]["steps"] = 4
+    assert config.algorithm_config().inner.steps == 4 and calls == ["fomaml", "fomaml"]
+
+
 def test_yaml_reads_exponents_as_numbers_and_refuses_duplicate_keys(tmp_path):
     """`1e-3` (YAML 1.1 reads it as a string) is a number in files and overrides; a key given twice
     is an error naming the file, not a silent last-one-wins."""

@@ -131,8 +131,8 @@ def test_shared_work_gives_the_reference_paths_accuracies(tiny, registry):
                             finetune_lrs=[0.3, 1.0], finetune_adam_lrs=[0.01], finetune_steps=[1, 3],
                             shared_work=shared)
         harness = Harness.from_learner(algo, tok, base, trained, config)
-        harness.choose_finetune([registry["toy_cls"]])
-        reports.append((harness.finetune_grid, harness.measure(tasks)))
+        choice = harness.choose_finetune([registry["toy_cls"]])
+        reports.append((choice.grid, harness.measure(tasks, finetune=choice)))
     (grid_a, a), (grid_b, b) = reports
     assert [g["val_accuracy"] for g in grid_a] == [g["val_accuracy"] for g in grid_b]
     assert a == b
@@ -165,7 +165,7 @@ def test_calibrated_trained_rows(tiny, registry):
         config = EvalConfig(shots=[2], episodes=8, ways=3, queries=2, calibrate_trained=True, shared_work=shared,
                             methods=["icl", "zeroshot-cal", "icl-cal", "meta"])
         harness = Harness(algo.model, tok, start, config, rows, algo.selection.lowest_adapted_layer())
-        assert list(harness.rows()) == ["a", "a-cal", "b", "b-cal", "c", "c-cal", "d"]
+        assert list(harness.rows()) == ["zeroshot-cal", "icl", "icl-cal", "a", "a-cal", "b", "b-cal", "c", "c-cal", "d"]
         got.append(harness.measure(tasks))
         assert harness.summarize(got[-1], tasks)["budgets"]["c-cal"] == "sgd lr 0.1, 1 steps; calibrated"
     data = got[0]
@@ -200,8 +200,8 @@ def test_in_context_trained_rows(tiny, registry):
         config = EvalConfig(shots=[2], episodes=6, ways=3, queries=2, calibrate_trained=True, in_context_trained=True,
                             shared_work=shared, methods=["icl", "icl-cal", "meta", "mtl"])
         harness = Harness(algo.model, tok, start, config, rows, algo.selection.lowest_adapted_layer())
-        assert list(harness.rows()) == ["a", "a-cal", "b", "b-cal", "b+icl", "b+icl-cal", "c", "c-cal", "c+icl",
-                                        "c+icl-cal", "d"]
+        assert list(harness.rows()) == ["icl", "icl-cal", "a", "a-cal", "b", "b-cal", "b+icl", "b+icl-cal", "c", "c-cal",
+                                        "c+icl", "c+icl-cal", "d"]
         got.append(harness.measure(tasks))
     assert got[0] == got[1]
     data = got[0]
@@ -228,8 +228,8 @@ def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     harness = Harness.from_learner(algo, tok, base, None, EvalConfig(
         methods=["finetune"], finetune_lrs=[1e-9, 1.0], finetune_adam_lrs=[0.01], finetune_steps=[1, 2], ways=2,
         queries=1, val_episodes=1))
-    chosen = harness.choose_finetune([registry["toy_mc"]])
-    grid = harness.finetune_grid
+    choice = harness.choose_finetune([registry["toy_mc"]])
+    chosen, grid = choice.init, choice.grid
     assert [(g["optimizer"], g["lr"], g["steps"]) for g in grid] == \
         [("sgd", 1e-9, 1), ("sgd", 1e-9, 2), ("sgd", 1.0, 1), ("sgd", 1.0, 2), ("adam", 0.01, 1), ("adam", 0.01, 2)]
     best = max(grid, key=lambda g: g["val_accuracy"])
@@ -324,7 +324,7 @@ def test_in_context_rows_share_each_episodes_demonstrations(tiny, registry, monk
                             shared_work=shared, batch_size=4)
         harness = Harness.from_learner(algo, tok, base, base, config)
         encoded.clear()
-        results.append(harness.block(task, 2, 0))
+        results.append(harness.block(list(harness.rows().values()), harness.episodes(task, 2, 0)).accuracy)
         if shared:
             assert len(encoded) == 2 * 3  # per episode: the direct and the channel demonstrations
         else:
@@ -482,7 +482,8 @@ def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):
     config = EvalConfig(shots=[1], episodes=2, seeds=2, ways=2, queries=1, methods=["zeroshot", "icl", "meta"])
     tasks = [registry["toy_cls"], registry["toy_mc"]]
     trained = {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()}
-    whole = Harness.from_learner(algo, tok, base, trained, config).measure(tasks)
+    first = Harness.from_learner(algo, tok, base, trained, config)
+    whole = first.measure(tasks)
     log = tmp_path / "eval.json.partial.jsonl"
     journal = Journal(log, {"eval": "x"}, resume=False)
     Harness.from_learner(algo, tok, base, trained, config).measure(tasks[:1], journal=journal)
@@ -494,9 +495,12 @@ def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):
     assert all(s > 0 for s in recorded) and resumed.seconds == pytest.approx(sum(recorded))  # the earlier session's time
     calls = []
     harness = Harness.from_learner(algo, tok, base, trained, config)
-    harness.block = lambda *item, f=harness.block: calls.append(item[0].name) or f(*item)
+    harness.block = lambda rows, episodes, f=harness.block: calls.append(episodes[0].task) or f(rows, episodes)
     assert harness.measure(tasks, journal=resumed) == whole
     assert calls == ["toy_mc", "toy_mc"]  # only the blocks the journal lacked
+    # The journaled blocks' adaptation costs are read back: every adaptation counted, tokens as measured.
+    assert [t for _, t in harness.cost.records["meta"]] == [t for _, t in first.cost.records["meta"]]
+    assert len(harness.cost.records["meta"]) == 2 * 2 * 2
     with pytest.raises(ConfigError, match="another evaluation"):
         Journal(log, {"eval": "y"}, resume=True)
 

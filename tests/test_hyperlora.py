@@ -110,12 +110,12 @@ def test_an_untrained_hypernetwork_is_the_plain_initialization_row_for_row(tiny_
     eval_config = EvalConfig(shots=[2], episodes=3, ways=2, queries=2, methods=["zeroshot", "finetune", "hyper"],
                              finetune_lrs=[0.3], finetune_optimizers=["sgd"], finetune_steps=[2])
     harness = Harness.from_learner(algo, tok, values, values, eval_config, kind="hyper")
-    harness.choose_finetune([registry["toy_cls"]])
-    data = harness.measure([registry["toy_cls"], registry["toy_mc"]])
+    choice = harness.choose_finetune([registry["toy_cls"]])
+    data = harness.measure([registry["toy_cls"], registry["toy_mc"]], finetune=choice)
     for task in ("toy_cls", "toy_mc"):
         assert data[("hyper", task, 2)] == data[("zeroshot", task, 2)]
         assert data[("hyper@ft", task, 2)] == data[("finetune", task, 2)]
-    budgets = harness.summarize(data, [registry["toy_cls"], registry["toy_mc"]])["budgets"]
+    budgets = harness.summarize(data, [registry["toy_cls"], registry["toy_mc"]], choice)["budgets"]
     assert budgets["hyper"] == "generated from the support set"
     assert budgets["hyper@ft"] == "generated from the support set, then sgd lr 0.3, 2 steps"
 

@@ -117,5 +117,5 @@ def test_an_imaml_run_trains_and_is_evaluated_on_its_regularized_problem(tmp_pat
     run = load_run(tmp_path / "run")
     assert any(not torch.equal(run.base[k], v) for k, v in run.trained.items())
     harness = Harness.from_run(run, EvalConfig(shots=[1], episodes=1, ways=2, queries=1, methods=["zeroshot", "meta"]))
-    assert budget(harness.rows()["meta"]) == "sgd lr 0.1, 2 steps, proximal 2"
+    assert budget(harness.rows()["meta"].init) == "sgd lr 0.1, 2 steps, proximal 2"
     assert harness.run(eval_tasks(build_registry(run.config), ["toy_cls"]))["macro"]

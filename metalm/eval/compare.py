@@ -26,6 +26,7 @@ from ..run import load_run
 from .fewshot import Harness, Measurements, Trained
 from .inits import Init, init_from_checkpoint, init_from_values, trained_rows
 from .journal import Journal
+from .rows import FinetuneChoice
 
 
 def run_label(config: Any, kind: str, n_runs: int) -> str:
@@ -101,9 +102,11 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
 def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequence[tuple[str, str, str]],
                        configs: Sequence[Any], kinds: Sequence[str], device: torch.device,
                        checkpoints: Mapping[str, Checkpoint], *, progress: bool = True,
-                       journal: Journal | None = None) -> tuple[Measurements, dict[str, str]]:
+                       journal: Journal | None = None,
+                       finetune: FinetuneChoice | None = None) -> tuple[Measurements, dict[str, str]]:
     """Measure runs with another adapter on ``harness``'s episodes, each on a model of its own (from
-    its checkpoint in ``checkpoints``, read already).
+    its checkpoint in ``checkpoints``, read already), with fine-tuning's chosen budget ``finetune`` for
+    their ``@ft`` rows.
 
     Returns their per-episode accuracies and their rows' adaptation budgets. With a ``journal`` their
     blocks are recorded beside the first harness's rows (a killed evaluation resumes them too).
@@ -123,10 +126,10 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
                 for name, init in trained_rows(learner, loaded.trained, label).items()]
         other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), rows,
                         learner.selection.lowest_adapted_layer())
-        other.finetune = harness.finetune  # the same fine-tuning budget for its @ft row
         other._episodes = harness._episodes  # the very same episodes
-        data.update(other.measure(tasks, progress, journal))
-        budgets.update({r: budget(i) for r, i in other.rows().items()})
+        data.update(other.measure(tasks, progress, journal, finetune))
+        budgets.update({name: budget(row.init, row.presentation) for name, row in other.rows(finetune).items()
+                        if row.init})
         harness.cost.records.update(other.cost.records)
         del other, learner
     return data, budgets

@@ -56,18 +56,20 @@ from .cost import AdaptationCost
 from .inits import Init, check_values, init_from_values, trained_rows
 from .journal import Journal
 from .prepared import PreparedQueries, prepare_queries, score_prepared
+from .rows import UNADAPTED, FinetuneChoice, Presentation, Row, expand_rows
 from .scoring import generation_score, greedy_generate, option_scores
 from .summary import Measurements, query_baselines, summarize
 
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["BASELINES", "METHODS", "EvalConfig", "Harness", "Measurements", "Trained", "budget", "eval_tasks"]
+__all__ = ["BASELINES", "METHODS", "Block", "EvalConfig", "FinetuneChoice", "Harness", "Measurements", "Row", "Trained",
+           "budget", "eval_tasks"]
 
-UNADAPTED = ("zeroshot", "zeroshot-cal", "zeroshot-channel", "icl", "icl-cal", "icl-channel")
 BASELINES = (*UNADAPTED, "finetune")
 TRAINED = ("meta", "mtl", "hyper", "library")  # methods that start from a run's trained weights (MetaLearner.row)
 METHODS = (*BASELINES, *TRAINED)
+PLAIN = Presentation()  # the queries alone, options ranked directly, uncalibrated
 CONTENT_FREE = ["N/A", "", "[MASK]"]  # Zhao et al. 2021, section 5
 
 
@@ -239,7 +241,6 @@ class Harness:
         self.prefix_layer = prefix_layer if config.shared_work else None  # queries' frozen layers reused
         self.device = next(model.parameters()).device
         self._episodes: dict[tuple[str, int, int, int, int], list[TextEpisode]] = {}
-        self.finetune: Init | None = None
         self.cost = AdaptationCost(model)  # seconds and forward tokens of each adapted row, per new task
 
     @classmethod
@@ -276,24 +277,10 @@ class Harness:
             self._episodes[key] = [sampler.sample() for _ in range(n)]
         return self._episodes[key]
 
-    def rows(self) -> dict[str, Init]:
-        """The adapted rows and their initializations (``finetune`` once it is chosen)."""
-        out: dict[str, Init] = {}
-        if "finetune" in self.config.methods:
-            out["finetune"] = self.finetune or self.base
-        for t in self.trained:
-            # Variants share their row's tensors and inner loop, so one adaptation serves them all (_adaptation).
-            scored = {t.label: t.init}
-            if self.config.in_context_trained and t.init.icl == "plain":
-                scored[f"{t.label}+icl"] = dataclasses.replace(t.init, icl="direct")
-            for label, init in scored.items():
-                out[label] = init
-                if self.config.calibrate_trained and init.icl != "channel":
-                    out[f"{label}-cal"] = dataclasses.replace(init, calibrate=True)
-            if self.finetune is not None and not t.init.same_budget(self.finetune) and t.init.route is None:
-                out[f"{t.label}@ft"] = t.init.with_budget(self.finetune.inner.optimizer, self.finetune.inner.lr,
-                                                          self.finetune.inner.steps)
-        return out
+    def rows(self, finetune: FinetuneChoice | None = None) -> dict[str, Row]:
+        """Every row of this evaluation by name (:func:`~metalm.eval.rows.expand_rows`), with
+        fine-tuning's chosen budget when given."""
+        return {row.name: row for row in expand_rows(self.config, self.base, self.trained, finetune)}
 
     # ------------------------------------------------------------------ scoring
     def _scores(self, params: Mapping[str, Tensor], examples: Sequence[Example],
@@ -315,6 +302,11 @@ class Harness:
             return cache_prefix(self.model, batch, self.layer)
         return prepare_batch(batch)
 
+    def _prepared(self, ep: TextEpisode) -> tuple[list[list[float]], PreparedQueries]:
+        """The queries' frozen layers under the pretrained weights, and their zero-shot scores."""
+        return prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
+                               self.prefix_layer, batch_size=max(self.config.batch_size, 32))
+
     def _adapt(self, init: Init, support: Mapping[str, Any], steps: Sequence[int]) -> list[dict[str, Tensor]]:
         """The fast weights after each of ``steps`` inner steps (one trajectory), as scoring params."""
         rule = UpdateRule.of(init.inner, steps=max(steps), lr=init.rate(), first_order=True)
@@ -324,151 +316,139 @@ class Harness:
 
     def _unadapted(self, method: str, episodes: Sequence[TextEpisode],
                    params: Mapping[str, Tensor] | None = None) -> list[list[list[float]]]:
-        """Option scores of ``method`` (a non-adapting method) for every query of ``episodes``, with
-        the pretrained weights or ``params``."""
-        return self._unadapted_many([method], episodes, params)[method]
+        """Option scores of the unadapted row ``method`` (:data:`~metalm.eval.rows.UNADAPTED`) for every
+        query of ``episodes``, with the pretrained weights or ``params``."""
+        return self._presented([Row(method, UNADAPTED[method])], episodes, params)[method]
 
-    def _unadapted_many(self, methods: Sequence[str], episodes: Sequence[TextEpisode],
-                        params: Mapping[str, Tensor] | None = None) -> dict[str, list[list[list[float]]]]:
-        """:meth:`_unadapted` of several methods. With shared work, the rows of all methods and episodes
-        go to one scoring call per normalization, each distinct row once (``icl``'s rows are the first
-        rows of ``icl-cal``'s) and each episode's demonstrations encoded once for all its queries and
-        methods; the reference path scores each method on each episode on its own."""
+    def _presented(self, rows: Sequence[Row], episodes: Sequence[TextEpisode],
+                   params: Mapping[str, Tensor] | None = None) -> dict[str, list[list[list[float]]]]:
+        """Option scores of every query of ``episodes`` as each row presents them (``params``: the
+        weights, the pretrained ones by default). With shared work, the rows of all of them go to one
+        scoring call per normalization, each distinct row once (``icl``'s rows are the first rows of
+        ``icl-cal``'s) and each episode's demonstrations encoded once for all its queries and rows;
+        the reference path scores each row on each episode on its own."""
         if not self.config.shared_work:
-            return {m: [self._unadapted_group([m], [ep], params)[m][0] for ep in episodes] for m in methods}
-        return self._unadapted_group(methods, episodes, params)
+            return {r.name: [self._presented_group([r], [ep], params)[r.name][0] for ep in episodes] for r in rows}
+        return self._presented_group(rows, episodes, params)
 
-    def _unadapted_group(self, methods: Sequence[str], episodes: Sequence[TextEpisode],
+    def _presented_group(self, rows: Sequence[Row], episodes: Sequence[TextEpisode],
                          params: Mapping[str, Tensor] | None) -> dict[str, list[list[list[float]]]]:
         params = self.base.params() if params is None else params
         out: dict[str, list[list[list[float]]]] = {}
         for channel in (False, True):
-            group = [m for m in methods if m.endswith("-channel") == channel]
+            group = [r for r in rows if r.presentation.channel == channel]
             if not group:
                 continue
             rows_of = _Rows()  # one scored row per distinct (context, prompt, options)
             add, flat = rows_of.add, rows_of.flat
 
-            plan: dict[str, list[list[list[int]]]] = {}  # method -> episode -> query -> rows in flat
-            for method in group:
-                icl = method.startswith("icl")
+            plan: dict[str, list[list[list[int]]]] = {}  # row -> episode -> query -> scored rows in flat
+            for row in group:
+                how = row.presentation
                 for ep in episodes:
-                    demos = demonstrations(ep.support, channel=channel) if icl else ""
+                    demos = demonstrations(ep.support, channel=channel) if how.demos else ""
                     per_query = []
                     for q in ep.query:
                         if channel:
-                            rows = channel_examples(demos, q)
-                        elif method.endswith("-cal"):
-                            rows = [in_context(demos, q), *(in_context(demos, q, cf) for cf in q.content_free)]
+                            scored = channel_examples(demos, q)
+                        elif how.calibrate:
+                            scored = [in_context(demos, q), *(in_context(demos, q, cf) for cf in q.content_free)]
                         else:
-                            rows = [in_context(demos, q)]
-                        per_query.append([add(r) for r in rows])
-                    plan.setdefault(method, []).append(per_query)
+                            scored = [in_context(demos, q)]
+                        per_query.append([add(r) for r in scored])
+                    plan.setdefault(row.name, []).append(per_query)
             scores = self._scores(params, flat, "sum" if channel else "mean")
-            for method in group:
-                out[method] = [[self._combine(method, [scores[i] for i in rows]) for rows in per_query]
-                               for per_query in plan[method]]
+            for row in group:
+                out[row.name] = [[_combine(row.presentation, [scores[i] for i in idx]) for idx in per_query]
+                                 for per_query in plan[row.name]]
         return out
-
-    @staticmethod
-    def _combine(method: str, scores: Sequence[Sequence[float]]) -> list[float]:
-        """One query's option scores from its scored rows: channel rows hold one option each; a
-        calibrated query's first row is the query, the rest its content-free prompts."""
-        if method.endswith("-channel"):
-            return [s[0] for s in scores]
-        if method.endswith("-cal"):
-            if len(scores) < 2:
-                raise TaskError("content_free", "calibration needs content-free prompts; the sampler made none")
-            return _calibrated(scores[0], scores[1:])
-        return list(scores[0])
 
     # ------------------------------------------------------------------ one block of episodes
-    def block(self, task: Task, shots: int, seed: int) -> dict[str, list[float]]:
-        """Per-episode accuracy of every row on the episodes of ``task`` at ``shots`` for ``seed``."""
-        episodes = self.episodes(task, shots, seed)
+    def block(self, rows: Sequence[Row], episodes: Sequence[TextEpisode]) -> Block:
+        """Per-episode accuracy of every row on ``episodes`` (one task's block), and what each adapted
+        row's adaptations cost: a function of the rows and the episodes alone."""
         if episodes[0].type == "generation":
-            return self._generation_block(episodes)
+            return self._generation_block(rows, episodes)
+        cost = AdaptationCost(self.model)
         out: dict[str, list[float]] = {}
-        unadapted = [m for m in UNADAPTED if m in self.config.methods]
-        rows = self.rows()
+        unadapted = [r for r in rows if r.init is None]
+        adapted = [r for r in rows if r.init is not None]
         # The queries' frozen layers pay off when two or more sets of weights score them (zero-shot's
         # scores come with them); a lone adapted row scores the plain way.
-        prepare = self.prefix_layer is not None and len(rows) + ("zeroshot" in unadapted) >= 2 and bool(rows)
-        zs_from_prepare: list[float] = []
-        prepared: list[PreparedQueries | None] = []
+        plain = next((r for r in unadapted if r.presentation == PLAIN), None)
+        prepare = self.prefix_layer is not None and len(adapted) + (plain is not None) >= 2 and bool(adapted)
+        prepared: list[PreparedQueries | None] = [None] * len(episodes)
         if prepare:
-            for ep in episodes:
-                scores, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
-                                               self.prefix_layer, batch_size=max(self.config.batch_size, 32))
-                zs_from_prepare.append(_accuracy(scores, ep.query))
-                prepared.append(prep)
-        scored = self._unadapted_many([m for m in unadapted if not (m == "zeroshot" and prepare)], episodes)
-        for method in unadapted:
-            if method == "zeroshot" and prepare:
-                out[method] = zs_from_prepare
-                continue
-            out[method] = [_accuracy(s, ep.query) for s, ep in zip(scored[method], episodes, strict=True)]
+            zeroshot = []
+            for e, ep in enumerate(episodes):
+                scores, prepared[e] = self._prepared(ep)
+                zeroshot.append(_accuracy(scores, ep.query))
+            if plain is not None:
+                out[plain.name] = zeroshot
+        scored = self._presented([r for r in unadapted if r.name not in out], episodes)
+        for row in unadapted:
+            if row.name not in out:
+                out[row.name] = [_accuracy(s, ep.query) for s, ep in zip(scored[row.name], episodes, strict=True)]
         for e, ep in enumerate(episodes):
-            self._adapted_rows(ep, rows, prepared[e] if prepare else None, out)
-        return out
+            self._adapted_rows(ep, adapted, prepared[e], out, cost)
+        return Block({r.name: out[r.name] for r in rows}, cost.records)
 
-    def _adapted_rows(self, ep: TextEpisode, rows: Mapping[str, Init], prep: PreparedQueries | None,
-                      out: dict[str, list[float]]) -> None:
-        """Adapt every row's initialization on ``ep``'s support set (one support prefix for all when work
-        is shared) and append its query accuracy to ``out[row]``."""
+    def _adapted_rows(self, ep: TextEpisode, rows: Sequence[Row], prep: PreparedQueries | None,
+                      out: dict[str, list[float]], cost: AdaptationCost) -> None:
+        """Adapt every row's initialization on ``ep``'s support set (one support prefix for all, and a
+        twin's adapted weights reused, when work is shared) and append its query accuracy to
+        ``out[row]`` and its adaptation's cost to ``cost``."""
         support = None
-        adapted: dict[tuple[int, ...], dict[str, Tensor]] = {}  # a -cal row scores its twin's adapted weights
-        spent: dict[tuple[int, ...], tuple[float, int]] = {}
-        for row, init in rows.items():
-            key = _adaptation(init)
-            if key not in adapted or not self.config.shared_work:
-                if (init.adapt or init.generate) and (support is None or not self.config.shared_work):
+        adapted: dict[str, dict[str, Tensor]] = {}
+        shared = self.config.shared_work
+        for row in rows:
+            init = row.init
+            assert init is not None
+            if row.weights not in adapted or not shared:
+                if (init.adapt or init.generate) and (support is None or not shared):
                     support = self._support(ep, init.inner.steps)
-                with self.cost.measure(row):  # the support batch (shared by the rows) is not counted
-                    adapted[key] = self._adapt(init, support, [init.inner.steps])[0] if init.adapt \
+                with cost.measure(row.name):  # the support batch (shared by the rows) is not counted
+                    adapted[row.weights] = self._adapt(init, support, [init.inner.steps])[0] if init.adapt \
                         else init.params(init.start(support) if init.generate else None)
-                spent[key] = self.cost.records[row][-1]
             else:
-                self.cost.records.setdefault(row, []).append(spent[key])
+                cost.records.setdefault(row.name, []).append(cost.records[row.weights][-1])
             with init.scoring():
-                out.setdefault(row, []).append(self._score_episode(adapted[key], ep, prep, init.icl, init.calibrate))
+                out.setdefault(row.name, []).append(self._score_episode(adapted[row.weights], ep, prep,
+                                                                        row.presentation))
 
-    def _generation_block(self, episodes: Sequence[TextEpisode]) -> dict[str, list[float]]:
+    def _generation_block(self, rows: Sequence[Row], episodes: Sequence[TextEpisode]) -> Block:
         """The task's metric (exact match or token F1) per episode; calibrated and channel rows equal their
-        plain method (no options)."""
+        plain presentation (no options)."""
+        cost = AdaptationCost(self.model)
         out: dict[str, list[float]] = {}
-        plain: dict[str, list[float]] = {}
-        for method in ("zeroshot", "icl"):
-            if not any(m.startswith(method) for m in self.config.methods if m in UNADAPTED):
-                continue
-            prompts = [with_demonstrations(demonstrations(ep.support) if method == "icl" else "", q.prompt)
+        plain: dict[bool, list[float]] = {}  # with demonstrations or not
+        for demos in sorted({r.presentation.demos for r in rows if r.init is None}):
+            prompts = [with_demonstrations(demonstrations(ep.support) if demos else "", q.prompt)
                        for ep in episodes for q in ep.query]
             preds = self._generate(self.base.params(), prompts)
             refs = [q.references for ep in episodes for q in ep.query]
             hits = [generation_score(episodes[0].metric, p, r) for p, r in zip(preds, refs, strict=True)]
             q = len(episodes[0].query)
-            plain[method] = [sum(hits[i * q:(i + 1) * q]) / q for i in range(len(episodes))]
-        for m in UNADAPTED:
-            if m in self.config.methods:
-                out[m] = plain[m.split("-")[0]]
+            plain[demos] = [sum(hits[i * q:(i + 1) * q]) / q for i in range(len(episodes))]
+        for row in rows:
+            if row.init is None:
+                out[row.name] = plain[row.presentation.demos]
+        adapted = [r for r in rows if r.init is not None]
         for ep in episodes:
-            self._adapted_rows(ep, self.rows(), None, out)
-        return out
+            self._adapted_rows(ep, adapted, None, out, cost)
+        return Block({r.name: out[r.name] for r in rows}, cost.records)
 
     # ------------------------------------------------------------------ fine-tuning's budget
-    def choose_finetune(self, val_tasks: Sequence[Task]) -> Init:
-        """Pick fine-tuning's optimizer, learning rate and steps by mean accuracy on meta-val episodes
-        (first shot count); sets and returns :attr:`finetune`."""
+    def choose_finetune(self, val_tasks: Sequence[Task]) -> FinetuneChoice:
+        """Fine-tuning's optimizer, learning rate and steps, chosen by mean accuracy on meta-val
+        episodes (first shot count; ties: the first in grid order), with the grid's accuracies."""
         shots = self.config.shots[0]
         grid = self.config.grid(self.base.inner.steps)
         eps = [ep for task in val_tasks for ep in self.episodes(task, shots, 0, self.config.val_episodes, salt=1)]
 
         def one(ep: TextEpisode) -> list[float]:
             support = self._support(ep, max(grid[0][2]))
-            prep = None
-            if ep.type != "generation" and self.prefix_layer is not None:
-                _, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
-                                          self.prefix_layer, batch_size=max(self.config.batch_size, 32))
+            prep = self._prepared(ep)[1] if ep.type != "generation" and self.prefix_layer is not None else None
             accs = []
             for opt, lr, steps in grid:
                 start = self.base.with_budget(opt, lr, max(steps))
@@ -481,25 +461,21 @@ class Harness:
         means = [sum(a[i] for a in per_episode) / len(per_episode) for i in range(len(points))]
         best = max(range(len(points)), key=means.__getitem__)  # ties: the first in grid order
         opt, lr, steps = points[best]
-        self.finetune = self.base.with_budget(opt, lr, steps)
-        self.finetune_grid = [{"optimizer": o, "lr": r, "steps": k, "val_accuracy": m}
-                              for (o, r, k), m in zip(points, means, strict=True)]
-        return self.finetune
+        return FinetuneChoice(self.base.with_budget(opt, lr, steps),
+                              [{"optimizer": o, "lr": r, "steps": k, "val_accuracy": m}
+                               for (o, r, k), m in zip(points, means, strict=True)])
 
     def _score_episode(self, params: Mapping[str, Tensor], ep: TextEpisode, prep: PreparedQueries | None,
-                       icl: str = "plain", calibrate: bool = False) -> float:
-        """Query accuracy of ``params`` on ``ep``: the queries alone (``plain``), or after the support
-        set as demonstrations (``direct`` or ``channel`` scoring; generation is always direct), with
-        contextual calibration if ``calibrate``."""
+                       presentation: Presentation = PLAIN) -> float:
+        """Query accuracy of ``params`` on ``ep``, its queries presented as ``presentation`` says
+        (generation is always scored directly, uncalibrated)."""
         if ep.type == "generation":
-            demos = demonstrations(ep.support) if icl != "plain" else ""
+            demos = demonstrations(ep.support) if presentation.demos else ""
             preds = self._generate(params, [with_demonstrations(demos, q.prompt) for q in ep.query])
             return sum(generation_score(ep.metric, p, q.references)
                        for p, q in zip(preds, ep.query, strict=True)) / len(ep.query)
-        if calibrate:
-            scores = self._unadapted("zeroshot-cal" if icl == "plain" else "icl-cal", [ep], params)[0]
-        elif icl != "plain":
-            scores = self._unadapted("icl-channel" if icl == "channel" else "icl", [ep], params)[0]
+        if presentation != PLAIN:
+            scores = self._presented([Row("", presentation)], [ep], params)[""][0]
         elif prep is not None:
             scores = score_prepared(self.model, params, prep)
         else:
@@ -507,8 +483,11 @@ class Harness:
         return _accuracy(scores, ep.query)
 
     # ------------------------------------------------------------------ everything
-    def measure(self, tasks: Sequence[Task], progress: bool = False, journal: Journal | None = None) -> Measurements:
-        """Per-episode accuracy of every row on every task, shot count and seed.
+    def measure(self, tasks: Sequence[Task], progress: bool = False, journal: Journal | None = None,
+                finetune: FinetuneChoice | None = None) -> Measurements:
+        """Per-episode accuracy of every row on every task, shot count and seed (``finetune``: fine-tuning's
+        chosen budget). Each block's adaptation costs, measured or read back from the journal, are
+        added to :attr:`cost`.
 
         Under ``torchrun`` the blocks of episodes are dealt over the processes and gathered, so every
         process returns what one process would. With a ``journal`` (one process), blocks already in
@@ -524,30 +503,34 @@ class Harness:
         # Seed-major: a killed run's journal holds whole seeds first.
         items = [(t, k, s) for s in range(self.config.seeds) for t in tasks for k in self.config.shots]
         bar = tqdm(total=len(items), disable=not progress or not ctx.is_main, desc="evaluate")
+        rows = list(self.rows(finetune).values())
+        wanted = {r.name for r in rows}
 
-        wanted = {*(m for m in UNADAPTED if m in self.config.methods), *self.rows()}
-
-        def run(item: tuple[Task, int, int]) -> dict[str, list[float]]:
+        def run(item: tuple[Task, int, int]) -> Block:
             key = Journal.key(item[0].name, item[1], item[2])
             if journal is not None and wanted <= set(journal.blocks.get(key, {})):
-                out = {row: accs for row, accs in journal.blocks[key].items() if row in wanted}
+                block = Block({r: journal.blocks[key][r] for r in wanted},
+                              {r: [tuple(c) for c in v] for r, v in journal.costs.get(key, {}).items() if r in wanted})
             else:
                 start = time.perf_counter()
-                out = self.block(*item)
+                block = self.block(rows, self.episodes(*item))
                 if journal is not None:
-                    journal.put(key, out, time.perf_counter() - start)
+                    journal.put(key, block.accuracy, time.perf_counter() - start, cost=block.cost)
             bar.update(ctx.world_size)
-            return out
+            return block
 
         blocks = map_sharded(items, run, ctx)
         bar.close()
         out: Measurements = {}
         for (task, shots, _), block in zip(items, blocks, strict=True):
-            for row, accs in block.items():
+            for row, accs in block.accuracy.items():
                 out.setdefault((row, task.name, shots), []).append(accs)
+            for row, records in block.cost.items():
+                self.cost.records.setdefault(row, []).extend(records)
         return out
 
-    def summarize(self, data: Measurements, tasks: Sequence[Task]) -> dict[str, Any]:
+    def summarize(self, data: Measurements, tasks: Sequence[Task],
+                  finetune: FinetuneChoice | None = None) -> dict[str, Any]:
         """The report of ``data`` (:func:`metalm.eval.summary.summarize`) with chance, majority label,
         fine-tuning's chosen budget, each row's adaptation and each task's metric (``accuracy`` for
         option-scored tasks; a generation task's ``exact_match`` or ``token_f1``)."""
@@ -557,49 +540,45 @@ class Harness:
         report = summarize(data, [t.name for t in tasks], self.config.shots, chance=chance, majority=majority,
                            seeds=[self.config.seed + s for s in range(self.config.seeds)], baselines=BASELINES,
                            reference=self.config.reference)
-        report["budgets"] = {row: budget(init) for row, init in self.rows().items()}
+        report["budgets"] = {name: budget(row.init, row.presentation) for name, row in self.rows(finetune).items()
+                             if row.init}
         report["adaptation_cost"] = self.cost.summary()
-        if self.finetune is not None:
-            ft = self.finetune.inner
-            report["finetune"] = {"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps,
-                                  "grid": self.finetune_grid}
-        report["finetune_lr"] = self.finetune.inner.lr if self.finetune else None
-        report["finetune_steps"] = self.finetune.inner.steps if self.finetune else None
+        if finetune is not None:
+            report["finetune"] = finetune.record()
+        report["finetune_lr"] = finetune.init.inner.lr if finetune else None
+        report["finetune_steps"] = finetune.init.inner.steps if finetune else None
         report["inner_steps"] = self.base.inner.steps
         report["metrics"] = {t.name: t.spec.metric for t in tasks}  # what a task's "accuracy" is
         return report
 
-    def run(self, tasks: Sequence[Task], progress: bool = False) -> dict[str, Any]:
+    def run(self, tasks: Sequence[Task], progress: bool = False,
+            finetune: FinetuneChoice | None = None) -> dict[str, Any]:
         """Measure every method on ``tasks`` and return the report (with the inner-steps sweep when
         ``config.inner_steps`` is set)."""
-        report = self.summarize(self.measure(tasks, progress), tasks)
+        report = self.summarize(self.measure(tasks, progress, finetune=finetune), tasks, finetune)
         if self.config.inner_steps:
-            report["inner_steps_sweep"] = self.inner_steps_sweep(tasks)
+            report["inner_steps_sweep"] = self.inner_steps_sweep(tasks, finetune)
         return report
 
-    def inner_steps_sweep(self, tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    def inner_steps_sweep(self, tasks: Sequence[Task], finetune: FinetuneChoice | None = None) -> list[dict[str, Any]]:
         """Macro accuracy of ``finetune`` and the trained rows at each of ``config.inner_steps``
         (first shot count, first seed), one inner-loop trajectory per episode."""
         from .stats import mean_ci95
 
         shots, steps = self.config.shots[0], sorted(self.config.inner_steps or [])
-        rows = {r: i for r, i in self.rows().items() if "@" not in r and i.adapt}
+        rows = [r for r in self.rows(finetune).values() if r.init is not None and "@" not in r.name and r.init.adapt]
         items = [(t, ep) for t in tasks for ep in self.episodes(t, shots)]
 
         def one(item: tuple[Task, TextEpisode]) -> dict[str, list[float]]:
             ep = item[1]
             support = self._support(ep, max(steps))
-            prep = None
-            if ep.type != "generation" and self.prefix_layer is not None:
-                _, prep = prepare_queries(self.model, self.base.params(), ep.query, self.tokenizer, self.collate,
-                                          self.prefix_layer, batch_size=max(self.config.batch_size, 32))
-            trajectories: dict[tuple[int, ...], list[dict[str, Tensor]]] = {}  # shared with a -cal twin
+            prep = self._prepared(ep)[1] if ep.type != "generation" and self.prefix_layer is not None else None
+            trajectories: dict[str, list[dict[str, Tensor]]] = {}  # shared with a twin
             out = {}
-            for row, init in rows.items():
-                if _adaptation(init) not in trajectories:
-                    trajectories[_adaptation(init)] = self._adapt(init, support, steps)
-                out[row] = [self._score_episode(p, ep, prep, init.icl, init.calibrate)
-                            for p in trajectories[_adaptation(init)]]
+            for row in rows:
+                if row.weights not in trajectories:
+                    trajectories[row.weights] = self._adapt(row.init, support, steps)
+                out[row.name] = [self._score_episode(p, ep, prep, row.presentation) for p in trajectories[row.weights]]
             return out
 
         got = map_sharded(items, one)
@@ -608,10 +587,31 @@ class Harness:
         for row in rows:
             for j, k in enumerate(steps):
                 # One unit per episode index: the mean over tasks (items are task-major).
-                units = [sum(got[t * n + e][row][j] for t in range(len(tasks))) / len(tasks) for e in range(n)]
+                units = [sum(got[t * n + e][row.name][j] for t in range(len(tasks))) / len(tasks) for e in range(n)]
                 mean, ci = mean_ci95(units)
-                out.append({"method": row, "shots": shots, "inner_steps": k, "accuracy": mean, "ci95": ci})
+                out.append({"method": row.name, "shots": shots, "inner_steps": k, "accuracy": mean, "ci95": ci})
         return out
+
+
+@dataclasses.dataclass
+class Block:
+    """One block of episodes measured: per-episode accuracy of each row, and each adapted row's
+    adaptations as ``(seconds, forward tokens)`` (:class:`~metalm.eval.cost.AdaptationCost`)."""
+
+    accuracy: dict[str, list[float]]
+    cost: dict[str, list[tuple[float, int]]]
+
+
+def _combine(presentation: Presentation, scores: Sequence[Sequence[float]]) -> list[float]:
+    """One query's option scores from its scored rows: channel rows hold one option each; a
+    calibrated query's first row is the query, the rest its content-free prompts."""
+    if presentation.channel:
+        return [s[0] for s in scores]
+    if presentation.calibrate:
+        if len(scores) < 2:
+            raise TaskError("content_free", "calibration needs content-free prompts; the sampler made none")
+        return _calibrated(scores[0], scores[1:])
+    return list(scores[0])
 
 
 class _Rows:
@@ -629,16 +629,12 @@ class _Rows:
         return self.where[key]
 
 
-def _adaptation(init: Init) -> tuple[int, ...]:
-    """What an :class:`Init`'s adapted weights depend on (its tensors and inner loop, by identity): a
-    ``-cal`` row, a copy of its twin with ``calibrate`` set, shares it."""
-    return (id(init.fast), id(init.frozen), id(init.inner), id(init.lr), init.adapt, id(init.generate), id(init.route))
-
-
-def budget(init: Init) -> str:
-    """A row's adaptation in words, e.g. ``adam lr 0.003, 10 steps``."""
-    icl = "" if init.icl == "plain" else f"; scored in context ({init.icl})"
-    icl += "; calibrated" if init.calibrate else ""
+def budget(init: Init, presentation: Presentation | None = None) -> str:
+    """A row's adaptation in words, e.g. ``adam lr 0.003, 10 steps`` (``presentation``: how its queries
+    are presented, by default as its run was trained)."""
+    how = presentation or Presentation.of(init)
+    icl = "" if not how.demos else f"; scored in context ({'channel' if how.channel else 'direct'})"
+    icl += "; calibrated" if how.calibrate else ""
     generated = "generated from the support set" if init.generate else "routed per token (Arrow)" if init.route else ""
     if not init.adapt:
         return (generated or "none") + icl

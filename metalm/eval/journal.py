@@ -35,6 +35,7 @@ class Journal:
         self.path = Path(path)
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.blocks: dict[str, dict[str, list[float]]] = {}
+        self.costs: dict[str, dict[str, list[list[float]]]] = {}  # block -> row -> [seconds, tokens] per adaptation
         self.finetune: dict[str, Any] | None = None
         self.seconds = 0.0  # measuring time recorded so far, earlier (resumed) sessions included
         lines = self._read() if resume and self.path.is_file() else []
@@ -45,6 +46,7 @@ class Journal:
             self.seconds += float(line.get("seconds", 0.0))
             if "block" in line:  # several lines of one block (several harnesses' rows) add up
                 self.blocks.setdefault(line["block"], {}).update(line["rows"])
+                self.costs.setdefault(line["block"], {}).update(line.get("cost", {}))  # none before 2026-12-04
             elif "finetune" in line:
                 self.finetune = line["finetune"]
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,12 +77,16 @@ class Journal:
             err.filename = err.filename or str(self.path)  # a refused write names no file of its own
             raise
 
-    def put(self, key: str, rows: dict[str, list[float]], seconds: float = 0.0) -> None:
+    def put(self, key: str, rows: dict[str, list[float]], seconds: float = 0.0,
+            cost: dict[str, list[tuple[float, int]]] | None = None) -> None:
         """Record a measured block's rows (added to rows already recorded for it, e.g. by the harness
-        of a run with another adapter on the same episodes) and the seconds it took."""
+        of a run with another adapter on the same episodes), the seconds it took and its adapted rows'
+        adaptation costs (``(seconds, forward tokens)`` per adaptation)."""
+        cost = {row: [[round(s, 4), int(t)] for s, t in records] for row, records in (cost or {}).items()}
         self.blocks.setdefault(key, {}).update(rows)
+        self.costs.setdefault(key, {}).update(cost)
         self.seconds += seconds
-        self._append({"block": key, "rows": rows, "seconds": round(seconds, 3)})
+        self._append({"block": key, "rows": rows, "cost": cost, "seconds": round(seconds, 3)})
 
     def put_finetune(self, finetune: dict[str, Any], seconds: float = 0.0) -> None:
         """Record fine-tuning's chosen budget and its grid, and the seconds choosing it took."""

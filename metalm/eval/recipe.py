@@ -29,10 +29,11 @@ from ..data import TaskRegistry, load_split, packaged_tasks_dir, task_path
 from ..errors import ConfigError
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
 from .compare import RunRows, measure_separately, run_checkpoint, run_rows
-from .fewshot import TRAINED, UNADAPTED, EvalConfig, Harness, eval_tasks, trained_by
+from .fewshot import TRAINED, EvalConfig, Harness, eval_tasks, trained_by
 from .inits import init_from_values, init_of
 from .journal import Journal
 from .protocol import Protocol
+from .rows import FinetuneChoice
 
 DEFAULT_METHODS = ("zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune")
 
@@ -117,21 +118,19 @@ def open_journal(stack: contextlib.ExitStack, where: Path, fingerprint: dict[str
 
 
 def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str], journal: Journal | None,
-                    log: Callable[[str], None] | None) -> None:
+                    log: Callable[[str], None] | None) -> FinetuneChoice:
     """Fine-tuning's budget, chosen on the meta-val tasks ``val`` (or the journal's earlier choice)."""
     if journal is not None and journal.finetune is not None:
-        chosen = journal.finetune
-        harness.finetune = harness.base.with_budget(chosen["optimizer"], chosen["lr"], chosen["steps"])
-        harness.finetune_grid = chosen["grid"]
-        return
+        return FinetuneChoice.from_record(harness.base, journal.finetune)
     start = time.perf_counter()
-    ft = harness.choose_finetune(eval_tasks(registry, val)).inner
+    choice = harness.choose_finetune(eval_tasks(registry, val))
     if journal is not None:
-        journal.put_finetune({"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps,
-                              "grid": harness.finetune_grid}, time.perf_counter() - start)
+        journal.put_finetune(choice.record(), time.perf_counter() - start)
     if log is not None:
+        ft = choice.init.inner
         log(f"finetune: {ft.optimizer}, inner lr {ft.lr:g}, {ft.steps} steps, chosen on meta-val tasks "
             f"{', '.join(val)}")
+    return choice
 
 
 def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str | None = None,
@@ -183,28 +182,29 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
                            "model": model, "tasks": names, "val": val,
                            "runs": [[str(Path(r).resolve()), setting.checkpoints[r].name] for r in runs]}
             book = open_journal(stack, Path(output), fingerprint, resume)
-        if "finetune" in config.methods:
-            choose_finetune(harness, registry, val, book, log if ctx.is_main else None)
-        evaluated = [m for m in UNADAPTED if m in config.methods] + list(harness.rows()) + \
+        finetune = choose_finetune(harness, registry, val, book, log if ctx.is_main else None) \
+            if "finetune" in config.methods else None
+        evaluated = list(harness.rows(finetune)) + \
             [label + suffix for _, label, kind in (rows.separate if rows else []) if kind in config.methods
              for suffix in ("", "@ft")]
         if config.reference is not None and config.reference not in evaluated:
             raise ConfigError("--reference", f"{config.reference!r} is not evaluated "
                                              f"(evaluated: {', '.join(evaluated)})")
-        data = harness.measure(eval_list, progress=progress, journal=book)
+        data = harness.measure(eval_list, progress=progress, journal=book, finetune=finetune)
         budgets: dict[str, str] = {}
         if rows and rows.separate:
             extra, budgets = measure_separately(harness, eval_list, rows.separate, configs, kinds, device,
-                                                setting.checkpoints, progress=progress, journal=book)
+                                                setting.checkpoints, progress=progress, journal=book,
+                                                finetune=finetune)
             data.update(extra)
-        report = harness.summarize(data, eval_list)
+        report = harness.summarize(data, eval_list, finetune)
         report["budgets"].update(budgets)
         report["adaptation_cost"] = harness.cost.summary()
         report["tasks"] = names
         if protocol is not None:
             report["protocol"] = protocol.record(config, setting.config.split, names)
         if config.inner_steps:
-            report["inner_steps_sweep"] = harness.inner_steps_sweep(eval_list)
+            report["inner_steps_sweep"] = harness.inner_steps_sweep(eval_list, finetune)
         if book is not None:  # choosing fine-tuning's budget and every block, resumed sessions included
             report["measuring_seconds"] = round(book.seconds, 1)
         if output is not None and ctx.is_main:

@@ -1,0 +1,125 @@
+"""The rows of an evaluation as values: what each row starts from, how it adapts, how its queries
+are presented, expanded from the evaluated methods by one function (:func:`expand_rows`).
+
+A row is a :class:`Row`: a name, an initialization (``None``: the pretrained weights, not adapted:
+zero-shot and in-context rows) and a :class:`Presentation` (the queries alone or after the support
+set as demonstrations; option ranked by ``P(option | input)`` or, channel, ``P(input | option)``;
+contextual calibration or not). A row that scores another row's adapted weights differently (a
+trained row's ``-cal`` or ``+icl`` variant) names that row as its ``twin``, so one adaptation
+serves both. Fine-tuning's budget, chosen on meta-val tasks, is a value too
+(:class:`FinetuneChoice`), passed to :func:`expand_rows` like the trained rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fewshot import EvalConfig, Trained
+    from .inits import Init
+
+__all__ = ["UNADAPTED", "FinetuneChoice", "Presentation", "Row", "expand_rows"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Presentation:
+    """How a row's queries are presented and scored.
+
+    Attributes:
+        demos: After the support set as demonstrations (in-context), else alone.
+        channel: Each option ranked by the likelihood of the input given the option (Min et al.
+            2022, "Noisy Channel Language Model Prompting"), else of the option given the input.
+        calibrate: Option probabilities divided by their mean over content-free inputs (Zhao et al.
+            2021, "Calibrate Before Use"); not with ``channel``.
+    """
+
+    demos: bool = False
+    channel: bool = False
+    calibrate: bool = False
+
+    @classmethod
+    def of(cls, init: Init) -> Presentation:
+        """The presentation an initialization's run was trained for (``Init.icl``, ``Init.calibrate``)."""
+        return cls(demos=init.icl != "plain", channel=init.icl == "channel", calibrate=init.calibrate)
+
+
+# The rows of the pretrained weights, not adapted: the baselines that read the support set in the prompt or not.
+UNADAPTED: dict[str, Presentation] = {
+    "zeroshot": Presentation(),
+    "zeroshot-cal": Presentation(calibrate=True),
+    "zeroshot-channel": Presentation(channel=True),
+    "icl": Presentation(demos=True),
+    "icl-cal": Presentation(demos=True, calibrate=True),
+    "icl-channel": Presentation(demos=True, channel=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One evaluated row.
+
+    Attributes:
+        name: The row's name in the report (``icl-cal``, ``finetune``, ``meta:maml@ft`` ...).
+        presentation: How its queries are presented and scored.
+        init: Where adaptation starts and how it proceeds; ``None``: the pretrained weights, not adapted.
+        twin: The row whose adapted weights this one scores (same initialization and inner loop,
+            another presentation); ``None``: its own.
+    """
+
+    name: str
+    presentation: Presentation
+    init: Init | None = None
+    twin: str | None = None
+
+    @property
+    def weights(self) -> str:
+        """The name of the row whose adaptation this row's weights come from."""
+        return self.twin or self.name
+
+
+@dataclasses.dataclass
+class FinetuneChoice:
+    """Fine-tuning's budget chosen on meta-val tasks: the initialization it adapts with, and the
+    grid it was chosen from (``[{"optimizer", "lr", "steps", "val_accuracy"}, ...]``)."""
+
+    init: Init
+    grid: list[dict[str, Any]]
+
+    def record(self) -> dict[str, Any]:
+        """The choice as the report and the journal hold it."""
+        ft = self.init.inner
+        return {"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps, "grid": self.grid}
+
+    @classmethod
+    def from_record(cls, base: Init, record: dict[str, Any]) -> FinetuneChoice:
+        """The choice :meth:`record` wrote, on the pretrained initialization ``base``."""
+        return cls(base.with_budget(record["optimizer"], record["lr"], record["steps"]), list(record["grid"]))
+
+
+def expand_rows(config: EvalConfig, base: Init, trained: Sequence[Trained] = (),
+                finetune: FinetuneChoice | None = None) -> list[Row]:
+    """Every row ``config.methods`` asks for: the unadapted baselines, ``finetune`` (from ``base``
+    with the chosen budget, or ``base``'s own inner loop before it is chosen), then each trained
+    initialization with its variants: ``+icl`` (``in_context_trained``), ``-cal``
+    (``calibrate_trained``; not for channel rows) and ``@ft`` (fine-tuning's chosen budget, when it
+    differs from the row's own)."""
+    rows = [Row(name, presentation) for name, presentation in UNADAPTED.items() if name in config.methods]
+    if "finetune" in config.methods:
+        rows.append(Row("finetune", Presentation(), finetune.init if finetune else base))
+    for t in trained:
+        if t.kind not in config.methods:
+            continue
+        own = Presentation.of(t.init)
+        variants = [(t.label, own)]
+        if config.in_context_trained and not own.demos:
+            variants.append((f"{t.label}+icl", dataclasses.replace(own, demos=True)))
+        for name, presentation in variants:
+            rows.append(Row(name, presentation, t.init, twin=None if name == t.label else t.label))
+            if config.calibrate_trained and not presentation.channel:
+                rows.append(Row(f"{name}-cal", dataclasses.replace(presentation, calibrate=True), t.init, twin=t.label))
+        ft = finetune.init if finetune else None
+        if ft is not None and not t.init.same_budget(ft) and t.init.route is None:
+            rows.append(Row(f"{t.label}@ft", own, t.init.with_budget(ft.inner.optimizer, ft.inner.lr, ft.inner.steps)))
+    return rows
