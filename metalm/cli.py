@@ -133,8 +133,6 @@ def _eval(args: argparse.Namespace) -> int:
     overrides.setdefault("methods", default_methods(kinds))
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
     output = Path(args.json) if args.json else Path(runs[0]) / "eval.json" if runs else None
-    if output is not None and output.is_dir():  # found now, not after the measuring
-        raise ConfigError("--json" if args.json else "--run-dir", f"{output} is a folder; the report is a file")
     report = evaluate(eval_cfg, runs=runs, model=args.model, split=args.split,
                       tasks=args.tasks.split(",") if args.tasks else None, evaluate_on=args.evaluate_on,
                       task_dirs=args.task_dirs, protocol=protocol, output=output, resume=args.resume,

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .algorithms import MetaLearner, algorithm_class, algorithm_config, build_algorithm
+from .algorithms.base import sharded_algorithms
 from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints
 from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, read_yaml
 from .data import CollateConfig, SamplerConfig, Task, TaskRegistry, load_split, packaged_tasks_dir, task_path
@@ -141,7 +142,8 @@ class TrainConfig:
         alg = self.algorithm_config()
         if self.distributed == "fsdp":
             cls = algorithm_class(self.algorithm["name"])
-            check_algorithm(self.algorithm["name"], alg, double_backward=cls.needs_double_backward(alg))
+            check_algorithm(self.algorithm["name"], alg, double_backward=cls.needs_double_backward(alg),
+                            first_order=sharded_algorithms())
             cls.check_sharded(alg)
             if self.conflict_every:
                 raise ConfigError("conflict_every", "not supported with distributed: fsdp (measure the conflict "

@@ -30,15 +30,19 @@ from .losses import SHARDED_ROOT, _TargetHead
 from .models import decoder_layers
 from .params import ParameterSelection
 
-ALTERNATIVES = ("use a first-order algorithm under distributed: fsdp (fomaml, reptile, multitask, metaicl, or "
-                "inner.first_order: true), or keep the model replicated (distributed: replicate) and save "
-                "memory with inner.recompute: true (checkpointed MAML) or algorithm: imaml")
+
+def alternatives(first_order: Sequence[str]) -> str:
+    """What to do instead of a second-order algorithm under fsdp, naming the algorithms that run sharded."""
+    return (f"use a first-order algorithm under distributed: fsdp ({', '.join(first_order)}, or "
+            "inner.first_order: true), or keep the model replicated (distributed: replicate) and save "
+            "memory with inner.recompute: true (checkpointed MAML) or algorithm: imaml")
 
 
-def check_algorithm(name: str, config: Any, double_backward: bool) -> None:
+def check_algorithm(name: str, config: Any, double_backward: bool, first_order: Sequence[str] = ()) -> None:
     """Refuse what cannot run on a sharded base (one line naming the alternatives); ``double_backward``:
     whether the algorithm's outer step differentiates through gradients, as it declares it
-    (:meth:`metalm.algorithms.MetaLearner.needs_double_backward`).
+    (:meth:`metalm.algorithms.MetaLearner.needs_double_backward`); ``first_order``: the registered
+    algorithms that run sharded (:func:`metalm.algorithms.base.sharded_algorithms`), named in the error.
 
     Raises:
         ConfigError: For second-order outer steps (double backward through FSDP, pytorch#172543),
@@ -49,7 +53,7 @@ def check_algorithm(name: str, config: Any, double_backward: bool) -> None:
     inner = getattr(config, "inner", None)
     if double_backward:
         raise ConfigError("distributed", f"fsdp cannot run {name} with second-order meta-gradients: FSDP does "
-                                         f"not support double backward (pytorch#172543); {ALTERNATIVES}")
+                                         f"not support double backward (pytorch#172543); {alternatives(first_order)}")
     for option in ("vmap", "compile"):
         if inner is not None and getattr(inner, option):
             raise ConfigError(f"algorithm.inner.{option}", f"not supported with distributed: fsdp (the sharded "

@@ -111,3 +111,15 @@ def test_deeply_nested_yaml_is_one_error(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match="deep.yaml: <yaml>: malformed YAML: nested deeper than 64 levels"):
         load_yaml(Run, path)
+
+
+def test_the_fsdp_refusal_names_the_algorithms_that_declare_they_run_sharded():
+    from metalm.algorithms.base import sharded_algorithms
+    from metalm.run import TrainConfig
+
+    names = sharded_algorithms()  # asked of each registered class, not listed by hand
+    assert {"fomaml", "reptile", "multitask", "metaicl"} <= set(names)
+    assert not {"maml", "imaml", "maml++"} & set(names)
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(algorithm={"name": "maml"}, distributed="fsdp")
+    assert err.value.field == "distributed" and f"({', '.join(names)}, or inner.first_order: true)" in str(err.value)

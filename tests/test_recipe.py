@@ -30,3 +30,15 @@ def test_a_runs_rows_in_a_multi_run_evaluation_equal_the_run_evaluated_alone(tmp
         assert both["per_episode"][f"zeroshot|{key}"] == alone["per_episode"][f"zeroshot|{key}"], key
     assert (tmp_path / "alone.json").is_file() and not (tmp_path / "alone.json.partial.jsonl").exists()
     assert alone["measuring_seconds"] > 0 and "measuring_seconds" not in both  # recorded where journaled
+
+
+def test_an_output_that_is_a_folder_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import pytest
+
+    import metalm.eval.recipe as recipe
+    from metalm.errors import ConfigError
+
+    monkeypatch.setattr(recipe, "build_setting", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match="is a folder; the report") as err:
+        evaluate(EvalConfig(methods=["zeroshot"]), model="tiny", output=tmp_path, log=None)
+    assert err.value.field == "output"

@@ -58,6 +58,23 @@ def algorithm_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def sharded_algorithms() -> list[str]:
+    """Registered algorithms whose default config runs on a sharded base (``distributed: fsdp``), as
+    each declares it: no double backward (:meth:`MetaLearner.needs_double_backward`) and nothing
+    refused by :meth:`MetaLearner.check_sharded`."""
+    out = []
+    for name in algorithm_names():
+        cls, config = algorithm_class(name), algorithm_config(name)
+        if cls.needs_double_backward(config):
+            continue
+        try:
+            cls.check_sharded(config)
+        except ConfigError:
+            continue
+        out.append(name)
+    return out
+
+
 def _lookup(name: str) -> tuple[type[MetaLearner], type]:
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ConfigError("algorithm.name", f"unknown algorithm {name!r} (known: {', '.join(algorithm_names())})")

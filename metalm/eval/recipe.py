@@ -108,8 +108,6 @@ def open_journal(stack: contextlib.ExitStack, where: Path, fingerprint: dict[str
     ending the evaluation with a note on how to resume."""
     from ..longrun import RunLock, StopSignals
 
-    if where.is_dir():  # found now, not after the measuring
-        raise ConfigError("output", f"{where} is a folder; the report is a file")
     stack.enter_context(RunLock(where.parent, f".{where.name}.lock", "output path"))  # one writer per output
     journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, resume)
     stack.enter_context(StopSignals(immediate=True, what="the evaluation",
@@ -157,6 +155,8 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
     runs = [str(r) for r in runs]
     if bool(runs) == bool(model):
         raise ConfigError("--run-dir/--model", "give exactly one")
+    if output is not None and Path(output).is_dir():  # found now, before the model loads and the measuring
+        raise ConfigError("output", f"{output} is a folder; the report (--json, or the run's eval.json) is a file")
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     configs, kinds = run_configs(runs)

@@ -1,0 +1,95 @@
+"""Re-measure a sample of an evaluation's blocks with today's code and compare them, episode by
+episode, with what was recorded: the check that a refactoring left the figures unchanged.
+
+An evaluation's blocks (task, shot count, seed) are read from its report (``per_episode``) or from
+its journal (``OUT.json.partial.jsonl``, while it is still running or stopped); ``--sample`` of them
+(seeded) are measured again with the same protocol and fine-tuning's recorded budget (its grid is
+narrowed to that one point, so its choice is the recorded one without searching the grid again).
+Every recorded row must come back equal, per episode.
+
+    python benchmarks/fewshot/reproduce.py benchmarks/results/bench_baselines.json.partial.jsonl \
+        --protocol bench --model smollm2-135m --sample 2 --json benchmarks/results/reproduce_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+
+def recorded_blocks(path: Path) -> tuple[dict[str, dict[str, list[float]]], dict | None]:
+    """``{task/shots/seed: {row: per-episode accuracies}}`` and fine-tuning's recorded choice."""
+    if path.name.endswith(".partial.jsonl"):
+        blocks, finetune = {}, None
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if "block" in item:
+                blocks.setdefault(item["block"], {}).update(item["rows"])
+            elif "finetune" in item:
+                finetune = item["finetune"]
+        return blocks, finetune
+    report = json.loads(path.read_text(encoding="utf-8"))
+    blocks = {}
+    for key, by_seed in report["per_episode"].items():
+        row, task, shots = key.split("|")
+        for seed, accs in enumerate(by_seed):
+            blocks.setdefault(f"{task}/{shots}/{seed}", {})[row] = accs
+    return blocks, report.get("finetune")
+
+
+def main() -> int:
+    from metalm.data import TaskRegistry, packaged_tasks_dir, task_path
+    from metalm.eval import EvalConfig
+    from metalm.eval.protocol import load_protocol, merge
+    from metalm.eval.recipe import evaluate
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recorded", help="an eval.json or its .partial.jsonl journal")
+    ap.add_argument("--protocol", required=True)
+    ap.add_argument("--model", help="the base model (baselines); or --run-dir")
+    ap.add_argument("--run-dir", action="append", default=[])
+    ap.add_argument("--sample", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    blocks, finetune = recorded_blocks(Path(args.recorded))
+    chosen = sorted(random.Random(args.seed).sample(sorted(blocks), min(args.sample, len(blocks))))
+    registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path())
+    protocol = load_protocol(args.protocol, registry)
+    base = merge(protocol, {})
+    results = []
+    for key in chosen:
+        task, shots, seed = key.rsplit("/", 2)
+        rows = blocks[key]
+        fields = {**base, "shots": [int(shots)], "seeds": 1, "seed": base.get("seed", EvalConfig().seed) + int(seed),
+                  "methods": [m for m in base.get("methods", EvalConfig().methods) if m in rows or m == "finetune"]}
+        if finetune is not None:  # the recorded budget: a grid of one point
+            rates = "finetune_lrs" if finetune["optimizer"] == "sgd" else "finetune_adam_lrs"
+            fields.update({"finetune_optimizers": [finetune["optimizer"]], "finetune_steps": [finetune["steps"]],
+                           rates: [finetune["lr"]]})
+        config = EvalConfig(**{k: v for k, v in fields.items() if k in EvalConfig.__dataclass_fields__})
+        start = time.perf_counter()
+        report = evaluate(config, runs=args.run_dir, model=None if args.run_dir else args.model,
+                          split=protocol.split, tasks=[task], protocol=None, progress=False, log=None)
+        again = {k.split("|")[0]: v[0] for k, v in report["per_episode"].items()}
+        same = {row: again.get(row) == accs for row, accs in rows.items()}
+        results.append({"block": key, "seconds": round(time.perf_counter() - start, 1), "rows": same,
+                        "equal": all(same.values())})
+        print(key, "equal" if all(same.values()) else f"DIFFERENT: {[r for r, s in same.items() if not s]}",
+              flush=True)
+    out = {"recorded": args.recorded, "protocol": args.protocol, "blocks": results,
+           "all_equal": all(r["equal"] for r in results)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    return 0 if out["all_equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
