@@ -49,7 +49,7 @@ def main() -> None:
     for name in names:
         task = registry[name]
         sampler = EpisodeSampler([task], config.sampler, seed=config.seed)
-        eps = [tensorize(sampler.sample(), tokenizer, config.collate, learner.query_rows)
+        eps = [tensorize(sampler.sample(), tokenizer, config.collate, learner.queries)
                for _ in range(args.episodes)]
         per = [shapes(e) for e in eps]
         row = {"task": name, "type": task.spec.type,

@@ -164,7 +164,7 @@ class MetaTrainer:
     # ------------------------------------------------------------------ loop
     def _tensorize(self, episode: Any) -> Any:
         # Query rows as the algorithm trains on them: alone, or after the support set (MetaICL, in-context MAML).
-        return tensorize(episode, self.tokenizer, self.config.collate, self.algorithm.query_rows).to(self.device)
+        return tensorize(episode, self.tokenizer, self.config.collate, self.algorithm.queries).to(self.device)
 
     def _episodes(self, sampler: EpisodeSampler, n: int) -> list:
         return [self._tensorize(sampler.sample()) for _ in range(n)]

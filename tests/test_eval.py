@@ -148,9 +148,9 @@ def _four_rows(path, kind_b="meta"):
     torch.manual_seed(0)  # the moved weights are fixed: every check below is one fixed computation
     start = init_from_values(algo, base, trained=False)
     moved = init_from_values(algo, {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()})
-    rows = [Trained("a", "meta", dataclasses.replace(start, adapt=False, icl="direct")),
+    rows = [Trained("a", "meta", dataclasses.replace(start, adapt=False, queries="direct")),
             Trained("b", kind_b, dataclasses.replace(start, adapt=False)),
-            Trained("c", "meta", moved), Trained("d", "meta", dataclasses.replace(start, icl="channel"))]
+            Trained("c", "meta", moved), Trained("d", "meta", dataclasses.replace(start, queries="channel"))]
     return tok, algo, start, moved, rows
 
 

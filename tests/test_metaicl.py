@@ -42,7 +42,7 @@ def _meta_gradient(path, tok, shared: str, algorithm: str, config: dict):
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     values = {n: p.detach().clone() for n, p in sel.meta_params(model).items()}
-    episode = tensorize(_episode(), tok, CollateConfig(max_length=64), learner.query_rows)
+    episode = tensorize(_episode(), tok, CollateConfig(max_length=64), learner.queries)
     for p in learner.meta_parameters().values():
         p.grad = None
     learner.meta_gradients([episode])
@@ -53,7 +53,7 @@ def _meta_gradient(path, tok, shared: str, algorithm: str, config: dict):
 def test_metaicl_gradient_is_the_plain_loss_of_hand_built_rows(tiny, channel):
     path, tok = tiny
     model, sel, values, episode, ours = _meta_gradient(path, tok, "norms", "metaicl",
-                                                      {"scoring": "channel" if channel else "direct"})
+                                                      {"queries": "channel" if channel else "direct"})
 
     # The rows by hand: demonstrations (their own segment, with BOS), the query, the target.
     text = _episode()
@@ -107,17 +107,19 @@ def test_metaicl_and_in_context_runs_are_scored_in_context(tiny, tmp_path):
     from metalm.eval.fewshot import budget
     from metalm.eval.inits import init_of
 
-    assert algorithm_class("metaicl").scoring(algorithm_config("metaicl", {})) == {"adapt": False, "icl": "direct"}
+    assert algorithm_class("metaicl").evaluation(algorithm_config("metaicl", {})) == {"adapt": False, "queries": "direct"}
     maml = algorithm_config("fomaml", {"queries": "channel"})
-    assert algorithm_class("fomaml").scoring(maml) == {"adapt": True, "icl": "channel"}
+    assert algorithm_class("fomaml").evaluation(maml) == {"adapt": True, "queries": "channel"}
+    # The earlier name of MetaICL's field (runs written before it was renamed) reads the same.
+    assert algorithm_config("metaicl", {"scoring": "channel"}).queries == "channel"
     path, _ = tiny
     adapter = metalm.AdapterConfig(rank=2, layers="top:1")
     model = metalm.apply_adapter(metalm.load_model(path, dtype=torch.float64), adapter)
     sel = metalm.select_parameters(model, adapter)
     init = init_of(metalm.build_algorithm("metaicl", model, sel, {}))
-    assert (init.adapt, init.icl) == (False, "direct") and budget(init) == "none; scored in context (direct)"
+    assert (init.adapt, init.queries) == (False, "direct") and budget(init) == "none; scored in context (direct)"
     plain = init_of(metalm.build_algorithm("metaicl", model, sel, {}), trained=False)
-    assert (plain.adapt, plain.icl) == (True, "plain")
+    assert (plain.adapt, plain.queries) == (True, "plain")
 
 
 def test_metaicl_and_in_context_fomaml_train_and_evaluate_from_the_cli(tmp_path, monkeypatch, capsys):

@@ -31,7 +31,7 @@ def workload(config_path: str, task: str):  # noqa: ANN201 - (learner, episode)
     registry = build_registry(config)
     tokenizer, _, _, learner = build_model(config, torch.device("cpu"))
     episode = EpisodeSampler([registry[task]], config.sampler, seed=config.seed).sample()
-    return learner, tensorize(episode, tokenizer, config.collate, learner.query_rows)
+    return learner, tensorize(episode, tokenizer, config.collate, learner.queries)
 
 
 def step_seconds(learner, episode, repeats: int) -> list[float]:  # noqa: ANN001

@@ -38,7 +38,7 @@ def child(variant: str, k: int, task: str) -> dict[str, float]:
     registry = build_registry(config)
     tokenizer, model, _, learner = build_model(config, device)
     episode = tensorize(EpisodeSampler([registry[task]], config.sampler, seed=0).sample(), tokenizer,
-                        config.collate, learner.query_rows).to(device)
+                        config.collate, learner.queries).to(device)
     with torch.no_grad():
         lm_loss(model, {}, episode.support)
     peak = PeakGrowth(device)

@@ -137,11 +137,12 @@ class MetaLearner:
     amortized: ClassVar[bool] = False
 
     @classmethod
-    def scoring(cls, config: Any) -> dict[str, Any]:
+    def evaluation(cls, config: Any) -> dict[str, Any]:
         """How evaluation uses a trained initialization of this algorithm: ``adapt`` it with the inner
-        loop or not, and score its queries alone (``icl: plain``) or after the support set as
-        demonstrations (``direct``, ``channel``), as training presented them."""
-        return {"adapt": True, "icl": getattr(config, "queries", "plain")}
+        loop or not, and present its ``queries`` alone (``plain``) or after the support set as
+        demonstrations (``direct``, ``channel``), as training presented them (the config's
+        ``queries``: one name from the YAML to :class:`metalm.eval.Init`)."""
+        return {"adapt": True, "queries": getattr(config, "queries", "plain")}
 
     @classmethod
     def needs_double_backward(cls, config: Any) -> bool:
@@ -171,9 +172,9 @@ class MetaLearner:
         return {}
 
     @property
-    def query_rows(self) -> str:
-        """How the trainer writes an episode's query rows (:func:`metalm.data.tensorize`)."""
-        return self.scoring(self.config)["icl"]
+    def queries(self) -> str:
+        """How the trainer presents an episode's queries (:func:`metalm.data.tensorize`'s ``queries``)."""
+        return self.evaluation(self.config)["queries"]
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: Any) -> None:
         check = getattr(config, "check_selection", None)

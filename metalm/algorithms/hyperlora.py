@@ -146,9 +146,9 @@ class HyperLoRA(MetaLearner):
         return {**super().meta_parameters(), **{PREFIX + k: v for k, v in self.hyper.items()}}
 
     @classmethod
-    def scoring(cls, config: HyperLoRAConfig) -> dict[str, Any]:
+    def evaluation(cls, config: HyperLoRAConfig) -> dict[str, Any]:
         """Generated weights, refined by the inner loop only when training refined them."""
-        return {"adapt": config.refine, "icl": "plain"}
+        return {"adapt": config.refine, "queries": "plain"}
 
     def generators(self, values: Mapping[str, Tensor]) -> dict[str, Callable[[Batch, Mapping[str, Tensor]],
                                                                              dict[str, Tensor]]]:

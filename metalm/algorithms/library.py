@@ -206,9 +206,9 @@ class LoRALibrary(MetaLearner):
         return out
 
     @classmethod
-    def scoring(cls, config: LoRALibraryConfig) -> dict[str, Any]:
+    def evaluation(cls, config: LoRALibraryConfig) -> dict[str, Any]:
         """A composition is scored as it is (no inner loop)."""
-        return {"adapt": False, "icl": "plain"}
+        return {"adapt": False, "queries": "plain"}
 
     def generators(self, values: Mapping[str, Tensor]) -> dict[str, Callable[[Batch, Mapping[str, Tensor]],
                                                                              dict[str, Tensor]]]:

@@ -29,18 +29,25 @@ class MetaICLConfig:
     """MetaICL's outer step.
 
     Attributes:
-        scoring: ``direct`` (loss on the answer after the demonstrations and the input) or
-            ``channel`` (loss on the input after the demonstrations and the answer).
+        queries: How a query follows its demonstrations: ``direct`` (loss on the answer after the
+            demonstrations and the input) or ``channel`` (loss on the input after the demonstrations
+            and the answer); the same field as the gradient learners' ``queries``.
+        scoring: The earlier name of ``queries`` (runs written before 2026-12-04 keep loading).
         inner: Unused by training; kept so evaluation's ``@ft`` rows and tools that read a run's
             inner loop find one.
     """
 
-    scoring: Literal["direct", "channel"] = "direct"
+    queries: Literal["direct", "channel"] = "direct"
+    scoring: Literal["direct", "channel"] | None = None
     inner: InnerConfig = dataclasses.field(default_factory=lambda: InnerConfig(first_order=True))
 
     def __post_init__(self) -> None:
-        if self.scoring not in ("direct", "channel"):
-            raise ConfigError("algorithm.scoring", f"{self.scoring!r} is not one of direct, channel")
+        if self.scoring is not None:  # the earlier name
+            if self.scoring not in ("direct", "channel"):
+                raise ConfigError("algorithm.scoring", f"{self.scoring!r} is not one of direct, channel")
+            self.queries, self.scoring = self.scoring, None
+        if self.queries not in ("direct", "channel"):
+            raise ConfigError("algorithm.queries", f"{self.queries!r} is not one of direct, channel")
 
 
 @register_algorithm("metaicl", MetaICLConfig)
@@ -53,9 +60,9 @@ class MetaICL(MetaLearner):
         return False
 
     @classmethod
-    def scoring(cls, config: MetaICLConfig) -> dict[str, Any]:
+    def evaluation(cls, config: MetaICLConfig) -> dict[str, Any]:
         """No adaptation; queries scored after the support set as demonstrations, as trained."""
-        return {"adapt": False, "icl": config.scoring}
+        return {"adapt": False, "queries": config.queries}
 
     def meta_gradients(self, episodes: Sequence[Episode]) -> dict[str, float]:
         """Mean in-context query loss of the episodes, backpropagated into the meta-parameters."""

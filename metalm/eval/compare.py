@@ -36,7 +36,7 @@ def run_label(config: Any, kind: str, n_runs: int) -> str:
     in-context adaptation)."""
     label = kind if kind != "meta" else f"meta:{config.algorithm['name']}" if n_runs > 1 else "meta"
     name = config.algorithm["name"]
-    return label + ("+icl" if algorithm_class(name).scoring(config.algorithm_config())["icl"] != "plain" else "")
+    return label + ("+icl" if algorithm_class(name).evaluation(config.algorithm_config())["queries"] != "plain" else "")
 
 
 def reference_inner(configs: Sequence[Any], kinds: Sequence[str]) -> InnerConfig | None:
@@ -89,7 +89,7 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
                 (config.adapter, config.meta, config.dtype) == (configs[0].adapter, configs[0].meta, configs[0].dtype):
             alg = config.algorithm_config()
             init = init_from_checkpoint(checkpoints[run], base, alg.inner,
-                                        algorithm_class(config.algorithm["name"]).scoring(alg))
+                                        algorithm_class(config.algorithm["name"]).evaluation(alg))
         else:
             init = None
         if init is None:

@@ -35,8 +35,8 @@ class Init:
         frozen: Shared weights used instead of the model's own, not adapted (detached).
         lr: Learned inner rates (a dict of tensors, Meta-SGD / MAML++), or ``None`` for ``inner.lr``.
         adapt: Run the inner loop (``False``: score the starting values, as MetaICL's row).
-        icl: Score the queries alone (``plain``) or after the support set as demonstrations
-            (``direct`` or ``channel``), as a run trained on in-context rows expects.
+        queries: Present the queries alone (``plain``) or after the support set as demonstrations
+            (``direct`` or ``channel``), as the run was trained (its algorithm config's ``queries``).
         calibrate: Divide the option probabilities by their mean over content-free inputs
             (Zhao et al. 2021), as ``zeroshot-cal`` / ``icl-cal`` do; not for ``channel`` scoring.
         generate: Amortized adaptation (:class:`metalm.algorithms.HyperLoRA`): ``generate(support,
@@ -52,7 +52,7 @@ class Init:
     frozen: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     lr: LearningRate | None = None
     adapt: bool = True
-    icl: str = "plain"
+    queries: str = "plain"
     calibrate: bool = False
     generate: Callable[[Batch, Mapping[str, Tensor]], dict[str, Tensor]] | None = None
     route: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
@@ -172,7 +172,7 @@ def init_from_values(learner: Any, values: Mapping[str, Tensor], *, trained: boo
         return init
     generators = learner.generators(values) if generators is None else generators
     generate = next(iter(generators.values()), None)  # a library's first composition
-    return dataclasses.replace(init, lr=lrs or None, generate=generate, **type(learner).scoring(learner.config))
+    return dataclasses.replace(init, lr=lrs or None, generate=generate, **type(learner).evaluation(learner.config))
 
 
 def trained_rows(learner: Any, values: Mapping[str, Tensor], label: str) -> dict[str, Init]:
@@ -191,12 +191,12 @@ def trained_rows(learner: Any, values: Mapping[str, Tensor], label: str) -> dict
 
 
 def init_from_checkpoint(checkpoint: Any, like: Init, inner: InnerConfig,
-                         scoring: Mapping[str, Any] | None = None) -> Init | None:
+                         evaluation: Mapping[str, Any] | None = None) -> Init | None:
     """A run's initialization from its :class:`~metalm.checkpoint.Checkpoint` without building a model.
 
     Returns ``None`` when the checkpoint's fast and shared weights do not have the names and shapes
-    of ``like`` (another adapter or selection: the run needs a model of its own). ``scoring``: the
-    run's ``adapt`` / ``icl`` (:meth:`MetaLearner.scoring`).
+    of ``like`` (another adapter or selection: the run needs a model of its own). ``evaluation``: the
+    run's ``adapt`` / ``queries`` (:meth:`MetaLearner.evaluation`).
     """
     tensors, state = checkpoint.tensors, checkpoint.state
     fast, shared = list(state.get("fast", [])), list(state.get("shared", []))
@@ -209,4 +209,4 @@ def init_from_checkpoint(checkpoint: Any, like: Init, inner: InnerConfig,
     lrs = {k[len("meta/inner_lr/"):]: v for k, v in tensors.items() if k.startswith("meta/inner_lr/")}
     device = next(iter(like.fast.values())).device
     return Init({n: values[n].to(device) for n in fast}, inner, {n: values[n].to(device) for n in shared},
-                {n: v.to(device) for n, v in lrs.items()} or None, **dict(scoring or {}))
+                {n: v.to(device) for n, v in lrs.items()} or None, **dict(evaluation or {}))

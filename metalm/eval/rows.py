@@ -41,8 +41,8 @@ class Presentation:
 
     @classmethod
     def of(cls, init: Init) -> Presentation:
-        """The presentation an initialization's run was trained for (``Init.icl``, ``Init.calibrate``)."""
-        return cls(demos=init.icl != "plain", channel=init.icl == "channel", calibrate=init.calibrate)
+        """The presentation an initialization's run was trained for (``Init.queries``, ``Init.calibrate``)."""
+        return cls(demos=init.queries != "plain", channel=init.queries == "channel", calibrate=init.calibrate)
 
 
 # The rows of the pretrained weights, not adapted: the baselines that read the support set in the prompt or not.
