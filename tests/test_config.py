@@ -123,3 +123,17 @@ def test_the_fsdp_refusal_names_the_algorithms_that_declare_they_run_sharded():
     with pytest.raises(ConfigError) as err:
         TrainConfig(algorithm={"name": "maml"}, distributed="fsdp")
     assert err.value.field == "distributed" and f"({', '.join(names)}, or inner.first_order: true)" in str(err.value)
+
+
+def test_inner_vmap_is_refused_by_the_algorithms_that_declare_they_run_tasks_one_by_one():
+    from metalm.algorithms import algorithm_class, algorithm_names
+
+    for name in algorithm_names():
+        if algorithm_class(name).vmaps_tasks:
+            assert algorithm_config(name, {"inner": {"vmap": True}}).inner.vmap
+        else:
+            with pytest.raises(ConfigError, match="does not run its tasks under torch.func.vmap") as err:
+                algorithm_config(name, {"inner": {"vmap": True}})
+            assert err.value.field == "algorithm.inner.vmap"
+    assert {n for n in algorithm_names() if algorithm_class(n).vmaps_tasks} == \
+        {"maml", "fomaml", "anil", "meta-sgd", "maml++", "reptile"}

@@ -234,7 +234,7 @@ def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
         [("sgd", 1e-9, 1), ("sgd", 1e-9, 2), ("sgd", 1.0, 1), ("sgd", 1.0, 2), ("adam", 0.01, 1), ("adam", 0.01, 2)]
     best = max(grid, key=lambda g: g["val_accuracy"])
     assert (chosen.inner.optimizer, chosen.inner.lr, chosen.inner.steps) == (best["optimizer"], best["lr"], best["steps"])
-    assert set(k[0] for k in harness._episodes) == {"toy_mc"}  # only validation episodes were drawn
+    assert set(k[0] for k in harness.episode_cache) == {"toy_mc"}  # only validation episodes were drawn
     with pytest.raises(ConfigError, match="meta needs a meta-learning run"):
         Harness.from_learner(algo, tok, base, None, EvalConfig(methods=["meta"]))
     with pytest.raises(ConfigError, match="unknown method"):

@@ -82,9 +82,19 @@ def _lookup(name: str) -> tuple[type[MetaLearner], type]:
 
 
 def algorithm_config(name: str, data: Mapping[str, Any] | None = None, *, source: str | None = None) -> Any:
-    """The validated config of algorithm ``name``, filled from ``data`` (defaults for missing fields)."""
-    _, config_cls = _lookup(name)
-    return from_dict(config_cls, dict(data or {}), source=source, prefix="algorithm")
+    """The validated config of algorithm ``name``, filled from ``data`` (defaults for missing fields).
+
+    Raises:
+        ConfigError: Naming the field, for a bad value or an option the algorithm declares it cannot run
+            (``inner.vmap`` where :attr:`MetaLearner.vmaps_tasks` is false).
+    """
+    cls, config_cls = _lookup(name)
+    config = from_dict(config_cls, dict(data or {}), source=source, prefix="algorithm")
+    inner = getattr(config, "inner", None)
+    if inner is not None and inner.vmap and not cls.vmaps_tasks:
+        raise ConfigError("algorithm.inner.vmap", f"{name} does not run its tasks under torch.func.vmap (its outer "
+                                                  "step takes them one by one); set it to false")
+    return config
 
 
 def algorithm_class(name: str) -> type[MetaLearner]:
@@ -135,6 +145,9 @@ class MetaLearner:
     row: ClassVar[str] = "meta"
     #: Whether a new task's starting weights are written from its support set (:meth:`generators`).
     amortized: ClassVar[bool] = False
+    #: Whether its outer step runs a meta-batch's tasks through :meth:`run_tasks` (together under
+    #: ``torch.func.vmap`` with ``inner.vmap``); the others refuse ``inner.vmap``.
+    vmaps_tasks: ClassVar[bool] = False
 
     @classmethod
     def evaluation(cls, config: Any) -> dict[str, Any]:

@@ -73,8 +73,6 @@ class HyperLoRAConfig:
                 raise ConfigError(f"algorithm.{key}", f"must be in 1..4096, got {getattr(self, key)}")
         if not (self.basis_std > 0 and math.isfinite(self.basis_std)):
             raise ConfigError("algorithm.basis_std", f"must be finite and > 0, got {self.basis_std}")
-        if self.inner.vmap:
-            raise ConfigError("algorithm.inner.vmap", "hyperlora runs its tasks one by one (set it to false)")
 
 
 def support_features(model: nn.Module, params: Mapping[str, Tensor], support: Batch) -> Tensor:

@@ -100,6 +100,8 @@ class MAML(MetaLearner):
     MAML++ are this class registered with their own configs.
     """
 
+    vmaps_tasks = True  # run_tasks: the meta-batch's tasks together under torch.func.vmap with inner.vmap
+
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: MAMLConfig) -> None:
         super().__init__(model, selection, config)
         if config.learn_lr != "none":

@@ -43,6 +43,8 @@ class Reptile(MetaLearner):
             adapts, so shared weights would never move (adapt them with ``bitfit``/``full`` instead).
     """
 
+    vmaps_tasks = True  # run_tasks, as MAML
+
     @classmethod
     def needs_double_backward(cls, config: Any) -> bool:
         """Never: no gradient of a gradient (its inner config only serves evaluation or is first-order)."""

@@ -125,8 +125,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
         rows = [Trained(name, kind, _with_inner(init, kind, inner))
                 for name, init in trained_rows(learner, loaded.trained, label).items()]
         other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), rows,
-                        learner.selection.lowest_adapted_layer())
-        other._episodes = harness._episodes  # the very same episodes
+                        learner.selection.lowest_adapted_layer(), episode_cache=harness.episode_cache)
         data.update(other.measure(tasks, progress, journal, finetune))
         budgets.update({name: budget(row.init, row.presentation) for name, row in other.rows(finetune).items()
                         if row.init})

@@ -221,10 +221,13 @@ class Harness:
         prefix_layer: The lowest decoder layer holding a fast or shared weight of any
             initialization (``ParameterSelection.lowest_adapted_layer``): layers below it are
             computed once per episode. ``None``: no reuse.
+        episode_cache: Another harness's :attr:`episode_cache`, to measure on the very same episode
+            objects (runs with another adapter, :func:`metalm.eval.compare.measure_separately`).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, base: Init, config: EvalConfig,  # noqa: ANN001
-                 trained: Sequence[Trained] = (), prefix_layer: int | None = None) -> None:
+                 trained: Sequence[Trained] = (), prefix_layer: int | None = None,
+                 episode_cache: dict[tuple[str, int, int, int, int], list[TextEpisode]] | None = None) -> None:
         if not isinstance(config, EvalConfig):
             raise ConfigError("config", f"must be an EvalConfig, got {type(config).__name__}")
         for kind in TRAINED:
@@ -240,7 +243,8 @@ class Harness:
         self.layer = prefix_layer
         self.prefix_layer = prefix_layer if config.shared_work else None  # queries' frozen layers reused
         self.device = next(model.parameters()).device
-        self._episodes: dict[tuple[str, int, int, int, int], list[TextEpisode]] = {}
+        #: Drawn episodes by (task, shots, seed, salt, count): drawn once, shared with harnesses given it.
+        self.episode_cache = {} if episode_cache is None else episode_cache
         self.cost = AdaptationCost(model)  # seconds and forward tokens of each adapted row, per new task
 
     @classmethod
@@ -268,14 +272,14 @@ class Harness:
         """The fixed evaluation episodes of ``task`` at ``shots`` for seed index ``seed``."""
         n = n or self.config.episodes
         key = (task.name, shots, seed, salt, n)
-        if key not in self._episodes:
+        if key not in self.episode_cache:
             value = zlib.crc32(f"{task.name}/{shots}/{self.config.seed + seed}/{salt}".encode())
             cfg = SamplerConfig(ways=self.config.ways, shots=shots, queries=self.config.queries,
                                 drop_small_classes=True, content_free=list(self.config.content_free),
                                 permute_verbalizers=self.config.permute_verbalizers)
             sampler = EpisodeSampler([task], cfg, seed=value)
-            self._episodes[key] = [sampler.sample() for _ in range(n)]
-        return self._episodes[key]
+            self.episode_cache[key] = [sampler.sample() for _ in range(n)]
+        return self.episode_cache[key]
 
     def rows(self, finetune: FinetuneChoice | None = None) -> dict[str, Row]:
         """Every row of this evaluation by name (:func:`~metalm.eval.rows.expand_rows`), with
