@@ -57,10 +57,15 @@ def main() -> int:
     ap.add_argument("--run-dir", action="append", default=[])
     ap.add_argument("--sample", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--blocks", help="comma-separated blocks (task/shots/seed) instead of a seeded sample")
     ap.add_argument("--json")
     args = ap.parse_args()
     blocks, finetune = recorded_blocks(Path(args.recorded))
-    chosen = sorted(random.Random(args.seed).sample(sorted(blocks), min(args.sample, len(blocks))))
+    chosen = args.blocks.split(",") if args.blocks else \
+        sorted(random.Random(args.seed).sample(sorted(blocks), min(args.sample, len(blocks))))
+    missing = [b for b in chosen if b not in blocks]
+    if missing:
+        ap.error(f"{args.recorded} has no block {missing[0]!r}")
     registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path())
     protocol = load_protocol(args.protocol, registry)
     base = merge(protocol, {})
