@@ -161,6 +161,8 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
     assert {(r["method"], r["inner_steps"]) for r in report["inner_steps_sweep"]} == \
         {(m, k) for m in ("finetune", "meta:maml") for k in (1, 2)}
     assert "| meta:reptile |" in capsys.readouterr().out
+    # The reptile run (another selection: measured on a model of its own) reports its adaptation cost too.
+    assert {"finetune", "meta:maml", "meta:maml@ft", "meta:reptile", "meta:reptile@ft"} <= set(report["adaptation_cost"])
     assert main(["report", str(run)]) == 0
     for png in ("training.png", "accuracy_vs_shots.png", "accuracy_vs_inner_steps.png"):
         assert (run / "report" / png).stat().st_size > 1000

@@ -99,23 +99,33 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
     return out
 
 
+@dataclasses.dataclass
+class Separate:
+    """What :func:`measure_separately` measured: per-episode accuracies (:data:`Measurements`), each
+    row's adaptation in words, and each row's adaptation cost (:meth:`AdaptationCost.summary`)."""
+
+    data: Measurements
+    budgets: dict[str, str]
+    costs: dict[str, dict[str, float]]
+
+
 def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequence[tuple[str, str, str]],
                        configs: Sequence[Any], kinds: Sequence[str], device: torch.device,
                        checkpoints: Mapping[str, Checkpoint], *, progress: bool = True,
                        journal: Journal | None = None,
-                       finetune: FinetuneChoice | None = None) -> tuple[Measurements, dict[str, str]]:
+                       finetune: FinetuneChoice | None = None) -> Separate:
     """Measure runs with another adapter on ``harness``'s episodes, each on a model of its own (from
     its checkpoint in ``checkpoints``, read already), with fine-tuning's chosen budget ``finetune`` for
     their ``@ft`` rows.
 
-    Returns their per-episode accuracies and their rows' adaptation budgets. With a ``journal`` their
-    blocks are recorded beside the first harness's rows (a killed evaluation resumes them too).
+    Returns their per-episode accuracies, their rows' adaptation budgets and adaptation costs. With a
+    ``journal`` their blocks are recorded beside the first harness's rows (a killed evaluation resumes
+    them too).
     """
     from .fewshot import budget
 
     inner = reference_inner(configs, kinds)
-    data: Measurements = {}
-    budgets: dict[str, str] = {}
+    out = Separate({}, {}, {})
     for run, label, kind in separate:
         if kind not in harness.config.methods:
             continue
@@ -126,12 +136,12 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
                 for name, init in trained_rows(learner, loaded.trained, label).items()]
         other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), rows,
                         learner.selection.lowest_adapted_layer(), episode_cache=harness.episode_cache)
-        data.update(other.measure(tasks, progress, journal, finetune))
-        budgets.update({name: budget(row.init, row.presentation) for name, row in other.rows(finetune).items()
-                        if row.init})
-        harness.cost.records.update(other.cost.records)
+        out.data.update(other.measure(tasks, progress, journal, finetune))
+        out.budgets.update({name: budget(row.init, row.presentation) for name, row in other.rows(finetune).items()
+                            if row.init})
+        out.costs.update(other.cost.summary())
         del other, learner
-    return data, budgets
+    return out
 
 
 def run_checkpoint(run: str | Path) -> Checkpoint:

@@ -28,7 +28,7 @@ from ..config import from_dict, to_dict
 from ..data import TaskRegistry, load_split, packaged_tasks_dir, task_path
 from ..errors import ConfigError
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
-from .compare import RunRows, measure_separately, run_checkpoint, run_rows
+from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_rows
 from .fewshot import TRAINED, EvalConfig, Harness, eval_tasks, trained_by
 from .inits import init_from_values, init_of
 from .journal import Journal
@@ -191,15 +191,14 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
             raise ConfigError("--reference", f"{config.reference!r} is not evaluated "
                                              f"(evaluated: {', '.join(evaluated)})")
         data = harness.measure(eval_list, progress=progress, journal=book, finetune=finetune)
-        budgets: dict[str, str] = {}
+        separate = Separate({}, {}, {})
         if rows and rows.separate:
-            extra, budgets = measure_separately(harness, eval_list, rows.separate, configs, kinds, device,
-                                                setting.checkpoints, progress=progress, journal=book,
-                                                finetune=finetune)
-            data.update(extra)
+            separate = measure_separately(harness, eval_list, rows.separate, configs, kinds, device,
+                                          setting.checkpoints, progress=progress, journal=book, finetune=finetune)
+            data.update(separate.data)
         report = harness.summarize(data, eval_list, finetune)
-        report["budgets"].update(budgets)
-        report["adaptation_cost"] = harness.cost.summary()
+        report["budgets"].update(separate.budgets)
+        report["adaptation_cost"] = dict(sorted({**report["adaptation_cost"], **separate.costs}.items()))
         report["tasks"] = names
         if protocol is not None:
             report["protocol"] = protocol.record(config, setting.config.split, names)
