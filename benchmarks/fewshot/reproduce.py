@@ -5,7 +5,8 @@ An evaluation's blocks (task, shot count, seed) are read from its report (``per_
 its journal (``OUT.json.partial.jsonl``, while it is still running or stopped); ``--sample`` of them
 (seeded) are measured again with the same protocol and fine-tuning's recorded budget (its grid is
 narrowed to that one point, so its choice is the recorded one without searching the grid again).
-Every recorded row must come back equal, per episode.
+Every recorded row that can be measured again (the baselines; trained rows with their ``--run-dir``)
+must come back equal, per episode; the rows left out are listed.
 
     python benchmarks/fewshot/reproduce.py benchmarks/results/bench_baselines.json.partial.jsonl \
         --protocol bench --model smollm2-135m --sample 2 --json benchmarks/results/reproduce_bench.json
@@ -47,6 +48,7 @@ def recorded_blocks(path: Path) -> tuple[dict[str, dict[str, list[float]]], dict
 def main() -> int:
     from metalm.data import TaskRegistry, packaged_tasks_dir, task_path
     from metalm.eval import EvalConfig
+    from metalm.eval.fewshot import TRAINED
     from metalm.eval.protocol import load_protocol, merge
     from metalm.eval.recipe import evaluate
 
@@ -72,9 +74,13 @@ def main() -> int:
     results = []
     for key in chosen:
         task, shots, seed = key.rsplit("/", 2)
-        rows = blocks[key]
+        methods = [m for m in base.get("methods", EvalConfig().methods) if m in blocks[key]
+                   and (args.run_dir or m not in TRAINED)]  # without --run-dir: the baselines' rows
+        rows = {r: accs for r, accs in blocks[key].items() if r in methods}
+        if not rows:
+            ap.error(f"block {key}: no recorded row can be measured again here (give the runs with --run-dir)")
         fields = {**base, "shots": [int(shots)], "seeds": 1, "seed": base.get("seed", EvalConfig().seed) + int(seed),
-                  "methods": [m for m in base.get("methods", EvalConfig().methods) if m in rows or m == "finetune"]}
+                  "methods": methods}
         if finetune is not None:  # the recorded budget: a grid of one point
             rates = "finetune_lrs" if finetune["optimizer"] == "sgd" else "finetune_adam_lrs"
             fields.update({"finetune_optimizers": [finetune["optimizer"]], "finetune_steps": [finetune["steps"]],
@@ -86,7 +92,7 @@ def main() -> int:
         again = {k.split("|")[0]: v[0] for k, v in report["per_episode"].items()}
         same = {row: again.get(row) == accs for row, accs in rows.items()}
         results.append({"block": key, "seconds": round(time.perf_counter() - start, 1), "rows": same,
-                        "equal": all(same.values())})
+                        "not_measured": sorted(set(blocks[key]) - set(rows)), "equal": all(same.values())})
         print(key, "equal" if all(same.values()) else f"DIFFERENT: {[r for r, s in same.items() if not s]}",
               flush=True)
     out = {"recorded": args.recorded, "protocol": args.protocol, "blocks": results,
