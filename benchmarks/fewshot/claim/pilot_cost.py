@@ -28,14 +28,19 @@ CANDIDATES = ["multitask", "fomaml", "reptile", "fomaml_icl", "channel_metaicl"]
 IN_CONTEXT = {"fomaml_icl", "channel_metaicl"}
 
 
+def config_path(name: str) -> Path:
+    """A candidate of this folder by name, or any config by path (the bench rows of benchmarks/fewshot/bench)."""
+    return HERE / f"{name}.yaml" if "/" not in name and not name.endswith(".yaml") else Path(name).resolve()
+
+
 def measure(name: str, shots: int, steps: int, runs: Path) -> dict:
     """Train ``steps`` outer steps of one candidate at ``shots``; seconds and tokens per step (step 1 dropped)."""
-    run_dir = runs / f"{name}-{shots}"
+    run_dir = runs / f"{config_path(name).stem}-{shots}"
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [f"sampler.shots={shots}", "checkpoint_every=1000"]
     if name in IN_CONTEXT:
         overrides.append(f"collate.max_length={2048 if shots <= 4 else 8192}")
-    cmd = [str(Path(sys.executable).parent / "metalm"), "train", str(HERE / f"{name}.yaml"), "--run-dir", str(run_dir),
+    cmd = [str(Path(sys.executable).parent / "metalm"), "train", str(config_path(name)), "--run-dir", str(run_dir),
            "--max-steps", str(steps), "--quiet", *overrides]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     rows = [json.loads(line) for line in open(run_dir / "log.jsonl", encoding="utf-8")]
@@ -52,7 +57,8 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--shots", default="4,16")
-    ap.add_argument("--candidates", default=",".join(CANDIDATES))
+    ap.add_argument("--candidates", default=",".join(CANDIDATES),
+                    help="names of this folder's configs, or config paths (benchmarks/fewshot/bench/*.yaml)")
     ap.add_argument("--runs", default="runs/claim-pilot")
     args = ap.parse_args()
     out = Path(args.json)
@@ -60,7 +66,7 @@ def main() -> None:
                                                                  "steps": args.steps, "rows": {}}
     for shots in [int(s) for s in args.shots.split(",")]:
         for name in args.candidates.split(","):
-            key = f"{name}/{shots}"
+            key = f"{config_path(name).stem}/{shots}"
             if key in result["rows"]:
                 continue
             result["rows"][key] = measure(name, shots, args.steps, Path(args.runs))
