@@ -43,12 +43,16 @@ def main() -> None:
     parser.add_argument("--ways", type=int, default=3)
     parser.add_argument("--queries", type=int, default=2)
     parser.add_argument("--tasks", help="comma-separated tasks (default: the split's held-out tasks)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated rows, e.g. icl,icl-cal,icl-channel for the shared demonstrations")
+    parser.add_argument("--max-length", type=int, default=256, help="positions per scored row (EvalConfig)")
+    parser.add_argument("--split", help="whose held-out tasks (default: the config's split)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--before", action="store_true", help="measure the pre-change harness (PYTHONPATH)")
     parser.add_argument("--compare", help="the --before JSON to compare with")
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = load_train_config(args.config)
+    config = load_train_config(args.config, {"split": args.split} if args.split else None)
     tokenizer, model, selection, learner = build_model(config, torch.device("cpu"))
     registry = build_registry(config)
     _, _, heldout = task_lists(config, registry)
@@ -70,7 +74,7 @@ def main() -> None:
 
     def measure(methods: list[str], shared: bool, on: list | None = None) -> tuple[float, dict]:
         cfg = EvalConfig(shots=[args.shots], episodes=args.episodes, ways=args.ways, queries=args.queries,
-                         methods=methods, shared_work=shared)
+                         methods=methods, shared_work=shared, max_length=args.max_length)
         rows = [Trained("meta", "meta", trained)] if "meta" in methods else []
         harness = Harness(model, tokenizer, base, cfg, rows, selection.lowest_adapted_layer())
         for t in tasks:  # draw (and render) the episodes outside the timing
@@ -79,10 +83,11 @@ def main() -> None:
         data = harness.measure(on or tasks, finetune=FinetuneChoice(base, []))  # the inner loop: no grid search
         return time.perf_counter() - start, data
 
-    measure(METHODS, True, tasks[-1:])  # warm-up: a process's first passes pay allocations the others do not
+    methods = args.methods.split(",")
+    measure(methods, True, tasks[-1:])  # warm-up: a process's first passes pay allocations the others do not
     rows, out = [], {"episodes": n_eps, "shots": args.shots, "ways": args.ways, "queries": args.queries,
-                     "tasks": [t.name for t in tasks], "alone": {}, "together": {}}
-    for method in METHODS:
+                     "max_length": args.max_length, "tasks": [t.name for t in tasks], "alone": {}, "together": {}}
+    for method in methods:
         t_ref, a = measure([method], False)
         t_new, b = measure([method], True)
         assert a == b, f"{method}: accuracies differ between the two paths"
@@ -90,8 +95,8 @@ def main() -> None:
         rows.append((method, n_eps / t_ref, n_eps / t_new))
         print(f"{method:9s} alone: {n_eps / t_ref:.3f} -> {n_eps / t_new:.3f} episodes/s "
               f"({t_ref / t_new:.2f}x), accuracies equal", flush=True)
-    t_ref, a = measure(METHODS, False)
-    t_new, b = measure(METHODS, True)
+    t_ref, a = measure(methods, False)
+    t_new, b = measure(methods, True)
     assert a == b, "accuracies differ between the two paths"
     out["together"] = {"reference_s": t_ref, "shared_s": t_new}
     out["accuracies"] = {f"{m}/{t}": v[0] for (m, t, _), v in b.items()}
@@ -108,12 +113,12 @@ def main() -> None:
                   f" ({old['seconds'][method] / out['alone'][method]['shared_s']:.2f}x) | {eps_differ} of {n_eps} |")
         total = sum(old["seconds"].values())
         print(f"| all four on the same episodes | {total:.1f} s | {t_new:.1f} s ({total / t_new:.2f}x) | |")
-    print(f"all {len(METHODS)} methods: {t_ref:.1f} s -> {t_new:.1f} s ({t_ref / t_new:.2f}x), "
-          f"{len(METHODS) * n_eps / t_ref:.3f} -> {len(METHODS) * n_eps / t_new:.3f} method-episodes/s", flush=True)
+    print(f"all {len(methods)} methods: {t_ref:.1f} s -> {t_new:.1f} s ({t_ref / t_new:.2f}x), "
+          f"{len(methods) * n_eps / t_ref:.3f} -> {len(methods) * n_eps / t_new:.3f} method-episodes/s", flush=True)
     print("\n| method | reference path (episodes/s) | shared work (episodes/s) | speed-up |\n|---|---|---|---|")
     for method, ref, new in rows:
         print(f"| {method} (alone) | {ref:.3f} | {new:.3f} | {new / ref:.2f}x |")
-    print(f"| all four together | {len(METHODS) * n_eps / t_ref:.3f} | {len(METHODS) * n_eps / t_new:.3f} | "
+    print(f"| all {len(methods)} together | {len(methods) * n_eps / t_ref:.3f} | {len(methods) * n_eps / t_new:.3f} | "
           f"{t_ref / t_new:.2f}x |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
