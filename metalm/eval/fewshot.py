@@ -56,7 +56,7 @@ from .cost import AdaptationCost
 from .inits import Init, check_values, init_from_values, trained_rows
 from .journal import Journal
 from .prepared import PreparedQueries, prepare_queries, score_prepared
-from .rows import UNADAPTED, FinetuneChoice, Presentation, Row, expand_rows
+from .rows import UNADAPTED, FinetuneChoice, Presentation, Row, Trained, expand_rows
 from .scoring import generation_score, greedy_generate, option_scores
 from .summary import Measurements, query_baselines, summarize
 
@@ -182,16 +182,6 @@ class EvalConfig:
                 for lr in (self.finetune_lrs if opt == "sgd" else self.finetune_adam_lrs)]
 
 
-@dataclasses.dataclass
-class Trained:
-    """A trained initialization evaluated as a row: ``label`` (e.g. ``meta:maml``), ``kind``
-    (``meta`` or ``mtl``, the method that enables it) and its :class:`Init`."""
-
-    label: str
-    kind: str
-    init: Init
-
-
 def _accuracy(scores: Sequence[Sequence[float]], queries: Sequence[Example]) -> float:
     hits = [max(range(len(s)), key=s.__getitem__) == q.label for s, q in zip(scores, queries, strict=True)]
     return sum(hits) / len(hits)
@@ -284,7 +274,10 @@ class Harness:
     def rows(self, finetune: FinetuneChoice | None = None) -> dict[str, Row]:
         """Every row of this evaluation by name (:func:`~metalm.eval.rows.expand_rows`), with
         fine-tuning's chosen budget when given."""
-        return {row.name: row for row in expand_rows(self.config, self.base, self.trained, finetune)}
+        cfg = self.config
+        return {row.name: row for row in expand_rows(cfg.methods, self.base, self.trained, finetune,
+                                                     in_context_trained=cfg.in_context_trained,
+                                                     calibrate_trained=cfg.calibrate_trained)}
 
     # ------------------------------------------------------------------ scoring
     def _scores(self, params: Mapping[str, Tensor], examples: Sequence[Example],
@@ -513,8 +506,9 @@ class Harness:
         def run(item: tuple[Task, int, int]) -> Block:
             key = Journal.key(item[0].name, item[1], item[2])
             if journal is not None and wanted <= set(journal.blocks.get(key, {})):
-                block = Block({r: journal.blocks[key][r] for r in wanted},
-                              {r: [tuple(c) for c in v] for r, v in journal.costs.get(key, {}).items() if r in wanted})
+                costs = journal.costs.get(key, {})  # in the rows' order, as a measured block's
+                block = Block({r.name: journal.blocks[key][r.name] for r in rows},
+                              {r.name: [tuple(c) for c in costs[r.name]] for r in rows if r.name in costs})
             else:
                 start = time.perf_counter()
                 block = self.block(rows, self.episodes(*item))

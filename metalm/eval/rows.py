@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .fewshot import EvalConfig, Trained
     from .inits import Init
 
-__all__ = ["UNADAPTED", "FinetuneChoice", "Presentation", "Row", "expand_rows"]
+__all__ = ["UNADAPTED", "FinetuneChoice", "Presentation", "Row", "Trained", "expand_rows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +53,16 @@ UNADAPTED: dict[str, Presentation] = {
     "icl-cal": Presentation(demos=True, calibrate=True),
     "icl-channel": Presentation(demos=True, channel=True),
 }
+
+
+@dataclasses.dataclass
+class Trained:
+    """A trained initialization evaluated as a row: ``label`` (e.g. ``meta:maml``), ``kind``
+    (``meta``, ``mtl``, ``hyper`` or ``library``: the method that enables it) and its :class:`Init`."""
+
+    label: str
+    kind: str
+    init: Init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,26 +107,27 @@ class FinetuneChoice:
         return cls(base.with_budget(record["optimizer"], record["lr"], record["steps"]), list(record["grid"]))
 
 
-def expand_rows(config: EvalConfig, base: Init, trained: Sequence[Trained] = (),
-                finetune: FinetuneChoice | None = None) -> list[Row]:
-    """Every row ``config.methods`` asks for: the unadapted baselines, ``finetune`` (from ``base``
-    with the chosen budget, or ``base``'s own inner loop before it is chosen), then each trained
-    initialization with its variants: ``+icl`` (``in_context_trained``), ``-cal``
-    (``calibrate_trained``; not for channel rows) and ``@ft`` (fine-tuning's chosen budget, when it
-    differs from the row's own)."""
-    rows = [Row(name, presentation) for name, presentation in UNADAPTED.items() if name in config.methods]
-    if "finetune" in config.methods:
+def expand_rows(methods: Sequence[str], base: Init, trained: Sequence[Trained] = (),
+                finetune: FinetuneChoice | None = None, *, in_context_trained: bool = False,
+                calibrate_trained: bool = False) -> list[Row]:
+    """Every row ``methods`` (an :class:`~metalm.eval.EvalConfig`'s) ask for: the unadapted baselines,
+    ``finetune`` (from ``base`` with the chosen budget, or ``base``'s own inner loop before it is
+    chosen), then each trained initialization with its variants: ``+icl`` (``in_context_trained``),
+    ``-cal`` (``calibrate_trained``; not for channel rows) and ``@ft`` (fine-tuning's chosen budget,
+    when it differs from the row's own)."""
+    rows = [Row(name, presentation) for name, presentation in UNADAPTED.items() if name in methods]
+    if "finetune" in methods:
         rows.append(Row("finetune", Presentation(), finetune.init if finetune else base))
     for t in trained:
-        if t.kind not in config.methods:
+        if t.kind not in methods:
             continue
         own = Presentation.of(t.init)
         variants = [(t.label, own)]
-        if config.in_context_trained and not own.demos:
+        if in_context_trained and not own.demos:
             variants.append((f"{t.label}+icl", dataclasses.replace(own, demos=True)))
         for name, presentation in variants:
             rows.append(Row(name, presentation, t.init, twin=None if name == t.label else t.label))
-            if config.calibrate_trained and not presentation.channel:
+            if calibrate_trained and not presentation.channel:
                 rows.append(Row(f"{name}-cal", dataclasses.replace(presentation, calibrate=True), t.init, twin=t.label))
         ft = finetune.init if finetune else None
         if ft is not None and not t.init.same_budget(ft) and t.init.route is None:
