@@ -489,8 +489,13 @@ def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):
     Harness.from_learner(algo, tok, base, trained, config).measure(tasks[:1], journal=journal)
     with open(log, "a", encoding="utf-8") as fh:
         fh.write('{"block": "toy_mc/1/0", "rows": {"zeroshot": [0.')  # killed mid-line
+    text = log.read_text()
+    read_only = Journal.read(log)  # as benchmarks/fewshot/reproduce.py reads a running evaluation's journal
+    assert log.read_text() == text and set(read_only.blocks) == {"toy_cls/1/0", "toy_cls/1/1"}
     resumed = Journal(log, {"eval": "x"}, resume=True)
     assert set(resumed.blocks) == {"toy_cls/1/0", "toy_cls/1/1"}
+    assert (read_only.blocks, read_only.costs, read_only.seconds, read_only.fingerprint) == \
+        (resumed.blocks, resumed.costs, resumed.seconds, {"eval": "x"})
     recorded = [json.loads(line)["seconds"] for line in log.read_text().splitlines()[1:3]]
     assert all(s > 0 for s in recorded) and resumed.seconds == pytest.approx(sum(recorded))  # the earlier session's time
     calls = []

@@ -25,17 +25,10 @@ from pathlib import Path
 def recorded_blocks(path: Path) -> tuple[dict[str, dict[str, list[float]]], dict | None]:
     """``{task/shots/seed: {row: per-episode accuracies}}`` and fine-tuning's recorded choice."""
     if path.name.endswith(".partial.jsonl"):
-        blocks, finetune = {}, None
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if "block" in item:
-                blocks.setdefault(item["block"], {}).update(item["rows"])
-            elif "finetune" in item:
-                finetune = item["finetune"]
-        return blocks, finetune
+        from metalm.eval.journal import Journal
+
+        journal = Journal.read(path)  # read only: the evaluation writing it may still be running
+        return journal.blocks, journal.finetune
     report = json.loads(path.read_text(encoding="utf-8"))
     blocks = {}
     for key, by_seed in report["per_episode"].items():

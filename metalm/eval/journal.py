@@ -34,34 +34,39 @@ class Journal:
     def __init__(self, path: str | Path, fingerprint: Any, resume: bool) -> None:
         self.path = Path(path)
         self.fingerprint = json.loads(json.dumps(fingerprint))
+        lines = _lines(self.path) if resume and self.path.is_file() else []
+        if lines and lines[0].get("fingerprint") != self.fingerprint:
+            raise ConfigError("--resume", f"{self.path} was written by another evaluation (settings, runs or "
+                                          "checkpoints differ); delete it or run without --resume")
+        self._collect(lines[1:])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", encoding="utf-8") as fh:  # rewritten whole: drops a torn last line
+            for line in [{"fingerprint": self.fingerprint}, *lines[1:]]:
+                fh.write(json.dumps(line) + "\n")
+
+    def _collect(self, lines: list[dict[str, Any]]) -> None:
         self.blocks: dict[str, dict[str, list[float]]] = {}
         self.costs: dict[str, dict[str, list[list[float]]]] = {}  # block -> row -> [seconds, tokens] per adaptation
         self.finetune: dict[str, Any] | None = None
         self.seconds = 0.0  # measuring time recorded so far, earlier (resumed) sessions included
-        lines = self._read() if resume and self.path.is_file() else []
-        if lines and lines[0].get("fingerprint") != self.fingerprint:
-            raise ConfigError("--resume", f"{self.path} was written by another evaluation (settings, runs or "
-                                          "checkpoints differ); delete it or run without --resume")
-        for line in lines[1:]:
+        for line in lines:
             self.seconds += float(line.get("seconds", 0.0))
             if "block" in line:  # several lines of one block (several harnesses' rows) add up
                 self.blocks.setdefault(line["block"], {}).update(line["rows"])
                 self.costs.setdefault(line["block"], {}).update(line.get("cost", {}))  # none before 2026-12-04
             elif "finetune" in line:
                 self.finetune = line["finetune"]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", encoding="utf-8") as fh:  # rewritten whole: drops a torn last line
-            for line in [{"fingerprint": self.fingerprint}, *lines[1:]]:
-                fh.write(json.dumps(line) + "\n")
 
-    def _read(self) -> list[dict[str, Any]]:
-        out = []
-        for text in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                out.append(json.loads(text))
-            except json.JSONDecodeError:
-                break  # a line cut short by a kill: it and anything after are measured again
-        return out
+    @classmethod
+    def read(cls, path: str | Path) -> Journal:
+        """The journal at ``path``, read only (its file untouched, whatever evaluation wrote it): e.g.
+        one that a running evaluation is still writing."""
+        journal = cls.__new__(cls)
+        journal.path = Path(path)
+        lines = _lines(journal.path)
+        journal.fingerprint = lines[0].get("fingerprint") if lines else None
+        journal._collect(lines[1:])
+        return journal
 
     @staticmethod
     def key(task: str, shots: int, seed: int) -> str:
@@ -97,3 +102,14 @@ class Journal:
     def close(self) -> None:
         """Delete the journal (the report is written)."""
         self.path.unlink(missing_ok=True)
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    """A journal's lines, up to the first cut short by a kill (it and anything after are measured again)."""
+    out = []
+    for text in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            out.append(json.loads(text))
+        except json.JSONDecodeError:
+            break
+    return out
