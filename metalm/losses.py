@@ -17,6 +17,12 @@ model uses instead of building one from ``attention_mask`` (which ``vmap`` canno
 or meta-learned, the input of layer ``L0`` (and the arguments the model passes its upper layers)
 is computed once per batch without gradient, and every later loss on that batch runs only layers
 ``L0..N-1``: the same values and gradients, at a fraction of the cost.
+
+:func:`split_by_length` adds ``parts``: the rows of a batch whose lengths differ widely, regrouped by
+length and each group trimmed to its longest row, with each group's share of the target tokens
+(``weights``). :func:`lm_loss` then sums the groups' losses by those shares: the same mean over the
+batch's target tokens without computing the padding (a few long rows no longer pad every other row
+to their length). The batch's own tensors stay, for whatever reads the rows as a whole.
 """
 
 from __future__ import annotations
@@ -37,6 +43,54 @@ from .models import causal_lm, decoder_layers
 
 Batch = Mapping[str, Tensor]
 IGNORE_INDEX = -100
+PAD_WASTE = 0.25
+"""Most padding a group of rows (a scoring chunk, a part of a split batch) may hold beyond its real
+tokens, as a fraction of them, plus :data:`PAD_SLACK` tokens per row so short rows still go together."""
+PAD_SLACK = 32
+
+
+def length_groups(lengths: list[int], widths: list[int] | None = None, most: int | None = None) -> list[list[int]]:
+    """Row indices sorted by length and cut into groups whose padded size (rows x the longest, ``widths``
+    giving each row's padded cost when it differs from its length) stays within :data:`PAD_WASTE` of
+    their real tokens plus :data:`PAD_SLACK` per row, with at most ``most`` rows a group; a row alone
+    is always a group."""
+    widths = widths if widths is not None else lengths
+    groups: list[list[int]] = []
+    group: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (widths[i], i)):
+        grown = group + [i]
+        real = sum(lengths[j] for j in grown)
+        padded = len(grown) * max(widths[j] for j in grown)
+        if group and ((most is not None and len(grown) > most)
+                      or padded > (1 + PAD_WASTE) * real + PAD_SLACK * len(grown)):
+            groups.append(group)
+            grown = [i]
+        group = grown
+    return groups + ([group] if group else [])
+
+
+def split_by_length(batch: Batch) -> dict[str, Any]:
+    """``batch`` (right-padded ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]``) with ``parts``:
+    its rows grouped by length (:func:`length_groups`), each group trimmed to its longest row and
+    prepared, and ``weights``, each group's share of the target tokens (module doc). A batch that
+    gains nothing (one group), is left-padded or has no mask comes back prepared without parts."""
+    batch = prepare_batch(batch)
+    mask = batch.get("attention_mask")
+    if mask is None or "prefix_cache" in batch or "dense_mask" in batch or bool((mask[:, 0] == 0).any()):
+        return batch
+    lengths = mask.sum(1).tolist()
+    groups = length_groups(lengths)
+    if len(groups) == 1:
+        return batch
+    parts, counts = [], []
+    for rows in groups:
+        index = torch.tensor(rows, device=mask.device)
+        width = max(lengths[i] for i in rows)
+        part = {k: batch[k].index_select(0, index)[:, :width] for k in ("input_ids", "attention_mask", "labels")}
+        counts.append(int((part["labels"][:, 1:] != IGNORE_INDEX).sum()))
+        parts.append(prepare_batch(part))
+    total = sum(counts)
+    return {**batch, "parts": parts, "weights": [c / total for c in counts]}
 
 
 def prepare_batch(batch: Batch, where: str = "batch", vocab: int | None = None) -> dict[str, Tensor]:
@@ -47,6 +101,8 @@ def prepare_batch(batch: Batch, where: str = "batch", vocab: int | None = None) 
     """
     if isinstance(batch, Mapping) and "target_positions" in batch and "target_ids" in batch:
         return dict(batch)
+    if isinstance(batch, Mapping) and "parts" in batch:
+        return {**batch, "parts": [prepare_batch(p, where, vocab) for p in batch["parts"]]}
     check_batch_structure(batch, where)
     check_token_values(batch, vocab, where)
     ids, labels = batch["input_ids"], batch["labels"]
@@ -162,6 +218,8 @@ def cache_prefix(model: nn.Module, batch: Batch, layer: int | None) -> dict[str,
         layer: The lowest decoder layer holding an adapted or meta-learned tensor.
     """
     batch = prepare_batch(batch)
+    if "parts" in batch:
+        return {**batch, "parts": [cache_prefix(model, p, layer) for p in batch["parts"]]}
     name, n_layers = decoder_layers(model)
     if not layer or layer >= n_layers or "prefix_cache" in batch:
         return batch
@@ -226,7 +284,10 @@ def _upcast(logits: Tensor) -> Tensor:
 
 
 def lm_loss(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
-    """Mean cross-entropy over all target tokens of the batch (a scalar)."""
+    """Mean cross-entropy over all target tokens of the batch (a scalar); of a batch with ``parts``
+    (:func:`split_by_length`), the parts' losses weighted by their shares of the target tokens."""
+    if "parts" in batch:
+        return sum(w * lm_loss(model, params, p) for w, p in zip(batch["weights"], batch["parts"], strict=True))
     batch = prepare_batch(batch, vocab=vocabulary_size(model))
     logits = target_logits(model, params, batch)
     return F.cross_entropy(_upcast(logits).flatten(0, 1), batch["target_ids"].flatten(), ignore_index=IGNORE_INDEX)
@@ -234,6 +295,10 @@ def lm_loss(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Ten
 
 def lm_loss_and_accuracy(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> tuple[Tensor, Tensor]:
     """The loss of :func:`lm_loss` and the token accuracy (argmax) at the target positions."""
+    if "parts" in batch:
+        pairs = [lm_loss_and_accuracy(model, params, p) for p in batch["parts"]]
+        return (sum(w * loss for w, (loss, _) in zip(batch["weights"], pairs, strict=True)),
+                sum(w * acc for w, (_, acc) in zip(batch["weights"], pairs, strict=True)))
     batch = prepare_batch(batch, vocab=vocabulary_size(model))
     logits = target_logits(model, params, batch)
     targets = batch["target_ids"]

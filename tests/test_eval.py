@@ -138,6 +138,37 @@ def test_shared_work_gives_the_reference_paths_accuracies(tiny, registry):
     assert a == b
 
 
+def test_a_support_set_of_uneven_lengths_is_split_and_adapts_like_the_whole_batch(tiny, registry, monkeypatch):
+    """With shared work the support batch's rows are grouped by length (no loss computed on padding,
+    metalm.losses.split_by_length); fine-tuning from it reaches the weights the reference path's
+    whole padded batch reaches (float64: rounding only) and the same query accuracies. (Rows of 36
+    and 64 tokens: no per-row slack, which lets rows this short go together.)"""
+    import metalm.losses
+
+    monkeypatch.setattr(metalm.losses, "PAD_SLACK", 0)
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    adapted, accuracies = [], []
+    for shared in (True, False):
+        config = EvalConfig(shots=[2], episodes=2, ways=3, queries=2, methods=["finetune"], shared_work=shared,
+                            finetune_steps=None)
+        harness = Harness.from_learner(algo, tok, base, None, config)
+        episodes = [dataclasses.replace(ep, support=[dataclasses.replace(ex, prompt="Answer. " * (1 + 9 * (i % 3 == 0))
+                                                                         + ex.prompt)
+                                                     for i, ex in enumerate(ep.support)])
+                    for ep in harness.episodes(registry["toy_cls"], 2)]
+        support = harness._support(episodes[0], 3)
+        assert ("parts" in support) == shared
+        init = harness.base.with_budget("sgd", 1.0, 3)
+        adapted.append(harness._adapt(init, support, [3])[0])
+        accuracies.append(harness.block(list(harness.rows().values()), episodes).accuracy)
+    assert adapted[0].keys() == adapted[1].keys()
+    assert all(torch.allclose(adapted[0][k], adapted[1][k], rtol=1e-9, atol=1e-12) for k in adapted[0])
+    assert any(not torch.equal(adapted[0][k], base_k) for k, base_k in harness.base.params().items()
+               if k in adapted[0])  # the steps moved the weights
+    assert accuracies[0] == accuracies[1]
+
+
 def _four_rows(path, kind_b="meta"):
     """A learner, its pretrained start, moved weights, and four rows: ``a`` unadapted in context, ``b``
     unadapted plain (of kind ``kind_b``), ``c`` adapting from the moved weights, ``d`` scored by channel."""
@@ -272,6 +303,29 @@ def test_shared_prompt_scoring_equals_separate_rows(arch, tmp_path):
     assert [len(s) for s in shared] == [3, 3, 2, 3, 3, 2, 3, 3]
     assert shared[4] != shared[0]  # the context counts
     assert torch.allclose(torch.tensor(sum(shared, [])), torch.tensor(sum(separate, [])), atol=1e-9)
+
+
+def test_chunks_hold_every_row_once_and_bound_their_padding():
+    """Rows of one option count go together, each exactly once, at most ``batch_size // n`` per chunk,
+    and a chunk padded to its widest row (prompt + n x longest option) stays within PAD_WASTE of its
+    real tokens plus PAD_SLACK per row (a row alone is always allowed): prompts of 10 to 1,200 tokens
+    are not padded to the longest."""
+    from metalm.eval.scoring import chunks_by_option_count
+    from metalm.losses import PAD_SLACK, PAD_WASTE
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 1200, (40,), generator=g).tolist()
+    rows = [([], [1] * p, [[2] * (1 + i % 3)] * (2 + i % 2)) for i, p in enumerate(lengths)]
+    chunks = chunks_by_option_count(rows, batch_size=12)
+    assert sorted(i for _, idx in chunks for i in idx) == list(range(40))
+    assert len(chunks) > 40 // 6 + 2  # more chunks than the row budget alone would cut
+    for n, idx in chunks:
+        assert all(len(rows[i][2]) == n for i in idx) and len(idx) <= 12 // n
+        real = sum(len(rows[i][1]) + sum(map(len, rows[i][2])) for i in idx)
+        padded = len(idx) * max(len(rows[i][1]) + n * len(rows[i][2][0]) for i in idx)
+        assert len(idx) == 1 or padded <= (1 + PAD_WASTE) * real + PAD_SLACK * len(idx)
+    short = [([], [1] * 5, [[2], [3]]) for _ in range(8)]  # alike rows: one chunk of batch_size // n
+    assert chunks_by_option_count(short, batch_size=8) == [(2, [0, 1, 2, 3]), (2, [4, 5, 6, 7])]
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

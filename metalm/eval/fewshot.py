@@ -51,7 +51,7 @@ from ..data.episode import Example, TextEpisode
 from ..distributed import current, map_sharded
 from ..errors import ConfigError, TaskError
 from ..inner import UpdateRule, adapt_trajectory
-from ..losses import cache_prefix, prepare_batch
+from ..losses import cache_prefix, prepare_batch, split_by_length
 from .cost import AdaptationCost
 from .inits import Init, check_values, init_from_values, trained_rows
 from .journal import Journal
@@ -295,6 +295,8 @@ class Harness:
         """The support batch, with its frozen prefix computed when it is used twice or more (by
         several rows when work is shared, else by several inner steps)."""
         batch = {k: v.to(self.device) for k, v in collate(episode.support, self.tokenizer, self.collate).items()}
+        if self.config.shared_work:  # rows grouped by length: the loss computes no padding (losses doc)
+            batch = split_by_length(batch)
         if self.layer and (self.config.shared_work or uses >= 2):
             return cache_prefix(self.model, batch, self.layer)
         return prepare_batch(batch)

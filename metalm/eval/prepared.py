@@ -98,7 +98,7 @@ def prepare_queries(model: nn.Module, params: Mapping[str, Tensor], examples: Se
     if any(ex.context for ex in examples):
         raise ValueError("prepare_queries takes examples without a shared context")
     rows = token_rows(examples, tokenizer, config.max_length)
-    for n, idx in chunks_by_option_count(examples, batch_size):
+    for n, idx in chunks_by_option_count(rows, batch_size):
         p_ids, p_mask, o_ids, o_mask = (t.to(device) for t in pad_rows([rows[i] for i in idx], _pad_id(tokenizer)))
         seen: list[Tensor] = []
         calls: dict[int, dict[str, Any]] = {}

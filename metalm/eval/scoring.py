@@ -23,7 +23,7 @@ from torch.func import functional_call
 from ..data.collate import CollateConfig, pad_sequences
 from ..data.episode import Example
 from ..errors import BatchError, ConfigError
-from ..losses import IGNORE_INDEX, output_logits, prepare_batch, target_logits
+from ..losses import IGNORE_INDEX, length_groups, output_logits, prepare_batch, target_logits
 from ..models import causal_lm
 
 
@@ -183,17 +183,21 @@ def option_logprobs(logits: Tensor, o_ids: Tensor, o_mask: Tensor, normalize: st
     return total / o_mask.sum(1) if normalize == "mean" else total
 
 
-def chunks_by_option_count(examples: Sequence[Example], batch_size: int) -> list[tuple[int, list[int]]]:
-    """Indices of ``examples`` grouped by option count ``n`` and cut into chunks of about
-    ``batch_size`` rows (prompt x option); within a group, prompts of similar length go together."""
+def chunks_by_option_count(rows: Sequence[TokenRow], batch_size: int) -> list[tuple[int, list[int]]]:
+    """Indices of ``rows`` (:func:`token_rows`) grouped by option count ``n``, sorted by length and cut
+    into chunks of at most ``batch_size`` rows (prompt x option) by :func:`metalm.losses.length_groups`:
+    a row's padded width is its prompt + ``n`` x its longest option, and a chunk pads every row to the
+    widest (prompts of one task can differ tenfold in length). A row's score does not depend on its
+    chunk (up to float rounding)."""
     by_count: dict[int, list[int]] = {}
-    for i, ex in enumerate(examples):
-        by_count.setdefault(len(ex.options), []).append(i)
+    for i, (_, _, opts) in enumerate(rows):
+        by_count.setdefault(len(opts), []).append(i)
     out = []
     for n, members in by_count.items():
-        members = sorted(members, key=lambda i: len(examples[i].prompt))  # less padding per chunk
-        step = max(1, batch_size // n)
-        out += [(n, members[s:s + step]) for s in range(0, len(members), step)]
+        real = [len(rows[i][1]) + sum(len(t) for t in rows[i][2]) for i in members]
+        widths = [len(rows[i][1]) + n * max((len(t) for t in rows[i][2]), default=0) for i in members]
+        out += [(n, [members[j] for j in group])
+                for group in length_groups(real, widths, most=max(1, batch_size // max(n, 1)))]
     return out
 
 
@@ -223,7 +227,7 @@ def option_loglik(model: nn.Module, params: Mapping[str, Tensor], examples: Sequ
     for ctx, members in groups.items():
         c_ids = torch.tensor([ctx], dtype=torch.long, device=device) if ctx else None
         rows_cap = max(1, min(batch_size, CONTEXT_TOKENS // max(1, len(ctx))))
-        chunks = chunks_by_option_count([examples[i] for i in members], rows_cap)
+        chunks = chunks_by_option_count([rows[i] for i in members], rows_cap)
         c_cache = None
         if ctx and len(chunks) > 1 and not torch.is_grad_enabled():
             c_cache = functional_call(_Context(model), swapped, (c_ids,), strict=False)
