@@ -60,6 +60,32 @@ def measure(model, tokenizer, base, selection, task, shots: int, args: argparse.
             "finetune_tokens_grouped": tok_new, "episode_rows_differing": differ, "episode_rows": total}
 
 
+def training_padding(config, episodes: int) -> None:  # noqa: ANN001
+    """The share of padding in meta-training's support and query batches (module doc)."""
+    from metalm.data import EpisodeSampler
+    from metalm.data.collate import CollateConfig, tensorize
+    from metalm.errors import BatchError
+    from metalm.train import task_lists
+
+    registry = build_registry(config)
+    tokenizer = build_model(config, torch.device("cpu"))[0]
+    train = task_lists(config, registry)[0]
+    for queries, length in (("plain", config.collate.max_length), ("channel", 2048)):
+        sampler = EpisodeSampler([registry[n] for n in train], config.sampler, seed=0)
+        real = padded = skipped = 0
+        for _ in range(episodes):
+            try:
+                ep = tensorize(sampler.sample(), tokenizer, CollateConfig(max_length=length), queries)
+            except BatchError:
+                skipped += 1
+                continue
+            for batch in (ep.support, ep.query):
+                real += int(batch["attention_mask"].sum())
+                padded += batch["attention_mask"].numel()
+        print(f"{queries} rows at {length} positions: {real:,} real tokens in {padded:,} "
+              f"({1 - real / padded:.0%} padding; {skipped} of {episodes} episodes skipped)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="benchmarks/fewshot/fomaml.yaml", help="the model and adapter shapes")
@@ -68,9 +94,13 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--methods", default="zeroshot,icl,icl-cal,icl-channel,finetune")
     parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--training", type=int, help="print meta-training's padding over this many episodes")
     add_json_argument(parser)
     args = parser.parse_args()
     config = load_train_config(args.config, {"split": "bench"})
+    if args.training:
+        training_padding(config, args.training)
+        return
     tokenizer, model, selection, learner = build_model(config, torch.device("cpu"))
     registry = build_registry(config)
     base = init_from_values(learner, {k: v.detach().clone() for k, v in learner.meta_parameters().items()},
