@@ -136,7 +136,8 @@ def _eval(args: argparse.Namespace) -> int:
     report = evaluate(eval_cfg, runs=runs, model=args.model, split=args.split,
                       tasks=args.tasks.split(",") if args.tasks else None, evaluate_on=args.evaluate_on,
                       task_dirs=args.task_dirs, protocol=protocol, output=output, resume=args.resume,
-                      progress=not args.quiet, log=lambda line: print(line, flush=True))
+                      journal_every=args.journal_every, progress=not args.quiet,
+                      log=lambda line: print(line, flush=True))
     if not distributed.init().is_main:
         return 0
     if args.json and runs:  # the run folder keeps its own copy
@@ -447,6 +448,9 @@ def _add_eval(sub: Any) -> None:
     ev.add_argument("--json", help="write the results here")
     ev.add_argument("--resume", action="store_true", help="continue a killed evaluation from its journal "
                                                           "(OUT.json.partial.jsonl): measured blocks are kept")
+    ev.add_argument("--journal-every", type=int, metavar="N",
+                    help="journal each block in pieces of N episodes (a kill loses at most N episodes' work; "
+                         "for blocks of long episodes); default: whole blocks")
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="EvalConfig fields, e.g. max_length=256")
     ev.set_defaults(func=_eval)

@@ -565,6 +565,49 @@ def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):
         Journal(log, {"eval": "y"}, resume=True)
 
 
+def test_a_block_journaled_in_pieces_resumes_within_the_block(tiny, registry, tmp_path):
+    """With ``every`` = 1, each episode of a block is journaled as it is measured: a kill in the middle of
+    a block loses one episode, the resumed evaluation measures only the episodes the journal lacks, and
+    the figures, costs and measuring seconds are those of an evaluation measured whole."""
+    from metalm.eval.journal import Journal
+
+    _, _, path = tiny
+    tok, algo, base = _learner(path)
+    config = EvalConfig(shots=[1], episodes=3, seeds=1, ways=2, queries=1, methods=["zeroshot", "icl", "meta"])
+    tasks = [registry["toy_cls"]]
+    trained = {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()}
+    whole_harness = Harness.from_learner(algo, tok, base, trained, config)
+    whole = whole_harness.measure(tasks)
+    log = tmp_path / "eval.json.partial.jsonl"
+    journal = Journal(log, {"eval": "x"}, resume=False, every=1)
+    harness = Harness.from_learner(algo, tok, base, trained, config)
+    real = harness.block
+
+    def killed_at_the_third(rows, episodes):
+        if len(journal.pieces.get("toy_cls/1/0", {})) == 2:
+            raise KeyboardInterrupt
+        return real(rows, episodes)
+
+    harness.block = killed_at_the_third
+    with pytest.raises(KeyboardInterrupt):
+        harness.measure(tasks, journal=journal)
+    resumed = Journal(log, {"eval": "x"}, resume=True, every=1)
+    assert not resumed.blocks and sorted(resumed.pieces["toy_cls/1/0"]) == [0, 1]
+    calls = []
+    again_harness = Harness.from_learner(algo, tok, base, trained, config)
+    again_harness.block = lambda rows, eps, f=again_harness.block: calls.append(len(eps)) or f(rows, eps)
+    again = again_harness.measure(tasks, journal=resumed)
+    assert calls == [1]  # the third episode only
+    assert again == whole and list(again) == list(whole)
+    assert [t for _, t in again_harness.cost.records["meta"]] == [t for _, t in whole_harness.cost.records["meta"]]
+    final = Journal(log, {"eval": "x"}, resume=True)
+    assert final.blocks["toy_cls/1/0"] == {r: v[0] for (r, _, _), v in whole.items()}
+    pieces = [json.loads(line)["seconds"] for line in log.read_text().splitlines() if '"piece"' in line]
+    assert len(pieces) == 3 and final.seconds == pytest.approx(sum(pieces))  # the block line adds no time
+    with pytest.raises(ConfigError, match="journal-every"):
+        Journal(tmp_path / "other.jsonl", {"eval": "x"}, resume=False, every=0)
+
+
 def test_two_harnesses_share_a_journal(tiny, registry, tmp_path):
     """A run with another adapter is measured by a harness of its own on the same episodes; its rows
     join the first harness's in the same journal blocks, and a resumed evaluation measures neither again."""

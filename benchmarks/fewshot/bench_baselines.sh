@@ -5,6 +5,8 @@
 # meta-training study must beat. Resumable across sessions: each measured block is journaled in
 # benchmarks/results/bench_baselines.json.partial.jsonl (commit it at a session's end; the same command
 # continues from it in a fresh clone), and the report's measuring_seconds sums every session's time.
+# Blocks are journaled an episode at a time (--journal-every 1): a 16-shot multiemo block takes about an
+# hour on one thread (ja and zh: more), longer than a session's background window.
 #
 #   nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_baselines.log 2>&1 &
 set -euo pipefail
@@ -13,4 +15,4 @@ BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
 OUT=${OUT:-benchmarks/results/bench_baselines.json}
 OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --model smollm2-135m --protocol bench \
-  --json "$OUT" --resume "$@"
+  --json "$OUT" --resume --journal-every 1 "$@"

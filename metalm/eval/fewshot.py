@@ -437,6 +437,31 @@ class Harness:
             self._adapted_rows(ep, adapted, None, out, cost)
         return Block({r.name: out[r.name] for r in rows}, cost.records)
 
+    def _block_in_pieces(self, key: str, rows: Sequence[Row], episodes: Sequence[TextEpisode],
+                         journal: Journal) -> Block:
+        """:meth:`block`, measured and journaled ``journal.every`` episodes at a time; pieces already in
+        the journal are read back. The whole block is journaled last (its seconds are its pieces')."""
+        wanted = {r.name for r in rows}
+        done = journal.pieces.get(key, {})
+        accuracy: dict[str, list[float]] = {r.name: [] for r in rows}
+        cost: dict[str, list[tuple[float, int]]] = {}
+        for start in range(0, len(episodes), journal.every):
+            if start in done and wanted <= set(done[start][0]):
+                piece = Block({r.name: done[start][0][r.name] for r in rows},
+                              {r.name: [tuple(c) for c in done[start][1][r.name]] for r in rows
+                               if r.name in done[start][1]})
+            else:
+                began = time.perf_counter()
+                piece = self.block(rows, episodes[start:start + journal.every])
+                journal.put_piece(key, start, piece.accuracy, time.perf_counter() - began, cost=piece.cost)
+            for name, accs in piece.accuracy.items():
+                accuracy[name].extend(accs)
+            for name, records in piece.cost.items():
+                cost.setdefault(name, []).extend(records)
+        block = Block(accuracy, cost)
+        journal.put(key, block.accuracy, 0.0, cost=block.cost)
+        return block
+
     # ------------------------------------------------------------------ fine-tuning's budget
     def choose_finetune(self, val_tasks: Sequence[Task]) -> FinetuneChoice:
         """Fine-tuning's optimizer, learning rate and steps, chosen by mean accuracy on meta-val
@@ -511,6 +536,8 @@ class Harness:
                 costs = journal.costs.get(key, {})  # in the rows' order, as a measured block's
                 block = Block({r.name: journal.blocks[key][r.name] for r in rows},
                               {r.name: [tuple(c) for c in costs[r.name]] for r in rows if r.name in costs})
+            elif journal is not None and journal.every:
+                block = self._block_in_pieces(key, rows, self.episodes(*item), journal)
             else:
                 start = time.perf_counter()
                 block = self.block(rows, self.episodes(*item))

@@ -7,6 +7,12 @@ settings, runs and their checkpoints): a journal of another evaluation is refuse
 A line cut short by a kill is dropped. Each line records the seconds it took, so an evaluation
 resumed over several sessions still reports its whole measuring time. The journal is deleted once
 the report is written.
+
+A block can also be journaled in pieces of ``every`` episodes (``metalm eval --journal-every N``): a
+block of long episodes (an hour or more on a CPU) then loses at most one piece to a kill. A block
+measured in pieces holds the same per-episode values as one measured whole (each episode's figures
+depend on it alone; up to float rounding where the unadapted rows of several episodes are scored in
+one batch).
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ class Journal:
         ConfigError: If ``resume`` and the file was written by another evaluation.
     """
 
-    def __init__(self, path: str | Path, fingerprint: Any, resume: bool) -> None:
+    def __init__(self, path: str | Path, fingerprint: Any, resume: bool, every: int | None = None) -> None:
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ConfigError("--journal-every", f"must be a whole number of episodes >= 1, got {every!r}")
+        self.every = every
         self.path = Path(path)
         self.fingerprint = json.loads(json.dumps(fingerprint))
         lines = _lines(self.path) if resume and self.path.is_file() else []
@@ -47,6 +56,7 @@ class Journal:
     def _collect(self, lines: list[dict[str, Any]]) -> None:
         self.blocks: dict[str, dict[str, list[float]]] = {}
         self.costs: dict[str, dict[str, list[list[float]]]] = {}  # block -> row -> [seconds, tokens] per adaptation
+        self.pieces: dict[str, dict[int, tuple[dict[str, list[float]], dict[str, list[list[float]]]]]] = {}
         self.finetune: dict[str, Any] | None = None
         self.seconds = 0.0  # measuring time recorded so far, earlier (resumed) sessions included
         for line in lines:
@@ -54,6 +64,10 @@ class Journal:
             if "block" in line:  # several lines of one block (several harnesses' rows) add up
                 self.blocks.setdefault(line["block"], {}).update(line["rows"])
                 self.costs.setdefault(line["block"], {}).update(line.get("cost", {}))  # none before 2026-12-04
+            elif "piece" in line:  # episodes start.. of a block: (rows, costs)
+                rows, costs = self.pieces.setdefault(line["piece"], {}).setdefault(int(line["start"]), ({}, {}))
+                rows.update(line["rows"])
+                costs.update(line.get("cost", {}))
             elif "finetune" in line:
                 self.finetune = line["finetune"]
 
@@ -62,7 +76,7 @@ class Journal:
         """The journal at ``path``, read only (its file untouched, whatever evaluation wrote it): e.g.
         one that a running evaluation is still writing."""
         journal = cls.__new__(cls)
-        journal.path = Path(path)
+        journal.path, journal.every = Path(path), None
         lines = _lines(journal.path)
         journal.fingerprint = lines[0].get("fingerprint") if lines else None
         journal._collect(lines[1:])
@@ -92,6 +106,17 @@ class Journal:
         self.costs.setdefault(key, {}).update(cost)
         self.seconds += seconds
         self._append({"block": key, "rows": rows, "cost": cost, "seconds": round(seconds, 3)})
+
+    def put_piece(self, key: str, start: int, rows: dict[str, list[float]], seconds: float = 0.0,
+                  cost: dict[str, list[tuple[float, int]]] | None = None) -> None:
+        """Record episodes ``start..`` of block ``key`` (as :meth:`put` records a whole block); the block's
+        own line follows once every piece is measured, with no seconds of its own."""
+        cost = {row: [[round(s, 4), int(t)] for s, t in records] for row, records in (cost or {}).items()}
+        piece_rows, piece_costs = self.pieces.setdefault(key, {}).setdefault(start, ({}, {}))
+        piece_rows.update(rows)
+        piece_costs.update(cost)
+        self.seconds += seconds
+        self._append({"piece": key, "start": start, "rows": rows, "cost": cost, "seconds": round(seconds, 3)})
 
     def put_finetune(self, finetune: dict[str, Any], seconds: float = 0.0) -> None:
         """Record fine-tuning's chosen budget and its grid, and the seconds choosing it took."""

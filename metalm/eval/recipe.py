@@ -103,13 +103,14 @@ def task_names(config: TrainConfig, registry: TaskRegistry, *, split: str | None
     return names, val
 
 
-def open_journal(stack: contextlib.ExitStack, where: Path, fingerprint: dict[str, Any], resume: bool) -> Journal:
-    """The journal beside the report ``where``: the output path locked for this writer, SIGTERM/SIGINT
-    ending the evaluation with a note on how to resume."""
+def open_journal(stack: contextlib.ExitStack, where: Path, fingerprint: dict[str, Any], resume: bool,
+                 every: int | None = None) -> Journal:
+    """The journal beside the report ``where`` (blocks in pieces of ``every`` episodes when given): the
+    output path locked for this writer, SIGTERM/SIGINT ending the evaluation with a note on how to resume."""
     from ..longrun import RunLock, StopSignals
 
     stack.enter_context(RunLock(where.parent, f".{where.name}.lock", "output path"))  # one writer per output
-    journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, resume)
+    journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, resume, every)
     stack.enter_context(StopSignals(immediate=True, what="the evaluation",
                                     note=f": its measured blocks are in {journal.path}; --resume continues"))
     return journal
@@ -134,8 +135,8 @@ def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str]
 def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str | None = None,
              split: str | None = None, tasks: Sequence[str] | None = None, evaluate_on: str | None = None,
              task_dirs: Sequence[str | Path] = (), protocol: Protocol | None = None,
-             output: str | Path | None = None, resume: bool = False, progress: bool = True,
-             log: Callable[[str], None] | None = print) -> dict[str, Any]:
+             output: str | Path | None = None, resume: bool = False, journal_every: int | None = None,
+             progress: bool = True, log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Evaluate ``runs`` (trained run folders; the first one's model is shared by runs of the same
     adapter) or the base ``model`` on held-out episodes: the report ``eval.json`` holds.
 
@@ -146,7 +147,8 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
         task_dirs: Folders of the researcher's own task YAMLs (beside the runs' own).
         protocol: A named protocol (:func:`~metalm.eval.protocol.load_protocol`), recorded in the report.
         output: The report's path (written as JSON by the main process); measured blocks are journaled
-            beside it until it is written (``resume`` continues them).
+            beside it until it is written (``resume`` continues them), in pieces of ``journal_every``
+            episodes when given (a kill then loses at most one piece).
         log: Where progress lines go (``None``: nowhere).
 
     Raises:
@@ -181,7 +183,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
             fingerprint = {"eval": {k: v for k, v in to_dict(config).items() if k not in ("seeds", "methods")},
                            "model": model, "tasks": names, "val": val,
                            "runs": [[str(Path(r).resolve()), setting.checkpoints[r].name] for r in runs]}
-            book = open_journal(stack, Path(output), fingerprint, resume)
+            book = open_journal(stack, Path(output), fingerprint, resume, journal_every)
         finetune = choose_finetune(harness, registry, val, book, log if ctx.is_main else None) \
             if "finetune" in config.methods else None
         evaluated = list(harness.rows(finetune)) + \
