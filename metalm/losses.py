@@ -218,7 +218,7 @@ def cache_prefix(model: nn.Module, batch: Batch, layer: int | None) -> dict[str,
         layer: The lowest decoder layer holding an adapted or meta-learned tensor.
     """
     batch = prepare_batch(batch)
-    if "parts" in batch:
+    if isinstance(batch, Mapping) and "parts" in batch:
         return {**batch, "parts": [cache_prefix(model, p, layer) for p in batch["parts"]]}
     name, n_layers = decoder_layers(model)
     if not layer or layer >= n_layers or "prefix_cache" in batch:
@@ -286,7 +286,7 @@ def _upcast(logits: Tensor) -> Tensor:
 def lm_loss(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
     """Mean cross-entropy over all target tokens of the batch (a scalar); of a batch with ``parts``
     (:func:`split_by_length`), the parts' losses weighted by their shares of the target tokens."""
-    if "parts" in batch:
+    if isinstance(batch, Mapping) and "parts" in batch:
         return sum(w * lm_loss(model, params, p) for w, p in zip(batch["weights"], batch["parts"], strict=True))
     batch = prepare_batch(batch, vocab=vocabulary_size(model))
     logits = target_logits(model, params, batch)
@@ -295,7 +295,7 @@ def lm_loss(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Ten
 
 def lm_loss_and_accuracy(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> tuple[Tensor, Tensor]:
     """The loss of :func:`lm_loss` and the token accuracy (argmax) at the target positions."""
-    if "parts" in batch:
+    if isinstance(batch, Mapping) and "parts" in batch:
         pairs = [lm_loss_and_accuracy(model, params, p) for p in batch["parts"]]
         return (sum(w * loss for w, (loss, _) in zip(batch["weights"], pairs, strict=True)),
                 sum(w * acc for w, (_, acc) in zip(batch["weights"], pairs, strict=True)))

@@ -146,9 +146,8 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
         split / tasks / evaluate_on: Which tasks (see :func:`task_names`).
         task_dirs: Folders of the researcher's own task YAMLs (beside the runs' own).
         protocol: A named protocol (:func:`~metalm.eval.protocol.load_protocol`), recorded in the report.
-        output: The report's path (written as JSON by the main process); measured blocks are journaled
-            beside it until it is written (``resume`` continues them), in pieces of ``journal_every``
-            episodes when given (a kill then loses at most one piece).
+        output: The report's path (written as JSON by the main process); measured blocks (pieces of
+            ``journal_every`` episodes, if given) are journaled beside it till then (``resume`` reads them).
         log: Where progress lines go (``None``: nowhere).
 
     Raises:
