@@ -42,3 +42,8 @@ def test_an_output_that_is_a_folder_is_refused_before_the_model_loads(tmp_path, 
     with pytest.raises(ConfigError, match="is a folder; the report") as err:
         evaluate(EvalConfig(methods=["zeroshot"]), model="tiny", output=tmp_path, log=None)
     assert err.value.field == "output"
+    for every in (0, -2, 1.5, True):  # a journal's piece size, refused as early
+        with pytest.raises(ConfigError, match="whole number of episodes") as err:
+            evaluate(EvalConfig(methods=["zeroshot"]), model="tiny", output=tmp_path / "r.json", journal_every=every,
+                     log=None)
+        assert err.value.field == "--journal-every"

@@ -38,9 +38,7 @@ class Journal:
     """
 
     def __init__(self, path: str | Path, fingerprint: Any, resume: bool, every: int | None = None) -> None:
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ConfigError("--journal-every", f"must be a whole number of episodes >= 1, got {every!r}")
-        self.every = every
+        self.every = self.check_every(every)
         self.path = Path(path)
         self.fingerprint = json.loads(json.dumps(fingerprint))
         lines = _lines(self.path) if resume and self.path.is_file() else []
@@ -70,6 +68,13 @@ class Journal:
                 costs.update(line.get("cost", {}))
             elif "finetune" in line:
                 self.finetune = line["finetune"]
+
+    @staticmethod
+    def check_every(every: int | None) -> int | None:
+        """``every`` (episodes per journaled piece, or ``None``: whole blocks), or a :class:`ConfigError`."""
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ConfigError("--journal-every", f"must be a whole number of episodes >= 1, got {every!r}")
+        return every
 
     @classmethod
     def read(cls, path: str | Path) -> Journal:

@@ -132,6 +132,13 @@ def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str]
     return choice
 
 
+def check_output(output: str | Path | None, journal_every: int | None) -> None:
+    """Refuse an output path that is a folder and a bad ``journal_every`` (:class:`ConfigError`)."""
+    if output is not None and Path(output).is_dir():
+        raise ConfigError("output", f"{output} is a folder; the report (--json, or the run's eval.json) is a file")
+    Journal.check_every(journal_every)
+
+
 def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str | None = None,
              split: str | None = None, tasks: Sequence[str] | None = None, evaluate_on: str | None = None,
              task_dirs: Sequence[str | Path] = (), protocol: Protocol | None = None,
@@ -156,8 +163,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
     runs = [str(r) for r in runs]
     if bool(runs) == bool(model):
         raise ConfigError("--run-dir/--model", "give exactly one")
-    if output is not None and Path(output).is_dir():  # found now, before the model loads and the measuring
-        raise ConfigError("output", f"{output} is a folder; the report (--json, or the run's eval.json) is a file")
+    check_output(output, journal_every)  # before the model loads and the measuring
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     configs, kinds = run_configs(runs)
