@@ -72,8 +72,9 @@ def length_groups(lengths: list[int], widths: list[int] | None = None, most: int
 def split_by_length(batch: Batch) -> dict[str, Any]:
     """``batch`` (right-padded ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]``) with ``parts``:
     its rows grouped by length (:func:`length_groups`), each group trimmed to its longest row and
-    prepared, and ``weights``, each group's share of the target tokens (module doc). A batch that
-    gains nothing (one group), is left-padded or has no mask comes back prepared without parts."""
+    prepared (rows without a target left out), and ``weights``, each group's share of the target tokens
+    (module doc). A batch that gains nothing (one group), is left-padded or has no mask comes back
+    prepared without parts."""
     batch = prepare_batch(batch)
     mask = batch.get("attention_mask")
     if mask is None or "prefix_cache" in batch or "dense_mask" in batch or bool((mask[:, 0] == 0).any()):
@@ -87,8 +88,10 @@ def split_by_length(batch: Batch) -> dict[str, Any]:
         index = torch.tensor(rows, device=mask.device)
         width = max(lengths[i] for i in rows)
         part = {k: batch[k].index_select(0, index)[:, :width] for k in ("input_ids", "attention_mask", "labels")}
-        counts.append(int((part["labels"][:, 1:] != IGNORE_INDEX).sum()))
-        parts.append(prepare_batch(part))
+        count = int((part["labels"][:, 1:] != IGNORE_INDEX).sum())
+        if count:  # rows without a target add nothing to the loss
+            counts.append(count)
+            parts.append(prepare_batch(part))
     total = sum(counts)
     return {**batch, "parts": parts, "weights": [c / total for c in counts]}
 

@@ -62,6 +62,26 @@ def test_support_features_are_the_masked_mean_of_the_final_hidden_states(arch):
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-9)
 
 
+def test_support_features_of_a_batch_split_by_length_are_its_rows_features(monkeypatch):
+    """A support batch split into length groups (metalm.losses.split_by_length, as evaluation splits it)
+    gives each row's features, in the groups' order: the same set of rows as the whole batch's."""
+    import metalm.losses
+
+    from .test_losses import uneven_batch
+
+    monkeypatch.setattr(metalm.losses, "PAD_SLACK", 0)
+    model, algo = build("llama")
+    batch = uneven_batch(model.config.vocab_size)
+    split = metalm.losses.split_by_length(batch)
+    assert len(split["parts"]) >= 2
+    whole = support_features(model, algo.encoder, batch)
+    parts = support_features(model, algo.encoder, split)
+    order = [int(r) for p in split["parts"] for r in p["input_ids"][:, 0]]  # rows by their first token
+    first = [int(r) for r in batch["input_ids"][:, 0]]
+    assert sorted(order) == sorted(first) and len(set(first)) == len(first)
+    torch.testing.assert_close(parts, whole[[first.index(t) for t in order]], rtol=1e-6, atol=1e-9)
+
+
 def objective(algo, eps) -> float:
     """Mean query loss of the generated (and refined) weights, from the definitions, no autograd."""
     values = {k: v.detach() for k, v in algo.meta_parameters().items()}

@@ -77,7 +77,10 @@ class HyperLoRAConfig:
 
 def support_features(model: nn.Module, params: Mapping[str, Tensor], support: Batch) -> Tensor:
     """Each support row's final hidden states mean-pooled over its tokens (answer included), ``[K, H]``,
-    with ``params`` swapped in; no gradient. ``support`` may carry a frozen-prefix cache."""
+    with ``params`` swapped in; no gradient. ``support`` may carry a frozen-prefix cache, or parts
+    (:func:`metalm.losses.split_by_length`: the rows then come in the parts' order)."""
+    if "parts" in support:
+        return torch.cat([support_features(model, params, part) for part in support["parts"]])
     batch = prepare_batch(support)
     ids = batch["input_ids"]
     positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
