@@ -102,6 +102,9 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ConfigError("--until", f"must be in 1..max_steps ({config.max_steps}), got {args.until}")
     last = trainer.train(resume=args.resume, max_steps=args.until, progress=not args.quiet)
     if trainer.ctx.is_main:
+        if trainer.unfit:
+            print(f"metalm train: {sum(trainer.unfit.values())} episodes skipped this session for an answer longer "
+                  f"than collate.max_length={config.collate.max_length} ({', '.join(sorted(trainer.unfit))})")
         print(json.dumps(last))
     return 0
 

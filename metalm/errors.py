@@ -32,6 +32,10 @@ class BatchError(MetalmError, ValueError):
     """A batch handed to the inner loop or a loss is malformed (missing keys, bad shapes, no targets)."""
 
 
+class AnswerTooLong(BatchError):
+    """An example's answer alone is longer than ``collate.max_length``: it cannot be trained on."""
+
+
 class TaskError(ConfigError):
     """A task definition, its data or a split is invalid; names the file and the field at fault.
 

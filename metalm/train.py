@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from .checkpoint import (
 )
 from .config import to_dict
 from .data import EpisodeSampler, TaskRegistry, tensorize
-from .errors import ConfigError, MetalmError, NonFiniteError
+from .errors import AnswerTooLong, ConfigError, MetalmError, NonFiniteError
 from .eval.inits import init_of, query_metrics
 from .files import trim_to_step, write_atomic
 from .longrun import Interrupted, RunLock, StopSignals, signal_name
@@ -52,6 +53,10 @@ from .run import (  # noqa: F401 - re-exported: the config and model builders li
     task_lists,
 )
 from .sharding import full, parameter_bytes, shard_model, shard_optimizer_state
+
+MAX_UNFIT_DRAWS = 1000
+"""Episodes in a row that may be skipped for an answer longer than ``collate.max_length`` before a
+run stops with an error (:meth:`MetaTrainer._draw`)."""
 
 
 def lr_lambda(config: OuterConfig, max_steps: int):  # noqa: ANN201 - a schedule function
@@ -108,6 +113,7 @@ class MetaTrainer:
         first = EpisodeSampler(pool, config.sampler, seed=config.seed, world_size=batch * micro)
         self.samplers = {j: first.fork(j) for slots in self.micro_slots for j in slots}
         self.dropped = first.dropped  # meta-train tasks too small for the episode shape (sampler.drop_small_tasks)
+        self.unfit: dict[str, int] = {}  # episodes skipped for an answer longer than collate.max_length (_draw)
         self.step = 0
         self.nonfinite = {"total": 0, "run": 0}  # skipped steps: in all, and consecutive up to now
         self._conflict_batches: dict[str, list] | None = None
@@ -166,12 +172,29 @@ class MetaTrainer:
         # Query rows as the algorithm trains on them: alone, or after the support set (MetaICL, in-context MAML).
         return tensorize(episode, self.tokenizer, self.config.collate, self.algorithm.queries).to(self.device)
 
+    def _draw(self, sampler: EpisodeSampler) -> Any:
+        """The sampler's next episode that fits ``collate.max_length``, tensorized. An episode holding an
+        answer longer than that (a generation task's long target) cannot be trained on: it is skipped
+        and another drawn, the same way on every run and resume; each task's first skip is warned
+        and every skip counted in :attr:`unfit` (task -> episodes skipped this process)."""
+        for _ in range(MAX_UNFIT_DRAWS):
+            episode = sampler.sample()
+            try:
+                return self._tensorize(episode)
+            except AnswerTooLong as err:
+                if episode.task not in self.unfit:
+                    warnings.warn(f"collate.max_length: an episode of {episode.task!r} skipped and another drawn: "
+                                  f"{err} (raise collate.max_length to train on it)", stacklevel=2)
+                self.unfit[episode.task] = self.unfit.get(episode.task, 0) + 1
+        raise MetalmError(f"{MAX_UNFIT_DRAWS} episodes in a row hold an answer longer than collate.max_length="
+                          f"{self.config.collate.max_length} (tasks {', '.join(sorted(self.unfit))}): raise it")
+
     def _episodes(self, sampler: EpisodeSampler, n: int) -> list:
-        return [self._tensorize(sampler.sample()) for _ in range(n)]
+        return [self._draw(sampler) for _ in range(n)]
 
     def _local_batch(self, micro: int) -> list:
         """This process's episodes of accumulation step ``micro`` of the next outer step (one per slot)."""
-        return [self._tensorize(self.samplers[j].sample()) for j in self.micro_slots[micro]]
+        return [self._draw(self.samplers[j]) for j in self.micro_slots[micro]]
 
     def _micro_batches(self, shapes: list[tuple[str, int]]) -> Iterator[list]:
         """The next outer step's local meta-batches, one per accumulation step, drawn as they are

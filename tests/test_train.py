@@ -261,3 +261,27 @@ def test_a_deletion_killed_midway_leaves_nothing_behind(tmp_path):
     clean_partial(tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000003"]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000003"]
+
+
+def test_an_episode_whose_answer_does_not_fit_is_skipped_the_same_way_on_resume(tmp_path, monkeypatch):
+    """A meta-train pool holding answers longer than collate.max_length (here 4 tokens: some of toy_mc's)
+    trains on: each such episode is skipped and another drawn, warned once per task and counted, and a
+    run resumed halfway ends bit-identical to one run whole (the skips replay). A pool where no episode
+    fits stops with one error naming the tasks."""
+    import metalm.train
+
+    world = make_world(tmp_path / "w", outer={"lr": 0.01, "meta_batch": 2}, collate={"max_length": 4},
+                       val_every=0, checkpoint_every=2)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    trainer = MetaTrainer(load_train_config(world["config"]), tmp_path / "direct")
+    with pytest.warns(UserWarning, match="'toy_mc' skipped and another drawn: an answer of 4 tokens") as rec:
+        trainer.train(max_steps=3, progress=False)
+    assert trainer.unfit.get("toy_mc", 0) >= 2 and set(trainer.unfit) == {"toy_mc"}
+    assert sum("skipped and another drawn" in str(r.message) for r in rec) == 1  # once per task
+    with pytest.warns(UserWarning, match="skipped and another drawn"):
+        whole_and_resumed(world, tmp_path, steps=4)
+    monkeypatch.setattr(metalm.train, "MAX_UNFIT_DRAWS", 3)
+    cfg = load_train_config(world["config"], {"collate": {"max_length": 2}, "tasks": ["toy_mc"]})
+    with pytest.raises(MetalmError, match="3 episodes in a row hold an answer longer than collate.max_length=2 "
+                                          r"\(tasks toy_mc\)"), pytest.warns(UserWarning):
+        MetaTrainer(cfg, tmp_path / "none").train(max_steps=1, progress=False)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_number
-from ..errors import BatchError, ConfigError
+from ..errors import AnswerTooLong, BatchError, ConfigError
 from .episode import Episode, Example, TextEpisode
 
 
@@ -63,7 +63,7 @@ def encode(example: Example, tokenizer, config: CollateConfig) -> tuple[list[int
     room = config.max_length - len(answer)
     if room < len(bos):
         if example.prompt:
-            raise BatchError(f"an answer of {len(answer)} tokens does not fit max_length={config.max_length}")
+            raise AnswerTooLong(f"an answer of {len(answer)} tokens does not fit max_length={config.max_length}")
         answer = answer[: config.max_length - len(bos)]
         return bos + answer, len(answer)
     if len(prompt) > room:
