@@ -447,9 +447,7 @@ class Harness:
         cost: dict[str, list[tuple[float, int]]] = {}
         for start in range(0, len(episodes), journal.every):
             if start in done and wanted <= set(done[start][0]):
-                piece = Block({r.name: done[start][0][r.name] for r in rows},
-                              {r.name: [tuple(c) for c in done[start][1][r.name]] for r in rows
-                               if r.name in done[start][1]})
+                piece = recorded_block(rows, *done[start])
             else:
                 began = time.perf_counter()
                 piece = self.block(rows, episodes[start:start + journal.every])
@@ -533,9 +531,7 @@ class Harness:
         def run(item: tuple[Task, int, int]) -> Block:
             key = Journal.key(item[0].name, item[1], item[2])
             if journal is not None and wanted <= set(journal.blocks.get(key, {})):
-                costs = journal.costs.get(key, {})  # in the rows' order, as a measured block's
-                block = Block({r.name: journal.blocks[key][r.name] for r in rows},
-                              {r.name: [tuple(c) for c in costs[r.name]] for r in rows if r.name in costs})
+                block = recorded_block(rows, journal.blocks[key], journal.costs.get(key, {}))
             elif journal is not None and journal.every:
                 block = self._block_in_pieces(key, rows, self.episodes(*item), journal)
             else:
@@ -627,6 +623,13 @@ class Block:
 
     accuracy: dict[str, list[float]]
     cost: dict[str, list[tuple[float, int]]]
+
+
+def recorded_block(rows: Sequence[Row], accuracy: Mapping[str, list[float]],
+                   costs: Mapping[str, list[list[float]]]) -> Block:
+    """A block (or piece) read back from a journal, in the rows' order, as a measured one."""
+    return Block({r.name: accuracy[r.name] for r in rows},
+                 {r.name: [tuple(c) for c in costs[r.name]] for r in rows if r.name in costs})
 
 
 def _combine(presentation: Presentation, scores: Sequence[Sequence[float]]) -> list[float]:

@@ -106,7 +106,7 @@ class Journal:
         """Record a measured block's rows (added to rows already recorded for it, e.g. by the harness
         of a run with another adapter on the same episodes), the seconds it took and its adapted rows'
         adaptation costs (``(seconds, forward tokens)`` per adaptation)."""
-        cost = {row: [[round(s, 4), int(t)] for s, t in records] for row, records in (cost or {}).items()}
+        cost = _rounded(cost)
         self.blocks.setdefault(key, {}).update(rows)
         self.costs.setdefault(key, {}).update(cost)
         self.seconds += seconds
@@ -116,7 +116,7 @@ class Journal:
                   cost: dict[str, list[tuple[float, int]]] | None = None) -> None:
         """Record episodes ``start..`` of block ``key`` (as :meth:`put` records a whole block); the block's
         own line follows once every piece is measured, with no seconds of its own."""
-        cost = {row: [[round(s, 4), int(t)] for s, t in records] for row, records in (cost or {}).items()}
+        cost = _rounded(cost)
         piece_rows, piece_costs = self.pieces.setdefault(key, {}).setdefault(start, ({}, {}))
         piece_rows.update(rows)
         piece_costs.update(cost)
@@ -132,6 +132,11 @@ class Journal:
     def close(self) -> None:
         """Delete the journal (the report is written)."""
         self.path.unlink(missing_ok=True)
+
+
+def _rounded(cost: dict[str, list[tuple[float, int]]] | None) -> dict[str, list[list[float]]]:
+    """Adaptation costs as journal lines hold them: ``[seconds (4 decimals), forward tokens]``."""
+    return {row: [[round(s, 4), int(t)] for s, t in records] for row, records in (cost or {}).items()}
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
