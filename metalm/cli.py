@@ -113,7 +113,7 @@ def _eval(args: argparse.Namespace) -> int:
     from . import distributed
     from .data import TaskRegistry, packaged_tasks_dir, task_path
     from .eval import EvalConfig, format_paired, format_table, format_winner
-    from .eval.cost import format_costs
+    from .eval.cost import format_cost_table, format_costs
     from .eval.protocol import load_protocol, merge
     from .eval.recipe import default_methods, evaluate, run_configs
 
@@ -149,6 +149,9 @@ def _eval(args: argparse.Namespace) -> int:
     if report["adaptation_cost"]:
         print("\nAdaptation to a new task (support set -> weights; the support batch itself not counted):\n"
               + format_costs(report["adaptation_cost"]))
+    if report.get("episode_cost"):
+        print(f"\nA new task's whole cost, each row alone (support set and queries; first {eval_cfg.cost_episodes} "
+              f"episode(s) of each task, macro mean):\n" + format_cost_table(report))
     paired = format_paired(report)
     if paired:
         print(f"\nPaired differences on the same episodes ({len(report['tasks'])} tasks x {eval_cfg.episodes} "
@@ -245,7 +248,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(f"report written to {write_report(args.run_dir)}")
+    print(f"report written to {write_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -492,8 +495,10 @@ def _add_diagnose(sub: Any) -> None:
 
 def _add_tools(sub: Any) -> None:
     """``metalm report``, ``export``, ``download``, ``config`` and ``tasks``."""
-    rp = sub.add_parser("report", help="markdown table and PNG plots of a run folder")
-    rp.add_argument("run_dir")
+    rp = sub.add_parser("report", help="markdown table and PNG plots of a run folder or an eval JSON")
+    rp.add_argument("run_dir", metavar="RUN_DIR|EVAL.json",
+                    help="a run folder (training curves, and its eval.json), or the JSON of a `metalm eval`")
+    rp.add_argument("--out", help="the report's folder (default: RUN_DIR/report, or EVAL_report beside the JSON)")
     rp.set_defaults(func=_report)
     ex = sub.add_parser("export", help="the meta-learned adapter in PEFT format (plus shared weights)")
     ex.add_argument("run_dir")

@@ -1,7 +1,9 @@
 """Reports and exports of a run folder.
 
 ``metalm report DIR`` turns ``log.jsonl`` and ``eval.json`` into ``report/report.md`` with the
-results table and PNG plots (meta-training curves; accuracy against shots per method).
+results table and PNG plots (meta-training curves; accuracy against shots per method; accuracy
+against what a new task costs, with the Pareto front, when the evaluation measured it);
+``metalm report FILE.json`` does the same for an evaluation without a run folder.
 ``metalm export DIR OUT`` writes the meta-learned adapter in PEFT format (loadable with
 ``PeftModel.from_pretrained``), plus the shared-weight changes and learned inner rates.
 """
@@ -113,11 +115,53 @@ def _eval_section(report: dict[str, Any], out: Path) -> list[str]:
         ax.set_xlabel(f"inner steps ({sweep[0]['shots']}-shot)")
         _save_accuracy_plot(fig, ax, report["macro_chance"], out / "accuracy_vs_inner_steps.png")
         lines += ["![accuracy vs inner steps](accuracy_vs_inner_steps.png)", ""]
+    lines += _cost_section(report, out)
     lines += ["### Per task", "",
               "| method | task | shots | accuracy | ci95 |", "|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['task']} | {r['shots']} | {r['accuracy']:.3f} | {r['ci95']:.3f} |"
               for r in report["results"]]
     return lines
+
+
+def _cost_section(report: dict[str, Any], out: Path) -> list[str]:
+    """Accuracy against what a new task costs each row alone (``report["episode_cost"]``, measured with
+    ``cost_episodes``): a table and ``accuracy_vs_cost.png``, one panel per shot count with its Pareto
+    front (no row both cheaper and more accurate) joined. Nothing without costs."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    from .eval.cost import cost_table, format_cost_table
+
+    table = cost_table(report)
+    if not table:
+        return []
+    shots = sorted({x["shots"] for x in table})
+    color = {row: f"C{i % 10}" for i, row in enumerate(sorted({x["row"] for x in table}))}
+    fig, axes = plt.subplots(1, len(shots), figsize=(4.5 * len(shots), 3.8), squeeze=False, sharey=True)
+    for ax, k in zip(axes[0], shots, strict=True):
+        mine = [x for x in table if x["shots"] == k]
+        for x in mine:
+            ax.errorbar(x["seconds"], x["accuracy"], x["ci95"], marker="o", capsize=3, color=color[x["row"]],
+                        label=x["row"])
+        front = [x for x in mine if x["front"]]
+        ax.step([x["seconds"] for x in front], [x["accuracy"] for x in front], where="post", color="black",
+                linestyle=":", label="Pareto front")
+        ax.axhline(report["macro_chance"], color="grey", linestyle="--", label="chance")
+        if min(x["seconds"] for x in mine) > 0:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(-0.02, 1.02)  # accuracies; an interval of few episodes can reach past them
+        ax.set_xlabel("seconds per new task")
+        ax.set_title(f"{k}-shot")
+    axes[0][0].set_ylabel("macro accuracy")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_cost.png", dpi=110)
+    plt.close(fig)
+    return ["### What a new task costs (each row alone: support set and queries)", "",
+            "Macro means over the first episode(s) of each task (`cost_episodes`); the Pareto front holds the "
+            "rows that no other row beats on both seconds and accuracy.", "", format_cost_table(report), "",
+            "![accuracy vs cost](accuracy_vs_cost.png)", ""]
 
 
 def read_eval_report(path: Path) -> dict[str, Any]:
@@ -153,7 +197,7 @@ def read_eval_report(path: Path) -> dict[str, Any]:
         if not _finite(report.get(key)):
             raise bad(f"{key!r} is {report.get(key)!r}, not a finite number")
     for key, kind in (("tasks", list), ("seeds", dict), ("budgets", dict), ("paired", list), ("winner", list),
-                      ("inner_steps_sweep", list)):
+                      ("inner_steps_sweep", list), ("episode_cost", dict)):
         if key in report and not isinstance(report[key], kind):
             raise bad(f"{key!r} is a {type(report[key]).__name__}, not a {kind.__name__}")
     return report
@@ -163,18 +207,41 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``report/report.md`` and its plots for a run folder; returns the markdown path."""
+def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.md`` and its plots; returns the markdown path. ``path`` is a run folder (training
+    curves and costs, and its ``eval.json`` if any; written to ``DIR/report`` unless ``out``) or the
+    JSON of a ``metalm eval`` alone (e.g. a baselines table; written to ``NAME_report`` beside it
+    unless ``out``)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    path = Path(path)
+    if path.is_file():  # an evaluation without a run folder
+        report = read_eval_report(path)  # before anything is written
+        folder = Path(out) if out is not None else path.with_name(path.stem + "_report")
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [f"# metalm evaluation {path.name}", "", *_checked_eval_section(report, path, folder)]
+    else:
+        log = _read_log(path)  # before anything is written
+        folder = Path(out) if out is not None else path / "report"
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [f"# metalm run {path.name}", "", *_training_section(log, folder)]
+        eval_path = path / "eval.json"
+        if eval_path.exists() and not eval_path.is_file():
+            raise MetalmError(f"{eval_path} is not a file (a report of `metalm eval`)")
+        if eval_path.is_file():
+            lines += _checked_eval_section(read_eval_report(eval_path), eval_path, folder)
+        else:
+            lines += ["No `eval.json` yet: run `metalm eval --run-dir " + str(path) + "`."]
+    md = folder / "report.md"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return md
+
+
+def _training_section(log: list[dict[str, Any]], out: Path) -> list[str]:
+    """Meta-training curves (``training.png``), the last step's figures and the cost by task."""
     import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
-    log = _read_log(run_dir)  # before anything is written
-    out = run_dir / "report"
-    out.mkdir(exist_ok=True)
-    lines = [f"# metalm run {run_dir.name}", ""]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for key, ax in (("query_loss", axes[0]), ("query_accuracy", axes[1])):
         steps = [r["step"] for r in log if key in r]
@@ -189,25 +256,18 @@ def write_report(run_dir: str | Path) -> Path:
     fig.savefig(out / "training.png", dpi=110)
     plt.close(fig)
     last = log[-1] if log else {}
-    lines += ["## Meta-training", "", f"{len(log)} outer steps; last: " +
-              ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)), "",
-              "![training curves](training.png)", ""]
-    lines += _cost_by_task(log)
-    eval_path = run_dir / "eval.json"
-    if eval_path.exists() and not eval_path.is_file():
-        raise MetalmError(f"{eval_path} is not a file (a report of `metalm eval`)")
-    if eval_path.is_file():
-        report = read_eval_report(eval_path)
-        try:
-            lines += _eval_section(report, out)
-        except (KeyError, TypeError, ValueError, IndexError, StopIteration, AttributeError) as err:
-            raise MetalmError(f"{eval_path}: not a report of `metalm eval`: {type(err).__name__} {err} while "
-                              "writing its tables; rerun the evaluation") from None
-    else:
-        lines += ["No `eval.json` yet: run `metalm eval --run-dir " + str(run_dir) + "`."]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return ["## Meta-training", "", f"{len(log)} outer steps; last: " +
+            ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)), "",
+            "![training curves](training.png)", "", *_cost_by_task(log)]
+
+
+def _checked_eval_section(report: dict[str, Any], where: Path, out: Path) -> list[str]:
+    """:func:`_eval_section`, a malformed report named by its file (``where``)."""
+    try:
+        return _eval_section(report, out)
+    except (KeyError, TypeError, ValueError, IndexError, StopIteration, AttributeError) as err:
+        raise MetalmError(f"{where}: not a report of `metalm eval`: {type(err).__name__} {err} while "
+                          "writing its tables; rerun the evaluation") from None
 
 
 def portable_base(model: str, out: Path) -> tuple[str, str]:

@@ -664,3 +664,65 @@ def test_adaptation_cost_counts_each_inner_steps_forward_over_the_support_set(ti
     summary = harness.summarize(harness.measure([task]), [task])["adaptation_cost"]
     assert summary["c"]["forward_tokens"] == pytest.approx(3 * sum(support) / 3)
     assert summary["c"]["adaptations"] == 6 and all(s > 0 for s, _ in records["c"])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_new_tasks_cost_per_row_alone(tiny, registry, tmp_path, shared):
+    """``episode_costs``: each row alone on an episode. An adapting row scored like zero-shot costs
+    zero-shot's tokens plus inner steps x the support batch's [B, T] (the adaptation test's count);
+    in-context rows read more than zero-shot; each row's accuracy alone is the block's; a journal
+    gives the costs back without measuring again, and a journal of another ``n`` is measured again."""
+    from metalm.data import collate
+    from metalm.eval.episode_cost import episode_costs
+    from metalm.eval.fewshot import Trained
+    from metalm.eval.journal import Journal
+
+    tok, algo, start, moved, _ = _four_rows(tiny[2])
+    moved3 = dataclasses.replace(moved, inner=dataclasses.replace(moved.inner, steps=3))
+    task = registry["toy_cls"]
+    config = EvalConfig(shots=[2], episodes=3, ways=2, queries=2, shared_work=shared,
+                        methods=["zeroshot", "icl", "icl-channel", "meta"])
+    harness = Harness(algo.model, tok, start, config, [Trained("c", "meta", moved3)],
+                      algo.selection.lowest_adapted_layer())
+    journal = Journal(tmp_path / "j.jsonl", {"eval": "x"}, resume=False)
+    costs = episode_costs(harness, [task], 2, journal=journal)
+    assert set(costs) == {"zeroshot", "icl", "icl-channel", "c"} and all(set(c) == {"2"} for c in costs.values())
+    got = {row: c["2"] for row, c in costs.items()}
+    support = [collate(ep.support, tok, harness.collate)["input_ids"].numel() for ep in harness.episodes(task, 2)[:2]]
+    assert got["c"]["forward_tokens"] - got["zeroshot"]["forward_tokens"] == pytest.approx(3 * sum(support) / 2)
+    assert got["icl"]["forward_tokens"] > got["zeroshot"]["forward_tokens"]
+    assert got["icl-channel"]["forward_tokens"] > got["zeroshot"]["forward_tokens"]
+    assert all(c["episodes"] == 2 and c["seconds"] > 0 for c in got.values())
+    measured = harness.measure([task])
+    rows = harness.rows()
+    for name in got:
+        alone = [harness.alone(rows[name], ep) for ep in harness.episodes(task, 2)]
+        assert alone == measured[name, "toy_cls", 2][0]
+
+    resumed = Journal(tmp_path / "j.jsonl", {"eval": "x"}, resume=True)
+    assert resumed.cost_seconds > 0 and resumed.seconds == 0  # kept apart from the accuracies' time
+    def measured_again(*_):
+        raise RuntimeError("measured again")
+
+    harness.alone = measured_again
+    again = episode_costs(harness, [task], 2, journal=resumed)
+    assert again == costs
+    with pytest.raises(RuntimeError, match="measured again"):  # one episode asked: not the journal's two
+        episode_costs(harness, [task], 1, journal=resumed)
+
+
+def test_pareto_front_by_hand():
+    """No other point both cheaper-or-equal and at-least-as-accurate (better in one): the front, by cost."""
+    from metalm.eval.cost import cost_table, pareto_front
+
+    points = {"zeroshot": (1.0, 0.40), "icl": (10.0, 0.60), "icl-cal": (12.0, 0.55), "ft": (5.0, 0.60),
+              "hyper": (2.0, 0.50), "tie": (2.0, 0.50), "slow": (20.0, 0.70)}
+    # icl: ft is cheaper at the same accuracy; icl-cal: ft is cheaper and better; hyper and tie equal.
+    assert pareto_front(points) == ["zeroshot", "hyper", "tie", "ft", "slow"]
+    assert pareto_front({}) == [] and pareto_front({"a": (1.0, 0.1)}) == ["a"]
+    report = {"macro": [{"method": m, "shots": 4, "accuracy": a, "ci95": 0.1} for m, (_, a) in points.items()],
+              "episode_cost": {m: {"4": {"seconds": c, "forward_tokens": 10 * c, "episodes": 1}}
+                               for m, (c, _) in points.items() if m != "slow"}}  # a row without a cost: left out
+    table = cost_table(report)
+    assert [x["row"] for x in table] == ["zeroshot", "hyper", "tie", "ft", "icl", "icl-cal"]
+    assert [x["row"] for x in table if x["front"]] == ["zeroshot", "hyper", "tie", "ft"]  # icl: ft equals it cheaper

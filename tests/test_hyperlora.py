@@ -161,8 +161,10 @@ def test_a_hyperlora_run_trains_resumes_bit_identically_and_is_evaluated(tmp_pat
 
     out = tmp_path / "eval.json"
     assert main(["eval", "--run-dir", str(whole), "--shots", "1", "--episodes", "2", "--ways", "2", "--queries", "1",
-                 "--json", str(out), "--quiet", "finetune_lrs=[0.1]", "finetune_steps=[1]"]) == 0
+                 "--json", str(out), "--quiet", "finetune_lrs=[0.1]", "finetune_steps=[1]", "cost_episodes=1"]) == 0
     report = json.loads(out.read_text())
+    cost = {row: c["1"]["forward_tokens"] for row, c in report["episode_cost"].items()}  # each row alone
+    assert cost["hyper"] > cost["zeroshot"] and cost["hyper@ft"] > cost["zeroshot"]  # + the support set's features
     assert {r["method"] for r in report["macro"]} == {"zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune",
                                                       "hyper", "hyper@ft"}
     assert report["budgets"]["hyper"].startswith("generated from the support set, then sgd lr 0.1, 2 steps")

@@ -198,9 +198,12 @@ def test_a_library_run_trains_resumes_bit_identically_exports_and_is_evaluated(t
     out = tmp_path / "eval.json"
     assert main(["eval", "--run-dir", str(whole), "--shots", "1", "--episodes", "2", "--ways", "2", "--queries", "1",
                  "--methods", "zeroshot,finetune,library", "--json", str(out), "--quiet", "finetune_lrs=[0.1]",
-                 "finetune_steps=[1]", "finetune_optimizers=[sgd]"]) == 0
+                 "finetune_steps=[1]", "finetune_optimizers=[sgd]", "cost_episodes=1"]) == 0
     report = json.loads(out.read_text())
     assert {r["method"] for r in report["macro"]} == {"zeroshot", "finetune", "library-hub", "library-mean",
                                                       "library-arrow", "library-hub@ft", "library-mean@ft"}
+    cost = {row: c["1"]["forward_tokens"] for row, c in report["episode_cost"].items()}  # each row alone
+    assert set(cost) == {r["method"] for r in report["macro"]}
+    assert cost["library-hub"] > cost["zeroshot"]  # LoraHub's search reads the support set
     assert report["budgets"]["library-hub"] == "generated from the support set"
     assert "| library-hub |" in capsys.readouterr().out

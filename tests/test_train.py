@@ -148,7 +148,7 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
     out = tmp_path / "eval.json"
     assert main(["eval", "--run-dir", str(run), "--run-dir", str(other), "--shots", "1,2", "--episodes", "2",
                  "--ways", "2", "--queries", "1", "--json", str(out), "--quiet", "finetune_lrs=[0.1]",
-                 "inner_steps=[1,2]"]) == 0
+                 "inner_steps=[1,2]", "cost_episodes=1"]) == 0
     report = json.loads(out.read_text())
     rows = {"zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune", "meta:maml", "meta:reptile"}
     assert {r["method"] for r in report["macro"]} == rows | {"meta:maml@ft", "meta:reptile@ft"}  # ft's budget too
@@ -163,9 +163,18 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
     assert "| meta:reptile |" in capsys.readouterr().out
     # The reptile run (another selection: measured on a model of its own) reports its adaptation cost too.
     assert {"finetune", "meta:maml", "meta:maml@ft", "meta:reptile", "meta:reptile@ft"} <= set(report["adaptation_cost"])
+    # A new task's whole cost, each row alone, the separately measured reptile run's rows included.
+    assert set(report["episode_cost"]) == rows | {"meta:maml@ft", "meta:reptile@ft"}
+    assert all(set(c) == {"1", "2"} and c["1"]["episodes"] == len(report["tasks"])  # one episode a task
+               for c in report["episode_cost"].values())
+    assert report["episode_cost_seconds"] > 0
     assert main(["report", str(run)]) == 0
-    for png in ("training.png", "accuracy_vs_shots.png", "accuracy_vs_inner_steps.png"):
+    for png in ("training.png", "accuracy_vs_shots.png", "accuracy_vs_inner_steps.png", "accuracy_vs_cost.png"):
         assert (run / "report" / png).stat().st_size > 1000
+    assert "| row | shots | macro accuracy | seconds per new task |" in (run / "report" / "report.md").read_text()
+    assert main(["report", str(out)]) == 0  # the evaluation's JSON alone, e.g. a baselines table
+    assert (tmp_path / "eval_report" / "accuracy_vs_cost.png").stat().st_size > 1000
+    assert "Pareto front" in (tmp_path / "eval_report" / "report.md").read_text()
     assert "| chance |" in (run / "report" / "report.md").read_text()
     assert "Paired differences" in (run / "report" / "report.md").read_text()
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

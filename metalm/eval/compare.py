@@ -23,6 +23,7 @@ from ..checkpoint import Checkpoint, latest_checkpoint
 from ..config import InnerConfig
 from ..errors import ConfigError
 from ..run import load_run
+from .episode_cost import episode_costs
 from .fewshot import Harness, Measurements, Trained
 from .inits import Init, init_from_checkpoint, init_from_values, trained_rows
 from .journal import Journal
@@ -102,11 +103,13 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
 @dataclasses.dataclass
 class Separate:
     """What :func:`measure_separately` measured: per-episode accuracies (:data:`Measurements`), each
-    row's adaptation in words, and each row's adaptation cost (:meth:`AdaptationCost.summary`)."""
+    row's adaptation in words, each row's adaptation cost (:meth:`AdaptationCost.summary`) and, when
+    ``cost_episodes`` is set, what a new task costs each row alone (:func:`episode_costs`)."""
 
     data: Measurements
     budgets: dict[str, str]
     costs: dict[str, dict[str, float]]
+    episode_costs: dict[str, dict[str, dict[str, float]]] = dataclasses.field(default_factory=dict)
 
 
 def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequence[tuple[str, str, str]],
@@ -140,6 +143,8 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
         out.budgets.update({name: budget(row.init, row.presentation) for name, row in other.rows(finetune).items()
                             if row.init})
         out.costs.update(other.cost.summary())
+        if harness.config.cost_episodes:
+            out.episode_costs.update(episode_costs(other, tasks, harness.config.cost_episodes, finetune, journal))
         del other, learner
     return out
 

@@ -110,6 +110,10 @@ class EvalConfig:
         batch_size: Rows per scoring forward pass.
         shared_work: Do the work methods share once (see the module doc); ``False`` computes every
             method on every episode on its own (the reference path, same accuracies).
+        cost_episodes: Also measure what a new task costs each row on its own, adapting and
+            scoring with nothing shared with other rows or episodes: seconds and forward tokens of
+            the first ``cost_episodes`` episodes of each task and shot count (first seed), after
+            the accuracies (:func:`~metalm.eval.episode_cost.episode_costs`; 0: not measured).
     """
 
     shots: list[int] = dataclasses.field(default_factory=lambda: [4])
@@ -135,6 +139,7 @@ class EvalConfig:
     max_new_tokens: int = 12
     batch_size: int = 16
     shared_work: bool = True
+    cost_episodes: int = 0
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -147,6 +152,8 @@ class EvalConfig:
         for key in ("episodes", "seeds", "queries", "val_episodes", "max_length", "max_new_tokens", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        if isinstance(self.cost_episodes, bool) or self.cost_episodes < 0:
+            raise ConfigError("cost_episodes", f"must be >= 0 (0: not measured), got {self.cost_episodes}")
         if self.ways < 2:
             raise ConfigError("ways", f"must be >= 2, got {self.ways}")
         bad = [o for o in self.finetune_optimizers if o not in ("sgd", "adam")]
@@ -414,6 +421,19 @@ class Harness:
             with init.scoring():
                 out.setdefault(row.name, []).append(self._score_episode(adapted[row.weights], ep, prep,
                                                                         row.presentation))
+
+    def alone(self, row: Row, ep: TextEpisode) -> float:
+        """``row``'s query accuracy on ``ep`` with nothing shared with another row or episode: the whole
+        work of a new task (its support batch, the adaptation, the queries), as one user of one row
+        would run it (:func:`~metalm.eval.episode_cost.episode_costs` measures it)."""
+        init = row.init
+        if init is None:
+            return self._score_episode(self.base.params(), ep, None, row.presentation)
+        support = self._support(ep, init.inner.steps) if init.adapt or init.generate else None
+        params = self._adapt(init, support, [init.inner.steps])[0] if init.adapt \
+            else init.params(init.start(support) if init.generate else None)
+        with init.scoring():
+            return self._score_episode(params, ep, None, row.presentation)
 
     def _generation_block(self, rows: Sequence[Row], episodes: Sequence[TextEpisode]) -> Block:
         """The task's metric (exact match or token F1) per episode; calibrated and channel rows equal their

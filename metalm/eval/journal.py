@@ -13,6 +13,9 @@ block of long episodes (an hour or more on a CPU) then loses at most one piece t
 measured in pieces holds the same per-episode values as one measured whole (each episode's figures
 depend on it alone; up to float rounding where the unadapted rows of several episodes are scored in
 one batch).
+
+What a new task costs each row alone (``EvalConfig.cost_episodes``) is journaled too, one line per
+task and shot count, its seconds kept apart from the accuracies' measuring time.
 """
 
 from __future__ import annotations
@@ -55,9 +58,15 @@ class Journal:
         self.blocks: dict[str, dict[str, list[float]]] = {}
         self.costs: dict[str, dict[str, list[list[float]]]] = {}  # block -> row -> [seconds, tokens] per adaptation
         self.pieces: dict[str, dict[int, tuple[dict[str, list[float]], dict[str, list[list[float]]]]]] = {}
+        self.episode_costs: dict[str, dict[str, list[list[float]]]] = {}  # task/shots -> row -> [s, tokens] each
         self.finetune: dict[str, Any] | None = None
         self.seconds = 0.0  # measuring time recorded so far, earlier (resumed) sessions included
+        self.cost_seconds = 0.0  # the same for the costs of rows alone (EvalConfig.cost_episodes)
         for line in lines:
+            if "episode_cost" in line:
+                self.episode_costs.setdefault(line["episode_cost"], {}).update(line["rows"])
+                self.cost_seconds += float(line.get("seconds", 0.0))
+                continue
             self.seconds += float(line.get("seconds", 0.0))
             if "block" in line:  # several lines of one block (several harnesses' rows) add up
                 self.blocks.setdefault(line["block"], {}).update(line["rows"])
@@ -106,7 +115,7 @@ class Journal:
         """Record a measured block's rows (added to rows already recorded for it, e.g. by the harness
         of a run with another adapter on the same episodes), the seconds it took and its adapted rows'
         adaptation costs (``(seconds, forward tokens)`` per adaptation)."""
-        cost = _rounded(cost)
+        cost = rounded_costs(cost)
         self.blocks.setdefault(key, {}).update(rows)
         self.costs.setdefault(key, {}).update(cost)
         self.seconds += seconds
@@ -116,12 +125,21 @@ class Journal:
                   cost: dict[str, list[tuple[float, int]]] | None = None) -> None:
         """Record episodes ``start..`` of block ``key`` (as :meth:`put` records a whole block); the block's
         own line follows once every piece is measured, with no seconds of its own."""
-        cost = _rounded(cost)
+        cost = rounded_costs(cost)
         piece_rows, piece_costs = self.pieces.setdefault(key, {}).setdefault(start, ({}, {}))
         piece_rows.update(rows)
         piece_costs.update(cost)
         self.seconds += seconds
         self._append({"piece": key, "start": start, "rows": rows, "cost": cost, "seconds": round(seconds, 3)})
+
+    def put_episode_cost(self, key: str, rows: dict[str, list[tuple[float, int]]], seconds: float = 0.0) -> None:
+        """Record what the episodes of ``key`` (``task/shots``) cost each row alone (``(seconds, forward
+        tokens)`` per episode: :func:`~metalm.eval.cost.episode_costs`) and the seconds measuring took
+        (kept apart from the accuracies' measuring time)."""
+        rows = rounded_costs(rows)
+        self.episode_costs.setdefault(key, {}).update(rows)
+        self.cost_seconds += seconds
+        self._append({"episode_cost": key, "rows": rows, "seconds": round(seconds, 3)})
 
     def put_finetune(self, finetune: dict[str, Any], seconds: float = 0.0) -> None:
         """Record fine-tuning's chosen budget and its grid, and the seconds choosing it took."""
@@ -134,8 +152,8 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def _rounded(cost: dict[str, list[tuple[float, int]]] | None) -> dict[str, list[list[float]]]:
-    """Adaptation costs as journal lines hold them: ``[seconds (4 decimals), forward tokens]``."""
+def rounded_costs(cost: dict[str, list[tuple[float, int]]] | None) -> dict[str, list[list[float]]]:
+    """Costs as journal lines hold them: ``[seconds (4 decimals), forward tokens]``."""
     return {row: [[round(s, 4), int(t)] for s, t in records] for row, records in (cost or {}).items()}
 
 

@@ -29,6 +29,7 @@ from ..data import TaskRegistry, load_split, packaged_tasks_dir, task_path
 from ..errors import ConfigError
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
 from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_rows
+from .episode_cost import episode_costs
 from .fewshot import TRAINED, EvalConfig, Harness, eval_tasks, trained_by
 from .inits import init_from_values, init_of
 from .journal import Journal
@@ -132,6 +133,13 @@ def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str]
     return choice
 
 
+def journaled_values(config: EvalConfig) -> dict[str, Any]:
+    """The :class:`EvalConfig` values a journal's figures depend on: all but the seeds and methods (blocks
+    are keyed by seed and hold a list per method, so a journal of more serves a run of fewer: a study
+    stopped early, or narrowed) and the costs' episodes (measured apart from the accuracies)."""
+    return {k: v for k, v in to_dict(config).items() if k not in ("seeds", "methods", "cost_episodes")}
+
+
 def check_output(output: str | Path | None, journal_every: int | None) -> None:
     """Refuse an output path that is a folder and a bad ``journal_every`` (:class:`ConfigError`)."""
     if output is not None and Path(output).is_dir():
@@ -183,10 +191,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
     with contextlib.ExitStack() as stack:
         book = None
         if output is not None and not ctx.enabled:  # one process: a journal to resume from (torchrun: none)
-            # Blocks are keyed by seed and hold one list per method: a journal of more seeds or more
-            # methods serves a run of fewer (a study stopped early, or narrowed).
-            fingerprint = {"eval": {k: v for k, v in to_dict(config).items() if k not in ("seeds", "methods")},
-                           "model": model, "tasks": names, "val": val,
+            fingerprint = {"eval": journaled_values(config), "model": model, "tasks": names, "val": val,
                            "runs": [[str(Path(r).resolve()), setting.checkpoints[r].name] for r in runs]}
             book = open_journal(stack, Path(output), fingerprint, resume, journal_every)
         finetune = choose_finetune(harness, registry, val, book, log if ctx.is_main else None) \
@@ -211,8 +216,12 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
             report["protocol"] = protocol.record(config, setting.config.split, names)
         if config.inner_steps:
             report["inner_steps_sweep"] = harness.inner_steps_sweep(eval_list, finetune)
+        if config.cost_episodes:  # after the accuracies: each row alone on the first episodes
+            report["episode_cost"] = dict(sorted({**episode_costs(harness, eval_list, config.cost_episodes, finetune,
+                                                                   book), **separate.episode_costs}.items()))
         if book is not None:  # choosing fine-tuning's budget and every block, resumed sessions included
             report["measuring_seconds"] = round(book.seconds, 1)
+            report.update({"episode_cost_seconds": round(book.cost_seconds, 1)} if config.cost_episodes else {})
         if output is not None and ctx.is_main:
             Path(output).write_text(json.dumps(report, indent=1), encoding="utf-8")
         if book is not None:
