@@ -188,6 +188,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
                   and (p / "state.json").is_file() and (p / "tensors.safetensors").is_file())
 
 
+def read_step(path: Path) -> int | None:
+    """The step a checkpoint folder's name says (``step-0000500``: 500), or ``None`` for another name."""
+    digits = path.name[len(PREFIX):]
+    return int(digits) if path.name.startswith(PREFIX) and digits.isdigit() else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """A checkpoint folder, read once and verified (:func:`read_checkpoint`).

@@ -135,16 +135,17 @@ def _eval(args: argparse.Namespace) -> int:
     overrides = merge(protocol, overrides)  # a command-line value overrides the protocol's
     overrides.setdefault("methods", default_methods(kinds))
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
-    output = Path(args.json) if args.json else Path(runs[0]) / "eval.json" if runs else None
+    own = "eval.json" if args.step is None else f"eval.step-{args.step:07d}.json"  # a curve's point: beside it
+    output = Path(args.json) if args.json else Path(runs[0]) / own if runs else None
     report = evaluate(eval_cfg, runs=runs, model=args.model, split=args.split,
                       tasks=args.tasks.split(",") if args.tasks else None, evaluate_on=args.evaluate_on,
-                      task_dirs=args.task_dirs, protocol=protocol, output=output, resume=args.resume,
+                      task_dirs=args.task_dirs, protocol=protocol, step=args.step, output=output, resume=args.resume,
                       journal_every=args.journal_every, progress=not args.quiet,
                       log=lambda line: print(line, flush=True))
     if not distributed.init().is_main:
         return 0
     if args.json and runs:  # the run folder keeps its own copy
-        (Path(runs[0]) / "eval.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        (Path(runs[0]) / own).write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(format_table(report))
     if report["adaptation_cost"]:
         print("\nAdaptation to a new task (support set -> weights; the support batch itself not counted):\n"
@@ -431,6 +432,9 @@ def _add_eval(sub: Any) -> None:
     ev.add_argument("--run-dir", action="append", help="a trained run (enables the meta method); repeat it to "
                                                        "compare several runs' initializations on the same episodes")
     ev.add_argument("--model", help="a model (embedded name, folder or hub name) without meta-training")
+    ev.add_argument("--step", type=int, help="evaluate the runs' checkpoints of this step (a learning curve's "
+                                             "point; default: the newest); the report goes to "
+                                             "RUN/eval.step-NNNNNNN.json unless --json")
     ev.add_argument("--protocol", help="an evaluation protocol: a shipped name (main, study, study-val, ...) or a "
                                        "YAML file of split, on, tasks and EvalConfig fields; a flag or key=value "
                                        "given here overrides the protocol's value")

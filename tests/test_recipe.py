@@ -47,3 +47,40 @@ def test_an_output_that_is_a_folder_is_refused_before_the_model_loads(tmp_path, 
             evaluate(EvalConfig(methods=["zeroshot"]), model="tiny", output=tmp_path / "r.json", journal_every=every,
                      log=None)
         assert err.value.field == "--journal-every"
+
+
+def test_a_learning_curves_point_is_the_run_evaluated_at_that_checkpoint(tmp_path, monkeypatch, capsys):
+    """``--step N`` evaluates the runs' checkpoints of step N: the same per-episode accuracies as the run
+    folder whose newest checkpoint is N (a copy without the later ones), its report beside the run as
+    eval.step-NNNNNNN.json; a step without a checkpoint names the steps there are."""
+    import json
+    import shutil
+
+    import pytest
+
+    from metalm.cli import main
+    from metalm.errors import ConfigError
+
+    world = make_world(tmp_path, max_steps=2, val_every=0, checkpoint_every=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    run = tmp_path / "run"
+    MetaTrainer(load_train_config(world["config"]), run).train(progress=False)
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-0000002")
+    common = ["--shots", "1", "--episodes", "2", "--ways", "2", "--queries", "2", "--methods", "zeroshot,meta",
+              "--quiet"]
+    assert main(["eval", "--run-dir", str(run), "--step", "1", *common]) == 0
+    assert main(["eval", "--run-dir", str(cut), *common]) == 0
+    assert main(["eval", "--run-dir", str(run), *common]) == 0
+    at_one = json.loads((run / "eval.step-0000001.json").read_text())
+    assert at_one["per_episode"] == json.loads((cut / "eval.json").read_text())["per_episode"]
+    assert at_one["checkpoints"] == {str(run): "step-0000001"}
+    assert json.loads((run / "eval.json").read_text())["checkpoints"] == {str(run): "step-0000002"}
+    config = EvalConfig(shots=[1], episodes=2, ways=2, queries=2, methods=["zeroshot", "meta"])
+    with pytest.raises(ConfigError, match=r"no checkpoint of step 7 \(steps checkpointed: 1, 2;") as err:
+        evaluate(config, runs=[run], step=7, progress=False, log=None)
+    assert err.value.field == "--step"
+    with pytest.raises(ConfigError, match="give --run-dir, not --model"):
+        evaluate(EvalConfig(methods=["zeroshot"]), model="tiny", step=1, progress=False, log=None)
+    capsys.readouterr()

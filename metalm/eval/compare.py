@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..algorithms import algorithm_class
-from ..checkpoint import Checkpoint, latest_checkpoint
+from ..checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint, read_step
 from ..config import InnerConfig
 from ..errors import ConfigError
 from ..run import load_run
@@ -149,8 +149,21 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
     return out
 
 
-def run_checkpoint(run: str | Path) -> Checkpoint:
-    """The run's newest intact checkpoint, read and verified (once per command: pass it along)."""
+def run_checkpoint(run: str | Path, step: int | None = None) -> Checkpoint:
+    """The run's newest intact checkpoint, or the one of ``step`` (a learning curve's point), read and
+    verified (once per command: pass it along).
+
+    Raises:
+        ConfigError: Without a checkpoint, or without one at ``step`` (naming the steps there are).
+        MetalmError: If the checkpoint of ``step`` is corrupt.
+    """
+    if step is not None:
+        found = {read_step(p): p for p in list_checkpoints(Path(run))}
+        if step not in found:
+            have = ", ".join(map(str, sorted(found))) or "none"
+            raise ConfigError("--step", f"{run} has no checkpoint of step {step} (steps checkpointed: {have}; "
+                                        "keep_checkpoints decides how many are kept)")
+        return read_checkpoint(found[step])
     found = latest_checkpoint(Path(run))
     if found is None:
         raise ConfigError("--run-dir", f"{run} holds no checkpoint; run `metalm train` first")

@@ -71,10 +71,12 @@ def default_methods(kinds: Sequence[str]) -> list[str]:
 
 
 def build_setting(runs: Sequence[str], model: str | None, device: torch.device,
-                  configs: list[TrainConfig], kinds: list[str]) -> Setting:
+                  configs: list[TrainConfig], kinds: list[str], step: int | None = None) -> Setting:
     """The model and rows of an evaluation of ``runs`` (their configs and kinds: :func:`run_configs`;
-    the first run's model) or of ``model``."""
-    checkpoints = {r: run_checkpoint(r) for r in runs}  # each read and verified once for the command
+    the first run's model; their checkpoints of ``step``, else their newest) or of ``model``."""
+    if step is not None and not runs:
+        raise ConfigError("--step", f"step {step} is a checkpoint of trained runs: give --run-dir, not --model")
+    checkpoints = {r: run_checkpoint(r, step) for r in runs}  # each read and verified once for the command
     if runs:
         first = load_run(runs[0], device, checkpoints[runs[0]])
         base = init_from_values(first.learner, first.base, trained=False)
@@ -140,6 +142,16 @@ def journaled_values(config: EvalConfig) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config).items() if k not in ("seeds", "methods", "cost_episodes")}
 
 
+def check_reference(config: EvalConfig, harness: Harness, rows: RunRows | None,
+                    finetune: FinetuneChoice | None) -> None:
+    """Refuse a ``reference`` that is not among the evaluated rows, naming them (:class:`ConfigError`)."""
+    evaluated = list(harness.rows(finetune)) + \
+        [label + suffix for _, label, kind in (rows.separate if rows else []) if kind in config.methods
+         for suffix in ("", "@ft")]
+    if config.reference is not None and config.reference not in evaluated:
+        raise ConfigError("--reference", f"{config.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
+
+
 def check_output(output: str | Path | None, journal_every: int | None) -> None:
     """Refuse an output path that is a folder and a bad ``journal_every`` (:class:`ConfigError`)."""
     if output is not None and Path(output).is_dir():
@@ -149,7 +161,7 @@ def check_output(output: str | Path | None, journal_every: int | None) -> None:
 
 def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str | None = None,
              split: str | None = None, tasks: Sequence[str] | None = None, evaluate_on: str | None = None,
-             task_dirs: Sequence[str | Path] = (), protocol: Protocol | None = None,
+             task_dirs: Sequence[str | Path] = (), protocol: Protocol | None = None, step: int | None = None,
              output: str | Path | None = None, resume: bool = False, journal_every: int | None = None,
              progress: bool = True, log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Evaluate ``runs`` (trained run folders; the first one's model is shared by runs of the same
@@ -157,7 +169,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
 
     Args:
         config: Shots, episodes, methods, fine-tuning grid (:class:`EvalConfig`).
-        runs / model: Exactly one: trained run folders, or a model name/folder for the baselines alone.
+        runs / model / step: Trained run folders (at ``step``'s checkpoint, else the newest), or a model alone.
         split / tasks / evaluate_on: Which tasks (see :func:`task_names`).
         task_dirs: Folders of the researcher's own task YAMLs (beside the runs' own).
         protocol: A named protocol (:func:`~metalm.eval.protocol.load_protocol`), recorded in the report.
@@ -178,7 +190,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
     for method in TRAINED:
         if method in config.methods and method not in kinds:
             raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
-    setting = build_setting(runs, model, device, configs, kinds)
+    setting = build_setting(runs, model, device, configs, kinds, step)
     dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *map(str, task_dirs)]))
     registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *dirs)
     setting.config.task_dirs = dirs
@@ -196,12 +208,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
             book = open_journal(stack, Path(output), fingerprint, resume, journal_every)
         finetune = choose_finetune(harness, registry, val, book, log if ctx.is_main else None) \
             if "finetune" in config.methods else None
-        evaluated = list(harness.rows(finetune)) + \
-            [label + suffix for _, label, kind in (rows.separate if rows else []) if kind in config.methods
-             for suffix in ("", "@ft")]
-        if config.reference is not None and config.reference not in evaluated:
-            raise ConfigError("--reference", f"{config.reference!r} is not evaluated "
-                                             f"(evaluated: {', '.join(evaluated)})")
+        check_reference(config, harness, rows, finetune)
         data = harness.measure(eval_list, progress=progress, journal=book, finetune=finetune)
         separate = Separate({}, {}, {})
         if rows and rows.separate:
@@ -212,6 +219,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
         report["budgets"].update(separate.budgets)
         report["adaptation_cost"] = dict(sorted({**report["adaptation_cost"], **separate.costs}.items()))
         report["tasks"] = names
+        report["checkpoints"] = {r: setting.checkpoints[r].name for r in runs}  # which weights each run had
         if protocol is not None:
             report["protocol"] = protocol.record(config, setting.config.split, names)
         if config.inner_steps:
