@@ -2,17 +2,36 @@
 # A long meta-training run in the background, resumable across sessions: one niced process on THREADS
 # threads (default 1), its run folder runs/long-NAME. The same command continues from the folder's last
 # checkpoint (written every checkpoint_every steps, and on SIGTERM: a pre-empted run loses at most the
-# step in progress). The run folder is local (runs/ is not committed): its status goes in
-# benchmarks/MANIFEST.md.
+# step in progress). The run folder is local (runs/ is not committed); its state (config, step reached,
+# status) is recorded in benchmarks/results/long_runs.json and the table of benchmarks/MANIFEST.md when
+# the run starts and when its process ends (benchmarks/fewshot/long_runs.py).
 #
 #   nohup bash benchmarks/fewshot/train_long.sh benchmarks/fewshot/bench/hyperlora.yaml > runs/long-hyperlora.log 2>&1 &
 #   bash benchmarks/fewshot/train_long.sh CONFIG --until 500     # stop (checkpointed) at step 500
-set -euo pipefail
+#   pkill -TERM -f runs/long-hyperlora                            # stop it: checkpointed, recorded as stopped
+set -uo pipefail
 cd "$(dirname "$0")/../.."
 CONFIG=${1:?usage: train_long.sh CONFIG.yaml [metalm train options]}
 shift
 BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
 RUN=${RUN:-runs/long-$(basename "$CONFIG" .yaml)}
-OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS exec nice -n 10 $BIN/metalm train "$CONFIG" --run-dir "$RUN" \
-  --quiet --resume "$@"  # --resume starts afresh in a folder without a checkpoint
+MANIFEST="$BIN/python benchmarks/fewshot/long_runs.py update $RUN"
+if [ -e "$RUN/.lock" ] && command -v flock >/dev/null && ! flock -n "$RUN/.lock" true; then
+  echo "train_long.sh: $RUN is in use by process $(cat "$RUN/.lock"); the manifest is left as it is" >&2
+  exit 2
+fi
+# --resume starts afresh in a folder without a checkpoint
+OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm train "$CONFIG" --run-dir "$RUN" \
+  --quiet --resume "$@" &
+CHILD=$!
+trap 'kill -TERM $CHILD 2>/dev/null' TERM INT  # a signal to this script stops the run the same way
+$MANIFEST --config "$CONFIG" --status running || echo "train_long.sh: the manifest was not updated" >&2
+wait $CHILD
+RC=$?
+while kill -0 $CHILD 2>/dev/null; do  # the wait was cut by a signal: wait for the checkpoint and the exit
+  wait $CHILD
+  RC=$?
+done
+$MANIFEST --config "$CONFIG" --exit-code $RC || echo "train_long.sh: the manifest was not updated" >&2
+exit $RC

@@ -1,0 +1,125 @@
+"""The manifest of long training runs: what each was started from, the step it reached, its status.
+
+`benchmarks/fewshot/train_long.sh` calls this when a run starts (``running``) and when its process ends
+(``finished`` at its schedule's last step, ``stopped`` by a signal or ``--until``, ``failed`` with
+the exit code), so the manifest says where every run is without anyone editing it:
+`benchmarks/results/long_runs.json` (one entry per run folder) and the table between the markers
+of `benchmarks/MANIFEST.md` (rewritten from the JSON). Run folders stay local (``runs/`` is not
+committed); the manifest is committed at a session's end like a journal.
+
+    python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --config benchmarks/fewshot/bench/hyperlora.yaml \
+        --status running
+    python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --exit-code 0
+    python benchmarks/fewshot/long_runs.py show
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from metalm.checkpoint import list_checkpoints, read_step
+from metalm.files import json_lines
+from metalm.run import load_train_config
+
+ROOT = Path(__file__).resolve().parents[2]
+# Elsewhere for a test or a scratch study: LONG_RUNS_JSON, LONG_RUNS_MANIFEST.
+JSON = Path(os.environ.get("LONG_RUNS_JSON", ROOT / "benchmarks" / "results" / "long_runs.json"))
+MANIFEST = Path(os.environ.get("LONG_RUNS_MANIFEST", ROOT / "benchmarks" / "MANIFEST.md"))
+BEGIN, END = "<!-- long runs: begin (benchmarks/fewshot/long_runs.py writes this table) -->", "<!-- long runs: end -->"
+STATUSES = ("running", "finished", "stopped", "failed")
+
+
+def observe(run: Path, config_path: str | None = None) -> dict[str, Any]:
+    """What a run folder says of itself: algorithm, schedule length, newest checkpoint, last logged step
+    (a run not started yet: from ``config_path``)."""
+    own = run / "config.yaml"
+    if not own.is_file() and not config_path:
+        raise SystemExit(f"{run} holds no config.yaml (no run started there); give --config")
+    config = load_train_config(own if own.is_file() else Path(config_path))
+    steps = [s for s in map(read_step, list_checkpoints(run)) if s is not None]
+    log = json_lines(run / "log.jsonl") if (run / "log.jsonl").is_file() else []
+    logged = max((r["step"] for r in log if "step" in r), default=None)
+    return {"algorithm": config.algorithm["name"], "max_steps": config.max_steps,
+            "checkpointed": max(steps, default=None), "logged": logged}
+
+
+def status_of(seen: dict[str, Any], exit_code: int | None, status: str | None) -> str:
+    """``status`` if given; else from the process's exit code: 0 at the schedule's end ``finished``, 0 before
+    it (``--until``) or a signal's code (a pre-emption, SIGTERM: 143) ``stopped``, any other ``failed (N)``."""
+    if status is not None:
+        return status
+    if exit_code == 0:
+        return "finished" if seen["checkpointed"] == seen["max_steps"] else "stopped"
+    if exit_code is not None and exit_code > 128:
+        return "stopped"
+    return f"failed ({exit_code})"
+
+
+def update(run: Path, *, config: str | None = None, status: str | None = None, exit_code: int | None = None,
+           path: Path = JSON, manifest: Path = MANIFEST, now: str | None = None) -> dict[str, Any]:
+    """Record ``run``'s state in ``path`` and rewrite ``manifest``'s table; returns the entry."""
+    runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    key = os.path.relpath(run.resolve(), ROOT) if run.resolve().is_relative_to(ROOT) else str(run)
+    entry = {**runs.get(key, {}), **observe(run, config)}
+    entry["config"] = config or entry.get("config", "")
+    entry["status"] = status_of(entry, exit_code, status)
+    entry["updated"] = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    runs[key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+    if manifest.is_file():
+        text = manifest.read_text(encoding="utf-8")
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{manifest}: the markers of the long runs' table are missing ({BEGIN} ... {END})")
+        head, rest = text.split(BEGIN, 1)
+        _write(manifest, head + BEGIN + "\n" + table(runs) + "\n" + END + rest.split(END, 1)[1])
+    return entry
+
+
+def table(runs: dict[str, dict[str, Any]]) -> str:
+    """The manifest's markdown table of ``runs``."""
+    lines = ["| run folder | config | algorithm | step checkpointed / schedule | status | updated | resume |",
+             "|---|---|---|---|---|---|---|"]
+    for key, e in sorted(runs.items()):
+        resume = f"`bash benchmarks/fewshot/train_long.sh {e['config']}`" \
+            if e.get("config") and e["status"] != "finished" else ""
+        lines.append(f"| `{key}` | `{e.get('config', '')}` | {e['algorithm']} | {e['checkpointed']} / "
+                     f"{e['max_steps']} | {e['status']} | {e['updated']} | {resume} |")
+    return "\n".join(lines)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a kill leaves the old file or the new one)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("update", help="record a run folder's state")
+    up.add_argument("run", type=Path)
+    up.add_argument("--config", help="the config it was started from (kept from an earlier update if not given)")
+    up.add_argument("--status", choices=STATUSES)
+    up.add_argument("--exit-code", type=int, help="the training process's exit code (sets the status)")
+    sub.add_parser("show", help="print the table")
+    args = parser.parse_args(argv)
+    if args.command == "show":
+        print(table(json.loads(JSON.read_text(encoding="utf-8")) if JSON.is_file() else {}))
+        return 0
+    if args.status is None and args.exit_code is None:
+        parser.error("update needs --status or --exit-code")
+    entry = update(args.run, config=args.config, status=args.status, exit_code=args.exit_code)
+    print(f"{args.run}: {entry['status']}, step {entry['checkpointed']} of {entry['max_steps']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""benchmarks/fewshot/train_long.sh and the manifest it keeps (benchmarks/fewshot/long_runs.py): a run
+stopped by --until, finished, and pre-empted by SIGTERM is recorded as such, with the step it reached."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .data.fixtures import make_world
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "fewshot" / "train_long.sh"
+MANIFEST = """# Long jobs
+
+hand-written rows stay as they are
+
+<!-- long runs: begin (benchmarks/fewshot/long_runs.py writes this table) -->
+<!-- long runs: end -->
+
+## after the table
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    world = make_world(tmp_path, max_steps=3, val_every=0, checkpoint_every=1)
+    (tmp_path / "MANIFEST.md").write_text(MANIFEST)
+    env = {**world["env"], "BIN": str(Path(sys.executable).parent), "RUN": str(tmp_path / "run"),
+           "LONG_RUNS_JSON": str(tmp_path / "long_runs.json"), "LONG_RUNS_MANIFEST": str(tmp_path / "MANIFEST.md")}
+    return world, env, tmp_path
+
+
+def entry(tmp_path):
+    runs = json.loads((tmp_path / "long_runs.json").read_text())
+    assert list(runs) == [str(tmp_path / "run")]  # outside the repository: its own path
+    return runs[str(tmp_path / "run")]
+
+
+@pytest.mark.slow  # two trainings and four manifest updates, each a process of its own
+def test_until_then_to_the_end(setup):
+    world, env, tmp_path = setup
+    ran = subprocess.run(["bash", str(SCRIPT), str(world["config"]), "--until", "1"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    e = entry(tmp_path)
+    assert (e["status"], e["checkpointed"], e["max_steps"], e["algorithm"]) == ("stopped", 1, 3, "maml")
+    assert e["config"] == str(world["config"])
+    ran = subprocess.run(["bash", str(SCRIPT), str(world["config"])], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    e = entry(tmp_path)
+    assert (e["status"], e["checkpointed"], e["logged"]) == ("finished", 3, 3)
+    text = (tmp_path / "MANIFEST.md").read_text()
+    assert text.startswith("# Long jobs\n\nhand-written rows stay as they are\n") and text.endswith("## after the table\n")
+    rows = [line for line in text.splitlines() if line.startswith(f"| `{tmp_path / 'run'}`")]
+    assert len(rows) == 1 and "| maml | 3 / 3 | finished |" in rows[0]
+
+
+@pytest.mark.slow
+def test_sigterm_is_recorded_as_stopped_at_its_checkpoint(setup):
+    world, env, tmp_path = setup
+    config = world["config"].read_text().replace("max_steps: 3", "max_steps: 100000")
+    world["config"].write_text(config)
+    proc = subprocess.Popen(["bash", str(SCRIPT), str(world["config"])], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    assert log.is_file(), proc.stderr.read() if proc.poll() is not None else "no step logged in 300 s"
+    assert entry(tmp_path)["status"] == "running"
+    os.kill(proc.pid, signal.SIGTERM)  # to the script: it passes the signal on and records the outcome
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    e = entry(tmp_path)
+    assert e["status"] == "stopped" and e["checkpointed"] == e["logged"] >= 2  # no logged step lost
+
+
+def test_a_second_launch_leaves_the_running_entry(setup):
+    """A launch on a folder in use is refused before it touches the manifest."""
+    world, env, tmp_path = setup
+    import fcntl
+
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".lock", "w") as fh:
+        fh.write("4242\n")
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        ran = subprocess.run(["bash", str(SCRIPT), str(world["config"])], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert ran.returncode == 2 and "in use by process 4242" in ran.stderr
+    assert not (tmp_path / "long_runs.json").exists()
+
+
+def test_status_from_the_exit_code():
+    sys.path.insert(0, str(ROOT / "benchmarks" / "fewshot"))
+    try:
+        from long_runs import status_of
+    finally:
+        sys.path.pop(0)
+    at = {"checkpointed": 5, "max_steps": 5}
+    before = {"checkpointed": 3, "max_steps": 5}
+    assert status_of(at, 0, None) == "finished" and status_of(before, 0, None) == "stopped"  # --until
+    assert status_of(before, 143, None) == "stopped" and status_of(before, 130, None) == "stopped"
+    assert status_of(before, 2, None) == "failed (2)" and status_of(before, 1, None) == "failed (1)"
+    assert status_of(before, None, "running") == "running"
