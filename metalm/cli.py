@@ -113,6 +113,7 @@ def _eval(args: argparse.Namespace) -> int:
     from . import distributed
     from .data import TaskRegistry, packaged_tasks_dir, task_path
     from .eval import EvalConfig, format_paired, format_table, format_winner
+    from .eval.compare import run_paths
     from .eval.cost import format_cost_table, format_costs
     from .eval.protocol import load_protocol, merge
     from .eval.recipe import default_methods, evaluate, run_configs
@@ -126,7 +127,7 @@ def _eval(args: argparse.Namespace) -> int:
     for key in ("episodes", "seed", "ways", "queries", "seeds", "reference"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    runs = args.run_dir or []
+    runs, steps = run_paths(args.run_dir or [], args.step)  # run folders, or checkpoints of theirs
     configs, kinds = run_configs(runs)
     task_dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *args.task_dirs]))
     protocol = None
@@ -135,9 +136,10 @@ def _eval(args: argparse.Namespace) -> int:
     overrides = merge(protocol, overrides)  # a command-line value overrides the protocol's
     overrides.setdefault("methods", default_methods(kinds))
     eval_cfg = from_dict(EvalConfig, overrides, source="command line")
-    own = "eval.json" if args.step is None else f"eval.step-{args.step:07d}.json"  # a curve's point: beside it
+    at = steps[runs[0]] if runs else None
+    own = "eval.json" if at is None else f"eval.step-{at:07d}.json"  # a checkpoint's report: beside the newest's
     output = Path(args.json) if args.json else Path(runs[0]) / own if runs else None
-    report = evaluate(eval_cfg, runs=runs, model=args.model, split=args.split,
+    report = evaluate(eval_cfg, runs=args.run_dir or [], model=args.model, split=args.split,
                       tasks=args.tasks.split(",") if args.tasks else None, evaluate_on=args.evaluate_on,
                       task_dirs=args.task_dirs, protocol=protocol, step=args.step, output=output, resume=args.resume,
                       journal_every=args.journal_every, progress=not args.quiet,
@@ -430,7 +432,9 @@ def _add_eval(sub: Any) -> None:
     """``metalm eval``."""
     ev = sub.add_parser("eval", help="few-shot evaluation of every method on the same held-out episodes")
     ev.add_argument("--run-dir", action="append", help="a trained run (enables the meta method); repeat it to "
-                                                       "compare several runs' initializations on the same episodes")
+                                                       "compare several runs' initializations on the same episodes; "
+                                                       "a checkpoint folder (RUN/checkpoints/step-NNNNNNN) evaluates "
+                                                       "that checkpoint")
     ev.add_argument("--model", help="a model (embedded name, folder or hub name) without meta-training")
     ev.add_argument("--step", type=int, help="evaluate the runs' checkpoints of this step (a learning curve's "
                                              "point; default: the newest); the report goes to "

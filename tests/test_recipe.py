@@ -77,7 +77,14 @@ def test_a_learning_curves_point_is_the_run_evaluated_at_that_checkpoint(tmp_pat
     assert at_one["per_episode"] == json.loads((cut / "eval.json").read_text())["per_episode"]
     assert at_one["checkpoints"] == {str(run): "step-0000001"}
     assert json.loads((run / "eval.json").read_text())["checkpoints"] == {str(run): "step-0000002"}
+    # A checkpoint folder is that checkpoint of its run (runs can be compared each at its own step).
     config = EvalConfig(shots=[1], episodes=2, ways=2, queries=2, methods=["zeroshot", "meta"])
+    folder = evaluate(config, runs=[run / "checkpoints" / "step-0000001"], progress=False, log=None)
+    assert folder["per_episode"] == at_one["per_episode"] and folder["checkpoints"] == {str(run): "step-0000001"}
+    with pytest.raises(ConfigError, match="is the checkpoint of step 1, not of step 2"):
+        evaluate(config, runs=[run / "checkpoints" / "step-0000001"], step=2, progress=False, log=None)
+    with pytest.raises(ConfigError, match="is given twice"):
+        evaluate(config, runs=[run, run / "checkpoints" / "step-0000001"], progress=False, log=None)
     with pytest.raises(ConfigError, match=r"no checkpoint of step 7 \(steps checkpointed: 1, 2;") as err:
         evaluate(config, runs=[run], step=7, progress=False, log=None)
     assert err.value.field == "--step"

@@ -149,6 +149,28 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
     return out
 
 
+def run_paths(paths: Sequence[str | Path], step: int | None = None) -> tuple[list[str], dict[str, int | None]]:
+    """The run folders of ``paths`` and the step of the checkpoint to read from each (``None``: the newest).
+    A path is a run folder (its checkpoint of ``step`` if given) or one of its checkpoint folders
+    (``RUN/checkpoints/step-NNNNNNN``: that one), so runs can be compared each at its own step.
+
+    Raises:
+        ConfigError: For a run given twice, or a checkpoint folder of another step than ``step``.
+    """
+    runs: list[str] = []
+    steps: dict[str, int | None] = {}
+    for path in map(Path, paths):
+        at = read_step(path) if path.parent.name == "checkpoints" else None
+        if at is not None and step is not None and at != step:
+            raise ConfigError("--step", f"{path} is the checkpoint of step {at}, not of step {step}")
+        run = str(path.parent.parent) if at is not None else str(path)
+        if run in steps:
+            raise ConfigError("--run-dir", f"{run} is given twice (one checkpoint of a run per evaluation)")
+        runs.append(run)
+        steps[run] = at if at is not None else step
+    return runs, steps
+
+
 def run_checkpoint(run: str | Path, step: int | None = None) -> Checkpoint:
     """The run's newest intact checkpoint, or the one of ``step`` (a learning curve's point), read and
     verified (once per command: pass it along).

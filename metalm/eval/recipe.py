@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ..config import from_dict, to_dict
 from ..data import TaskRegistry, load_split, packaged_tasks_dir, task_path
 from ..errors import ConfigError
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
-from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_rows
+from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_paths, run_rows
 from .episode_cost import episode_costs
 from .fewshot import TRAINED, EvalConfig, Harness, eval_tasks, trained_by
 from .inits import init_from_values, init_of
@@ -70,13 +70,15 @@ def default_methods(kinds: Sequence[str]) -> list[str]:
     return [*DEFAULT_METHODS, *(k for k in TRAINED if k in kinds)]
 
 
-def build_setting(runs: Sequence[str], model: str | None, device: torch.device,
-                  configs: list[TrainConfig], kinds: list[str], step: int | None = None) -> Setting:
+def build_setting(runs: Sequence[str], model: str | None, device: torch.device, configs: list[TrainConfig],
+                  kinds: list[str], step: int | Mapping[str, int | None] | None = None) -> Setting:
     """The model and rows of an evaluation of ``runs`` (their configs and kinds: :func:`run_configs`;
-    the first run's model; their checkpoints of ``step``, else their newest) or of ``model``."""
+    the first run's model; their checkpoints of ``step``, one for all or one per run, else their
+    newest) or of ``model``."""
     if step is not None and not runs:
         raise ConfigError("--step", f"step {step} is a checkpoint of trained runs: give --run-dir, not --model")
-    checkpoints = {r: run_checkpoint(r, step) for r in runs}  # each read and verified once for the command
+    steps = step if isinstance(step, Mapping) else dict.fromkeys(runs, step)
+    checkpoints = {r: run_checkpoint(r, steps.get(r)) for r in runs}  # each read and verified once for the command
     if runs:
         first = load_run(runs[0], device, checkpoints[runs[0]])
         base = init_from_values(first.learner, first.base, trained=False)
@@ -169,7 +171,8 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
 
     Args:
         config: Shots, episodes, methods, fine-tuning grid (:class:`EvalConfig`).
-        runs / model / step: Trained run folders (at ``step``'s checkpoint, else the newest), or a model alone.
+        runs / model / step: Trained run folders or checkpoint folders (a run folder at ``step``'s
+            checkpoint, else its newest; :func:`~metalm.eval.compare.run_paths`), or a model alone.
         split / tasks / evaluate_on: Which tasks (see :func:`task_names`).
         task_dirs: Folders of the researcher's own task YAMLs (beside the runs' own).
         protocol: A named protocol (:func:`~metalm.eval.protocol.load_protocol`), recorded in the report.
@@ -180,7 +183,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
     Raises:
         ConfigError: Naming the argument, for a missing run, an unknown method or reference.
     """
-    runs = [str(r) for r in runs]
+    runs, steps = run_paths(runs, step)  # a run folder, or one of its checkpoints
     if bool(runs) == bool(model):
         raise ConfigError("--run-dir/--model", "give exactly one")
     check_output(output, journal_every)  # before the model loads and the measuring
@@ -190,7 +193,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
     for method in TRAINED:
         if method in config.methods and method not in kinds:
             raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
-    setting = build_setting(runs, model, device, configs, kinds, step)
+    setting = build_setting(runs, model, device, configs, kinds, steps if runs else step)
     dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *map(str, task_dirs)]))
     registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *dirs)
     setting.config.task_dirs = dirs
