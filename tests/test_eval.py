@@ -266,6 +266,12 @@ def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     best = max(grid, key=lambda g: g["val_accuracy"])
     assert (chosen.inner.optimizer, chosen.inner.lr, chosen.inner.steps) == (best["optimizer"], best["lr"], best["steps"])
     assert set(k[0] for k in harness.episode_cache) == {"toy_mc"}  # only validation episodes were drawn
+    one = Harness.from_learner(algo, tok, base, None, EvalConfig(  # a budget given: nothing to choose or measure
+        methods=["finetune"], finetune_optimizers=["adam"], finetune_adam_lrs=[0.01], finetune_steps=[2], ways=2))
+    one._adapt = lambda *a: pytest.fail("a grid of one point was measured")
+    given = one.choose_finetune([registry["toy_mc"]])
+    assert (given.init.inner.optimizer, given.init.inner.lr, given.init.inner.steps) == ("adam", 0.01, 2)
+    assert given.grid == [{"optimizer": "adam", "lr": 0.01, "steps": 2, "val_accuracy": None}]
     with pytest.raises(ConfigError, match="meta needs a meta-learning run"):
         Harness.from_learner(algo, tok, base, None, EvalConfig(methods=["meta"]))
     with pytest.raises(ConfigError, match="unknown method"):

@@ -483,9 +483,14 @@ class Harness:
     # ------------------------------------------------------------------ fine-tuning's budget
     def choose_finetune(self, val_tasks: Sequence[Task]) -> FinetuneChoice:
         """Fine-tuning's optimizer, learning rate and steps, chosen by mean accuracy on meta-val
-        episodes (first shot count; ties: the first in grid order), with the grid's accuracies."""
+        episodes (first shot count; ties: the first in grid order), with the grid's accuracies. A grid
+        of one point (a budget given, e.g. one chosen earlier) is that point, not measured."""
         shots = self.config.shots[0]
         grid = self.config.grid(self.base.inner.steps)
+        if len(grid) == 1 and len(grid[0][2]) == 1:
+            (opt, lr, (steps,)), = grid
+            return FinetuneChoice(self.base.with_budget(opt, lr, steps),
+                                  [{"optimizer": opt, "lr": lr, "steps": steps, "val_accuracy": None}])
         eps = [ep for task in val_tasks for ep in self.episodes(task, shots, 0, self.config.val_episodes, salt=1)]
 
         def one(ep: TextEpisode) -> list[float]:

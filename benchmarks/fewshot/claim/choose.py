@@ -1,0 +1,144 @@
+"""The claim study's choices on meta-val, as code (benchmarks/fewshot/claim/PLAN.md, written before any
+candidate was trained): each candidate's checkpoint, then the row designated per shot count.
+
+Reads each candidate's learning-curve points, `metalm eval` JSONs on the bench split's meta-val tasks
+at 4 and 16 shots written by `benchmarks/fewshot/claim/curves.sh` as
+``benchmarks/results/claim/NAME.step-NNNNNNN.json``; a candidate is named by its run folder
+``runs/long-NAME``. Rules:
+
+* a candidate's checkpoint is the step whose best trained row has the highest meta-val macro accuracy
+  at 16 shots; a tie (equal to 3 decimals) goes to the later step;
+* per shot count (16, 4), the designated row is the trained row with the highest meta-val macro
+  accuracy at that shot count among all candidates' rows at their chosen checkpoints (a tie goes to
+  the candidate listed first, in the PLAN's order); 1 shot takes the 4-shot choice (meta-val is not
+  scored at 1 shot).
+
+    python benchmarks/fewshot/claim/choose.py runs/long-channel_metaicl runs/long-multitask ... \
+        --json benchmarks/results/claim_selection.json
+    # after the comparison ran on the chosen checkpoints (in the same order): its "designated" field
+    python benchmarks/fewshot/claim/choose.py runs/long-channel_metaicl runs/long-multitask ... \
+        --into benchmarks/results/claim.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from metalm.eval.compare import _labels
+from metalm.run import load_train_config, run_kind
+
+ROOT = Path(__file__).resolve().parents[3]
+CURVES = ROOT / "benchmarks" / "results" / "claim"
+SHOTS = (16, 4)
+
+
+def trained_rows(report: dict[str, Any], label: str) -> list[str]:
+    """The rows of ``report`` that belong to the run labelled ``label`` (itself and its ``@ft``, ``-cal``,
+    ``+icl`` variants), not the baselines."""
+    return sorted({r["method"] for r in report["macro"]
+                   if r["method"] == label or r["method"].startswith((f"{label}@", f"{label}-", f"{label}+"))})
+
+
+def macro(report: dict[str, Any], row: str, shots: int) -> float:
+    found = [r["accuracy"] for r in report["macro"] if r["method"] == row and r["shots"] == shots]
+    if not found:
+        raise SystemExit(f"no {row!r} row at {shots} shots in the curve point (evaluate at 4 and 16 shots)")
+    return found[0]
+
+
+def choose_step(points: dict[int, float]) -> int:
+    """The step of the highest accuracy; a tie to 3 decimals goes to the later step."""
+    best = max(round(v, 3) for v in points.values())
+    return max(step for step, v in points.items() if round(v, 3) == best)
+
+
+def designate(chosen: dict[str, dict[str, dict[int, float]]]) -> dict[str, dict[str, str]]:
+    """``{"16"|"4"|"1": {"candidate", "row"}}`` from each candidate's rows at its chosen checkpoint
+    (``candidate -> row -> shots -> meta-val macro``, candidates in the PLAN's order)."""
+    out = {}
+    for k in SHOTS:
+        rows = [(c, row, accs[k]) for c, per in chosen.items() for row, accs in per.items()]
+        best = max(round(a, 3) for _, _, a in rows)
+        c, row, _ = next(x for x in rows if round(x[2], 3) == best)  # a tie: the candidate listed first
+        out[str(k)] = {"candidate": c, "row": row}
+    out["1"] = dict(out["4"])
+    return out
+
+
+def curve(run: Path, folder: Path = CURVES) -> dict[int, dict[str, Any]]:
+    """The curve points of the candidate of ``run`` (``runs/long-NAME``): step -> its eval JSON."""
+    name = run.name.removeprefix("long-")
+    points = {}
+    for path in sorted(folder.glob(f"{name}.step-*.json")):
+        match = re.fullmatch(rf"{re.escape(name)}\.step-(\d+)\.json", path.name)
+        if match:
+            points[int(match.group(1))] = json.loads(path.read_text(encoding="utf-8"))
+    if not points:
+        raise SystemExit(f"no curve point of {name} in {folder} (run benchmarks/fewshot/claim/curves.sh {run})")
+    return points
+
+
+def select(runs: list[Path], folder: Path = CURVES) -> dict[str, Any]:
+    """The selection record: each candidate's curve, chosen step and checkpoint, and the designated rows."""
+    out: dict[str, Any] = {"rule": __doc__.split("Rules:")[1].split("    python")[0].strip(), "candidates": {}}
+    chosen: dict[str, dict[str, dict[int, float]]] = {}
+    for run in runs:
+        config = load_train_config(run / "config.yaml")
+        label = _labels([str(run)], [config], [run_kind(config)])[0]  # its rows' name evaluated alone
+        points = curve(run, folder)
+        table = {step: {row: {k: macro(rep, row, k) for k in SHOTS} for row in trained_rows(rep, label)}
+                 for step, rep in sorted(points.items())}
+        if not all(table.values()):
+            raise SystemExit(f"{run}: a curve point has no row of {label!r}")
+        step = choose_step({s: max(a[16] for a in rows.values()) for s, rows in table.items()})
+        chosen[str(run)] = table[step]
+        out["candidates"][str(run)] = {"label": label, "chosen_step": step,
+                                       "checkpoint": str(run / "checkpoints" / f"step-{step:07d}"),
+                                       "curve": {str(s): rows for s, rows in table.items()}}
+    out["designated"] = designate(chosen)
+    return out
+
+
+def comparison_rows(selection: dict[str, Any], runs: list[Path]) -> dict[str, str]:
+    """The designated rows under the names the comparison gave them (its runs in the order of ``runs``)."""
+    configs = [load_train_config(r / "config.yaml") for r in runs]
+    labels = dict(zip(map(str, runs), _labels(list(map(str, runs)), configs, [run_kind(c) for c in configs]),
+                      strict=True))
+    out = {}
+    for k, d in selection["designated"].items():
+        alone = selection["candidates"][d["candidate"]]["label"]
+        out[k] = labels[d["candidate"]] + d["row"][len(alone):]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="the candidates' run folders, in the PLAN's order")
+    parser.add_argument("--json", type=Path, help="write the selection here")
+    parser.add_argument("--into", type=Path, help="the comparison's JSON: its \"designated\" field is written")
+    parser.add_argument("--curves", type=Path, default=CURVES, help="where the curve points are")
+    args = parser.parse_args(argv)
+    selection = select(args.runs, args.curves)
+    for run, c in selection["candidates"].items():
+        print(f"{run}: step {c['chosen_step']} ({', '.join(map(str, c['curve']))} scored)", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(selection, indent=1) + "\n", encoding="utf-8")
+    if args.into:
+        report = json.loads(args.into.read_text(encoding="utf-8"))
+        named = comparison_rows(selection, args.runs)
+        missing = [row for row in named.values() if row not in {r["method"] for r in report["macro"]}]
+        if missing:
+            raise SystemExit(f"{args.into} has no row {missing[0]!r}: were the runs listed in the comparison's order?")
+        report["designated"] = named
+        args.into.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    print(json.dumps(selection["designated"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

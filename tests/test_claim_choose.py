@@ -1,0 +1,78 @@
+"""The claim study's selection rules (benchmarks/fewshot/claim/choose.py, PLAN.md) on curve points whose
+answer is known by hand."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .data.fixtures import make_world
+
+
+def load():
+    """The script as a module (loaded by path: benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot" / "claim" / "choose.py"
+    spec = importlib.util.spec_from_file_location("claim_choose", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rules_by_hand():
+    s = load()
+    assert s.choose_step({500: 0.61, 1000: 0.6104, 1500: 0.58}) == 1000  # 0.610 twice: the later step
+    assert s.choose_step({500: 0.62, 1000: 0.6104}) == 500
+    chosen = {"a": {"meta": {16: 0.60, 4: 0.58}}, "b": {"mtl": {16: 0.65, 4: 0.5804}, "mtl@ft": {16: 0.64, 4: 0.50}}}
+    assert s.designate(chosen) == {"16": {"candidate": "b", "row": "mtl"}, "4": {"candidate": "a", "row": "meta"},
+                                   "1": {"candidate": "a", "row": "meta"}}  # 4 shots: 0.580 twice, a listed first
+
+
+def macro_rows(rows):
+    return {"macro": [{"method": m, "shots": k, "accuracy": a, "ci95": 0.05} for m, per in rows.items()
+                      for k, a in per.items()] + [{"method": "finetune", "shots": k, "accuracy": 0.9, "ci95": 0.05}
+                                                  for k in (4, 16)]}
+
+
+def test_selection_and_the_comparisons_row_names(tmp_path):
+    s = load()
+    world = make_world(tmp_path)
+    base = yaml.safe_load(world["config"].read_text())
+    algorithms = {"long-maml": {"name": "maml", "inner": {"steps": 2, "lr": 0.3}}, "long-mtl": {"name": "multitask"},
+                  "long-fo": {"name": "fomaml", "inner": {"steps": 2, "lr": 0.3}}}
+    runs = []
+    for name, algorithm in algorithms.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({**base, "algorithm": algorithm}))
+        runs.append(tmp_path / name)
+    curves = tmp_path / "curves"
+    curves.mkdir()
+    points = {  # candidate -> step -> row -> shots -> meta-val macro (finetune, a baseline, is never chosen)
+        "maml": {500: {"meta": {4: 0.50, 16: 0.60}, "meta@ft": {4: 0.52, 16: 0.61}},
+                 1000: {"meta": {4: 0.55, 16: 0.6104}, "meta@ft": {4: 0.50, 16: 0.60}}},
+        "mtl": {500: {"mtl": {4: 0.58, 16: 0.59}, "mtl@ft": {4: 0.57, 16: 0.65}},
+                1000: {"mtl": {4: 0.56, 16: 0.58}, "mtl@ft": {4: 0.55, 16: 0.62}}},
+        "fo": {1000: {"meta": {4: 0.58, 16: 0.60}, "meta@ft": {4: 0.60, 16: 0.55}}},
+    }
+    for name, steps in points.items():
+        for step, rows in steps.items():
+            (curves / f"{name}.step-{step:07d}.json").write_text(json.dumps(macro_rows(rows)))
+    selection = s.select(runs, curves)
+    got = {Path(r).name: c["chosen_step"] for r, c in selection["candidates"].items()}
+    assert got == {"long-maml": 1000, "long-mtl": 500, "long-fo": 1000}  # maml: 0.610 at both, the later
+    assert selection["designated"] == {"16": {"candidate": str(runs[1]), "row": "mtl@ft"},
+                                       "4": {"candidate": str(runs[2]), "row": "meta@ft"},
+                                       "1": {"candidate": str(runs[2]), "row": "meta@ft"}}
+    assert s.comparison_rows(selection, runs) == {"16": "mtl@ft", "4": "meta:fomaml@ft", "1": "meta:fomaml@ft"}
+
+    claim = tmp_path / "claim.json"
+    claim.write_text(json.dumps(macro_rows({"meta:maml": {4: 0.5}, "mtl@ft": {4: 0.5}, "meta:fomaml@ft": {4: 0.5}})))
+    assert s.main([*map(str, runs), "--curves", str(curves), "--into", str(claim)]) == 0
+    assert json.loads(claim.read_text())["designated"]["4"] == "meta:fomaml@ft"
+    claim.write_text(json.dumps(macro_rows({"meta:maml": {4: 0.5}})))
+    with pytest.raises(SystemExit, match="has no row 'mtl@ft'"):
+        s.main([*map(str, runs), "--curves", str(curves), "--into", str(claim)])
+    with pytest.raises(SystemExit, match="no curve point of nothing"):
+        s.curve(tmp_path / "long-nothing", curves)
