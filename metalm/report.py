@@ -233,9 +233,60 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
             lines += _checked_eval_section(read_eval_report(eval_path), eval_path, folder)
         else:
             lines += ["No `eval.json` yet: run `metalm eval --run-dir " + str(path) + "`."]
+        lines += _steps_section(path, folder)
     md = folder / "report.md"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return md
+
+
+def _steps_section(run: Path, out: Path) -> list[str]:
+    """Accuracy along training: the run's evaluations at its checkpoints (``eval.step-NNNNNNN.json``,
+    written by ``metalm eval --step N`` or a checkpoint folder as ``--run-dir``), macro accuracy per
+    row and shot count against the step (``accuracy_vs_step.png``). Points evaluated on other tasks
+    than most of them are left out, and named."""
+    import matplotlib.pyplot as plt
+
+    found = {}
+    for file in sorted(run.glob("eval.step-*.json")):
+        digits = file.name[len("eval.step-"):-len(".json")]
+        if digits.isdigit():
+            found[int(digits)] = (file, read_eval_report(file))
+    if not found:
+        return []
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for step, (_, report) in found.items():
+        groups.setdefault(tuple(report.get("tasks", [])), []).append(step)
+    steps = max(groups.values(), key=len)
+    left_out = [found[s][0].name for s in sorted(found) if s not in steps]
+    points = {(r["method"], r["shots"]): {} for s in steps for r in found[s][1]["macro"]}
+    for s in steps:
+        for r in found[s][1]["macro"]:
+            points[r["method"], r["shots"]][s] = (r["accuracy"], r["ci95"])
+    shots = sorted({k for _, k in points})
+    fig, axes = plt.subplots(1, len(shots), figsize=(4.5 * len(shots), 3.5), squeeze=False, sharey=True)
+    for ax, k in zip(axes[0], shots, strict=True):
+        for i, ((method, _), per) in enumerate(sorted((key, v) for key, v in points.items() if key[1] == k)):
+            xs = sorted(per)
+            ax.errorbar(xs, [per[x][0] for x in xs], [per[x][1] for x in xs], marker="o", capsize=3,
+                        color=f"C{i % 10}", label=method)
+        ax.set_xlabel("outer step")
+        ax.set_title(f"{k}-shot")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("macro accuracy")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_step.png", dpi=110)
+    plt.close(fig)
+    lines = ["## Accuracy along training (the run's checkpoints evaluated)", "",
+             "| row | shots | " + " | ".join(f"step {s}" for s in sorted(steps)) + " |",
+             "|---|---|" + "---|" * len(steps)]
+    for (method, k), per in sorted(points.items(), key=lambda item: (item[0][1], item[0][0])):
+        cells = [f"{per[s][0]:.3f} ± {per[s][1]:.3f}" if s in per else "" for s in sorted(steps)]
+        lines.append(f"| {method} | {k} | " + " | ".join(cells) + " |")
+    lines += ["", f"Tasks: {', '.join(found[steps[0]][1].get('tasks', []))}."]
+    if left_out:
+        lines.append(f"Left out (evaluated on other tasks): {', '.join(left_out)}.")
+    return [*lines, "", "![accuracy vs step](accuracy_vs_step.png)", ""]
 
 
 def _training_section(log: list[dict[str, Any]], out: Path) -> list[str]:

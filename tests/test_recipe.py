@@ -77,6 +77,16 @@ def test_a_learning_curves_point_is_the_run_evaluated_at_that_checkpoint(tmp_pat
     assert at_one["per_episode"] == json.loads((cut / "eval.json").read_text())["per_episode"]
     assert at_one["checkpoints"] == {str(run): "step-0000001"}
     assert json.loads((run / "eval.json").read_text())["checkpoints"] == {str(run): "step-0000002"}
+    # The run's report draws its checkpoints' evaluations against the step (other tasks: left out, named).
+    assert main(["eval", "--run-dir", str(run / "checkpoints" / "step-0000002"), *common]) == 0
+    other = dict(at_one, tasks=["another_task"])
+    (run / "eval.step-0000003.json").write_text(json.dumps(other))
+    assert main(["report", str(run)]) == 0
+    text = (run / "report" / "report.md").read_text()
+    assert (run / "report" / "accuracy_vs_step.png").stat().st_size > 1000
+    zeroshot = next(r for r in at_one["macro"] if r["method"] == "zeroshot")
+    assert f"| zeroshot | 1 | {zeroshot['accuracy']:.3f} ± {zeroshot['ci95']:.3f} | " in text
+    assert "| row | shots | step 1 | step 2 |" in text and "Left out (evaluated on other tasks): eval.step-0000003.json" in text
     # A checkpoint folder is that checkpoint of its run (runs can be compared each at its own step).
     config = EvalConfig(shots=[1], episodes=2, ways=2, queries=2, methods=["zeroshot", "meta"])
     folder = evaluate(config, runs=[run / "checkpoints" / "step-0000001"], progress=False, log=None)
