@@ -101,3 +101,52 @@ def test_a_learning_curves_point_is_the_run_evaluated_at_that_checkpoint(tmp_pat
     with pytest.raises(ConfigError, match="give --run-dir, not --model"):
         evaluate(EvalConfig(methods=["zeroshot"]), model="tiny", step=1, progress=False, log=None)
     capsys.readouterr()
+
+
+def test_two_evaluations_merged_on_their_shared_row(tmp_path, monkeypatch, capsys):
+    """benchmarks/fewshot/merge_rows.py pairs a run's rows with a baselines file measured apart on the
+    same episodes: zero-shot must agree episode by episode, the second file's other rows (its own
+    fine-tuning too, with --shared) join under ROW:NAME, costs per new task with them; a file of other
+    episodes is refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from metalm.cli import main
+
+    world = make_world(tmp_path, max_steps=2, val_every=0)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    run = tmp_path / "run"
+    MetaTrainer(load_train_config(world["config"]), run).train(progress=False)
+    common = ["--shots", "1", "--episodes", "3", "--ways", "2", "--queries", "1", "--quiet", "cost_episodes=1",
+              "finetune_optimizers=[sgd]", "finetune_lrs=[0.3]", "finetune_steps=[2]"]
+    base, other = tmp_path / "baselines.json", tmp_path / "family.json"
+    config = yaml.safe_load(world["config"].read_text())
+    assert main(["eval", "--model", config["model"], "--split", config["split"], "--task-dir", config["task_dirs"][0],
+                 "--methods", "zeroshot,icl,finetune", "--json", str(base), *common]) == 0
+    assert main(["eval", "--run-dir", str(run), "--methods", "zeroshot,finetune,meta", "--json", str(other),
+                 *common]) == 0
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot" / "merge_rows.py"
+    spec = importlib.util.spec_from_file_location("merge_rows", path)
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    merged = tmp_path / "merged.json"
+    merge.main([str(base), str(other), "--shared", "zeroshot", "--json", str(merged)])
+    report = json.loads(merged.read_text())
+    first, second = json.loads(base.read_text()), json.loads(other.read_text())
+    own = {r["method"] for r in second["macro"]} - {"zeroshot"}
+    assert {"meta", "finetune"} <= own
+    assert {r["method"] for r in report["macro"]} == {"zeroshot", "icl", "finetune"} | {f"{m}:family" for m in own}
+    for key, accs in second["per_episode"].items():
+        method, rest = key.split("|", 1)
+        assert report["per_episode"][key if method == "zeroshot" else f"{method}:family|{rest}"] == accs
+    assert report["episode_cost"]["meta:family"] == second["episode_cost"]["meta"]
+    assert report["episode_cost"]["zeroshot"] == first["episode_cost"]["zeroshot"]
+    assert main(["report", str(merged)]) == 0 and (tmp_path / "merged_report" / "accuracy_vs_cost.png").is_file()
+    second["per_episode"] = {k: [[a + 0.25 for a in seed] for seed in v] for k, v in second["per_episode"].items()}
+    other.write_text(json.dumps(second))
+    with pytest.raises(SystemExit, match="per-episode accuracies differ"):
+        merge.main([str(base), str(other), "--shared", "zeroshot"])
+    capsys.readouterr()

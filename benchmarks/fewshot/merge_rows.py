@@ -7,11 +7,16 @@ queries, episodes, seeds and evaluation seed; this script checks it on every row
 (their per-episode accuracies must be equal) and refuses otherwise.
 
     python benchmarks/fewshot/merge_rows.py benchmarks/results/eval_default_4shot.json \
-        benchmarks/results/eval_metaicl_4shot.json
+        benchmarks/results/eval_metaicl_4shot.json [--json MERGED.json]
+
+With ``--json`` the merged report is written (per-episode accuracies, and each row's cost per new task
+when both files measured it, ``"episode_cost"``), so `metalm report MERGED.json` draws every row
+together, the accuracy/cost Pareto plot included.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,15 +25,25 @@ from metalm.eval import format_paired, format_table, format_winner, summarize
 from metalm.eval.fewshot import BASELINES
 
 
-def main() -> None:
-    first, second = (json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[1:3])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("first", type=Path)
+    parser.add_argument("second", type=Path)
+    parser.add_argument("--json", type=Path, help="write the merged report here")
+    parser.add_argument("--shared", help="comma-separated rows that must agree (default: every row both files "
+                                         "have); the second file's other rows are renamed ROW:SECOND, e.g. its "
+                                         "fine-tuning of another adapter shape")
+    args = parser.parse_args(argv)
+    first, second = (json.loads(p.read_text(encoding="utf-8")) for p in (args.first, args.second))
     shared = set(first["per_episode"]) & set(second["per_episode"])
+    if args.shared:
+        shared = {key for key in shared if key.split("|")[0] in args.shared.split(",")}
     if not shared:
         sys.exit("no row in common: cannot check that the episodes are the same")
     for key in sorted(shared):
         if first["per_episode"][key] != second["per_episode"][key]:
             sys.exit(f"{key}: per-episode accuracies differ, so the episodes are not the same")
-    label = Path(sys.argv[2]).stem
+    label = args.second.stem
     data = {}
     for source, rename in ((first, False), (second, True)):
         for key, accs in source["per_episode"].items():
@@ -40,6 +55,14 @@ def main() -> None:
     seeds = first["seeds"]["seeds"]
     report = summarize(data, first["tasks"], sorted({k for _, _, k in data}), chance=first["chance"],
                        majority=first["majority"], seeds=seeds, baselines=list(BASELINES))
+    if args.json:
+        report["tasks"] = first["tasks"]
+        shared_rows = {key.split("|")[0] for key in shared}
+        theirs = {f"{m}:{label}": c for m, c in second.get("episode_cost", {}).items() if m not in shared_rows}
+        costs = {**first.get("episode_cost", {}), **theirs}
+        if costs:
+            report["episode_cost"] = dict(sorted(costs.items()))
+        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(f"{len(shared)} shared (method, task, shots) rows agree episode by episode\n")
     print(format_table(report))
     print("\n" + format_paired(report))
