@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -86,6 +88,11 @@ class TrainConfig:
         heldout: Held-out tasks overriding the split's meta-test list (never trained on).
         extra_tasks: Tasks trained on besides the meta-train ones, e.g. ``[shakespeare]`` for the
             language-modeling objective.
+        pool_fraction: The share of the meta-train tasks trained on (how much the pool's diversity
+            matters: MetaICL, Min et al. 2022): the first ``ceil(fraction x n)`` of the sorted task
+            list shuffled by ``pool_seed``, so smaller pools are nested in larger ones; extra tasks
+            always kept.
+        pool_seed: Seed of that shuffle.
         task_dirs: Extra folders of task YAMLs indexed beside the shipped ones.
         sampler: Episode shape and task sampling.
         collate: Tokenization settings.
@@ -120,6 +127,8 @@ class TrainConfig:
     tasks: list[str] | None = None
     heldout: list[str] | None = None
     extra_tasks: list[str] = dataclasses.field(default_factory=list)
+    pool_fraction: float = 1.0
+    pool_seed: int = 0
     task_dirs: list[str] = dataclasses.field(default_factory=list)
     sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(drop_small_classes=True))
     collate: CollateConfig = dataclasses.field(default_factory=lambda: CollateConfig(max_length=160))
@@ -157,6 +166,9 @@ class TrainConfig:
             raise ConfigError("conflict_every", "must be >= 0")
         if self.conflict_tasks < 2:
             raise ConfigError("conflict_tasks", f"must be >= 2, got {self.conflict_tasks}")
+        if not 0 < self.pool_fraction <= 1:
+            raise ConfigError("pool_fraction", f"must be in (0, 1] (a share of the meta-train tasks), "
+                                               f"got {self.pool_fraction}")
         if not 0 <= self.seed < 2**32:
             raise ConfigError("seed", f"must be in 0..2**32-1, got {self.seed}")
         if not self.model.strip():
@@ -197,7 +209,12 @@ def task_lists(config: TrainConfig, registry: TaskRegistry) -> tuple[list[str], 
         ConfigError: If a training task is also held out.
     """
     split = load_split(config.split, registry)
-    train = list(dict.fromkeys([*(config.tasks or split.meta_train), *config.extra_tasks]))
+    pool = list(config.tasks or split.meta_train)
+    if config.pool_fraction < 1:  # nested subsets: one shuffle of the sorted list, its first k
+        order = random.Random(config.pool_seed).sample(sorted(set(pool)), len(set(pool)))
+        kept = set(order[:math.ceil(config.pool_fraction * len(order))])
+        pool = [t for t in pool if t in kept]
+    train = list(dict.fromkeys([*pool, *config.extra_tasks]))
     heldout = list(config.heldout or split.meta_test)
     val = [t for t in split.meta_val if t not in heldout and t not in train] or train[:1]
     leak = sorted(set(train) & set(heldout))

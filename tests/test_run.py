@@ -79,3 +79,38 @@ def test_eval_export_and_diagnose_read_each_checkpoint_file_once(tmp_path, monke
         opened = Counter(Path(p).name for p in OPENED if Path(p).parent == folder)
         assert opened == {"tensors.safetensors": 1, "state.json": 1, "checksums.json": 1}, (name, opened)
     capsys.readouterr()
+
+
+def test_pool_fraction_trains_on_nested_subsets_of_the_meta_train_tasks(tmp_path):
+    """25% of 8 tasks is 2, 50% is 4, and the smaller pool is inside the larger; the split's order is
+    kept, extra tasks stay, another seed draws another subset, a share outside (0, 1] names the field."""
+    import pytest
+    import yaml
+
+    from metalm.data import TaskRegistry
+    from metalm.errors import ConfigError
+    from metalm.run import TrainConfig, task_lists
+
+    from .data.fixtures import SPECS, make_tasks_dir
+
+    names = [f"t{i}" for i in range(8)]
+    folder = make_tasks_dir(tmp_path, {n: SPECS["toy_cls"] for n in names})
+    split = {"name": "pool", "meta_train": names, "meta_val": ["toy_gen"], "meta_test": ["news"]}
+    (folder / "splits" / "pool.yaml").write_text(yaml.safe_dump(split))
+    registry = TaskRegistry.from_dirs(folder)
+
+    def pool(fraction, seed=0, extra=()):
+        config = TrainConfig(model="tiny", split=str(folder / "splits" / "pool.yaml"), pool_fraction=fraction,
+                             pool_seed=seed, extra_tasks=list(extra))
+        return task_lists(config, registry)[0]
+
+    quarter, half, whole = pool(0.25), pool(0.5), pool(1.0)
+    assert (len(quarter), len(half), whole) == (2, 4, names)
+    assert set(quarter) < set(half) < set(whole)
+    assert quarter == [n for n in names if n in quarter]  # the split's order
+    assert len(pool(0.3)) == 3  # ceil(2.4)
+    assert pool(0.25, extra=["toy_mc"])[-1] == "toy_mc"
+    assert any(pool(0.5, seed=s) != half for s in range(1, 6))
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(ConfigError, match="pool_fraction"):
+            TrainConfig(model="tiny", pool_fraction=bad)
