@@ -307,9 +307,13 @@ def _training_section(log: list[dict[str, Any]], out: Path) -> list[str]:
     fig.savefig(out / "training.png", dpi=110)
     plt.close(fig)
     last = log[-1] if log else {}
+    episodes = [t for r in log for t in r.get("tasks", [])]
+    tokens = sum(n for r in log for n in r.get("tokens", []))
+    seen = (f"Seen in training: {len(episodes):,} episodes of {len(set(episodes))} tasks, {tokens:,} tokens "
+            "(support and query rows x their padded length).") if episodes else ""
     return ["## Meta-training", "", f"{len(log)} outer steps; last: " +
-            ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)), "",
-            "![training curves](training.png)", "", *_cost_by_task(log)]
+            ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)), "", seen,
+            "", "![training curves](training.png)", "", *_cost_by_task(log)]
 
 
 def _checked_eval_section(report: dict[str, Any], where: Path, out: Path) -> list[str]:

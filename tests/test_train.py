@@ -180,6 +180,8 @@ def test_train_eval_report_export_end_to_end(world, tmp_path, monkeypatch, capsy
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert all(len(r["tasks"]) == len(r["tokens"]) == 2 and set(r["tasks"]) <= {"toy_cls", "toy_mc"} for r in logged)
     assert "| task | episodes | tokens per episode | mean step seconds |" in (run / "report" / "report.md").read_text()
+    seen = sum(n for r in logged for n in r["tokens"])  # 4 steps x 2 episodes
+    assert f"Seen in training: 8 episodes of 2 tasks, {seen:,} tokens" in (run / "report" / "report.md").read_text()
     export = tmp_path / "export"
     assert main(["export", str(run), str(export)]) == 0
     assert (export / "shared_weights.safetensors").is_file()
