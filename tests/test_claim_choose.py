@@ -76,3 +76,22 @@ def test_selection_and_the_comparisons_row_names(tmp_path):
         s.main([*map(str, runs), "--curves", str(curves), "--into", str(claim)])
     with pytest.raises(SystemExit, match="no curve point of nothing"):
         s.curve(tmp_path / "long-nothing", curves)
+
+
+def test_the_pilots_rule_by_hand():
+    """FOMAML goes on only when it is better with an interval that excludes zero; otherwise Reptile."""
+    s = load()
+
+    def report(a, b):  # one seed of 4 episodes on two tasks; per unit the mean over the tasks
+        return {"tasks": ["x", "y"], "per_episode": {"f|x|4": [a], "f|y|4": [a], "r|x|4": [b], "r|y|4": [b]}}
+
+    clear = s.pilot(report([1.0, 1.0, 0.5, 1.0], [0.5, 0.5, 0.0, 0.5]), "f", "r")
+    assert clear["chosen"] == "fomaml" and clear["diff"] == 0.5 and clear["ci95"] == 0.0
+    worse = s.pilot(report([0.0, 0.0, 0.5, 0.0], [0.5, 0.5, 1.0, 0.5]), "f", "r")
+    assert worse["chosen"] == "reptile" and worse["diff"] == -0.5
+    # differences 0.5, -0.5, 0.5, 0: mean 0.125, sd 0.479, half-width 3.182 x 0.239 = 0.762 > 0.125
+    noisy = s.pilot(report([1.0, 0.0, 1.0, 0.5], [0.5, 0.5, 0.5, 0.5]), "f", "r")
+    assert noisy["chosen"] == "reptile" and noisy["diff"] == pytest.approx(0.125)
+    assert noisy["ci95"] == pytest.approx(3.1824 * 0.4787 / 2, abs=1e-3)
+    with pytest.raises(SystemExit, match="no 'meta' row"):
+        s.pilot(report([1.0], [1.0]), "meta", "r")

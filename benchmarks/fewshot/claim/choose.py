@@ -13,6 +13,12 @@ at 4 and 16 shots written by `benchmarks/fewshot/claim/curves.sh` as
   the candidate listed first, in the PLAN's order); 1 shot takes the 4-shot choice (meta-val is not
   scored at 1 shot).
 
+The pilot's rule (FOMAML or Reptile, both at step 300, scored in one evaluation on meta-val at 4
+shots): the higher macro accuracy of their @ft rows goes on if the paired 95% interval of the
+difference excludes zero, else Reptile (the cheaper per step).
+
+    python benchmarks/fewshot/claim/choose.py pilot benchmarks/results/claim/pilot.json \
+        --fomaml meta:fomaml@ft --reptile meta:reptile@ft
     python benchmarks/fewshot/claim/choose.py runs/long-channel_metaicl runs/long-multitask ... \
         --json benchmarks/results/claim_selection.json
     # after the comparison ran on the chosen checkpoints (in the same order): its "designated" field
@@ -30,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from metalm.eval.compare import _labels
+from metalm.eval.stats import paired
+from metalm.eval.summary import _units
 from metalm.run import load_train_config, run_kind
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -116,7 +124,33 @@ def comparison_rows(selection: dict[str, Any], runs: list[Path]) -> dict[str, st
     return out
 
 
+def pilot(report: dict[str, Any], fomaml: str, reptile: str, shots: int = 4) -> dict[str, Any]:
+    """The pilot's choice from one evaluation holding both rows on the same episodes: ``{"chosen":
+    "fomaml"|"reptile", "diff", "ci95", "p", "n"}`` (the difference is FOMAML's minus Reptile's, over
+    the macro units: per seed and episode index, the mean over tasks)."""
+    data = {}
+    for key, accs in report["per_episode"].items():
+        method, task, k = key.split("|")
+        data[(method, task, int(k))] = accs
+    for row in (fomaml, reptile):
+        if (row, report["tasks"][0], shots) not in data:
+            raise SystemExit(f"the pilot's report has no {row!r} row at {shots} shots")
+    test = paired(_units(data, fomaml, report["tasks"], shots), _units(data, reptile, report["tasks"], shots))
+    separated = abs(test["diff"]) > test["ci95"]
+    chosen = ("fomaml" if test["diff"] > 0 else "reptile") if separated else "reptile"
+    return {"chosen": chosen, **{k: test[k] for k in ("diff", "ci95", "p", "n")}}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pilot"]:
+        parser = argparse.ArgumentParser(description="the pilot's choice: FOMAML or Reptile")
+        parser.add_argument("report", type=Path)
+        parser.add_argument("--fomaml", required=True, help="FOMAML's row in the report, e.g. meta:fomaml@ft")
+        parser.add_argument("--reptile", required=True, help="Reptile's row, e.g. meta:reptile@ft")
+        args = parser.parse_args(argv[1:])
+        print(json.dumps(pilot(json.loads(args.report.read_text(encoding="utf-8")), args.fomaml, args.reptile)))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="the candidates' run folders, in the PLAN's order")
     parser.add_argument("--json", type=Path, help="write the selection here")
