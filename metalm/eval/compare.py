@@ -180,7 +180,7 @@ def run_checkpoint(run: str | Path, step: int | None = None) -> Checkpoint:
         MetalmError: If the checkpoint of ``step`` is corrupt.
     """
     if step is not None:
-        found = {read_step(p): p for p in list_checkpoints(Path(run))}
+        found = {at: p for p in list_checkpoints(Path(run)) if (at := read_step(p)) is not None}
         if step not in found:
             have = ", ".join(map(str, sorted(found))) or "none"
             raise ConfigError("--step", f"{run} has no checkpoint of step {step} (steps checkpointed: {have}; "
