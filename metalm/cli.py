@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -402,15 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAIN_KEYS = ("model", "dtype", "autocast", "adapter.*", "meta.shared", "algorithm.name + algorithm.*", "split",
+              "tasks", "heldout", "extra_tasks", "pool_fraction", "pool_seed", "task_dirs", "sampler.*", "collate.*",
+              "outer.*", "max_steps", "val_every", "val_episodes", "checkpoint_every", "keep_checkpoints",
+              "max_nonfinite_steps", "conflict_every", "conflict_tasks", "seed", "device", "distributed")
+
+
 def _add_train(sub: Any) -> None:
     """``metalm train``."""
     train = sub.add_parser(
         "train", help="meta-train on a split's meta-train tasks", formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (in the YAML or as key=value, nested with dots, e.g. outer.lr=1e-3 "
-               "algorithm.inner.steps=5):\n  model, dtype, adapter.*, meta.shared, algorithm.name + algorithm.*, "
-               "split, tasks, heldout,\n  extra_tasks, pool_fraction, pool_seed, task_dirs, sampler.*, collate.*, "
-               "outer.*, max_steps,\n  val_every, val_episodes, checkpoint_every, keep_checkpoints, "
-               "max_nonfinite_steps, conflict_every,\n  conflict_tasks, seed, device, distributed\n"
+               "algorithm.inner.steps=5):\n" + textwrap.fill(", ".join(TRAIN_KEYS), 100, initial_indent="  ",
+                                                             subsequent_indent="  ") + "\n"
                "every key with its default and help: metalm config show [--algorithm NAME] [--eval]")
     train.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
     train.add_argument("--run-dir", required=True, help="folder for the config, logs and checkpoints")

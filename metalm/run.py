@@ -79,7 +79,11 @@ class TrainConfig:
 
     Attributes:
         model: An embedded model name (``smollm2-135m``), a model folder or a hub name.
-        dtype: Parameter dtype (``float32``; bf16 autocast is used on CUDA regardless).
+        dtype: Parameter dtype (``float32``; see ``autocast`` for mixed precision).
+        autocast: Mixed precision of meta-training's forward and backward passes: ``auto`` (bf16
+            autocast on CUDA, none on a CPU), ``bf16`` (on any device: about 2x faster on a CPU with
+            AVX512-BF16 or AMX, measured in ``benchmarks/RESULTS.md``; parameters and optimizer
+            state stay float32) or ``float32`` (everywhere). Evaluation runs in float32.
         adapter: Fast weights (LoRA on the top 4 layers by default).
         meta: Base weights the outer loop also learns.
         algorithm: ``name`` of a registered algorithm plus its config fields (``inner`` ...).
@@ -119,6 +123,7 @@ class TrainConfig:
 
     model: str = "smollm2-135m"
     dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    autocast: Literal["auto", "bf16", "float32"] = "auto"
     adapter: AdapterConfig = dataclasses.field(default_factory=lambda: AdapterConfig(rank=8, alpha=16.0,
                                                                                      layers="top:4"))
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)

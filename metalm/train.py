@@ -211,9 +211,10 @@ class MetaTrainer:
         return distributed.average_metrics(metrics, self.ctx)
 
     def _autocast(self):  # noqa: ANN202
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        """bf16 autocast on CUDA (``autocast: auto``) or on any device (``bf16``); none with ``float32``."""
+        mode = self.config.autocast
+        on = mode == "bf16" or (mode == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def validate(self) -> dict[str, float]:
         """Mean query loss and token accuracy on fixed meta-val episodes (the same ones every time).

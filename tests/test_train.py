@@ -1,6 +1,7 @@
 """The meta-training recipe: checkpoints, exact resume after SIGKILL, accumulation, schedules, config errors."""
 
 import json
+import math
 import random
 import signal
 import subprocess
@@ -296,3 +297,21 @@ def test_an_episode_whose_answer_does_not_fit_is_skipped_the_same_way_on_resume(
     with pytest.raises(MetalmError, match="3 episodes in a row hold an answer longer than collate.max_length=2 "
                                           r"\(tasks toy_mc\)"), pytest.warns(UserWarning):
         MetaTrainer(cfg, tmp_path / "none").train(max_steps=1, progress=False)
+
+
+def test_autocast_modes_on_a_cpu(tmp_path, monkeypatch):
+    """``autocast: auto`` keeps a CPU run in float32 (as before), ``bf16`` runs its matmuls in bfloat16 (the
+    parameters stay float32) and trains to finite losses, ``float32`` is float32. The values are
+    strings a YAML file keeps as they are (``off`` would read as false)."""
+    dtypes = {}
+    for mode in ("auto", "bf16", "float32"):
+        world = make_world(tmp_path / mode, max_steps=2, val_every=0, autocast=mode, device="cpu")
+        monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+        trainer = MetaTrainer(load_train_config(world["config"]), tmp_path / mode / "run")
+        with trainer._autocast():
+            dtypes[mode] = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        if mode == "bf16":
+            last = trainer.train(progress=False)
+            assert math.isfinite(last["query_loss"])
+            assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert dtypes == {"auto": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32}

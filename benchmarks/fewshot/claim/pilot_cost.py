@@ -33,11 +33,12 @@ def config_path(name: str) -> Path:
     return HERE / f"{name}.yaml" if "/" not in name and not name.endswith(".yaml") else Path(name).resolve()
 
 
-def measure(name: str, shots: int, steps: int, runs: Path) -> dict:
-    """Train ``steps`` outer steps of one candidate at ``shots``; seconds and tokens per step (step 1 dropped)."""
-    run_dir = runs / f"{config_path(name).stem}-{shots}"
+def measure(name: str, shots: int, steps: int, runs: Path, extra: tuple[str, ...] = ()) -> dict:
+    """Train ``steps`` outer steps of one candidate at ``shots`` (``extra``: more key=value overrides, e.g.
+    ``autocast=bf16``); seconds and tokens per step (step 1 dropped)."""
+    run_dir = runs / "-".join([config_path(name).stem, str(shots), *(e.replace("=", "_") for e in extra)])
     shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [f"sampler.shots={shots}", "checkpoint_every=1000"]
+    overrides = [f"sampler.shots={shots}", "checkpoint_every=1000", *extra]
     if name in IN_CONTEXT:
         overrides.append(f"collate.max_length={2048 if shots <= 4 else 8192}")
     cmd = [str(Path(sys.executable).parent / "metalm"), "train", str(config_path(name)), "--run-dir", str(run_dir),
@@ -49,7 +50,8 @@ def measure(name: str, shots: int, steps: int, runs: Path) -> dict:
     tokens = [sum(r["tokens"]) for r in rows]
     return {"steps_measured": len(rows), "seconds_per_step": statistics.median(seconds),
             "seconds_mean": statistics.fmean(seconds), "tokens_per_step": statistics.fmean(tokens),
-            "hours_per_2000_steps": statistics.fmean(seconds) * 2000 / 3600, "overrides": overrides}
+            "hours_per_2000_steps": statistics.fmean(seconds) * 2000 / 3600, "overrides": overrides,
+            "query_loss": [r.get("query_loss") for r in rows]}
 
 
 def main() -> None:
