@@ -19,8 +19,7 @@ THREADS=${THREADS:-1}
 NAME=$(basename "$RUN")
 NAME=${NAME#long-}
 OUT=${OUT:-benchmarks/results/bench_$NAME.json}
-KIND=$($BIN/python -c "import sys; from metalm.run import load_train_config, run_kind
-print(run_kind(load_train_config(sys.argv[1])))" "$RUN/config.yaml")  # hyper or library
+KIND=$($BIN/python benchmarks/fewshot/run_kind.py "$RUN")  # its rows: meta, mtl, hyper or library
 FT=$($BIN/python benchmarks/fewshot/claim/ft_budget.py)
 OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --run-dir "$RUN" --protocol bench \
   --methods "zeroshot,finetune,$KIND" --json "$OUT" --resume --journal-every 1 --quiet $FT "$@"

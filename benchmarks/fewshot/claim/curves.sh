@@ -17,8 +17,7 @@ THREADS=${THREADS:-1}
 STEPS=${STEPS:-500 1000 1500 2000}
 NAME=$(basename "$RUN")
 NAME=${NAME#long-}
-KIND=$($BIN/python -c "import sys; from metalm.run import load_train_config, run_kind
-print(run_kind(load_train_config(sys.argv[1])))" "$RUN/config.yaml")  # meta, mtl, hyper or library
+KIND=$($BIN/python benchmarks/fewshot/run_kind.py "$RUN")  # its rows: meta, mtl, hyper or library
 # Fine-tuning's budget as the baseline job chose it on meta-val (a grid of one: the @ft rows adapt with it).
 FT=$($BIN/python benchmarks/fewshot/claim/ft_budget.py)
 CURVES=${CURVES:-benchmarks/results/claim}
