@@ -414,8 +414,7 @@ class Harness:
                 if (init.adapt or init.generate) and (support is None or not shared):
                     support = self._support(ep, init.inner.steps)
                 with cost.measure(row.name):  # the support batch (shared by the rows) is not counted
-                    adapted[row.weights] = self._adapt(init, support, [init.inner.steps])[0] if init.adapt \
-                        else init.params(init.start(support) if init.generate else None)
+                    adapted[row.weights] = self._adapted(init, support)
             else:
                 cost.records.setdefault(row.name, []).append(cost.records[row.weights][-1])
             with init.scoring():
@@ -430,10 +429,15 @@ class Harness:
         if init is None:
             return self._score_episode(self.base.params(), ep, None, row.presentation)
         support = self._support(ep, init.inner.steps) if init.adapt or init.generate else None
-        params = self._adapt(init, support, [init.inner.steps])[0] if init.adapt \
-            else init.params(init.start(support) if init.generate else None)
         with init.scoring():
-            return self._score_episode(params, ep, None, row.presentation)
+            return self._score_episode(self._adapted(init, support), ep, None, row.presentation)
+
+    def _adapted(self, init: Init, support: Mapping[str, Any] | None) -> dict[str, Tensor]:
+        """The scoring params of ``init`` for a support batch: its inner steps (from the weights it
+        generates, if it does), the generated weights, or its start as it is."""
+        if init.adapt:
+            return self._adapt(init, support, [init.inner.steps])[0]
+        return init.params(init.start(support) if init.generate else None)
 
     def _generation_block(self, rows: Sequence[Row], episodes: Sequence[TextEpisode]) -> Block:
         """The task's metric (exact match or token F1) per episode; calibrated and channel rows equal their
