@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from metalm.checkpoint import list_checkpoints, read_step
-from metalm.files import json_lines
+from metalm.files import json_lines, write_atomic
 from metalm.run import load_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,13 +72,13 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
     entry["updated"] = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs[key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+    write_atomic(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
     if manifest.is_file():
         text = manifest.read_text(encoding="utf-8")
         if BEGIN not in text or END not in text:
             raise SystemExit(f"{manifest}: the markers of the long runs' table are missing ({BEGIN} ... {END})")
         head, rest = text.split(BEGIN, 1)
-        _write(manifest, head + BEGIN + "\n" + table(runs) + "\n" + END + rest.split(END, 1)[1])
+        write_atomic(manifest, head + BEGIN + "\n" + table(runs) + "\n" + END + rest.split(END, 1)[1])
     return entry
 
 
@@ -92,13 +92,6 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| `{key}` | `{e.get('config', '')}` | {e['algorithm']} | {e['checkpointed']} / "
                      f"{e['max_steps']} | {e['status']} | {e['updated']} | {resume} |")
     return "\n".join(lines)
-
-
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a kill leaves the old file or the new one)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

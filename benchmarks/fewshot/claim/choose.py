@@ -38,6 +38,7 @@ from typing import Any
 from metalm.eval.compare import _labels
 from metalm.eval.stats import paired
 from metalm.eval.summary import _units
+from metalm.files import write_atomic
 from metalm.run import load_train_config, run_kind
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise SystemExit(f"{args.into} has no row {missing[0]!r}: were the runs listed in the comparison's order?")
         report["designated"] = named
-        args.into.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_atomic(args.into, json.dumps(report, indent=1))  # the comparison's file: never half-written
     print(json.dumps(selection["designated"]))
     return 0
 
