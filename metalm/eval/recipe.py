@@ -71,13 +71,11 @@ def default_methods(kinds: Sequence[str]) -> list[str]:
 
 
 def build_setting(runs: Sequence[str], model: str | None, device: torch.device, configs: list[TrainConfig],
-                  kinds: list[str], step: int | Mapping[str, int | None] | None = None) -> Setting:
+                  kinds: list[str], steps: Mapping[str, int | None] | None = None) -> Setting:
     """The model and rows of an evaluation of ``runs`` (their configs and kinds: :func:`run_configs`;
-    the first run's model; their checkpoints of ``step``, one for all or one per run, else their
-    newest) or of ``model``."""
-    if step is not None and not runs:
-        raise ConfigError("--step", f"step {step} is a checkpoint of trained runs: give --run-dir, not --model")
-    steps = step if isinstance(step, Mapping) else dict.fromkeys(runs, step)
+    the first run's model; each one's checkpoint of its step in ``steps``, else its newest) or of
+    ``model``."""
+    steps = steps or {}
     checkpoints = {r: run_checkpoint(r, steps.get(r)) for r in runs}  # each read and verified once for the command
     if runs:
         first = load_run(runs[0], device, checkpoints[runs[0]])
@@ -154,6 +152,14 @@ def check_reference(config: EvalConfig, harness: Harness, rows: RunRows | None,
         raise ConfigError("--reference", f"{config.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
 
 
+def check_sources(runs: Sequence[str], model: str | None, step: int | None) -> None:
+    """Refuse both or neither of runs and a model, and a step without runs (:class:`ConfigError`)."""
+    if bool(runs) == bool(model):
+        raise ConfigError("--run-dir/--model", "give exactly one")
+    if step is not None and not runs:
+        raise ConfigError("--step", f"step {step} is a checkpoint of trained runs: give --run-dir, not --model")
+
+
 def check_output(output: str | Path | None, journal_every: int | None) -> None:
     """Refuse an output path that is a folder and a bad ``journal_every`` (:class:`ConfigError`)."""
     if output is not None and Path(output).is_dir():
@@ -184,8 +190,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
         ConfigError: Naming the argument, for a missing run, an unknown method or reference.
     """
     runs, steps = run_paths(runs, step)  # a run folder, or one of its checkpoints
-    if bool(runs) == bool(model):
-        raise ConfigError("--run-dir/--model", "give exactly one")
+    check_sources(runs, model, step)
     check_output(output, journal_every)  # before the model loads and the measuring
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -193,7 +198,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
     for method in TRAINED:
         if method in config.methods and method not in kinds:
             raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
-    setting = build_setting(runs, model, device, configs, kinds, steps if runs else step)
+    setting = build_setting(runs, model, device, configs, kinds, steps)
     dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *map(str, task_dirs)]))
     registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *dirs)
     setting.config.task_dirs = dirs
