@@ -732,3 +732,65 @@ def test_pareto_front_by_hand():
     table = cost_table(report)
     assert [x["row"] for x in table] == ["zeroshot", "hyper", "tie", "ft", "icl", "icl-cal"]
     assert [x["row"] for x in table if x["front"]] == ["zeroshot", "hyper", "tie", "ft"]  # icl: ft equals it cheaper
+
+
+def test_bf16_autocast_covers_every_forward_of_the_evaluation(tiny, registry):
+    """``autocast: bf16``: every forward pass of fine-tuning's choice, the block (unadapted and adapted
+    rows, classification and generation), a row alone and the inner-steps sweep runs under bf16
+    autocast, and none does with ``float32``; the fast weights stay float32. The accuracies are the
+    float32 harness's computed inside an explicit bf16 autocast (a second path to the same numbers)."""
+    _, _, path = tiny
+    config = TrainConfig(model=path, dtype="float32", adapter=metalm.AdapterConfig(rank=2),
+                         collate=CollateConfig(max_length=64),
+                         algorithm={"name": "fomaml", "inner": {"steps": 1, "lr": 0.1}})
+    tok, _, _, algo = build_model(config, torch.device("cpu"))
+    base = {k: v.detach().clone() for k, v in algo.meta_parameters().items()}
+    trained = {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()}
+    seen: list[bool] = []
+    hooks = [m.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+             for m in algo.model.modules() if any(True for _ in m.parameters(recurse=False))]
+    tasks = [registry["toy_cls"], registry["toy_gen"]]
+    results = {}
+    for precision in ("float32", "bf16"):
+        evalc = EvalConfig(shots=[2], episodes=2, ways=2, queries=1, methods=["zeroshot", "icl-cal", "finetune", "meta"],
+                           finetune_lrs=[0.3], finetune_adam_lrs=[0.01], finetune_steps=[1, 2], inner_steps=[1, 2],
+                           autocast=precision)
+        harness = Harness.from_learner(algo, tok, base, trained, evalc)
+        seen.clear()
+        choice = harness.choose_finetune([registry["toy_cls"]])
+        report = harness.run(tasks, finetune=choice)
+        row = harness.rows(choice)["meta"]
+        alone = harness.alone(row, harness.episodes(tasks[0], 2)[0])
+        assert len(seen) > 50 and set(seen) == {precision == "bf16"}
+        adapted = harness._adapted(row.init, harness._support(harness.episodes(tasks[0], 2)[0], 1))
+        assert {v.dtype for v in adapted.values()} == {torch.float32}
+        results[precision] = (choice.grid, report["per_episode"], report["inner_steps_sweep"], alone)
+    for h in hooks:
+        h.remove()
+    harness = Harness.from_learner(algo, tok, base, trained, dataclasses.replace(evalc, autocast="float32"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        choice = harness.choose_finetune([registry["toy_cls"]])
+        report = harness.run(tasks, finetune=choice)
+        alone = harness.alone(harness.rows(choice)["meta"], harness.episodes(tasks[0], 2)[0])
+    assert (choice.grid, report["per_episode"], report["inner_steps_sweep"], alone) == results["bf16"]
+    with pytest.raises(ConfigError, match="autocast"):
+        EvalConfig(autocast="fp16")
+
+
+def test_the_precision_enters_a_journals_fingerprint_only_when_it_is_bf16(registry):
+    """A bf16 evaluation never resumes a float32 journal (its figures differ by bf16 rounding), and a
+    float32 one still resumes the journals written before the precision was a setting: the committed
+    baseline journal's fingerprint is the bench protocol's values."""
+    import json
+    from pathlib import Path
+
+    from metalm.eval.protocol import load_protocol
+    from metalm.eval.recipe import journaled_values
+
+    plain = journaled_values(EvalConfig())
+    assert "autocast" not in plain and journaled_values(EvalConfig(autocast="bf16")) == {**plain, "autocast": "bf16"}
+    journal = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench_baselines.json.partial.jsonl"
+    if journal.is_file():  # until the table is done (then its report holds the values)
+        first = json.loads(journal.read_text(encoding="utf-8").splitlines()[0])["fingerprint"]["eval"]
+        bench = EvalConfig(**load_protocol("bench", registry).eval)
+        assert journaled_values(bench) == first

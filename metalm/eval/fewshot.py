@@ -36,11 +36,13 @@ fine-tuning optimizer and rate for every step count of the grid.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import time
 import zlib
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
 __all__ = ["BASELINES", "METHODS", "Block", "EvalConfig", "FinetuneChoice", "Harness", "Measurements", "Row", "Trained",
            "budget", "eval_tasks"]
 
+R = TypeVar("R")
 BASELINES = (*UNADAPTED, "finetune")
 TRAINED = ("meta", "mtl", "hyper", "library")  # methods that start from a run's trained weights (MetaLearner.row)
 METHODS = (*BASELINES, *TRAINED)
@@ -114,6 +117,11 @@ class EvalConfig:
             scoring with nothing shared with other rows or episodes: seconds and forward tokens of
             the first ``cost_episodes`` episodes of each task and shot count (first seed), after
             the accuracies (:func:`~metalm.eval.episode_cost.episode_costs`; 0: not measured).
+        autocast: Precision of every forward and backward pass: ``float32`` (the default, on any
+            device) or ``bf16`` autocast (matrix products in bfloat16, scores and losses upcast to
+            float32; about 2x faster on a CPU with AVX512-BF16 and on CUDA). Fast weights and their
+            updates stay float32. Figures differ from float32's by bf16 rounding:
+            ``benchmarks/fewshot/eval_bf16.py`` measures by how much on the same episodes.
     """
 
     shots: list[int] = dataclasses.field(default_factory=lambda: [4])
@@ -140,6 +148,7 @@ class EvalConfig:
     batch_size: int = 16
     shared_work: bool = True
     cost_episodes: int = 0
+    autocast: Literal["float32", "bf16"] = "float32"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -154,6 +163,8 @@ class EvalConfig:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if isinstance(self.cost_episodes, bool) or self.cost_episodes < 0:
             raise ConfigError("cost_episodes", f"must be >= 0 (0: not measured), got {self.cost_episodes}")
+        if self.autocast not in ("float32", "bf16"):
+            raise ConfigError("autocast", f"must be float32 or bf16, got {self.autocast!r}")
         if self.ways < 2:
             raise ConfigError("ways", f"must be >= 2, got {self.ways}")
         bad = [o for o in self.finetune_optimizers if o not in ("sgd", "adam")]
@@ -204,6 +215,15 @@ def _calibrated(scores: Sequence[float], content_free: Sequence[Sequence[float]]
     return (probs(scores).log() - p_cf.log()).tolist()
 
 
+def _in_precision(method: Callable[..., R]) -> Callable[..., R]:
+    """A :class:`Harness` method run under the harness's :meth:`~Harness.precision`."""
+    @functools.wraps(method)
+    def wrapped(self: Harness, *args: Any, **kwargs: Any) -> R:
+        with self.precision():
+            return method(self, *args, **kwargs)
+    return wrapped
+
+
 class Harness:
     """Runs the methods on shared episodes.
 
@@ -243,6 +263,13 @@ class Harness:
         #: Drawn episodes by (task, shots, seed, salt, count): drawn once, shared with harnesses given it.
         self.episode_cache = {} if episode_cache is None else episode_cache
         self.cost = AdaptationCost(model)  # seconds and forward tokens of each adapted row, per new task
+
+    def precision(self) -> contextlib.AbstractContextManager[Any]:
+        """The context of every forward and backward pass of the evaluation: bf16 autocast on the
+        model's device with ``config.autocast: bf16``, none with ``float32``."""
+        if self.config.autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     @classmethod
     def from_learner(cls, learner: Any, tokenizer, base: Mapping[str, Tensor],  # noqa: ANN001
@@ -370,6 +397,7 @@ class Harness:
         return out
 
     # ------------------------------------------------------------------ one block of episodes
+    @_in_precision
     def block(self, rows: Sequence[Row], episodes: Sequence[TextEpisode]) -> Block:
         """Per-episode accuracy of every row on ``episodes`` (one task's block), and what each adapted
         row's adaptations cost: a function of the rows and the episodes alone."""
@@ -421,6 +449,7 @@ class Harness:
                 out.setdefault(row.name, []).append(self._score_episode(adapted[row.weights], ep, prep,
                                                                         row.presentation))
 
+    @_in_precision
     def alone(self, row: Row, ep: TextEpisode) -> float:
         """``row``'s query accuracy on ``ep`` with nothing shared with another row or episode: the whole
         work of a new task (its support batch, the adaptation, the queries), as one user of one row
@@ -485,6 +514,7 @@ class Harness:
         return block
 
     # ------------------------------------------------------------------ fine-tuning's budget
+    @_in_precision
     def choose_finetune(self, val_tasks: Sequence[Task]) -> FinetuneChoice:
         """Fine-tuning's optimizer, learning rate and steps, chosen by mean accuracy on meta-val
         episodes (first shot count; ties: the first in grid order), with the grid's accuracies. A grid
@@ -612,6 +642,7 @@ class Harness:
             report["inner_steps_sweep"] = self.inner_steps_sweep(tasks, finetune)
         return report
 
+    @_in_precision
     def inner_steps_sweep(self, tasks: Sequence[Task], finetune: FinetuneChoice | None = None) -> list[dict[str, Any]]:
         """Macro accuracy of ``finetune`` and the trained rows at each of ``config.inner_steps``
         (first shot count, first seed), one inner-loop trajectory per episode."""

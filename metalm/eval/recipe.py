@@ -138,8 +138,12 @@ def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str]
 def journaled_values(config: EvalConfig) -> dict[str, Any]:
     """The :class:`EvalConfig` values a journal's figures depend on: all but the seeds and methods (blocks
     are keyed by seed and hold a list per method, so a journal of more serves a run of fewer: a study
-    stopped early, or narrowed) and the costs' episodes (measured apart from the accuracies)."""
-    return {k: v for k, v in to_dict(config).items() if k not in ("seeds", "methods", "cost_episodes")}
+    stopped early, or narrowed) and the costs' episodes (measured apart from the accuracies). The
+    precision is named only when it is not float32, so journals begun before it existed resume."""
+    values = {k: v for k, v in to_dict(config).items() if k not in ("seeds", "methods", "cost_episodes")}
+    if values.get("autocast") == "float32":
+        del values["autocast"]
+    return values
 
 
 def check_reference(config: EvalConfig, harness: Harness, rows: RunRows | None,
