@@ -150,3 +150,35 @@ def test_two_evaluations_merged_on_their_shared_row(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit, match="per-episode accuracies differ"):
         merge.main([str(base), str(other), "--shared", "zeroshot"])
     capsys.readouterr()
+
+
+def test_eval_bf16_pairs_the_journaled_blocks_by_hand(tmp_path):
+    """``benchmarks/fewshot/eval_bf16.py``'s summary: per shot count and row, bf16 - float32 over the
+    episodes of every block (one flipped episode of four: -0.25 / 4), the share alike and the
+    float32-alone check against the table's first episode, all by hand."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from metalm.eval.journal import Journal
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot" / "eval_bf16.py"
+    spec = importlib.util.spec_from_file_location("eval_bf16", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    reference = Journal(tmp_path / "ref.jsonl", {"eval": "x"}, resume=False)
+    reference.put("a/4/0", {"icl": [1.0, 0.5]})
+    reference.put("b/4/0", {"icl": [0.0, 0.5]})
+    lines = {"a/4/0": {"key": "a/4/0", "rows": {"icl": [1.0, 0.25]},
+                       "alone": {"float32": {"icl": [2.0, 1.0]}, "bf16": {"icl": [1.0, 1.0]}}},
+             "b/4/0": {"key": "b/4/0", "rows": {"icl": [0.0, 0.5]},
+                       "alone": {"float32": {"icl": [4.0, 0.5]}, "bf16": {"icl": [1.0, 0.0]}}}}
+    row = mod.summarize(lines, reference)["4"]["rows"]["icl"]
+    assert row["paired"]["diff"] == pytest.approx(-0.25 / 4) and row["alike"] == 0.75
+    assert row["float32"] == pytest.approx(0.5) and row["bf16"] == pytest.approx(1.75 / 4)
+    assert row["seconds_alone"] == {"float32": 3.0, "bf16": 1.0} and row["speedup_alone"] == 3.0
+    assert row["float32_alone_equals_table"] == 1  # b's float32 episode alone (0.5) is not the table's (0.0)
+    (tmp_path / "log.jsonl").write_text(json.dumps(lines["a/4/0"]) + '\n{"key": "b/4', encoding="utf-8")
+    assert list(mod.read_lines(tmp_path / "log.jsonl")) == ["a/4/0"]  # a torn last line is dropped
