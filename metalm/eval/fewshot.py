@@ -119,9 +119,9 @@ class EvalConfig:
             the accuracies (:func:`~metalm.eval.episode_cost.episode_costs`; 0: not measured).
         autocast: Precision of every forward and backward pass: ``float32`` (the default, on any
             device) or ``bf16`` autocast (matrix products in bfloat16, scores and losses upcast to
-            float32; about 2x faster on a CPU with AVX512-BF16 and on CUDA). Fast weights and their
-            updates stay float32. Figures differ from float32's by bf16 rounding:
-            ``benchmarks/fewshot/eval_bf16.py`` measures by how much on the same episodes.
+            float32; 1.6-2.3x faster per row on a CPU with AVX512-BF16). Fast weights and their
+            updates stay float32. Figures differ from float32's (on the benchmark 2-15% of episodes
+            change: ``benchmarks/fewshot/eval_bf16.py``), so compare rows in one precision.
     """
 
     shots: list[int] = dataclasses.field(default_factory=lambda: [4])
