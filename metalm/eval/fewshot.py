@@ -120,7 +120,7 @@ class EvalConfig:
         autocast: Precision of every forward and backward pass: ``float32`` (the default, on any
             device) or ``bf16`` autocast (matrix products in bfloat16, scores and losses upcast to
             float32; 1.6-2.3x faster per row on a CPU with AVX512-BF16). Fast weights and their
-            updates stay float32. Figures differ from float32's (on the benchmark 2-15% of episodes
+            updates stay float32. Figures differ from float32's (on the benchmark up to 15% of episodes
             change: ``benchmarks/fewshot/eval_bf16.py``), so compare rows in one precision.
     """
 
