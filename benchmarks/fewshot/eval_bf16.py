@@ -34,7 +34,7 @@ from metalm.eval.protocol import load_protocol
 from metalm.eval.recipe import build_setting, journaled_values
 from metalm.eval.rows import FinetuneChoice
 from metalm.eval.stats import paired
-from metalm.files import write_atomic
+from metalm.files import json_lines, write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 PRECISIONS = ("float32", "bf16")
@@ -75,15 +75,7 @@ def measure(h: dict[str, Harness], finetune: FinetuneChoice, task, shots: int) -
 
 def read_lines(path: Path) -> dict[str, dict]:
     """The journaled blocks by key (a torn last line, from a kill, is dropped)."""
-    out = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            out[item["key"]] = item
-    return out
+    return {item["key"]: item for item in json_lines(path)} if path.is_file() else {}
 
 
 def summarize(lines: dict[str, dict], reference: Journal) -> dict:
