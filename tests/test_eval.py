@@ -64,9 +64,9 @@ def test_metrics_by_hand():
     assert mean_ci95([0.7]) == (0.7, 0.0)
 
 
-def _learner(path, **algorithm):
+def _learner(path, dtype="float64", **algorithm):
     # float64: scores computed by different batchings agree to ~1e-13, far below any gap between options.
-    config = TrainConfig(model=path, dtype="float64", adapter=metalm.AdapterConfig(rank=2),
+    config = TrainConfig(model=path, dtype=dtype, adapter=metalm.AdapterConfig(rank=2),
                          collate=CollateConfig(max_length=64),
                          algorithm={"name": "fomaml", "inner": {"steps": 1, "lr": 0.1}, **algorithm})
     tok, model, _, algo = build_model(config, torch.device("cpu"))
@@ -739,12 +739,7 @@ def test_bf16_autocast_covers_every_forward_of_the_evaluation(tiny, registry):
     rows, classification and generation), a row alone and the inner-steps sweep runs under bf16
     autocast, and none does with ``float32``; the fast weights stay float32. The accuracies are the
     float32 harness's computed inside an explicit bf16 autocast (a second path to the same numbers)."""
-    _, _, path = tiny
-    config = TrainConfig(model=path, dtype="float32", adapter=metalm.AdapterConfig(rank=2),
-                         collate=CollateConfig(max_length=64),
-                         algorithm={"name": "fomaml", "inner": {"steps": 1, "lr": 0.1}})
-    tok, _, _, algo = build_model(config, torch.device("cpu"))
-    base = {k: v.detach().clone() for k, v in algo.meta_parameters().items()}
+    tok, algo, base = _learner(tiny[2], dtype="float32")  # autocast leaves float64 alone
     trained = {k: v + 0.05 * torch.randn_like(v) for k, v in base.items()}
     seen: list[bool] = []
     hooks = [m.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
