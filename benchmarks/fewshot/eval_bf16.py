@@ -90,8 +90,9 @@ def summarize(lines: dict[str, dict], reference: Journal) -> dict:
             bf16 = [a for it in items for a in it["rows"][name]]
             fp32 = [a for it in items for a in reference.blocks[it["key"]][name]]
             secs = {p: statistics.fmean(it["alone"][p][name][0] for it in items) for p in PRECISIONS}
+            alike = sum(a == b for a, b in zip(bf16, fp32, strict=True)) / len(fp32)
             rows[name] = {"float32": statistics.fmean(fp32), "bf16": statistics.fmean(bf16),
-                          "paired": paired(bf16, fp32), "alike": sum(a == b for a, b in zip(bf16, fp32, strict=True)) / len(fp32),
+                          "paired": paired(bf16, fp32), "alike": alike,
                           "seconds_alone": secs, "speedup_alone": secs["float32"] / secs["bf16"],
                           "float32_alone_equals_table": sum(it["alone"]["float32"][name][1] ==
                                                             reference.blocks[it["key"]][name][0] for it in items)}
