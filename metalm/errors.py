@@ -49,5 +49,10 @@ class DataNotFoundError(MetalmError, FileNotFoundError):
     """Packaged data is not in the cache; the message names the ``metalm download`` command to run."""
 
 
+class PackageUnavailableError(MetalmError):
+    """The package registry answered that it does not serve a data or model package (a version removed
+    or refused, not a network fault); ``metalm download NAME --from PATH`` reads a copy you have."""
+
+
 class NonFiniteError(MetalmError, FloatingPointError):
     """A loss, gradient or weight became NaN or infinite (training stopped; nothing non-finite was saved)."""

