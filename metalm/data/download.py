@@ -56,11 +56,13 @@ def _inside(out: Path, member: str, *parts: str) -> Path:
 
 def _bigbench_members(source: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
     """``(name, open)`` for every file of a BIG-bench sdist (``.tar.gz``) or folder (a checkout of the
-    BIG-bench repository or an unpacked sdist); a folder's names start with the folder's own name."""
+    BIG-bench repository, an unpacked sdist, its ``bigbench`` package folder or ``benchmark_tasks`` itself);
+    a folder's names start with the folder's own name."""
     if source.is_dir():
+        top = "bigbench/benchmark_tasks" if source.name == "benchmark_tasks" else source.name
         for path in sorted(source.rglob("task.json")):
             if path.is_file():
-                yield f"{source.name}/{path.relative_to(source).as_posix()}", lambda path=path: path.open("rb")
+                yield f"{top}/{path.relative_to(source).as_posix()}", lambda path=path: path.open("rb")
         return
     with tarfile.open(source, "r:gz") as tar:
         for member in tar:
@@ -75,9 +77,10 @@ def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
                mininterval=1.0, file=sys.stderr)
     with bar:
         for name, opener in _bigbench_members(archive):
-            if not (name.endswith("/task.json") and marker in name):
+            rooted = "/" + name  # an archive or folder may start at bigbench/ itself
+            if not (name.endswith("/task.json") and marker in rooted):
                 continue
-            task = str(PurePosixPath(name.split(marker, 1)[1]).parent)
+            task = str(PurePosixPath(rooted.split(marker, 1)[1]).parent)
             if tasks is not None and task not in tasks:
                 continue
             dest = _inside(out, name, *PurePosixPath(task).parts, "task.json")

