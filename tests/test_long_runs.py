@@ -109,3 +109,28 @@ def test_status_from_the_exit_code():
     assert status_of(before, 143, None) == "stopped" and status_of(before, 130, None) == "stopped"
     assert status_of(before, 2, None) == "failed (2)" and status_of(before, 1, None) == "failed (1)"
     assert status_of(before, None, "running") == "running"
+
+
+def test_a_lost_run_keeps_the_step_it_had_reached(tmp_path):
+    """A run folder gone with its machine: marked lost by hand, its entry keeps its figures."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "fewshot"))
+    try:
+        from long_runs import update
+    finally:
+        sys.path.pop(0)
+    path, manifest = tmp_path / "long_runs.json", tmp_path / "MANIFEST.md"
+    manifest.write_text(MANIFEST)
+    run = tmp_path / "run"
+    before = {"algorithm": "hyperlora", "max_steps": 2000, "checkpointed": 1117, "logged": 1117, "config": "c.yaml",
+              "status": "stopped", "updated": "then"}
+    path.write_text(json.dumps({str(run): before}))
+    e = update(run, status="lost", path=path, manifest=manifest, now="now")
+    assert e == {**before, "status": "lost", "updated": "now"}
+    assert "| hyperlora | 1117 / 2000 | lost | now | from step 0: `bash benchmarks/fewshot/train_long.sh c.yaml` |" \
+        in manifest.read_text()
+    run.mkdir()
+    with pytest.raises(SystemExit, match="still there"):
+        update(run, status="lost", path=path, manifest=manifest)
+    with pytest.raises(SystemExit, match="nothing to mark lost"):
+        update(tmp_path / "other", status="lost", path=path, manifest=manifest)
+    assert json.loads(path.read_text()) == {str(run): e}  # the refused calls changed nothing

@@ -2,7 +2,9 @@
 
 `benchmarks/fewshot/train_long.sh` calls this when a run starts (``running``) and when its process ends
 (``finished`` at its schedule's last step, ``stopped`` by a signal or ``--until``, ``failed`` with
-the exit code), so the manifest says where every run is without anyone editing it:
+the exit code), so the manifest says where every run is without anyone editing it; ``lost`` is set by
+hand when the run folder is gone (a new machine does not keep ``runs/``): the entry keeps the step it
+had reached, and the same command starts it again from step 0:
 `benchmarks/results/long_runs.json` (one entry per run folder) and the table between the markers
 of `benchmarks/MANIFEST.md` (rewritten from the JSON). Run folders stay local (``runs/`` is not
 committed); the manifest is committed at a session's end like a journal.
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 JSON = Path(os.environ.get("LONG_RUNS_JSON", ROOT / "benchmarks" / "results" / "long_runs.json"))
 MANIFEST = Path(os.environ.get("LONG_RUNS_MANIFEST", ROOT / "benchmarks" / "MANIFEST.md"))
 BEGIN, END = "<!-- long runs: begin (benchmarks/fewshot/long_runs.py writes this table) -->", "<!-- long runs: end -->"
-STATUSES = ("running", "finished", "stopped", "failed")
+STATUSES = ("running", "finished", "stopped", "failed", "lost")
 
 
 def observe(run: Path, config_path: str | None = None) -> dict[str, Any]:
@@ -66,7 +68,14 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
     """Record ``run``'s state in ``path`` and rewrite ``manifest``'s table; returns the entry."""
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     key = os.path.relpath(run.resolve(), ROOT) if run.resolve().is_relative_to(ROOT) else str(run)
-    entry = {**runs.get(key, {}), **observe(run, config)}
+    if status == "lost":
+        if run.exists():
+            raise SystemExit(f"{run} is still there: a run is lost only when its folder is gone")
+        if key not in runs:
+            raise SystemExit(f"{key} is not in {path}: nothing to mark lost")
+        entry = dict(runs[key])
+    else:
+        entry = {**runs.get(key, {}), **observe(run, config)}
     entry["config"] = config or entry.get("config", "")
     entry["status"] = status_of(entry, exit_code, status)
     entry["updated"] = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -89,6 +98,8 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
     for key, e in sorted(runs.items()):
         resume = f"`bash benchmarks/fewshot/train_long.sh {e['config']}`" \
             if e.get("config") and e["status"] != "finished" else ""
+        if e["status"] == "lost" and resume:
+            resume = "from step 0: " + resume
         lines.append(f"| `{key}` | `{e.get('config', '')}` | {e['algorithm']} | {e['checkpointed']} / "
                      f"{e['max_steps']} | {e['status']} | {e['updated']} | {resume} |")
     return "\n".join(lines)
