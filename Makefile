@@ -59,7 +59,8 @@ DATA_FLAGS ?=
 BIGBENCH_FROM ?=
 data: install
 	$(if $(BIGBENCH_FROM),$(VENV)/bin/metalm download --if-missing bigbench --from "$(BIGBENCH_FROM)")
-	$(VENV)/bin/metalm download --if-missing $(DATA_FLAGS) bigbench bbc-news shakespeare smollm2-135m
+	$(VENV)/bin/metalm download --if-missing $(DATA_FLAGS) $(if $(BIGBENCH_FROM),,bigbench) bbc-news shakespeare \
+	  smollm2-135m
 
 lint: install
 	$(VENV)/bin/ruff check metalm tests

