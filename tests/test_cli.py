@@ -6,7 +6,7 @@ from metalm.cli import main, parse_overrides
 from metalm.data import default_registry
 from metalm.errors import ConfigError
 
-from .data.test_shipped import needs_data
+from .data.test_shipped import needs_split
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def test_tasks_list_names_the_pool_from_its_files(tmp_path, monkeypatch, capsys)
     assert row[1:3] == ["multiple_choice", "996"]  # 1,000 examples less 4 queries
 
 
-@needs_data
+@needs_split("default")
 def test_tasks_list_and_show_with_data(capsys):
     assert main(["tasks", "list", "--split", "default", "--sizes"]) == 0
     out = capsys.readouterr().out
