@@ -125,7 +125,11 @@ def main(argv: list[str] | None = None) -> None:
                 fh.write(json.dumps(item) + "\n")
             lines[key] = item
             print(json.dumps({"key": key, "seconds": item["seconds"]}), flush=True)
-    report = {"command": "python benchmarks/fewshot/eval_bf16.py " + " ".join(argv or sys.argv[1:]),
+    # Every invocation that added to the journal, in order (a resumed or extended run adds its own).
+    before = json.loads(Path(args.json).read_text(encoding="utf-8")) if Path(args.json).is_file() else {}
+    commands = before.get("commands") or ([before["command"]] if "command" in before else [])
+    command = "python benchmarks/fewshot/eval_bf16.py " + " ".join(argv or sys.argv[1:])
+    report = {"commands": commands + [command] * (command not in commands),
               "reference": str(Path(args.reference).relative_to(ROOT)) if Path(args.reference).is_relative_to(ROOT)
               else args.reference, "finetune": reference.finetune | {"grid": None},
               "threads": torch.get_num_threads(), "torch": torch.__version__,
