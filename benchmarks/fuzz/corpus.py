@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import sys
+import tarfile
 import tempfile
 import time
 import traceback
@@ -456,9 +457,6 @@ def _report_cases(world: dict, new):  # noqa: ANN001, ANN202 - a generator of ca
 def _download_cases(new):  # noqa: ANN001, ANN202 - a generator of cases
     """11. ``metalm download --from`` a bad copy (no network: every case fails before pip); the cache of
     the fixture home must stay as it was, which ``main`` checks after the run."""
-    import io
-    import tarfile
-
     def tar(members: dict[str, bytes], truncate: bool = False) -> Path:
         path = new("copy.tar.gz")
         with tarfile.open(path, "w:gz") as out:

