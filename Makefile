@@ -13,16 +13,30 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-threads fuzz main example data lint clean
+.PHONY: install lock test test-threads test-learning fuzz main example data lint clean
 
-$(VENV)/.installed: pyproject.toml
+# Dependencies at the exact versions of requirements/lock.txt (what the last green CI run tested);
+# pyproject.toml keeps ranges for users. `make lock` re-resolves them in a scratch venv: a deliberate commit.
+LOCK ?= requirements/lock.txt
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet "$(TORCH_SPEC)"
+	.venv-lock/bin/pip install --quiet -e ".[dev]"
+	{ sed -n '1,3p' $(LOCK); .venv-lock/bin/pip freeze --exclude-editable | grep -v -i -E '^(torch|pip|setuptools|wheel)=='; } \
+	  > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 test: install
 	$(PY) -m pytest

@@ -422,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_KEYS = ("model", "dtype", "autocast", "adapter.*", "meta.shared", "algorithm.name + algorithm.*", "split",
               "tasks", "heldout", "extra_tasks", "pool_fraction", "pool_seed", "task_dirs", "sampler.*", "collate.*",
               "outer.*", "max_steps", "val_every", "val_episodes", "checkpoint_every", "keep_checkpoints",
-              "max_nonfinite_steps", "conflict_every", "conflict_tasks", "seed", "device", "distributed")
+              "max_nonfinite_steps", "max_zero_grad_steps", "conflict_every", "conflict_tasks", "seed", "device",
+              "distributed")
 
 
 def _add_train(sub: Any) -> None:

@@ -56,3 +56,8 @@ class PackageUnavailableError(MetalmError):
 
 class NonFiniteError(MetalmError, FloatingPointError):
     """A loss, gradient or weight became NaN or infinite (training stopped; nothing non-finite was saved)."""
+
+
+class DivergedError(NonFiniteError):
+    """Training stopped learning: its meta-gradient was exactly zero for several steps in a row (an inner
+    loop diverged into saturation: finite values, no signal). Nothing from those steps was applied."""

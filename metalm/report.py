@@ -74,11 +74,13 @@ def _eval_section(report: dict[str, Any], out: Path) -> list[str]:
     """The report's evaluation part: tables, paired differences, seeds and plots of ``report``."""
     import matplotlib.pyplot as plt
 
+    from .environment import describe
     from .eval.summary import format_paired, format_table, format_winner
 
     lines: list[str] = []
     lines += ["## Few-shot accuracy on held-out tasks (macro mean ± 95% CI over episodes)", "",
-              format_table(report), "", f"Tasks: {', '.join(report.get('tasks', []))}.", ""]
+              format_table(report), "", f"Tasks: {', '.join(report.get('tasks', []))}.", "",
+              f"Software: {describe(report.get('versions'))}.", ""]
     paired = format_paired(report)
     if paired:
         lines += ["### Paired differences against the reference (same episodes, paired t)", "", paired, ""]

@@ -109,6 +109,12 @@ class TrainConfig:
         max_nonfinite_steps: A step whose loss or meta-gradient is NaN or infinite is skipped (no
             update; counted as ``skipped_nonfinite`` in the log); after this many consecutive ones
             the run stops with an error. Checkpoints never hold a non-finite tensor.
+        max_zero_grad_steps: A step whose meta-gradient is exactly zero in every parameter is not
+            applied (counted as ``zero_grad_steps``); after this many consecutive ones the run stops
+            with an error (:class:`~metalm.errors.DivergedError`), since a diverged inner loop ends
+            there: weights so large that every softmax saturates, a loss pinned at ln(vocabulary)
+            and no gradient. One such step alone can be legitimate (a meta-batch whose loss does not
+            depend on the meta-parameters); 0 only counts them and never stops.
         conflict_every: Measure the objective conflict (pairwise cosine of per-task gradients,
             :mod:`metalm.diagnose`) every this many steps on fixed batches (0: never); the mean
             off-diagonal cosine goes to the log, the matrices to ``conflict.jsonl``.
@@ -144,6 +150,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     keep_checkpoints: int = 3
     max_nonfinite_steps: int = 3
+    max_zero_grad_steps: int = 3
     conflict_every: int = 0
     conflict_tasks: int = 8
     seed: int = 0
@@ -167,6 +174,8 @@ class TrainConfig:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if self.val_every < 0:
             raise ConfigError("val_every", "must be >= 0")
+        if self.max_zero_grad_steps < 0:
+            raise ConfigError("max_zero_grad_steps", f"must be >= 0 (0: never stop), got {self.max_zero_grad_steps}")
         if self.conflict_every < 0:
             raise ConfigError("conflict_every", "must be >= 0")
         if self.conflict_tasks < 2:

@@ -122,14 +122,22 @@ def _all_reduce(t: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
     return t
 
 
-def grads_finite(params: Sequence[Tensor]) -> bool:
-    """Whether every gradient of ``params`` is finite; with sharded gradients the processes agree
-    (one all-reduce), so all of them skip a step or none does."""
+def grads_health(params: Sequence[Tensor]) -> tuple[bool, bool]:
+    """``(finite, zero)``: whether every gradient of ``params`` is finite, and whether every one is
+    exactly zero (no parameter received any signal: a saturated or diverged inner loop). Parameters
+    without a gradient count as zero. One device sync; with sharded gradients one all-reduce, so every
+    process gets the same answer."""
     grads = [local(p.grad) for p in params if p.grad is not None]
-    ok = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
+    if grads:
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        zero = torch.stack([~g.ne(0).any() for g in grads]).all()
+        flags = torch.stack([finite, zero]).to(torch.float32)
+    else:
+        flags = torch.ones(2)
     if any(is_sharded(p.grad) for p in params if p.grad is not None):
-        ok = _all_reduce(ok.to(torch.float32), dist.ReduceOp.MIN) > 0
-    return bool(ok)
+        flags = _all_reduce(flags, dist.ReduceOp.MIN)  # finite everywhere; zero everywhere
+    finite_all, zero_all = (bool(v > 0) for v in flags.tolist())
+    return finite_all, zero_all and finite_all
 
 
 def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> float:

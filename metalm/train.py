@@ -36,7 +36,7 @@ from .checkpoint import (
 )
 from .config import to_dict
 from .data import EpisodeSampler, TaskRegistry, tensorize
-from .errors import AnswerTooLong, ConfigError, MetalmError, NonFiniteError
+from .errors import AnswerTooLong, ConfigError, DivergedError, MetalmError, NonFiniteError
 from .eval.inits import init_of, query_metrics
 from .files import trim_to_step, write_atomic
 from .longrun import Interrupted, RunLock, StopSignals, signal_name
@@ -116,6 +116,7 @@ class MetaTrainer:
         self.unfit: dict[str, int] = {}  # episodes skipped for an answer longer than collate.max_length (_draw)
         self.step = 0
         self.nonfinite = {"total": 0, "run": 0}  # skipped steps: in all, and consecutive up to now
+        self.zero_grad = {"total": 0, "run": 0}  # steps with an exactly zero meta-gradient, likewise
         self._conflict_batches: dict[str, list] | None = None
 
     # ------------------------------------------------------------------ state
@@ -131,6 +132,7 @@ class MetaTrainer:
         state = {"optimizer": opt_state, "scheduler": self.scheduler.state_dict(), "sampler": {"slots": slots},
                  "algorithm": self.algorithm.state_dict(),
                  "rng": rng_data, "nonfinite": dict(self.nonfinite),
+                 "zero_grad": dict(self.zero_grad),
                  "config": to_dict(self.config), "fast": list(self.selection.fast),
                  "shared": list(self.selection.shared)}
         return tensors, state
@@ -163,6 +165,7 @@ class MetaTrainer:
                 sampler.load_state_dict(slots[str(j)])
             set_rng_state(tensors, state["rng"])
             self.nonfinite = {k: int(v) for k, v in state.get("nonfinite", {"total": 0, "run": 0}).items()}
+            self.zero_grad = {k: int(v) for k, v in state.get("zero_grad", {"total": 0, "run": 0}).items()}
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
             raise MetalmError(f"checkpoint {path} is corrupt or from another config: {err!r}") from None
         self.step = int(state["step"])
@@ -291,6 +294,26 @@ class MetaTrainer:
                 "or saved. Lower algorithm.inner.lr or outer.lr, or check the model's weights; "
                 "--resume continues from the last checkpoint")
 
+    def _count_zero_grad(self, zero: bool, metrics: dict[str, float]) -> None:
+        """Count a step whose meta-gradient was exactly zero (not applied); too many in a row end the run
+        (``max_zero_grad_steps``): finite values that carry no signal are a divergence too."""
+        if not zero:
+            self.zero_grad["run"] = 0
+            return
+        self.zero_grad["total"] += 1
+        self.zero_grad["run"] += 1
+        limit = self.config.max_zero_grad_steps
+        if limit and self.zero_grad["run"] >= limit:
+            vocab = getattr(self.model.config, "vocab_size", None)
+            loss = metrics.get("query_loss")
+            pinned = (f"; query loss {loss:.4f}, ln V = {math.log(vocab):.4f} for a uniform guess over the "
+                      f"{vocab}-token vocabulary" if vocab and loss is not None else "")
+            raise DivergedError(
+                f"{self.run_dir}: {self.zero_grad['run']} consecutive steps (to step {self.step + 1}) had a "
+                f"meta-gradient of exactly zero{pinned}: the inner loop has likely diverged into saturation "
+                "and the run learns nothing; none was applied. Lower algorithm.inner.lr (or the adapter's "
+                "alpha); max_zero_grad_steps=0 only counts such steps")
+
     def _log(self, row: dict[str, Any], log: Any, log_path: Path, writer: Any) -> None:
         """One step's row to ``log.jsonl`` (flushed) and its numbers to tensorboard (main process)."""
         if log is not None:
@@ -325,11 +348,13 @@ class MetaTrainer:
                                               clip_grad_norm=cfg.outer.clip_grad_norm, sync=self._sync,
                                               autocast=self._autocast)
                 self._count_nonfinite(bool(metrics.pop("skipped")))
+                self._count_zero_grad(bool(metrics.pop("zero_grad")), metrics)
                 self.scheduler.step()
                 self.step += 1
                 shapes = [s for part in distributed.gather_objects(shapes, self.ctx) for s in part]
                 last = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **metrics,
-                        "skipped_nonfinite": self.nonfinite["total"], "seconds": time.perf_counter() - start,
+                        "skipped_nonfinite": self.nonfinite["total"], "zero_grad_steps": self.zero_grad["total"],
+                        "seconds": time.perf_counter() - start,
                         "tasks": [t for t, _ in shapes], "tokens": [n for _, n in shapes]}
                 if self.step == 1:  # MiB of the base model each process holds (1/N of it under fsdp)
                     last["base_param_mib"] = base_mib

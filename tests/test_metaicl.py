@@ -208,57 +208,43 @@ def test_synthetic_in_context_rows_are_the_demonstrations_then_the_query():
                                                                         plain.query["input_ids"][:, -1])
 
 
-def _label_accuracy(model, params, episodes) -> float:
-    """Rank classification among each episode's label tokens, as in-context evaluation scores it."""
-    right = total = 0
+def _demonstrated_share(model, episodes, pool: list[int]) -> float:
+    """The mean probability mass, among the pool's label tokens, that the model puts on the labels the
+    episode's demonstrations show (at each query's answer position)."""
+    total = 0.0
     with torch.no_grad():
         for ep in episodes:
-            labels = ep.support["input_ids"][:, -1].unique()
-            logits = torch.func.functional_call(model, params, (ep.query["input_ids"],)).logits[:, -2]
-            picked = labels[logits[:, labels].argmax(-1)]
-            right += int((picked == ep.query["input_ids"][:, -1]).sum())
-            total += len(picked)
-    return right / total
+            shown = torch.tensor([pool.index(int(t)) for t in ep.support["input_ids"][:, -1].unique()])
+            logits = torch.func.functional_call(model, {}, (ep.query["input_ids"],)).logits[:, -2]
+            total += float(logits[:, pool].softmax(-1)[:, shown].sum())
+    return total / sum(len(ep.query["input_ids"]) for ep in episodes)
 
 
-def _metaicl_until(seed: int, target: float, max_steps: int) -> tuple[float, float, int]:
-    """Train a random-init 2-layer Llama with MetaICL on the synthetic in-context task until its held-out
-    in-context accuracy reaches ``target`` (checked every 100 steps) or ``max_steps``; returns the
-    accuracy before training, after, and the steps taken."""
-    tasks = metalm.SyntheticTasks(vocab_size=48, n_classes=2, seq_len=3, key_pool=2, label_pool=2)
+@pytest.mark.slow
+def test_metaicl_learns_to_answer_from_the_demonstrations():
+    """Each episode draws its 2 labels from a pool of 12 tokens, so only its demonstrations say which
+    labels it has. A model blind to the context puts in expectation at most 2/12 of its label mass on
+    them (whatever its marginal: each label is shown in 1/6 of the episodes); MetaICL-trained weights
+    put at least 0.9 there after 150 steps.
+
+    Measured before choosing these numbers, seeds 0-4 on 1 and 2 threads: 0.16-0.18 before, 0.905-0.942
+    after 100 steps, 0.955-0.958 after 150, identical on both thread counts; a margin of 0.055. Unlike
+    the key -> label association (a plateau, then a jump whose timing depended on the seed and the CPU),
+    learning to copy the shown labels needs no phase transition to break."""
+    tasks = metalm.SyntheticTasks(vocab_size=48, n_classes=2, seq_len=3, key_pool=2, label_pool=12)
+    pool = list(range(1 + tasks.key_pool, 1 + tasks.key_pool + tasks.label_pool))
     config = metalm.tiny_config("llama", vocab_size=48, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=4)
     adapter = metalm.AdapterConfig(kind="full")
-    model = metalm.apply_adapter(metalm.load_model(config, seed=seed), adapter)
+    model = metalm.apply_adapter(metalm.load_model(config, seed=0), adapter)
     sel = metalm.select_parameters(model, adapter, metalm.MetaConfig(shared="none"))
     learner = metalm.build_algorithm("metaicl", model, sel, {})
     held_out = torch.Generator().manual_seed(123)
     test = [tasks.in_context(ep, held_out) for ep in tasks.episodes(50, 1, 4, held_out)]
-    before = after = _label_accuracy(model, {}, test)
+    before = _demonstrated_share(model, test, pool)
+    assert before < 0.25  # 1/6 expected for any context-blind model
     opt = torch.optim.AdamW(learner.meta_parameters().values(), lr=3e-3, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    while step < max_steps and after < target:
-        for _ in range(100):
-            learner.step([tasks.in_context(ep, gen) for ep in tasks.episodes(16, 1, 8, gen)], opt)
-        step += 100
-        after = _label_accuracy(model, {}, test)
-    return before, after, step
-
-
-@pytest.mark.slow
-def test_metaicl_learns_a_mapping_only_the_demonstrations_hold():
-    """Keys fixed, the two labels permuted per episode: which label a key has is readable from the
-    demonstrations alone, so any model that does not learn in context has expected accuracy 0.5.
-    MetaICL-trained weights reach >= 0.9 with in-context scoring; the untrained model does not.
-
-    Learning this is a plateau, then a jump whose timing depends on the seed (and so on a CPU's
-    rounding): measured, seeds 0, 2 and 3 jump within 600 steps, seeds 1 and 4 stall at 0.81 and 0.63
-    through 2,000 (benchmarks/RESULTS.md). So up to three seeds are tried, each for at most 800 steps;
-    here seed 0 passes in about 300. A model that cannot learn in context fails all three."""
-    for seed in (0, 2, 3):
-        before, after, steps = _metaicl_until(seed, 0.9, 800)
-        assert 0.3 < before < 0.7  # 400 queries: 0.5 +- 0.025 for a model blind to the mapping
-        if after >= 0.9:
-            return
-    pytest.fail(f"MetaICL did not reach 0.9 in-context accuracy in 800 steps with seeds 0, 2, 3 (last: {after:.2f})")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        learner.step([tasks.in_context(ep, gen) for ep in tasks.episodes(16, 1, 8, gen)], opt)
+    assert _demonstrated_share(model, test, pool) >= 0.9

@@ -128,30 +128,82 @@ def test_a_nonfinite_step_is_skipped_counted_and_the_run_goes_on(world, tmp_path
     assert (tmp_path / "ends" / "checkpoints" / "step-0000002").is_dir()  # finite weights, saved
 
 
-@pytest.mark.parametrize("case", ["inner lr 1e30", "NaN weight"])
+def _cli_train(world, run, *args):
+    return subprocess.run([sys.executable, "-m", "metalm.cli", "train", str(world["config"]), "--run-dir", str(run),
+                           "--quiet", "max_steps=6", "checkpoint_every=1", *args], env=world["env"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _model_with(world, tmp_path, suffix, value):
+    """A copy of the tiny model with ``value`` at one entry of the first weight whose name ends with ``suffix``."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(load_train_config(world["config"]).model, model_dir)
+    from safetensors.torch import save_file
+    weights = load_file(str(model_dir / "model.safetensors"))
+    weights[next(k for k in weights if k.endswith(suffix))][0, 0] = value
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    return model_dir
+
+
+@pytest.mark.parametrize("case", ["NaN in a frozen MLP weight", "inf in an adapted layer's attention"])
 def test_nonfinite_training_stops_with_one_line_and_saves_nothing_nonfinite(world, tmp_path, case):
+    """The fault is non-finite by IEEE arithmetic on every CPU (NaN propagates; inf in a projection gives
+    inf - inf or inf * 0 in the attention): no overflow has to happen for the test to mean something."""
     run = tmp_path / "run"
-    args = ["algorithm.inner.lr=1e30"] if case == "inner lr 1e30" else []
-    env = dict(world["env"])
-    if case == "NaN weight":  # a copy of the model with one NaN in a frozen weight
-        model_dir = tmp_path / "model"
-        src = load_train_config(world["config"]).model
-        shutil.copytree(src, model_dir)
-        from safetensors.torch import save_file
-        weights = load_file(str(model_dir / "model.safetensors"))
-        name = next(k for k in weights if k.endswith("mlp.down_proj.weight"))
-        weights[name][0, 0] = float("nan")
-        save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
-        args = [f"model={model_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "metalm.cli", "train", str(world["config"]), "--run-dir", str(run),
-                           "--quiet", "max_steps=6", "checkpoint_every=1", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    suffix, value = (("mlp.down_proj.weight", float("nan")) if case.startswith("NaN")
+                     else ("layers.1.self_attn.q_proj.base_layer.weight", float("inf")))
+    model = _model_with(world, tmp_path, suffix.replace("base_layer.", ""), value)
+    proc = _cli_train(world, run, f"model={model}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("metalm: error: ") and "3 consecutive steps (to step 3)" in message
+    assert "NaN or infinite" in message and "Traceback" not in proc.stderr
+    assert steps_logged(run) == [1, 2]  # the third skipped step stopped the run before it was logged
+    assert [json.loads(line)["skipped_nonfinite"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    for path in list_checkpoints(run):
+        assert all(bool(torch.isfinite(v).all()) for v in tensors_of(path).values() if v.is_floating_point())
+
+
+def test_a_run_whose_meta_gradient_is_exactly_zero_stops_and_applies_none_of_it(world, tmp_path, monkeypatch):
+    """A diverged inner loop can end in finite but dead values: saturated softmaxes, a loss pinned at
+    ln V, a meta-gradient of exactly zero. Injected here (zeroed gradients), the same on every CPU: the
+    steps are not applied (AdamW would still move the weights by weight decay), 3 in a row stop the run."""
+    cls = type(train(world, tmp_path / "one", monkeypatch, max_steps=1).algorithm)
+    original = cls.meta_gradients
+
+    def zero_from_step_two(self, batch):
+        metrics = original(self, batch)
+        if self.outer_steps >= 1:
+            for p in self.meta_parameters().values():
+                p.grad = torch.zeros_like(p)
+        return metrics
+
+    monkeypatch.setattr(cls, "meta_gradients", zero_from_step_two)
+    run = tmp_path / "run"
+    with pytest.raises(metalm.DivergedError, match=r"3 consecutive steps \(to step 4\) had a meta-gradient of "
+                                                   r"exactly zero; query loss .* ln V = 6\.2383 .* 512-token"):
+        train(world, run, monkeypatch, max_steps=6, checkpoint_every=1)
+    assert steps_logged(run) == [1, 2, 3]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["zero_grad_steps"] for r in log] == [0, 1, 2] and [r["grad_norm"] for r in log][1:] == [0.0, 0.0]
+    step_one, step_three = (tensors_of(run / "checkpoints" / f"step-000000{i}") for i in (1, 3))
+    assert all(torch.equal(step_one[k], step_three[k]) for k in step_one if k.startswith("meta/"))  # none applied
+    # max_zero_grad_steps=0 counts the steps and never stops.
+    done = train(world, tmp_path / "counted", monkeypatch, max_steps=4, max_zero_grad_steps=0)
+    assert done.zero_grad == {"total": 3, "run": 3}
+
+
+def test_inner_lr_1e30_stops_the_cli_run_in_one_line(world, tmp_path):
+    """The case found on a CPU where an inner learning rate of 1e30 ends finite (grad_norm 0.0, query loss
+    ln 512) and the run used to exit 0. Whether this CPU's kernels overflow to inf or saturate to a dead
+    zero gradient, the run stops after 3 steps with exit 2 and one line, nothing applied."""
+    run = tmp_path / "run"
+    proc = _cli_train(world, run, "algorithm.inner.lr=1e30")
     assert proc.returncode == 2, proc.stderr[-2000:]
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("metalm: error: ") and "3 consecutive steps (to step 3)" in message
     assert "Traceback" not in proc.stderr
-    assert steps_logged(run) == [1, 2]  # the third skipped step stopped the run before it was logged
-    assert [json.loads(line)["skipped_nonfinite"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert steps_logged(run) == [1, 2]
     for path in list_checkpoints(run):
         assert all(bool(torch.isfinite(v).all()) for v in tensors_of(path).values() if v.is_floating_point())
 

@@ -28,6 +28,7 @@ import torch
 
 from metalm import AdapterConfig, MetaConfig, apply_adapter, load_model, select_parameters
 from metalm.data import default_registry
+from metalm.environment import versions
 from metalm.eval.learnability import CeilingConfig, measure_task
 from metalm.files import write_atomic
 from metalm.hub import resolve_model
@@ -153,7 +154,7 @@ def main() -> int:
             fh.flush()
             os.fsync(fh.fileno())
         done = read_journals(out)  # every shard's tasks so far
-        write_atomic(out, json.dumps({"criterion": cfg.criterion(), "config": vars(cfg),
+        write_atomic(out, json.dumps({"criterion": cfg.criterion(), "config": vars(cfg), "versions": versions(),
                                       "tasks": {n: done[n] for n in sorted(done)}}, indent=1) + "\n")
         print(f"{name}: {result}", flush=True)
     return 0

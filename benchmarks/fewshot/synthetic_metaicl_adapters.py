@@ -13,15 +13,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 import metalm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.test_metaicl import _label_accuracy  # noqa: E402 - the test's scorer, not a second copy
+
+def _label_accuracy(model, params, episodes) -> float:  # noqa: ANN001
+    """Rank classification among each episode's label tokens, as in-context evaluation scores it."""
+    right = total = 0
+    with torch.no_grad():
+        for ep in episodes:
+            labels = ep.support["input_ids"][:, -1].unique()
+            logits = torch.func.functional_call(model, params, (ep.query["input_ids"],)).logits[:, -2]
+            picked = labels[logits[:, labels].argmax(-1)]
+            right += int((picked == ep.query["input_ids"][:, -1]).sum())
+            total += len(picked)
+    return right / total
+
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIGS = {  # name: (adapter kind, rank, alpha, targets, meta.shared, outer lr)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from metalm.environment import versions  # noqa: E402
 from metalm.files import write_atomic  # noqa: E402
 
 
@@ -21,13 +22,13 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def write_json(path: Path | None, rows: list[dict[str, Any]], **extra: Any) -> None:
-    """Write ``{"command", "date", "machine", "torch", **extra, "rows"}`` to ``path`` (atomically); no-op
+    """Write ``{"command", "date", "machine", "torch", "versions", **extra, "rows"}`` to ``path`` (atomically); no-op
     without a path."""
     if path is None:
         return
     payload = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                           f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}",
-               "torch": torch.__version__, **extra, "rows": rows}
+               "torch": torch.__version__, "versions": versions(), **extra, "rows": rows}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(payload, indent=1) + "\n")

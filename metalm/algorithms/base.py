@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..inner import LearningRate, LossFn
 from ..losses import Batch, compiled_lm_loss, lm_loss, reusable_batch
 from ..params import ParameterSelection
-from ..sharding import clip_grad_norm_, grads_finite
+from ..sharding import clip_grad_norm_, grads_health
 
 _REGISTRY: dict[str, tuple[type[MetaLearner], type]] = {}
 
@@ -261,8 +261,10 @@ class MetaLearner:
              ) -> dict[str, float]:
         """One outer step: zero the gradients, accumulate the meta-gradients, step ``optimizer``.
 
-        The step is skipped (no update) when a meta-gradient or metric is NaN or infinite; the
-        outer-step counter advances either way.
+        The step is skipped (no update) when a meta-gradient or metric is NaN or infinite, or when
+        the meta-gradient is exactly zero everywhere (nothing to learn from; an optimizer with
+        momentum or weight decay would still move the weights); the outer-step counter advances
+        either way.
 
         Args:
             episodes: One meta-batch, or an iterable of meta-batches (drawn lazily) whose
@@ -278,7 +280,8 @@ class MetaLearner:
             The metrics averaged over the meta-batches (a key reported by some of them, such as a
             multi-task weight of a task drawn in one, is summed over them / their number),
             ``grad_norm`` when clipping, and
-            ``skipped``: 1.0 when the step was not applied, else 0.0.
+            ``skipped``: 1.0 when the step was not applied for a non-finite value, else 0.0;
+            ``zero_grad``: 1.0 when it was not applied because the meta-gradient was exactly zero.
         """
         batches = [episodes] if isinstance(episodes, Sequence) and episodes and isinstance(episodes[0], Episode) \
             else list(episodes) if isinstance(episodes, Sequence) else episodes
@@ -304,12 +307,15 @@ class MetaLearner:
         if sync is not None:
             metrics = sync(params, metrics)
         self.outer_steps += 1
-        if not finite(params, metrics):
-            return {**metrics, "skipped": 1.0}
+        finite_grads, zero = grads_health(params)
+        if not (finite_grads and all(math.isfinite(v) for v in metrics.values())):
+            return {**metrics, "skipped": 1.0, "zero_grad": 0.0}
+        if zero:
+            return {**metrics, "grad_norm": 0.0, "skipped": 0.0, "zero_grad": 1.0}
         if clip_grad_norm is not None:
             metrics["grad_norm"] = clip_grad_norm_(params, clip_grad_norm)
         optimizer.step()
-        return {**metrics, "skipped": 0.0}
+        return {**metrics, "skipped": 0.0, "zero_grad": 0.0}
 
     def state_dict(self) -> dict[str, Any]:
         """The algorithm's state besides its tensors, JSON-serializable (checkpoints store it as
@@ -324,8 +330,3 @@ class MetaLearner:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {dataclasses.asdict(self.config)})"
 
-
-def finite(params: Sequence[Tensor], metrics: Mapping[str, float]) -> bool:
-    """Whether every gradient of ``params`` and every metric is finite (one device sync; processes
-    holding shards of a gradient agree, :func:`metalm.sharding.grads_finite`)."""
-    return grads_finite(params) and all(math.isfinite(v) for v in metrics.values())

@@ -26,7 +26,9 @@ import torch
 from .. import distributed
 from ..config import from_dict, to_dict
 from ..data import TaskRegistry, load_split, packaged_tasks_dir, task_path
+from ..environment import versions
 from ..errors import ConfigError
+from ..files import write_atomic
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
 from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_paths, run_rows
 from .episode_cost import episode_costs
@@ -232,6 +234,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
         report["adaptation_cost"] = dict(sorted({**report["adaptation_cost"], **separate.costs}.items()))
         report["tasks"] = names
         report["checkpoints"] = {r: setting.checkpoints[r].name for r in runs}  # which weights each run had
+        report["versions"] = versions()  # the packages that produced these numbers (requirements/lock.txt)
         if protocol is not None:
             report["protocol"] = protocol.record(config, setting.config.split, names)
         if config.inner_steps:
@@ -243,7 +246,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
             report["measuring_seconds"] = round(book.seconds, 1)
             report.update({"episode_cost_seconds": round(book.cost_seconds, 1)} if config.cost_episodes else {})
         if output is not None and ctx.is_main:
-            Path(output).write_text(json.dumps(report, indent=1), encoding="utf-8")
+            write_atomic(Path(output), json.dumps(report, indent=1))  # never a half-written report
         if book is not None:
             book.close()  # after the report is written: a kill in between loses nothing
     return report
