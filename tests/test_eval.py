@@ -470,6 +470,42 @@ def test_contextual_calibration_by_hand(tiny, registry):
         assert torch.allclose(torch.tensor(ours, dtype=torch.float64), (p / p_cf).log(), atol=1e-6)
 
 
+def test_calibration_of_a_task_whose_input_field_is_text(tiny, tmp_path):
+    """A task whose input field is named ``text`` (as `metalm tasks new --type classification` writes it):
+    its content-free prompts replace that field (they used to keep it, so calibration divided the scores
+    by themselves), the calibrated row differs from the plain one and matches Zhao et al.'s formula
+    computed by hand from plain HF forwards."""
+    from metalm.data import TaskRegistry, load_task_file
+    from metalm.data.registry import Task
+
+    model, tok, path = tiny
+    words = ["apple", "pear", "plum", "fig", "river", "lake", "sea", "pond"]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": w, "label": "fruit" if i < 4 else "water"}) + "\n"
+                                              for i, w in enumerate(words)))
+    (tmp_path / "t.yaml").write_text(json.dumps({"name": "textfield", "type": "classification",
+                                                 "source": {"kind": "jsonl", "path": "t.jsonl"},
+                                                 "template": "W: {{ text }}\nA:", "labels": ["fruit", "water"]}))
+    registry = TaskRegistry([Task(load_task_file(tmp_path / "t.yaml"), str(tmp_path / "t.yaml"))])
+    tok2, algo, base = _learner(path)
+    config = EvalConfig(shots=[1], episodes=1, ways=2, queries=1, methods=["zeroshot", "zeroshot-cal"],
+                        content_free=["N/A", ""], max_length=64)
+    harness = Harness.from_learner(algo, tok2, base, None, config)
+    (episode,) = harness.episodes(registry["textfield"], 1)
+    q = episode.query[0]
+    assert q.content_free == ("W: N/A\nA:", "W: \nA:") and q.prompt not in q.content_free
+
+    def probs(prompt):
+        s = torch.tensor([sum(v) / len(v) for v in (_logp(model, "", prompt, o, tok) for o in q.options)],
+                         dtype=torch.float64)
+        return torch.softmax(s, 0)
+
+    expected = (probs(q.prompt) / ((probs(q.content_free[0]) + probs(q.content_free[1])) / 2)).log()
+    plain = harness._unadapted("zeroshot", [episode])[0][0]
+    calibrated = harness._unadapted("zeroshot-cal", [episode])[0][0]
+    assert torch.allclose(torch.tensor(calibrated, dtype=torch.float64), expected, atol=1e-6)
+    assert not torch.allclose(torch.tensor(calibrated).log_softmax(0), torch.tensor(plain).log_softmax(0), atol=1e-3)
+
+
 def test_channel_scores_are_input_likelihoods_given_the_label(tiny, registry):
     """Channel scoring (Min et al. 2022) against log P(input | demos, label) from plain HF forwards."""
     model, tok, path = tiny

@@ -238,7 +238,10 @@ class EpisodeSampler:
         return out
 
     def _content_free(self, ix: _TaskIndex, row: dict[str, Any]) -> tuple[str, ...]:
-        answer_fields = {"label", "options", "target", "references", "text"}
+        """The prompt with every text field but the answer's replaced by each content-free input (Zhao et
+        al. 2021): the answer fields are the task's own (``target_field``, ``options_field``) and the
+        canonical columns loading made of them, whatever the input fields are named (``text`` too)."""
+        answer_fields = {"label", "options", "target", "references", ix.spec.target_field, ix.spec.options_field}
         return tuple(ix.spec.prompt({k: (cf if isinstance(v, str) and k not in answer_fields else v)
                                      for k, v in row.items()}, ix.task.path)
                      for cf in self.config.content_free)

@@ -23,6 +23,7 @@ from jinja2 import meta as jinja_meta
 
 from ..errors import TaskError
 from .download import require
+from .pool_sources import pool_rows
 from .tasks import TaskSpec
 from .templates import _ENV
 
@@ -331,6 +332,8 @@ def load_examples(spec: TaskSpec, source: str | None = None) -> tuple[datasets.D
         rows, header = _bigbench_rows(spec, source)
     elif kind in ("json", "jsonl", "csv"):
         rows = _local_rows(spec, source)
+    elif kind == "pool":
+        rows = pool_rows(str(spec.source.name), spec.source.config, spec.source.split, source)
     elif kind == "bbc_news":
         rows = _bbc_rows(spec, source)
     elif kind == "shakespeare":

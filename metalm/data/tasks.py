@@ -28,7 +28,7 @@ from ..errors import ConfigError, TaskError
 from .templates import compile_template, render
 
 TaskType = Literal["classification", "multiple_choice", "generation", "language_modeling"]
-SourceKind = Literal["bigbench", "bbc_news", "shakespeare", "json", "jsonl", "csv", "hf", "disk"]
+SourceKind = Literal["bigbench", "pool", "bbc_news", "shakespeare", "json", "jsonl", "csv", "hf", "disk"]
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 
@@ -37,14 +37,17 @@ class SourceSpec:
     """Where a task's examples come from.
 
     Attributes:
-        kind: ``bigbench`` (a ``task.json`` of the packaged BIG-bench), ``bbc_news``,
+        kind: ``bigbench`` (a ``task.json`` of the packaged BIG-bench), ``pool`` (a data set of the
+            pinned task pool, :mod:`metalm.data.pool_sources`), ``bbc_news``,
             ``shakespeare``, local ``json`` / ``jsonl`` / ``csv`` files, ``hf`` (``datasets.load_dataset``
             with a hub name or data files) or ``disk`` (``datasets.load_from_disk``).
         task: BIG-bench task path, e.g. ``fact_checker/fever``.
         path: File or folder for ``json``, ``jsonl``, ``csv`` and ``disk`` (relative to the YAML file).
-        name: Dataset name for ``hf`` (e.g. ``glue``), or a builder (``json``, ``csv``) with ``data_files``.
-        config: Dataset configuration for ``hf`` (e.g. ``sst2``).
-        split: Split to read for ``hf`` and ``disk``.
+        name: Dataset name for ``hf`` (e.g. ``glue``), or a builder (``json``, ``csv``) with ``data_files``;
+            for ``pool``, the data set (``blimp``, ``tweeteval``, ``clinc150``, ...).
+        config: Dataset configuration for ``hf`` (e.g. ``sst2``); for ``pool``, the subset (a BLiMP
+            phenomenon, a CLINC150 domain, ...).
+        split: Split to read for ``hf``, ``disk`` and ``pool``.
         data_files: Data files for ``hf`` builders (relative to the YAML file).
         files: For ``shakespeare``: which plays (file stems, e.g. ``hamlet``); all when omitted.
         chunk_chars: For ``shakespeare``: characters per language-modeling example.
@@ -64,7 +67,8 @@ class SourceSpec:
     fallback_encoding: str | None = None
 
     def __post_init__(self) -> None:
-        need = {"bigbench": "task", "json": "path", "jsonl": "path", "csv": "path", "disk": "path", "hf": "name"}
+        need = {"bigbench": "task", "json": "path", "jsonl": "path", "csv": "path", "disk": "path", "hf": "name",
+                "pool": "name"}
         key = need.get(self.kind)
         if key and not getattr(self, key):
             raise ConfigError(f"source.{key}", f"required for source kind {self.kind!r}")
