@@ -565,8 +565,9 @@ def _add_tools(sub: Any) -> None:
     dl.add_argument("--if-missing", action="store_true", help="skip what is already in the cache")
     dl.add_argument("--from", dest="source", metavar="PATH",
                     help="read a copy instead of downloading: for pool, a folder laid out SOURCE/PATH (e.g. "
-                         "../shared/pool); the package's archive (e.g. bigbench-1.0.0.tar.gz) or, for bigbench, a folder holding bigbench/benchmark_tasks/ (a BIG-bench checkout); without "
-                         "--tasks, the shipped tasks the copy holds")
+                         "../shared/pool); the package's archive (e.g. bigbench-1.0.0.tar.gz) or, for bigbench, a "
+                         "folder holding bigbench/benchmark_tasks/ (a BIG-bench checkout); without --tasks, the "
+                         "shipped tasks the copy holds")
     dl.add_argument("--skip-unavailable", action="store_true",
                     help="a package the registry does not serve (removed or refused) is reported and skipped "
                          "instead of stopping with an error; the others are still fetched")

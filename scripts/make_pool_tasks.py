@@ -211,7 +211,8 @@ def instruction_specs() -> list[dict[str, Any]]:
 def nltk_specs() -> list[dict[str, Any]]:
     specs = [classification("trec.coarse", "trec", "coarse", "Question: {{ text }}\nThe question asks for a",
                             pool_rows("trec", "coarse", "train"),
-                            "TREC: the type of answer a question asks for (6 coarse classes).", ["question type", "trec"])]
+                            "TREC: the type of answer a question asks for (6 coarse classes).",
+                            ["question type", "trec"])]
     for coarse in ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"):
         specs.append(classification(
             f"trec.fine_{coarse.lower()}", "trec", f"fine/{coarse}", "Question: {{ text }}\nThe question asks for a",
@@ -261,7 +262,7 @@ HELD_OUT = ("trec", "tweeteval:stance", "rte", "subjectivity", "blimp:semantics"
 VALIDATION = ("nps_chat", "sentence_polarity", "blimp:syntax_semantics")
 
 
-def write_split(specs: list[dict[str, Any]], path: Path = ROOT / "tasks" / "splits" / "pool.yaml") -> dict:
+def write_split(specs: list[dict[str, Any]], path: Path) -> dict:
     by = {"meta_test": HELD_OUT, "meta_val": VALIDATION}
     lists: dict[str, list[str]] = {"meta_train": [], "meta_val": [], "meta_test": []}
     for spec in specs:
@@ -279,7 +280,8 @@ def write_split(specs: list[dict[str, Any]], path: Path = ROOT / "tasks" / "spli
     return split
 
 
-def main(out: Path = ROOT / "tasks" / "pool") -> list[dict[str, Any]]:
+def main(out: Path = ROOT / "tasks" / "pool", split_path: Path = ROOT / "tasks" / "splits" / "pool.yaml"
+         ) -> list[dict[str, Any]]:
     specs, left = [], []
     for make in (blimp_specs, tweeteval_specs, clinc_specs, banking_specs, instruction_specs, nltk_specs):
         for spec in make():
@@ -297,7 +299,7 @@ def main(out: Path = ROOT / "tasks" / "pool") -> list[dict[str, Any]]:
         (folder / f"{spec['name']}.yaml").write_text(text, encoding="utf-8")
     print(f"{len(specs)} tasks from {len({s['source']['name'] for s in specs})} data sets into {out}"
           + (f"; {len(left)} left out" if left else ""))
-    split = write_split(specs)
+    split = write_split(specs, split_path)
     print("split pool: " + ", ".join(f"{k} {len(v)}" for k, v in split.items() if isinstance(v, list)))
     return specs
 

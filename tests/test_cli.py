@@ -21,8 +21,12 @@ def test_tasks_list_without_data_says_what_to_run(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("METALM_HOME", str(tmp_path))
     assert main(["tasks", "list", "--split", "smoke", "--sizes"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:2] == ["task", "type"] and len(out) == 1 + 7
-    assert all("metalm download bigbench" in line for line in out[1:])
+    assert out[0].split()[:4] == ["task", "type", "metric", "data"] and len(out) == 1 + 7 + 1
+    assert all("metalm download bigbench" in line for line in out[1:-1])
+    assert out[-1] == "# 7 tasks from 1 data sets"
+    assert main(["tasks", "list", "--split", "pool", "--sizes"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sum("metalm download pool" in line for line in out) >= 130 and out[-1].endswith("from 11 data sets")
 
 
 def test_tasks_show_unknown_task_is_a_one_line_error(capsys):

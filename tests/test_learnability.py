@@ -62,6 +62,7 @@ def test_a_task_with_no_signal_sits_at_chance(home, tiny):
     assert row["learnable"] is False and row["train"] == 40
 
 
+@pytest.mark.learning
 def test_a_rule_the_model_can_learn_is_learnable(home, tiny):
     """The answer is a word of the input: a LoRA trained on 64 examples learns it; the pretrained tiny model
     does not know it, and the test examples are disjoint from the training ones."""

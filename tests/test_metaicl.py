@@ -1,6 +1,7 @@
 """MetaICL and in-context rows against hand-built rows and plain Hugging Face backward passes."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -221,7 +222,9 @@ def _demonstrated_share(model, episodes, pool: list[int]) -> float:
 
 
 @pytest.mark.slow
-def test_metaicl_learns_to_answer_from_the_demonstrations():
+@pytest.mark.learning
+@pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("METALM_LEARNING_SEEDS", "0").split(",")])
+def test_metaicl_learns_to_answer_from_the_demonstrations(seed):
     """Each episode draws its 2 labels from a pool of 12 tokens, so only its demonstrations say which
     labels it has. A model blind to the context puts in expectation at most 2/12 of its label mass on
     them (whatever its marginal: each label is shown in 1/6 of the episodes); MetaICL-trained weights
@@ -236,7 +239,7 @@ def test_metaicl_learns_to_answer_from_the_demonstrations():
     config = metalm.tiny_config("llama", vocab_size=48, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=4)
     adapter = metalm.AdapterConfig(kind="full")
-    model = metalm.apply_adapter(metalm.load_model(config, seed=0), adapter)
+    model = metalm.apply_adapter(metalm.load_model(config, seed=seed), adapter)
     sel = metalm.select_parameters(model, adapter, metalm.MetaConfig(shared="none"))
     learner = metalm.build_algorithm("metaicl", model, sel, {})
     held_out = torch.Generator().manual_seed(123)
@@ -244,7 +247,7 @@ def test_metaicl_learns_to_answer_from_the_demonstrations():
     before = _demonstrated_share(model, test, pool)
     assert before < 0.25  # 1/6 expected for any context-blind model
     opt = torch.optim.AdamW(learner.meta_parameters().values(), lr=3e-3, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     for _ in range(150):
         learner.step([tasks.in_context(ep, gen) for ep in tasks.episodes(16, 1, 8, gen)], opt)
     assert _demonstrated_share(model, test, pool) >= 0.9

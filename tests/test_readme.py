@@ -39,6 +39,7 @@ def test_readme_python_example_runs(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_cli_demo_learns_held_out_tasks(tmp_path):
     out = tmp_path / "demo.json"
     assert main(["demo", "outer_steps=150", "eval_episodes=20", "--json", str(out)]) == 0

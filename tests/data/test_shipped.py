@@ -120,3 +120,49 @@ def test_wheel_ships_the_task_definitions(tmp_path):
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == str(unpacked / "metalm" / "_tasks")
     assert int(out[1]) == len(TaskRegistry.from_dirs(ROOT / "tasks")) and int(out[2]) > 0
+
+
+def test_the_pool_has_130_tasks_from_8_data_sets_and_its_files_are_the_script_output():
+    """tasks/pool/ and the pool split are what scripts/make_pool_tasks.py writes (checked where the pool
+    is installed: the script reads the data); without data, the counts from the files alone."""
+    registry = TaskRegistry.from_dirs(ROOT / "tasks")
+    split = load_split("pool", registry)
+    names = [*split.meta_train, *split.meta_val, *split.meta_test]
+    datasets = {registry[n].spec.source.name if registry[n].spec.source.kind == "pool" else registry[n].spec.source.kind
+                for n in names}
+    assert len(names) >= 130 and len(datasets) >= 8
+    assert {registry[n].spec.type for n in names} >= {"classification", "multiple_choice", "generation"}
+
+
+@needs("pool")
+def test_the_generated_pool_files_are_reproduced_by_the_script(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import make_pool_tasks
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    specs = make_pool_tasks.main(tmp_path / "pool", tmp_path / "pool.yaml")
+    assert (tmp_path / "pool.yaml").read_text() == (ROOT / "tasks" / "splits" / "pool.yaml").read_text()
+    shipped = {p.relative_to(ROOT / "tasks" / "pool"): p.read_text() for p in (ROOT / "tasks" / "pool").rglob("*.yaml")}
+    assert shipped == {p.relative_to(tmp_path / "pool"): p.read_text() for p in (tmp_path / "pool").rglob("*.yaml")}
+    assert len(specs) == len(shipped)
+
+
+@needs("pool")
+def test_a_task_of_every_pool_source_renders_an_episode():
+    """One task of each reader (and each task type) samples a 2-way 1-shot episode whose prompts hold
+    the example's text."""
+    registry = TaskRegistry.from_dirs(ROOT / "tasks")
+    picks = ["blimp.adjunct_island", "tweeteval.stance_climate", "tweeteval.emoji", "clinc150.banking", "clinc150.domain",
+             "banking77.card", "instruction_induction.antonyms", "instruction_induction.larger_animal",
+             "instruction_induction.sentiment", "trec.coarse", "trec.fine_hum", "sentence_polarity", "subjectivity",
+             "nps_chat", "rte"]
+    for name in picks:
+        task = registry[name]
+        episode = EpisodeSampler([task], SamplerConfig(ways=2, shots=1, queries=1, drop_small_classes=True),
+                                 seed=0).sample()
+        for ex in [*episode.support, *episode.query]:
+            assert ex.prompt.strip() and ex.answer.strip(), name
+            assert "{{" not in ex.prompt, name
+            if task.spec.type != "generation":
+                assert ex.answer in ex.options, name
