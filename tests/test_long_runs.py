@@ -31,7 +31,8 @@ def setup(tmp_path):
     world = make_world(tmp_path, max_steps=3, val_every=0, checkpoint_every=1)
     (tmp_path / "MANIFEST.md").write_text(MANIFEST)
     env = {**world["env"], "BIN": str(Path(sys.executable).parent), "RUN": str(tmp_path / "run"),
-           "LONG_RUNS_JSON": str(tmp_path / "long_runs.json"), "LONG_RUNS_MANIFEST": str(tmp_path / "MANIFEST.md")}
+           "LONG_RUNS_JSON": str(tmp_path / "long_runs.json"), "LONG_RUNS_MANIFEST": str(tmp_path / "MANIFEST.md"),
+           "LONG_RUNS_STATE": str(tmp_path / "committed")}
     return world, env, tmp_path
 
 
@@ -49,16 +50,17 @@ def test_until_then_to_the_end(setup):
     assert ran.returncode == 0, ran.stderr
     e = entry(tmp_path)
     assert (e["status"], e["checkpointed"], e["max_steps"], e["algorithm"]) == ("stopped", 1, 3, "maml")
+    assert e["committed"] == 1 and (tmp_path / "committed" / "run" / "checkpoints" / "step-0000001").is_dir()
     assert e["config"] == str(world["config"])
     ran = subprocess.run(["bash", str(SCRIPT), str(world["config"])], env=env, capture_output=True, text=True,
                          timeout=600)
     assert ran.returncode == 0, ran.stderr
     e = entry(tmp_path)
-    assert (e["status"], e["checkpointed"], e["logged"]) == ("finished", 3, 3)
+    assert (e["status"], e["checkpointed"], e["logged"], e["committed"]) == ("finished", 3, 3, 3)
     text = (tmp_path / "MANIFEST.md").read_text()
     assert text.startswith("# Long jobs\n\nhand-written rows stay as they are\n") and text.endswith("## after the table\n")
     rows = [line for line in text.splitlines() if line.startswith(f"| `{tmp_path / 'run'}`")]
-    assert len(rows) == 1 and "| maml | 3 / 3 | finished |" in rows[0]
+    assert len(rows) == 1 and "| maml | 3 / 3 | step 3 | finished |" in rows[0]
 
 
 @pytest.mark.slow
@@ -78,7 +80,7 @@ def test_sigterm_is_recorded_as_stopped_at_its_checkpoint(setup):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err
     e = entry(tmp_path)
-    assert e["status"] == "stopped" and e["checkpointed"] == e["logged"] >= 2  # no logged step lost
+    assert e["status"] == "stopped" and e["checkpointed"] == e["logged"] == e["committed"] >= 2  # nothing lost
 
 
 def test_a_second_launch_leaves_the_running_entry(setup):
@@ -124,13 +126,30 @@ def test_a_lost_run_keeps_the_step_it_had_reached(tmp_path):
     before = {"algorithm": "hyperlora", "max_steps": 2000, "checkpointed": 1117, "logged": 1117, "config": "c.yaml",
               "status": "stopped", "updated": "then"}
     path.write_text(json.dumps({str(run): before}))
-    e = update(run, status="lost", path=path, manifest=manifest, now="now")
-    assert e == {**before, "status": "lost", "updated": "now"}
-    assert "| hyperlora | 1117 / 2000 | lost | now | from step 0: `bash benchmarks/fewshot/train_long.sh c.yaml` |" \
-        in manifest.read_text()
+    e = update(run, status="lost", path=path, manifest=manifest, state=tmp_path / "committed", now="now")
+    assert e == {**before, "status": "lost", "updated": "now", "committed": None}
+    assert "| hyperlora | 1117 / 2000 | none | lost | now | from step 0: `bash benchmarks/fewshot/train_long.sh " \
+        "c.yaml` |" in manifest.read_text()
     run.mkdir()
     with pytest.raises(SystemExit, match="still there"):
-        update(run, status="lost", path=path, manifest=manifest)
+        update(run, status="lost", path=path, manifest=manifest, state=tmp_path / "committed")
     with pytest.raises(SystemExit, match="nothing to mark lost"):
-        update(tmp_path / "other", status="lost", path=path, manifest=manifest)
+        update(tmp_path / "other", status="lost", path=path, manifest=manifest, state=tmp_path / "committed")
     assert json.loads(path.read_text()) == {str(run): e}  # the refused calls changed nothing
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_continues_from_the_committed_state(setup):
+    """The run folder is gone (a new machine); train_long.sh lays the committed state in and continues."""
+    import shutil
+
+    world, env, tmp_path = setup
+    ran = subprocess.run(["bash", str(SCRIPT), str(world["config"]), "--until", "2"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert ran.returncode == 0 and entry(tmp_path)["committed"] == 2, ran.stderr
+    shutil.rmtree(tmp_path / "run")
+    ran = subprocess.run(["bash", str(SCRIPT), str(world["config"])], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert ran.returncode == 0 and "resumes from step 2" in ran.stderr, ran.stderr
+    log = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3] and entry(tmp_path)["committed"] == 3

@@ -4,14 +4,18 @@
 (``finished`` at its schedule's last step, ``stopped`` by a signal or ``--until``, ``failed`` with
 the exit code), so the manifest says where every run is without anyone editing it; ``lost`` is set by
 hand when the run folder is gone (a new machine does not keep ``runs/``): the entry keeps the step it
-had reached, and the same command starts it again from step 0:
+had reached, and the same command starts it again from step 0, or from its committed state:
 `benchmarks/results/long_runs.json` (one entry per run folder) and the table between the markers
 of `benchmarks/MANIFEST.md` (rewritten from the JSON). Run folders stay local (``runs/`` is not
-committed); the manifest is committed at a session's end like a journal.
+committed), but when a run's process ends its newest checkpoint (without the base model) is copied
+into ``benchmarks/runs/NAME`` (:mod:`metalm.runstate`), which is committed with the manifest at a
+session's end: ``restore`` lays it into an empty ``runs/NAME`` on a fresh clone, and the same
+command continues from it bit-identically (train_long.sh does both).
 
     python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --config benchmarks/fewshot/bench/hyperlora.yaml \
         --status running
     python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --exit-code 0
+    python benchmarks/fewshot/long_runs.py restore runs/long-hyperlora   # from benchmarks/runs/long-hyperlora
     python benchmarks/fewshot/long_runs.py show
 """
 
@@ -28,13 +32,20 @@ from typing import Any
 from metalm.checkpoint import list_checkpoints, read_step
 from metalm.files import json_lines, write_atomic
 from metalm.run import load_train_config
+from metalm.runstate import commit_state, committed_step, restore_state
 
 ROOT = Path(__file__).resolve().parents[2]
 # Elsewhere for a test or a scratch study: LONG_RUNS_JSON, LONG_RUNS_MANIFEST.
 JSON = Path(os.environ.get("LONG_RUNS_JSON", ROOT / "benchmarks" / "results" / "long_runs.json"))
 MANIFEST = Path(os.environ.get("LONG_RUNS_MANIFEST", ROOT / "benchmarks" / "MANIFEST.md"))
+STATE = Path(os.environ.get("LONG_RUNS_STATE", ROOT / "benchmarks" / "runs"))
 BEGIN, END = "<!-- long runs: begin (benchmarks/fewshot/long_runs.py writes this table) -->", "<!-- long runs: end -->"
 STATUSES = ("running", "finished", "stopped", "failed", "lost")
+
+
+def state_dir(run: Path, root: Path = STATE) -> Path:
+    """Where a run's committed state lives: ``benchmarks/runs/NAME`` (``$LONG_RUNS_STATE/NAME``)."""
+    return root / run.name
 
 
 def observe(run: Path, config_path: str | None = None) -> dict[str, Any]:
@@ -64,7 +75,8 @@ def status_of(seen: dict[str, Any], exit_code: int | None, status: str | None) -
 
 
 def update(run: Path, *, config: str | None = None, status: str | None = None, exit_code: int | None = None,
-           path: Path = JSON, manifest: Path = MANIFEST, now: str | None = None) -> dict[str, Any]:
+           path: Path = JSON, manifest: Path = MANIFEST, state: Path = STATE, now: str | None = None
+           ) -> dict[str, Any]:
     """Record ``run``'s state in ``path`` and rewrite ``manifest``'s table; returns the entry."""
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     key = os.path.relpath(run.resolve(), ROOT) if run.resolve().is_relative_to(ROOT) else str(run)
@@ -78,6 +90,10 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
         entry = {**runs.get(key, {}), **observe(run, config)}
     entry["config"] = config or entry.get("config", "")
     entry["status"] = status_of(entry, exit_code, status)
+    if exit_code is not None and entry.get("checkpointed") is not None:  # the process ended: keep its state
+        entry["committed"] = commit_state(run, state_dir(run, state))
+    else:
+        entry["committed"] = committed_step(state_dir(run, state))
     entry["updated"] = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs[key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,15 +109,19 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
     """The manifest's markdown table of ``runs``."""
-    lines = ["| run folder | config | algorithm | step checkpointed / schedule | status | updated | resume |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run folder | config | algorithm | step checkpointed / schedule | committed (benchmarks/runs/) | "
+             "status | updated | resume |", "|---|---|---|---|---|---|---|---|"]
     for key, e in sorted(runs.items()):
         resume = f"`bash benchmarks/fewshot/train_long.sh {e['config']}`" \
             if e.get("config") and e["status"] != "finished" else ""
-        if e["status"] == "lost" and resume:
-            resume = "from step 0: " + resume
+        committed = e.get("committed")
+        if resume and e["status"] == "lost":
+            resume = (f"from step {committed} (committed): " if committed else "from step 0: ") + resume
+        kept = "none" if committed is None else f"step {committed}"
+        if committed is not None and e.get("checkpointed") is not None and e["checkpointed"] > committed:
+            kept += f" (steps {committed + 1}-{e['checkpointed']} are on this machine only)"
         lines.append(f"| `{key}` | `{e.get('config', '')}` | {e['algorithm']} | {e['checkpointed']} / "
-                     f"{e['max_steps']} | {e['status']} | {e['updated']} | {resume} |")
+                     f"{e['max_steps']} | {kept} | {e['status']} | {e['updated']} | {resume} |")
     return "\n".join(lines)
 
 
@@ -114,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--status", choices=STATUSES)
     up.add_argument("--exit-code", type=int, help="the training process's exit code (sets the status)")
     sub.add_parser("show", help="print the table")
+    rs = sub.add_parser("restore", help="lay a run's committed state into its (empty or older) run folder")
+    rs.add_argument("run", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "restore":
+        step = restore_state(state_dir(args.run), args.run)
+        print(f"{args.run}: resumes from step {step}" if step is not None else f"{args.run}: starts at step 0",
+              file=sys.stderr)
+        return 0
     if args.command == "show":
         print(table(json.loads(JSON.read_text(encoding="utf-8")) if JSON.is_file() else {}))
         return 0

@@ -4,7 +4,9 @@
 # checkpoint (written every checkpoint_every steps, and on SIGTERM: a pre-empted run loses at most the
 # step in progress). The run folder is local (runs/ is not committed); its state (config, step reached,
 # status) is recorded in benchmarks/results/long_runs.json and the table of benchmarks/MANIFEST.md when
-# the run starts and when its process ends (benchmarks/fewshot/long_runs.py).
+# the run starts and when its process ends (benchmarks/fewshot/long_runs.py), and when it ends its newest
+# checkpoint (no base model) is copied to benchmarks/runs/NAME: commit that folder, and the same command
+# continues from it on a fresh clone.
 #
 #   nohup bash benchmarks/fewshot/train_long.sh benchmarks/fewshot/bench/hyperlora.yaml > runs/long-hyperlora.log 2>&1 &
 #   bash benchmarks/fewshot/train_long.sh CONFIG --until 500     # stop (checkpointed) at step 500
@@ -21,6 +23,8 @@ if [ -e "$RUN/.lock" ] && command -v flock >/dev/null && ! flock -n "$RUN/.lock"
   echo "train_long.sh: $RUN is in use by process $(cat "$RUN/.lock"); the manifest is left as it is" >&2
   exit 2
 fi
+# A fresh clone (a new machine) has no runs/: the committed state (benchmarks/runs/NAME) is laid in first.
+$BIN/python benchmarks/fewshot/long_runs.py restore "$RUN" || exit 2
 # --resume starts afresh in a folder without a checkpoint
 OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm train "$CONFIG" --run-dir "$RUN" \
   --quiet --resume "$@" &

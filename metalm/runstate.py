@@ -1,0 +1,97 @@
+"""A long run's resumable state kept in the repository, so it survives the machine it ran on.
+
+A run folder (``runs/NAME``) is local: a replaced machine loses it. :func:`commit_state` copies the
+run's newest intact checkpoint (the trained tensors: adapter / hypernetwork / library weights,
+optimizer, scheduler, sampler and RNG state, the step; never the base model, which is not in a
+checkpoint) with its ``config.yaml`` and ``log.jsonl`` into a tracked folder such as
+``benchmarks/runs/NAME``, refusing more than ``max_bytes``. :func:`restore_state` lays that state
+into an empty run folder on a fresh clone; ``metalm train --resume`` then continues bit-identically
+to a run that was never interrupted. Commit it once each time a run stops (a stage's end, SIGTERM),
+not at every checkpoint: every commit stays in the history.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .checkpoint import PREFIX, latest_checkpoint, list_checkpoints, read_step
+from .errors import MetalmError
+
+#: The most a committed state may weigh: a LoRA run's is a few MB; a run that meta-learns the whole
+#: model (``meta.shared``) does not belong in the repository.
+MAX_BYTES = 32 * 2**20
+_FILES = ("config.yaml", "log.jsonl")
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def committed_step(state_dir: str | Path) -> int | None:
+    """The step of the checkpoint a committed state holds (``None`` without one)."""
+    found = list_checkpoints(Path(state_dir))
+    return read_step(found[-1]) if found else None
+
+
+def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int = MAX_BYTES) -> int:
+    """Replace ``state_dir`` by the run's newest intact checkpoint, ``config.yaml`` and ``log.jsonl``.
+
+    Returns:
+        The step committed.
+
+    Raises:
+        MetalmError: Without an intact checkpoint, or when the state exceeds ``max_bytes`` (naming both
+            sizes); ``state_dir`` is left as it was.
+    """
+    run_dir, state_dir = Path(run_dir), Path(state_dir)
+    checkpoint = latest_checkpoint(run_dir)  # verified against its checksums
+    if checkpoint is None:
+        raise MetalmError(f"{run_dir} has no checkpoint to commit")
+    size = _size(checkpoint.path) + sum((run_dir / f).stat().st_size for f in _FILES if (run_dir / f).is_file())
+    if size > max_bytes:
+        raise MetalmError(f"{checkpoint.path}: {size / 2**20:.1f} MiB of state is over the {max_bytes / 2**20:.0f} MiB "
+                          "a committed run may hold (does it meta-learn the whole model? meta.shared)")
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{state_dir.name}-", dir=state_dir.parent))
+    try:
+        shutil.copytree(checkpoint.path, tmp / "checkpoints" / checkpoint.path.name)
+        for name in _FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+        retired = tmp.with_name(tmp.name + "-old")
+        if state_dir.exists():
+            os.replace(state_dir, retired)
+        os.replace(tmp, state_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return int(checkpoint.state["step"])
+
+
+def restore_state(state_dir: str | Path, run_dir: str | Path) -> int | None:
+    """Lay a committed state into ``run_dir`` unless the folder already holds a checkpoint as new.
+
+    Returns:
+        The step ``metalm train --resume`` will continue from (the local one where it is newer), or
+        ``None`` when neither has a checkpoint.
+    """
+    state_dir, run_dir = Path(state_dir), Path(run_dir)
+    local = list_checkpoints(run_dir)
+    local_step = read_step(local[-1]) if local else None
+    step = committed_step(state_dir)
+    if step is None or (local_step is not None and local_step >= step):
+        return local_step
+    target = run_dir / "checkpoints" / f"{PREFIX}{step:07d}"
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=run_dir / "checkpoints"))
+    shutil.rmtree(tmp)
+    shutil.copytree(list_checkpoints(state_dir)[-1], tmp)
+    os.replace(tmp, target)
+    for name in _FILES:  # the committed run's files, with its newer step
+        if (state_dir / name).is_file():
+            shutil.copy2(state_dir / name, run_dir / name)
+    return step

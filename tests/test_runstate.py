@@ -1,0 +1,66 @@
+"""A long run's state committed to the repository survives a new machine: resumed from the committed
+folder alone, a run continues exactly as if it had never stopped."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metalm.checkpoint import list_checkpoints
+from metalm.errors import MetalmError
+from metalm.runstate import MAX_BYTES, commit_state, committed_step, restore_state
+from metalm.train import MetaTrainer, load_train_config
+
+from .data.fixtures import make_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), outer={"lr": 0.01, "meta_batch": 2}, max_steps=4,
+                      val_every=0, checkpoint_every=1, keep_checkpoints=2)
+
+
+def trainer(world, run_dir, monkeypatch):
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    return MetaTrainer(load_train_config(world["config"]), run_dir)
+
+
+def tensors(path):
+    return {k: v.clone() for k, v in load_file(str(path / "tensors.safetensors")).items()}
+
+
+def test_a_run_resumed_from_its_committed_state_alone_is_the_uninterrupted_run(world, tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    trainer(world, reference, monkeypatch).train(progress=False)
+    first = tmp_path / "machine-one" / "runs" / "long"
+    trainer(world, first, monkeypatch).train(progress=False, max_steps=2)  # a stage: stopped at step 2
+    state = tmp_path / "repo" / "benchmarks" / "runs" / "long"
+    assert commit_state(first, state) == 2 and committed_step(state) == 2
+    assert [p.name for p in list_checkpoints(state)] == ["step-0000002"]  # the newest only
+    size = sum(p.stat().st_size for p in state.rglob("*") if p.is_file())
+    assert size < MAX_BYTES and not any("model" in p.name for p in state.rglob("*"))  # no base model
+    # A new machine: only the repository's folder; no runs/.
+    fresh = tmp_path / "machine-two" / "runs" / "long"
+    assert restore_state(state, fresh) == 2
+    trainer(world, fresh, monkeypatch).train(resume=True, progress=False)
+    got, want = tensors(fresh / "checkpoints" / "step-0000004"), tensors(reference / "checkpoints" / "step-0000004")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    drop = lambda line: {k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+    assert [drop(x) for x in (fresh / "log.jsonl").read_text().splitlines()] == \
+        [drop(x) for x in (reference / "log.jsonl").read_text().splitlines()]
+    # A local folder already ahead of the committed state is kept as it is.
+    assert restore_state(state, reference) == 4 and committed_step(state) == 2
+
+
+def test_a_state_over_the_bound_is_refused_and_the_committed_one_kept(world, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer(world, run, monkeypatch).train(progress=False, max_steps=1)
+    state = tmp_path / "state"
+    commit_state(run, state)
+    before = {p.relative_to(state): p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    with pytest.raises(MetalmError, match=r"MiB of state is over the 0 MiB a committed run may hold"):
+        commit_state(run, state, max_bytes=1000)
+    assert {p.relative_to(state): p.read_bytes() for p in state.rglob("*") if p.is_file()} == before
+    with pytest.raises(MetalmError, match="has no checkpoint to commit"):
+        commit_state(tmp_path / "empty", tmp_path / "state2")
