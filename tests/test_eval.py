@@ -825,3 +825,34 @@ def test_the_precision_enters_a_journals_fingerprint_only_when_it_is_bf16(regist
         first = json.loads(journal.read_text(encoding="utf-8").splitlines()[0])["fingerprint"]["eval"]
         bench = EvalConfig(**load_protocol("bench", registry).eval)
         assert journaled_values(bench) == first
+
+
+def test_the_default_max_length_cuts_no_row_and_a_short_one_is_counted_by_hand(registry, tmp_path):
+    """max_length unset: the model's window, so 8 shots of 3 ways (24 demonstrations) cut no row; at 48
+    tokens the report counts the cut rows, as a hand count of the tokens says (an episode's queries share
+    its demonstrations, cut together when the longest prompt + option does not fit)."""
+    from metalm.eval.truncation import truncation, warning
+
+    path = save_tiny_model(tmp_path / "m", corpus(), "llama", max_position_embeddings=2048)
+    tok, algo, base = _learner(path)
+    config = EvalConfig(shots=[8], episodes=2, ways=3, queries=1, methods=["zeroshot", "icl", "icl-cal"])
+    task = registry["toy_cls"]
+    harness = Harness.from_learner(algo, tok, base, None, config)
+    assert harness.max_length == 2048
+    counts = truncation(harness, [task])
+    per_row = 2 * 3 * (1 + len(config.content_free))  # episodes x queries x (query + content-free twins)
+    assert counts["icl"][task.name] == {"cut": 0, "rows": 2 * 3} and counts["icl-cal"][task.name]["rows"] == per_row
+    assert warning(counts, 2048) is None
+
+    short = Harness.from_learner(algo, tok, base, None, dataclasses.replace(config, max_length=48))
+    counts = truncation(short, [task])
+    by_hand = {"zeroshot": 0, "icl": 0}
+    for ep in short.episodes(task, 8):
+        longest = max(len(tok(o, add_special_tokens=False)["input_ids"]) for o in ep.query[0].options)
+        prompts = [len(tok(q.prompt, add_special_tokens=False)["input_ids"]) for q in ep.query]
+        by_hand["zeroshot"] += sum(p + 1 + longest > 48 for p in prompts)  # + BOS
+        demos = "\n\n".join(ex.prompt + ex.answer for ex in ep.support) + "\n\n"
+        by_hand["icl"] += len(prompts) * (len(tok(demos)["input_ids"]) + max(prompts) + longest > 48)
+    assert by_hand["icl"] == 6 and counts["icl"][task.name]["cut"] == by_hand["icl"]
+    assert counts["zeroshot"][task.name]["cut"] == by_hand["zeroshot"]
+    assert warning(counts, 48).startswith("metalm eval: warning: ") and "max_length=48" in warning(counts, 48)

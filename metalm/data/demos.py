@@ -54,6 +54,18 @@ def channel_examples(demos: str, query: Example) -> list[Example]:
             for option in query.options]
 
 
+def presented(episode: TextEpisode, *, demos: bool, channel: bool, calibrate: bool) -> list[list[Example]]:
+    """The rows scored for each query of ``episode`` when it is presented after its support set as
+    demonstrations (``demos``) or alone: one row per option by the channel (input given option), or
+    the query and its content-free twins (``calibrate``: Zhao et al. 2021), or the query alone."""
+    text = demonstrations(episode.support, channel=channel) if demos else ""
+    if channel:
+        return [channel_examples(text, q) for q in episode.query]
+    if calibrate:
+        return [[in_context(text, q), *(in_context(text, q, cf) for cf in q.content_free)] for q in episode.query]
+    return [[in_context(text, q)] for q in episode.query]
+
+
 def training_rows(episode: TextEpisode, *, channel: bool = False) -> list[Example]:
     """Each query of ``episode`` after its support set as demonstrations, its target the answer
     (direct) or the input given the answer (channel): the rows MetaICL trains on (Min et al. 2022)

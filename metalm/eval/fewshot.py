@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, TaskRegistry, collate
-from ..data.demos import channel_examples, demonstrations, in_context, with_demonstrations
+from ..data.demos import demonstrations, presented, with_demonstrations
 from ..data.episode import Example, TextEpisode
 from ..distributed import current, map_sharded
 from ..errors import ConfigError, TaskError
@@ -61,6 +61,7 @@ from .prepared import PreparedQueries, prepare_queries, score_prepared
 from .rows import UNADAPTED, FinetuneChoice, Presentation, Row, Trained, expand_rows
 from .scoring import generation_score, greedy_generate, option_scores
 from .summary import Measurements, query_baselines, summarize
+from .truncation import truncation
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -108,7 +109,9 @@ class EvalConfig:
         content_free: Inputs of contextual calibration.
         permute_verbalizers: Shuffle the verbalized answers among each episode's classes, so the
             answer can only be learned from the support set (synthetic in-context tasks).
-        max_length: Most tokens per scored row (demonstrations included).
+        max_length: Most tokens per scored row (demonstrations included); a longer row loses its
+            oldest demonstrations, counted in the report's ``truncated``. ``None`` (the default): the
+            model's window (``max_position_embeddings``), so the asked shots are never cut.
         max_new_tokens: Longest generated answer.
         batch_size: Rows per scoring forward pass.
         shared_work: Do the work methods share once (see the module doc); ``False`` computes every
@@ -143,7 +146,7 @@ class EvalConfig:
     in_context_trained: bool = False
     content_free: list[str] = dataclasses.field(default_factory=lambda: list(CONTENT_FREE))
     permute_verbalizers: bool = False
-    max_length: int = 256
+    max_length: int | None = None
     max_new_tokens: int = 12
     batch_size: int = 16
     shared_work: bool = True
@@ -159,7 +162,7 @@ class EvalConfig:
         if not self.shots or min(self.shots) < 1:
             raise ConfigError("shots", "needs shot counts >= 1")
         for key in ("episodes", "seeds", "queries", "val_episodes", "max_length", "max_new_tokens", "batch_size"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if isinstance(self.cost_episodes, bool) or self.cost_episodes < 0:
             raise ConfigError("cost_episodes", f"must be >= 0 (0: not measured), got {self.cost_episodes}")
@@ -254,8 +257,8 @@ class Harness:
         self.trained = [t for t in trained if t.kind in config.methods]
         # Never longer than the model's position table (GPT-2 style models index it directly).
         limit = getattr(model.config, "max_position_embeddings", None) or \
-            getattr(model.config, "n_positions", None) or config.max_length
-        self.max_length = min(config.max_length, int(limit))
+            getattr(model.config, "n_positions", None) or config.max_length or 2048
+        self.max_length = min(config.max_length or int(limit), int(limit))
         self.collate = CollateConfig(max_length=self.max_length)
         self.layer = prefix_layer
         self.prefix_layer = prefix_layer if config.shared_work else None  # queries' frozen layers reused
@@ -379,16 +382,8 @@ class Harness:
             for row in group:
                 how = row.presentation
                 for ep in episodes:
-                    demos = demonstrations(ep.support, channel=channel) if how.demos else ""
-                    per_query = []
-                    for q in ep.query:
-                        if channel:
-                            scored = channel_examples(demos, q)
-                        elif how.calibrate:
-                            scored = [in_context(demos, q), *(in_context(demos, q, cf) for cf in q.content_free)]
-                        else:
-                            scored = [in_context(demos, q)]
-                        per_query.append([add(r) for r in scored])
+                    per_query = [[add(r) for r in scored] for scored in
+                                 presented(ep, demos=how.demos, channel=channel, calibrate=how.calibrate)]
                     plan.setdefault(row.name, []).append(per_query)
             scores = self._scores(params, flat, "sum" if channel else "mean")
             for row in group:
@@ -631,6 +626,8 @@ class Harness:
         report["finetune_steps"] = finetune.init.inner.steps if finetune else None
         report["inner_steps"] = self.base.inner.steps
         report["metrics"] = {t.name: t.spec.metric for t in tasks}  # what a task's "accuracy" is
+        report["max_length"] = self.max_length
+        report["truncated"] = truncation(self, tasks, finetune)  # rows cut to max_length, per row and task
         return report
 
     def run(self, tasks: Sequence[Task], progress: bool = False,

@@ -37,6 +37,7 @@ from .inits import init_from_values, init_of
 from .journal import Journal
 from .protocol import Protocol
 from .rows import FinetuneChoice
+from .truncation import warning as truncation_warning
 
 DEFAULT_METHODS = ("zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune")
 
@@ -230,6 +231,9 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
                                           setting.checkpoints, progress=progress, journal=book, finetune=finetune)
             data.update(separate.data)
         report = harness.summarize(data, eval_list, finetune)
+        cut = truncation_warning(report["truncated"], harness.max_length)
+        if cut and log is not None and ctx.is_main:
+            log(cut)
         report["budgets"].update(separate.budgets)
         report["adaptation_cost"] = dict(sorted({**report["adaptation_cost"], **separate.costs}.items()))
         report["tasks"] = names
