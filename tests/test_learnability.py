@@ -60,6 +60,18 @@ def test_a_task_with_no_signal_sits_at_chance(home, tiny):
     row = measure_task(model, sel.fast_params(model), _task(home, "flat", rows), tok, cfg, sel.lowest_adapted_layer())
     assert row["chance"] == 0.5 and row["ceiling"] == 0.5 and row["zeroshot"] == 0.5 and row["n"] == 20
     assert row["learnable"] is False and row["train"] == 40
+    # Its ceiling is known (1/2) and in-context learning cannot beat it either: no headroom.
+    assert row["icl"] == 0.5 and row["headroom"] is False
+
+
+def test_the_headroom_rule():
+    """The better of zero-shot and ICL at least ``headroom`` below the ceiling (binary-exact figures)."""
+    from metalm.eval.learnability import has_headroom
+
+    assert has_headroom(0.25, 0.5, 0.75, 0.25) and not has_headroom(0.25, 0.625, 0.75, 0.25)
+    assert not has_headroom(0.625, 0.25, 0.75, 0.25)  # zero-shot alone leaves no room
+    assert has_headroom(0.5, None, 0.75, 0.25) and not has_headroom(0.625, None, 0.75, 0.25)  # generation: no ICL
+    assert "at least 0.1 below the ceiling" in CeilingConfig().headroom_rule()
 
 
 @pytest.mark.learning

@@ -1,7 +1,12 @@
-"""Learnability of the BIG-bench pool: each task's ceiling (a task LoRA) against chance and zero-shot.
+"""Learnability of a pool: each task's ceiling (a task LoRA) against chance, zero-shot and in-context learning.
 
-    OMP_NUM_THREADS=1 nice python benchmarks/fewshot/learnability.py            # all pool tasks, resumable
+    OMP_NUM_THREADS=1 nice python benchmarks/fewshot/learnability.py --split pool \
+        --out benchmarks/results/learnability_pool.json                          # the pinned pool, resumable
+    OMP_NUM_THREADS=1 nice python benchmarks/fewshot/learnability.py            # the BIG-bench pool (a copy)
     python benchmarks/fewshot/learnability.py --tasks navigate,snarks --out /tmp/l.json
+
+The headroom rule (:data:`metalm.eval.learnability.HEADROOM`) is fixed with the criterion and written
+into the output beside it: held-out and meta-val tasks must be learnable and not already solved.
 
 The criterion is fixed before any run (:data:`metalm.eval.learnability.CRITERION`, with the
 settings of :class:`~metalm.eval.learnability.CeilingConfig`) and written into the output. Each
@@ -9,7 +14,8 @@ finished task is appended to ``OUT.partial.jsonl`` at once, so a killed run resu
 stopped; ``OUT`` (``{"criterion", "tasks": {name: {...}}}``) is rewritten after every task.
 Order: tasks that support 16 shots (the candidates of held-out and meta-val sets) first, then the
 rest, each group in a seeded random order, so a partial file is a random sample of its group (the
-order is written once to ``learnability_order.txt`` beside ``OUT``).
+order is written once to ``OUT-STEM_order.txt`` beside ``OUT``). With ``--split``, the candidates are
+the split's classification and multiple-choice tasks, in one seeded random order.
 The model is the study's shape: SmolLM2-135M with LoRA r=8 (alpha 16) on q/v of the top 4 layers.
 """
 
@@ -27,7 +33,7 @@ from pathlib import Path
 import torch
 
 from metalm import AdapterConfig, MetaConfig, apply_adapter, load_model, select_parameters
-from metalm.data import default_registry
+from metalm.data import default_registry, load_split
 from metalm.environment import versions
 from metalm.eval.learnability import CeilingConfig, measure_task
 from metalm.files import write_atomic
@@ -55,6 +61,15 @@ def pool(registry, first_shots: int = 16) -> list[str]:  # noqa: ANN001
     return big + small
 
 
+def split_candidates(registry, split: str) -> list[str]:  # noqa: ANN001
+    """A split's classification and multiple-choice tasks, in one seeded random order."""
+    s = load_split(split, registry)
+    names = sorted(n for n in s.meta_train + s.meta_val + s.meta_test
+                   if registry[n].spec.type in ("classification", "multiple_choice"))
+    random.Random(0).shuffle(names)
+    return names
+
+
 def read_journals(out: Path) -> dict[str, dict]:
     """Every task measured so far: ``out`` itself (committed, so a fresh clone resumes too) and the journals
     of all shards (a line cut by a kill is measured again)."""
@@ -77,7 +92,7 @@ def read_journals(out: Path) -> dict[str, dict]:
 def table(out: Path) -> str:
     """The status line and the markdown table of RESULTS.md, from ``out`` and the order file."""
     done = read_journals(out)
-    order = out.with_name("learnability_order.txt").read_text(encoding="utf-8").split()
+    order = out.with_name(out.stem + "_order.txt").read_text(encoding="utf-8").split()
     registry = default_registry()
     measured = [n for n in order if n in done and "error" not in done[n]]
     by_type: dict[str, list[int]] = {}
@@ -86,16 +101,19 @@ def table(out: Path) -> str:
         by_type[registry[n].spec.type][0] += bool(done[n]["learnable"])
         by_type[registry[n].spec.type][1] += 1
     seconds = statistics.median(done[n]["seconds"] for n in measured) if measured else 0.0
+    roomy = sum(bool(done[n].get("learnable") and done[n].get("headroom")) for n in measured)
     lines = [f"{len(measured)} tasks measured, {sum(bool(done[n]['learnable']) for n in measured)} learnable ("
              + ", ".join(f"{t}: {a} of {b}" for t, (a, b) in sorted(by_type.items()))
-             + f"); median {seconds:.0f} s a task on one thread", "",
-             "| task | type | chance | zero-shot | ceiling | 95% CI | n | learnable |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             + f"), {roomy} learnable with headroom; median {seconds:.0f} s a task on one thread", "",
+             "| task | type | chance | zero-shot | ICL | ceiling | 95% CI | n | learnable | headroom |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in sorted(measured):
         r = done[n]
-        lines.append(f"| {n} | {registry[n].spec.type} | {r['chance']:.3f} | {r['zeroshot']:.3f} | "
+        icl = f"{r['icl']:.3f}" if r.get("icl") is not None else "-"
+        room = {True: "yes", False: "no"}.get(r.get("headroom"), "-")
+        lines.append(f"| {n} | {registry[n].spec.type} | {r['chance']:.3f} | {r['zeroshot']:.3f} | {icl} | "
                      f"{r['ceiling']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['n']} | "
-                     f"{'yes' if r['learnable'] else 'no'} |")
+                     f"{'yes' if r['learnable'] else 'no'} | {room} |")
     return "\n".join(lines)
 
 
@@ -103,6 +121,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", action="store_true", help="print the status line and table of RESULTS.md and exit")
     ap.add_argument("--tasks", help="comma-separated task names (default: the whole pool)")
+    ap.add_argument("--split", help="the candidates: this split's classification and multiple-choice tasks")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/learnability.json"))
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--limit", type=int, help="stop after this many new tasks")
@@ -113,13 +132,13 @@ def main() -> int:
         return 0
     cfg = CeilingConfig()
     registry = default_registry()
-    order = Path(args.out).with_name("learnability_order.txt")
+    order = Path(args.out).with_name(Path(args.out).stem + "_order.txt")
     if args.tasks:
         names = args.tasks.split(",")
     elif order.is_file():  # computed once (it loads every task's data): every shard and resume agree
         names = order.read_text(encoding="utf-8").split()
     else:
-        names = pool(registry)
+        names = pool(registry) if not args.split else split_candidates(registry, args.split)
         write_atomic(order, "\n".join(names) + "\n")
     out = Path(args.out)
     shard, shards = (int(x) for x in args.shard.split("/"))
@@ -154,7 +173,8 @@ def main() -> int:
             fh.flush()
             os.fsync(fh.fileno())
         done = read_journals(out)  # every shard's tasks so far
-        write_atomic(out, json.dumps({"criterion": cfg.criterion(), "config": vars(cfg), "versions": versions(),
+        write_atomic(out, json.dumps({"criterion": cfg.criterion(), "headroom": cfg.headroom_rule(),
+                                      "config": vars(cfg), "versions": versions(),
                                       "tasks": {n: done[n] for n in sorted(done)}}, indent=1) + "\n")
         print(f"{name}: {result}", flush=True)
     return 0

@@ -36,6 +36,8 @@ from ..losses import cache_prefix, lm_loss
 from .prepared import prepare_queries, score_prepared
 from .scoring import exact_match, greedy_generate
 
+HEADROOM = ("headroom: the better of zero-shot and plain in-context learning ({shots} demonstrations per class, "
+            "from the training examples, before each test example) is at least {margin} below the ceiling")
 CRITERION = ("learnable: ceiling >= chance + {margin} and the lower end of the ceiling's 95% Wilson "
              "interval > chance (ceiling: a task LoRA trained on up to {train} examples for {steps} Adam "
              "steps at lr {lr}, batch {batch}, scored on up to {test} disjoint class-balanced examples)")
@@ -54,6 +56,10 @@ class CeilingConfig:
         max_length: Most tokens per row.
         margin: How far above chance a learnable task's ceiling must be.
         seed: Seed of the examples drawn and of the minibatch order.
+        icl_shots: Demonstrations per class (per task for multiple choice) of the in-context score.
+        headroom: How far below the ceiling the better of zero-shot and in-context learning must be
+            for a task to have room for adaptation (:data:`HEADROOM`): a task solved without adapting
+            cannot show adaptation.
     """
 
     train_examples: int = 256
@@ -64,6 +70,8 @@ class CeilingConfig:
     max_length: int = 256
     margin: float = 0.10
     seed: int = 0
+    icl_shots: int = 4
+    headroom: float = 0.10
 
     def __post_init__(self) -> None:
         for key in ("train_examples", "test_examples", "steps", "batch_size", "max_length"):
@@ -77,6 +85,9 @@ class CeilingConfig:
     def criterion(self) -> str:
         return CRITERION.format(margin=self.margin, train=self.train_examples, steps=self.steps, lr=self.lr,
                                 batch=self.batch_size, test=self.test_examples)
+
+    def headroom_rule(self) -> str:
+        return HEADROOM.format(shots=self.icl_shots, margin=self.headroom)
 
 
 def split_examples(task: Task, cfg: CeilingConfig) -> tuple[list[Example], list[Example]]:
@@ -168,6 +179,34 @@ def hits(model: nn.Module, params: Sequence[Mapping[str, Tensor]], test: Sequenc
     return out
 
 
+def icl_hits(model: nn.Module, params: Mapping[str, Tensor], train: Sequence[Example], test: Sequence[Example],
+             tokenizer, cfg: CeilingConfig, task_type: str) -> list[float]:  # noqa: ANN001
+    """Per-example accuracy of plain in-context learning: every test example after the same
+    demonstrations (the first ``cfg.icl_shots`` training examples of each class, or of the task for
+    multiple choice, in a seeded order), scored as the harness's ``icl`` row scores, never cut below
+    the model's window."""
+    import random
+
+    from ..data.demos import demonstrations, in_context
+    from .scoring import option_scores
+
+    by_class: dict[str, list[Example]] = {}
+    for ex in train:
+        by_class.setdefault(ex.answer if task_type == "classification" else "", []).append(ex)
+    shown = [ex for group in by_class.values() for ex in group[:cfg.icl_shots]]
+    random.Random(cfg.seed).shuffle(shown)
+    demos = demonstrations(shown)
+    window = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048)
+    scores = option_scores(model, params, [in_context(demos, ex) for ex in test], tokenizer,
+                           CollateConfig(max_length=int(window)), batch_size=cfg.batch_size)
+    return _argmax_hits(scores, test)
+
+
+def has_headroom(zeroshot: float, icl: float | None, ceiling: float, margin: float) -> bool:
+    """:data:`HEADROOM`: the better of zero-shot and in-context learning at least ``margin`` below the ceiling."""
+    return max(zeroshot, icl if icl is not None else zeroshot) <= ceiling - margin
+
+
 def wilson(successes: float, n: int) -> tuple[float, float]:
     """The 95% Wilson score interval of a proportion (Wilson 1927)."""
     z = statistics.NormalDist().inv_cdf(0.975)
@@ -189,12 +228,19 @@ def verdict(chance_level: float, ceiling_hits: Sequence[float], margin: float) -
 
 def measure_task(model: nn.Module, init: Mapping[str, Tensor], task: Task, tokenizer,  # noqa: ANN001
                  cfg: CeilingConfig, layer: int | None) -> dict[str, Any]:
-    """One task's row of ``learnability.json``: chance, zero-shot, ceiling, its interval, n, learnable."""
+    """One task's row of a learnability file: chance, zero-shot, plain in-context learning (option-scored
+    tasks), ceiling, its interval, n, learnable, headroom."""
     train, test = split_examples(task, cfg)
     trained = train_lora(model, init, train, tokenizer, cfg, layer)
     base, top = hits(model, [init, trained], test, tokenizer, task.spec.type, cfg, layer)
+    icl = icl_hits(model, init, train, test, tokenizer, cfg, task.spec.type) if task.spec.type != "generation" \
+        else None
     level = chance(task.spec.type, test)
     ci, ok = verdict(level, top, cfg.margin)
-    return {"type": task.spec.type, "chance": round(level, 4), "zeroshot": round(sum(base) / len(base), 4),
-            "ceiling": round(sum(top) / len(top), 4), "ci95": [round(ci[0], 4), round(ci[1], 4)],
-            "n": len(test), "train": len(train), "learnable": ok}
+    zeroshot, ceiling = sum(base) / len(base), sum(top) / len(top)
+    icl_score = sum(icl) / len(icl) if icl is not None else None
+    return {"type": task.spec.type, "chance": round(level, 4), "zeroshot": round(zeroshot, 4),
+            "icl": round(icl_score, 4) if icl_score is not None else None,
+            "ceiling": round(ceiling, 4), "ci95": [round(ci[0], 4), round(ci[1], 4)],
+            "n": len(test), "train": len(train), "learnable": ok,
+            "headroom": has_headroom(zeroshot, icl_score, ceiling, cfg.headroom)}
