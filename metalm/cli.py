@@ -614,6 +614,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as err:  # a scheduler's SIGTERM or a Ctrl-C: the work so far is saved
         print(f"metalm: {err}", file=sys.stderr)
         return err.status
+    except KeyboardInterrupt:  # Ctrl-C outside the loops that save on a signal (loading a model, a download)
+        print(f"metalm: interrupted (Ctrl-C) during `metalm {args.command}`; nothing half-written was kept",
+              file=sys.stderr)
+        return 130
     except MetalmError as err:
         # One line: control characters of the input (a newline in a path) are shown escaped.
         print("metalm: error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(err)),

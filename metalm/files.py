@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+#: The errno of a write refused for lack of room: no space, a quota, a file-size limit. Every writer
+#: (checkpoints, logs, journals, downloads) reports these in one line (:func:`disk_full`).
+FULL_DISK = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a write refused for lack of room (:data:`FULL_DISK`)."""
+    return isinstance(err, OSError) and err.errno in FULL_DISK
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
@@ -30,10 +40,19 @@ def trim_to_step(path: Path, step: int) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    """Write ``text`` to ``path`` through a temporary file, fsync and a rename: the old file stays whole
+    until the new one is complete on disk (a kill or a full disk leaves one or the other, never half)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sha256_file(path: Path) -> str:

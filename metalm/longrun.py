@@ -22,9 +22,9 @@ from types import FrameType
 from typing import Any
 
 from .errors import MetalmError
+from .files import disk_full  # noqa: F401 - re-exported: the CLI and the trainer ask here
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class Interrupted(MetalmError):
@@ -137,8 +137,3 @@ class RunLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing releases the lock
             self._fd = None
-
-
-def disk_full(err: BaseException) -> bool:
-    """Whether ``err`` is a write refused for lack of room: no space, quota, or a file-size limit."""
-    return isinstance(err, OSError) and err.errno in FULL

