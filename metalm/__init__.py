@@ -28,6 +28,7 @@ _EXPORTS = {
     "TaskError": ".errors",
     "Trajectory": ".inner", "UpdateRule": ".inner", "adapt": ".inner", "adapt_trajectory": ".inner",
     "lm_loss": ".losses", "lm_loss_and_accuracy": ".losses", "prepare_batch": ".losses", "target_logits": ".losses",
+    "evaluate": ".eval.recipe",
     "apply_adapter": ".models", "load_model": ".models", "tiny_config": ".models",
     "ParameterSelection": ".params", "select_parameters": ".params",
 }
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         PackageUnavailableError,
         TaskError,
     )
+    from .eval.recipe import evaluate
     from .inner import Trajectory, UpdateRule, adapt, adapt_trajectory
     from .losses import lm_loss, lm_loss_and_accuracy, prepare_batch, target_logits
     from .models import apply_adapter, load_model, tiny_config
@@ -79,7 +81,7 @@ __all__ = [
     "DivergedError", "MetalmError", "NonFiniteError", "PackageUnavailableError",
     "ParameterSelection", "SyntheticTasks", "Trajectory", "UpdateRule", "adapt",
     "adapt_trajectory",
-    "algorithm_config", "algorithm_names", "apply_adapter", "build_algorithm", "from_dict", "lm_loss",
+    "algorithm_config", "algorithm_names", "apply_adapter", "build_algorithm", "evaluate", "from_dict", "lm_loss",
     "lm_loss_and_accuracy", "load_model", "load_yaml", "prepare_batch", "register_algorithm",
     "select_parameters", "target_logits", "tiny_config", "to_dict",
 ]

@@ -112,57 +112,32 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from . import distributed
-    from .data import TaskRegistry, packaged_tasks_dir, task_path
-    from .eval import EvalConfig, format_paired, format_table, format_winner
-    from .eval.compare import run_paths
+    from .eval import format_paired, format_table, format_winner
     from .eval.cost import format_cost_table, format_costs
-    from .eval.protocol import load_protocol, merge
-    from .eval.recipe import default_methods, evaluate, run_configs
+    from .eval.recipe import evaluate
 
-    if bool(args.run_dir) == bool(args.model):
-        raise ConfigError("--run-dir/--model", "give exactly one")
     overrides = parse_overrides(args.overrides)
-    for key in ("shots", "methods"):
-        if getattr(args, key):
-            overrides[key] = [_int(x, "--shots") if key == "shots" else x for x in getattr(args, key).split(",")]
-    for key in ("episodes", "seed", "ways", "queries", "seeds", "reference"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    runs, steps = run_paths(args.run_dir or [], args.step)  # run folders, or checkpoints of theirs
-    configs, kinds = run_configs(runs)
-    task_dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *args.task_dirs]))
-    protocol = None
-    if args.protocol:
-        protocol = load_protocol(args.protocol, TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *task_dirs))
-    overrides = merge(protocol, overrides)  # a command-line value overrides the protocol's
-    overrides.setdefault("methods", default_methods(kinds))
-    eval_cfg = from_dict(EvalConfig, overrides, source="command line")
-    at = steps[runs[0]] if runs else None
-    own = "eval.json" if at is None else f"eval.step-{at:07d}.json"  # a checkpoint's report: beside the newest's
-    output = Path(args.json) if args.json else Path(runs[0]) / own if runs else None
-    report = evaluate(eval_cfg, runs=args.run_dir or [], model=args.model, split=args.split,
+    overrides.update({k: [_int(x, "--shots") if k == "shots" else x for x in getattr(args, k).split(",")]
+                      for k in ("shots", "methods") if getattr(args, k)})
+    overrides.update({k: getattr(args, k) for k in ("episodes", "seed", "ways", "queries", "seeds", "reference")
+                      if getattr(args, k) is not None})
+    report = evaluate(runs=args.run_dir or [], model=args.model, protocol=args.protocol, split=args.split,
                       tasks=args.tasks.split(",") if args.tasks else None, evaluate_on=args.evaluate_on,
-                      task_dirs=args.task_dirs, protocol=protocol, step=args.step, output=output, resume=args.resume,
+                      task_dirs=args.task_dirs, step=args.step, output=args.json, keep=True, resume=args.resume,
                       journal_every=args.journal_every, progress=not args.quiet,
-                      log=lambda line: print(line, flush=True))
+                      log=lambda line: print(line, flush=True), source="command line", **overrides)
     if not distributed.init().is_main:
         return 0
-    if args.json and runs:  # the run folder keeps its own copy
-        (Path(runs[0]) / own).write_text(json.dumps(report, indent=1), encoding="utf-8")
-    print(format_table(report))
-    if report["adaptation_cost"]:
-        print("\nAdaptation to a new task (support set -> weights; the support batch itself not counted):\n"
-              + format_costs(report["adaptation_cost"]))
-    if report.get("episode_cost"):
-        print(f"\nA new task's whole cost, each row alone (support set and queries; first {eval_cfg.cost_episodes} "
-              f"episode(s) of each task, macro mean):\n" + format_cost_table(report))
-    paired = format_paired(report)
-    if paired:
-        print(f"\nPaired differences on the same episodes ({len(report['tasks'])} tasks x {eval_cfg.episodes} "
-              f"episodes x {eval_cfg.seeds} seeds; paired t):\n{paired}")
-    winner = format_winner(report)
-    if winner:
-        print(f"\n{winner}")
+    cfg = report["eval_config"]
+    sections = [format_table(report),
+                report["adaptation_cost"] and "Adaptation to a new task (support set -> weights; the support batch "
+                "itself not counted):\n" + format_costs(report["adaptation_cost"]),
+                report.get("episode_cost") and f"A new task's whole cost, each row alone (support set and queries; "
+                f"first {cfg['cost_episodes']} episode(s) of each task, macro mean):\n" + format_cost_table(report),
+                format_paired(report) and f"Paired differences on the same episodes ({len(report['tasks'])} tasks x "
+                f"{cfg['episodes']} episodes x {cfg['seeds']} seeds; paired t):\n" + format_paired(report),
+                format_winner(report)]
+    print("\n\n".join(s for s in sections if s))
     return 0
 
 

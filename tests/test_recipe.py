@@ -182,3 +182,41 @@ def test_eval_bf16_pairs_the_journaled_blocks_by_hand(tmp_path):
     assert row["float32_alone_equals_table"] == 1  # b's float32 episode alone (0.5) is not the table's (0.0)
     (tmp_path / "log.jsonl").write_text(json.dumps(lines["a/4/0"]) + '\n{"key": "b/4', encoding="utf-8")
     assert list(mod.read_lines(tmp_path / "log.jsonl")) == ["a/4/0"]  # a torn last line is dropped
+
+
+def test_the_cli_and_metalm_evaluate_with_the_same_protocol_give_the_same_report(tmp_path, monkeypatch, capsys):
+    """`metalm eval --protocol P` and `metalm.evaluate(protocol=P)`: one recipe, the same JSON (timings
+    aside); a keyword overrides the protocol's value; EvalConfig() with a run of any kind is accepted."""
+    import json
+
+    import pytest
+
+    import metalm
+    from metalm.cli import main
+    from metalm.errors import ConfigError
+
+    world = make_world(tmp_path, max_steps=1, val_every=0, checkpoint_every=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    run = tmp_path / "run"
+    MetaTrainer(load_train_config(world["config"]), run).train(progress=False)
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(yaml.safe_dump({"description": "t", "tasks": ["toy_cls", "toy_mc"], "shots": [1],
+                                        "episodes": 2, "ways": 2, "queries": 1, "methods": ["zeroshot", "icl", "meta"]}))
+    assert main(["eval", "--run-dir", str(run), "--protocol", str(protocol), "--json", str(tmp_path / "cli.json"),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    ours = metalm.evaluate(runs=[run], protocol=protocol, output=tmp_path / "py.json", progress=False, log=None)
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    assert json.loads((run / "eval.json").read_text())["per_episode"] == cli["per_episode"]  # the run keeps a copy
+    timing = {"adaptation_cost", "measuring_seconds", "episode_cost", "episode_cost_seconds"}
+    assert {k: v for k, v in cli.items() if k not in timing} == {k: v for k, v in ours.items() if k not in timing}
+    assert ours["eval_config"]["shots"] == [1] and ours["eval_config"]["episodes"] == 2  # the protocol's values
+    more = metalm.evaluate(runs=[run], protocol=protocol, episodes=3, progress=False, log=None)
+    assert more["eval_config"]["episodes"] == 3 and more["protocol"]["values"]["episodes"] == 3  # protocol < keyword
+    with pytest.raises(ConfigError, match="not both"):
+        metalm.evaluate(metalm.eval.EvalConfig(), runs=[run], protocol=protocol, log=None)
+    plain = metalm.evaluate(metalm.eval.EvalConfig(shots=[1], episodes=1, ways=2, queries=1,
+                                                   finetune_steps=[1], finetune_lrs=[0.1], finetune_adam_lrs=[0.01],
+                                                   val_episodes=1),
+                            runs=[run], tasks=["toy_cls"], progress=False, log=None)
+    assert "meta" not in {r["method"] for r in plain["results"]}  # EvalConfig's default: the baselines

@@ -73,6 +73,13 @@ R = TypeVar("R")
 BASELINES = (*UNADAPTED, "finetune")
 TRAINED = ("meta", "mtl", "hyper", "library")  # methods that start from a run's trained weights (MetaLearner.row)
 METHODS = (*BASELINES, *TRAINED)
+#: The methods evaluated when none are named (``metalm.evaluate`` adds the rows of the runs it is given).
+DEFAULT_METHODS = ("zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune")
+
+
+def default_methods(kinds: Sequence[str]) -> list[str]:
+    """The methods evaluated when none are named: the baselines plus what the runs provide."""
+    return [*DEFAULT_METHODS, *(k for k in TRAINED if k in kinds)]
 PLAIN = Presentation()  # the queries alone, options ranked directly, uncalibrated
 CONTENT_FREE = ["N/A", "", "[MASK]"]  # Zhao et al. 2021, section 5
 
@@ -88,7 +95,8 @@ class EvalConfig:
             report gives each method's mean and worst over them (as MetaICL reports 5 seeds).
         ways: Classes per classification episode.
         queries: Query examples per class (classification) or per episode.
-        methods: Methods to compare (see the module doc).
+        methods: Methods to compare (see the module doc); by default the baselines ``DEFAULT_METHODS``
+            (:func:`metalm.evaluate` without ``methods`` adds the rows of the runs it is given).
         seed: Seed of the first set of evaluation episodes.
         reference: The method every other is compared with (paired differences); default: the
             best baseline by macro mean at each shot count.
@@ -132,8 +140,7 @@ class EvalConfig:
     seeds: int = 1
     ways: int = 3
     queries: int = 4
-    methods: list[str] = dataclasses.field(
-        default_factory=lambda: ["zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune", "meta"])
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_METHODS))
     seed: int = 1234
     reference: str | None = None
     finetune_optimizers: list[str] = dataclasses.field(default_factory=lambda: ["sgd", "adam"])

@@ -1,14 +1,16 @@
 """The evaluation recipe: ``evaluate(...) -> report``, a function over values.
 
-The CLI's ``metalm eval``, notebooks and benchmark scripts call :func:`evaluate` with an
-:class:`~metalm.eval.EvalConfig` and either trained run folders or a base model name; it builds the
+The CLI's ``metalm eval``, notebooks and benchmark scripts call :func:`evaluate` (``metalm.evaluate``)
+with a protocol and/or evaluation values (or an :class:`~metalm.eval.EvalConfig`) and either trained
+run folders or a base model name; it merges the protocol's values, builds the
 rows (baselines, each run's trained rows), draws the episodes once, chooses fine-tuning's budget on
 meta-val tasks, measures every row on the same episodes and returns the report dict that
 ``eval.json`` holds. With ``output`` set, the report is written there (JSON) and measured blocks are
 journaled beside it meanwhile, so a killed evaluation resumes (``resume=True``); the output path is
 locked against a second writer.
 
-    report = evaluate(EvalConfig(shots=[1, 4], episodes=20), model="smollm2-135m", split="default")
+    report = evaluate(model="smollm2-135m", split="pool", shots=[1, 4], episodes=20)
+    report = evaluate(runs=["runs/main"], protocol="main", keep=True)     # what `make main` measures
 """
 
 from __future__ import annotations
@@ -32,14 +34,12 @@ from ..files import write_atomic
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
 from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_paths, run_rows
 from .episode_cost import episode_costs
-from .fewshot import TRAINED, EvalConfig, Harness, eval_tasks, trained_by
+from .fewshot import TRAINED, EvalConfig, Harness, default_methods, eval_tasks, trained_by
 from .inits import init_from_values, init_of
 from .journal import Journal
-from .protocol import Protocol
+from .protocol import Protocol, load_protocol, merge
 from .rows import FinetuneChoice
 from .truncation import warning as truncation_warning
-
-DEFAULT_METHODS = ("zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune")
 
 
 @dataclasses.dataclass
@@ -66,11 +66,6 @@ def run_configs(runs: Sequence[str | Path]) -> tuple[list[TrainConfig], list[str
             raise ConfigError("--run-dir", f"{run} holds no trained run (no config.yaml); run `metalm train` first")
     configs = [load_train_config(Path(r) / "config.yaml") for r in runs]
     return configs, [run_kind(c) for c in configs]
-
-
-def default_methods(kinds: Sequence[str]) -> list[str]:
-    """The methods evaluated when none are named: the baselines plus what the runs provide."""
-    return [*DEFAULT_METHODS, *(k for k in TRAINED if k in kinds)]
 
 
 def build_setting(runs: Sequence[str], model: str | None, device: torch.device, configs: list[TrainConfig],
@@ -174,40 +169,81 @@ def check_output(output: str | Path | None, journal_every: int | None) -> None:
     Journal.check_every(journal_every)
 
 
-def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str | None = None,
-             split: str | None = None, tasks: Sequence[str] | None = None, evaluate_on: str | None = None,
-             task_dirs: Sequence[str | Path] = (), protocol: Protocol | None = None, step: int | None = None,
-             output: str | Path | None = None, resume: bool = False, journal_every: int | None = None,
-             progress: bool = True, log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Evaluate ``runs`` (trained run folders; the first one's model is shared by runs of the same
-    adapter) or the base ``model`` on held-out episodes: the report ``eval.json`` holds.
-
-    Args:
-        config: Shots, episodes, methods, fine-tuning grid (:class:`EvalConfig`).
-        runs / model / step: Trained run folders or checkpoint folders (a run folder at ``step``'s
-            checkpoint, else its newest; :func:`~metalm.eval.compare.run_paths`), or a model alone.
-        split / tasks / evaluate_on: Which tasks (see :func:`task_names`).
-        task_dirs: Folders of the researcher's own task YAMLs (beside the runs' own).
-        protocol: A named protocol (:func:`~metalm.eval.protocol.load_protocol`), recorded in the report.
-        output: The report's path (written as JSON by the main process); measured blocks (pieces of
-            ``journal_every`` episodes, if given) are journaled beside it till then (``resume`` reads them).
-        log: Where progress lines go (``None``: nowhere).
+def eval_config(config: EvalConfig | None, protocol: Protocol | None, overrides: Mapping[str, Any],
+                kinds: Sequence[str], source: str = "evaluate") -> EvalConfig:
+    """The evaluation's settings: ``config`` as given, or the protocol's values overridden by ``overrides``
+    (protocol < overrides), the methods by default the baselines plus the runs' rows (``kinds``).
 
     Raises:
-        ConfigError: Naming the argument, for a missing run, an unknown method or reference.
+        ConfigError: If ``config`` comes with overrides or a protocol that sets evaluation values.
     """
-    runs, steps = run_paths(runs, step)  # a run folder, or one of its checkpoints
+    if config is not None:
+        if overrides or (protocol is not None and protocol.eval):
+            raise ConfigError("config", "give an EvalConfig, or a protocol and EvalConfig fields as keyword "
+                                        "overrides (protocol < overrides), not both")
+        return config
+    values = merge(protocol, dict(overrides))
+    values.setdefault("methods", default_methods(kinds))
+    return from_dict(EvalConfig, values, source=source)
+
+
+def own_report(run: str | Path, step: int | None) -> Path:
+    """Where a run keeps the report of its evaluation: ``eval.json``, or ``eval.step-NNNNNNN.json`` for
+    the checkpoint of step ``step`` (beside the newest's)."""
+    return Path(run) / ("eval.json" if step is None else f"eval.step-{step:07d}.json")
+
+
+def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (), model: str | None = None,
+             protocol: str | Path | Protocol | None = None, split: str | None = None,
+             tasks: Sequence[str] | None = None, evaluate_on: str | None = None, task_dirs: Sequence[str | Path] = (),
+             step: int | None = None, output: str | Path | None = None, keep: bool = False, resume: bool = False,
+             journal_every: int | None = None, progress: bool = True, log: Callable[[str], None] | None = print,
+             source: str = "evaluate", **overrides: Any) -> dict[str, Any]:
+    """The whole evaluation recipe: evaluate ``runs`` (trained run folders or checkpoints; the first one's
+    model is shared by runs of the same adapter) or the base ``model`` on held-out episodes and return
+    the report ``eval.json`` holds. `metalm eval` parses its arguments, calls this and prints.
+
+    ``metalm.evaluate(runs=["runs/main"], protocol="main", shots=[1, 4])`` takes the protocol's split,
+    tasks and evaluation values, each overridden by a keyword (protocol < overrides); without
+    ``methods``, the baselines plus the runs' own rows are evaluated.
+
+    Args:
+        config: All evaluation settings at once (:class:`EvalConfig`), instead of a protocol's values and
+            keyword overrides.
+        runs / model / step: Trained run folders or checkpoint folders (a run folder at ``step``'s
+            checkpoint, else its newest; :func:`~metalm.eval.compare.run_paths`), or a model alone.
+        protocol: A protocol's name (``tasks/protocols/NAME.yaml``, or the researcher's task folders'),
+            a YAML path or a loaded :class:`Protocol`; recorded in the report.
+        split / tasks / evaluate_on: Which tasks (see :func:`task_names`).
+        task_dirs: Folders of the researcher's own task YAMLs (beside the runs' own).
+        output: The report's path (JSON, written atomically by the main process); measured blocks (pieces
+            of ``journal_every`` episodes, if given) are journaled beside it till then (``resume`` reads them).
+        keep: With runs, also keep the report in the first run's folder (:func:`own_report`); without
+            ``output``, that is where it is written and journaled.
+        log: Where progress lines and warnings go (``None``: nowhere).
+        source: What names the overrides in an error (``command line`` for the CLI).
+        **overrides: :class:`EvalConfig` fields.
+
+    Raises:
+        ConfigError: Naming the argument, for a missing run, an unknown method, protocol or reference.
+    """
+    runs, steps = run_paths(runs, step)  # a run folder, or one of its checkpoints: resolved once
     check_sources(runs, model, step)
+    configs, kinds = run_configs(runs)
+    dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *map(str, task_dirs)]))
+    registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *dirs)  # built once
+    if protocol is not None and not isinstance(protocol, Protocol):
+        protocol = load_protocol(protocol, registry)
+    config = eval_config(config, protocol, overrides, kinds, source)
+    own = own_report(runs[0], steps[runs[0]]) if keep and runs else None
+    output = output if output is not None else own
     check_output(output, journal_every)  # before the model loads and the measuring
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    configs, kinds = run_configs(runs)
     for method in TRAINED:
         if method in config.methods and method not in kinds:
             raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
     setting = build_setting(runs, model, device, configs, kinds, steps)
-    dirs = list(dict.fromkeys([*(configs[0].task_dirs if configs else []), *map(str, task_dirs)]))
-    registry = TaskRegistry.from_dirs(packaged_tasks_dir(), *task_path(), *dirs)
     setting.config.task_dirs = dirs
     names, val = task_names(setting.config, registry, split=split, tasks=tasks, evaluate_on=evaluate_on,
                             protocol=protocol)
@@ -239,6 +275,7 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
         report["tasks"] = names
         report["checkpoints"] = {r: setting.checkpoints[r].name for r in runs}  # which weights each run had
         report["versions"] = versions()  # the packages that produced these numbers (requirements/lock.txt)
+        report["eval_config"] = to_dict(config)  # every value the evaluation ran with
         if protocol is not None:
             report["protocol"] = protocol.record(config, setting.config.split, names)
         if config.inner_steps:
@@ -249,8 +286,9 @@ def evaluate(config: EvalConfig, *, runs: Sequence[str | Path] = (), model: str 
         if book is not None:  # choosing fine-tuning's budget and every block, resumed sessions included
             report["measuring_seconds"] = round(book.seconds, 1)
             report.update({"episode_cost_seconds": round(book.cost_seconds, 1)} if config.cost_episodes else {})
-        if output is not None and ctx.is_main:
-            write_atomic(Path(output), json.dumps(report, indent=1))  # never a half-written report
+        if ctx.is_main:
+            for path in dict.fromkeys(p for p in (output, own) if p is not None):  # never a half-written report
+                write_atomic(Path(path), json.dumps(report, indent=1))
         if book is not None:
             book.close()  # after the report is written: a kill in between loses nothing
     return report
