@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 from xml.etree import ElementTree
 
-from ..errors import TaskError
+from ..errors import DataNotFoundError, TaskError
 from .pool import pool_file
 
 Rows = list[dict[str, Any]]
@@ -215,6 +215,8 @@ def pool_rows(dataset: str, subset: str | None, split: str, source: str | None =
         raise TaskError("source.name", f"no pool data set {dataset!r} (known: {', '.join(READERS)})", source)
     try:
         rows = reader(subset or "", split)
+    except DataNotFoundError:
+        raise  # the pool is not installed: the error names the command
     except (FileNotFoundError, KeyError) as err:
         raise TaskError("source", f"pool {dataset}: no subset {subset!r} / split {split!r} ({err})", source) from None
     if not rows:
