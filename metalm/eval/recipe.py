@@ -193,39 +193,47 @@ def own_report(run: str | Path, step: int | None) -> Path:
     return Path(run) / ("eval.json" if step is None else f"eval.step-{step:07d}.json")
 
 
+def _complete(report: dict[str, Any], harness: Harness, eval_list: Sequence[Any], finetune: FinetuneChoice | None,
+              separate: Separate, book: Journal | None) -> None:
+    """Add to ``report`` the rows measured apart (other adapters), the inner-steps sweep, each row's cost
+    alone on a new task, and the measuring time (from the journal: resumed sessions included)."""
+    config = harness.config
+    report["budgets"].update(separate.budgets)
+    report["adaptation_cost"] = dict(sorted({**report["adaptation_cost"], **separate.costs}.items()))
+    if config.inner_steps:
+        report["inner_steps_sweep"] = harness.inner_steps_sweep(eval_list, finetune)
+    if config.cost_episodes:  # after the accuracies: each row alone on the first episodes
+        report["episode_cost"] = dict(sorted({**episode_costs(harness, eval_list, config.cost_episodes, finetune,
+                                                               book), **separate.episode_costs}.items()))
+    if book is not None:  # choosing fine-tuning's budget and every block, resumed sessions included
+        report["measuring_seconds"] = round(book.seconds, 1)
+        report.update({"episode_cost_seconds": round(book.cost_seconds, 1)} if config.cost_episodes else {})
+
+
 def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (), model: str | None = None,
              protocol: str | Path | Protocol | None = None, split: str | None = None,
              tasks: Sequence[str] | None = None, evaluate_on: str | None = None, task_dirs: Sequence[str | Path] = (),
              step: int | None = None, output: str | Path | None = None, keep: bool = False, resume: bool = False,
              journal_every: int | None = None, progress: bool = True, log: Callable[[str], None] | None = print,
              source: str = "evaluate", **overrides: Any) -> dict[str, Any]:
-    """The whole evaluation recipe: evaluate ``runs`` (trained run folders or checkpoints; the first one's
-    model is shared by runs of the same adapter) or the base ``model`` on held-out episodes and return
-    the report ``eval.json`` holds. `metalm eval` parses its arguments, calls this and prints.
-
-    ``metalm.evaluate(runs=["runs/main"], protocol="main", shots=[1, 4])`` takes the protocol's split,
-    tasks and evaluation values, each overridden by a keyword (protocol < overrides); without
-    ``methods``, the baselines plus the runs' own rows are evaluated.
+    """The whole evaluation recipe (`metalm eval` parses, calls this and prints): ``runs`` (run or checkpoint
+    folders; runs of one adapter share the first one's model) or the base ``model`` on held-out episodes;
+    returns the report ``eval.json`` holds. ``metalm.evaluate(runs=["runs/main"], protocol="main",
+    shots=[1, 4])``: the protocol's tasks and values, each overridden by a keyword (protocol < overrides);
+    without ``methods``, the baselines plus the runs' own rows. Errors are :class:`ConfigError` naming the
+    argument.
 
     Args:
-        config: All evaluation settings at once (:class:`EvalConfig`), instead of a protocol's values and
-            keyword overrides.
-        runs / model / step: Trained run folders or checkpoint folders (a run folder at ``step``'s
-            checkpoint, else its newest; :func:`~metalm.eval.compare.run_paths`), or a model alone.
-        protocol: A protocol's name (``tasks/protocols/NAME.yaml``, or the researcher's task folders'),
-            a YAML path or a loaded :class:`Protocol`; recorded in the report.
-        split / tasks / evaluate_on: Which tasks (see :func:`task_names`).
-        task_dirs: Folders of the researcher's own task YAMLs (beside the runs' own).
-        output: The report's path (JSON, written atomically by the main process); measured blocks (pieces
-            of ``journal_every`` episodes, if given) are journaled beside it till then (``resume`` reads them).
-        keep: With runs, also keep the report in the first run's folder (:func:`own_report`); without
-            ``output``, that is where it is written and journaled.
-        log: Where progress lines and warnings go (``None``: nowhere).
-        source: What names the overrides in an error (``command line`` for the CLI).
+        config: All evaluation settings at once (:class:`EvalConfig`), instead of protocol and overrides.
+        runs / model / step: Runs (a run folder at ``step``'s checkpoint, else its newest), or a model.
+        protocol: A protocol's name, a YAML path or a :class:`Protocol`; recorded in the report.
+        split / tasks / evaluate_on / task_dirs: Which tasks (:func:`task_names`); the researcher's task folders.
+        output: The report's path (JSON, written atomically); measured blocks (pieces of ``journal_every``
+            episodes) are journaled beside it till then, and ``resume`` reads them.
+        keep: With runs, also keep the report in the first run's folder (:func:`own_report`), and write and
+            journal it there without ``output``.
+        log / source: Where progress lines and warnings go (``None``: nowhere); what names the overrides.
         **overrides: :class:`EvalConfig` fields.
-
-    Raises:
-        ConfigError: Naming the argument, for a missing run, an unknown method, protocol or reference.
     """
     runs, steps = run_paths(runs, step)  # a run folder, or one of its checkpoints: resolved once
     check_sources(runs, model, step)
@@ -270,22 +278,12 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
         cut = truncation_warning(report["truncated"], harness.max_length)
         if cut and log is not None and ctx.is_main:
             log(cut)
-        report["budgets"].update(separate.budgets)
-        report["adaptation_cost"] = dict(sorted({**report["adaptation_cost"], **separate.costs}.items()))
-        report["tasks"] = names
-        report["checkpoints"] = {r: setting.checkpoints[r].name for r in runs}  # which weights each run had
-        report["versions"] = versions()  # the packages that produced these numbers (requirements/lock.txt)
-        report["eval_config"] = to_dict(config)  # every value the evaluation ran with
+        report.update(tasks=names, checkpoints={r: setting.checkpoints[r].name for r in runs},  # each run's weights
+                      versions=versions(),  # the packages that produced these numbers (requirements/lock.txt)
+                      eval_config=to_dict(config))  # every value the evaluation ran with
         if protocol is not None:
             report["protocol"] = protocol.record(config, setting.config.split, names)
-        if config.inner_steps:
-            report["inner_steps_sweep"] = harness.inner_steps_sweep(eval_list, finetune)
-        if config.cost_episodes:  # after the accuracies: each row alone on the first episodes
-            report["episode_cost"] = dict(sorted({**episode_costs(harness, eval_list, config.cost_episodes, finetune,
-                                                                   book), **separate.episode_costs}.items()))
-        if book is not None:  # choosing fine-tuning's budget and every block, resumed sessions included
-            report["measuring_seconds"] = round(book.seconds, 1)
-            report.update({"episode_cost_seconds": round(book.cost_seconds, 1)} if config.cost_episodes else {})
+        _complete(report, harness, eval_list, finetune, separate, book)
         if ctx.is_main:
             for path in dict.fromkeys(p for p in (output, own) if p is not None):  # never a half-written report
                 write_atomic(Path(path), json.dumps(report, indent=1))

@@ -8,23 +8,20 @@ A cut row is scored on less than the method was asked to see; the report counts 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..data import Task
 from ..data.demos import demonstrations, presented, with_demonstrations
+from .rows import FinetuneChoice
 from .scoring import token_rows
 
-if TYPE_CHECKING:
-    from .fewshot import Harness
-    from .rows import FinetuneChoice
 
-
-def truncation(harness: Harness, tasks: Sequence[Task], finetune: FinetuneChoice | None = None
+def truncation(harness: Any, tasks: Sequence[Task], finetune: FinetuneChoice | None = None
                ) -> dict[str, dict[str, dict[str, int]]]:
-    """``{row: {task: {"cut": n, "rows": m}}}``: of the ``m`` rows a row scores on a task's episodes
-    (every shot count and seed; a calibrated row's content-free twins and a channel row's per-option
-    rows included; a generation task's prompts), the ``n`` that ``harness.max_length`` cut. Only the
-    tokenizer runs."""
+    """``{row: {task: {"cut": n, "rows": m}}}`` for a :class:`~metalm.eval.Harness`: of the ``m`` rows a
+    row scores on a task's episodes (every shot count and seed; a calibrated row's content-free twins
+    and a channel row's per-option rows included; a generation task's prompts), the ``n`` that
+    ``harness.max_length`` cut. Only the tokenizer runs."""
     tok, limit = harness.tokenizer, harness.max_length
     rows = list(harness.rows(finetune).values())
     out: dict[str, dict[str, dict[str, int]]] = {}
