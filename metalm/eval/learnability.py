@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,11 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, collate
+from ..data.demos import demonstrations, in_context
 from ..data.episode import Example
 from ..errors import ConfigError, TaskError
 from ..losses import cache_prefix, lm_loss
 from .prepared import prepare_queries, score_prepared
-from .scoring import exact_match, greedy_generate
+from .scoring import exact_match, greedy_generate, option_scores
 
 HEADROOM = ("headroom: the better of zero-shot and plain in-context learning ({shots} demonstrations per class, "
             "from the training examples, before each test example) is at least {margin} below the ceiling")
@@ -185,11 +187,6 @@ def icl_hits(model: nn.Module, params: Mapping[str, Tensor], train: Sequence[Exa
     demonstrations (the first ``cfg.icl_shots`` training examples of each class, or of the task for
     multiple choice, in a seeded order), scored as the harness's ``icl`` row scores, never cut below
     the model's window."""
-    import random
-
-    from ..data.demos import demonstrations, in_context
-    from .scoring import option_scores
-
     by_class: dict[str, list[Example]] = {}
     for ex in train:
         by_class.setdefault(ex.answer if task_type == "classification" else "", []).append(ex)
