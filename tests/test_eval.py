@@ -460,14 +460,21 @@ def test_contextual_calibration_by_hand(tiny, registry):
     demos = "\n\n".join(ex.prompt + ex.answer for ex in episode.support)
     assert len(tok(demos + "\n\n" + q.prompt + q.options[0])["input_ids"]) < 64  # nothing truncated
     for method, prefix in (("zeroshot-cal", ""), ("icl-cal", demos + "\n\n")):
-        def probs(prompt, prefix=prefix):
-            s = torch.tensor([sum(v) / len(v) for v in (_logp(model, prefix, prompt, o, tok) for o in q.options)],
-                             dtype=torch.float64)
-            return torch.softmax(s, 0)
-        p = probs(q.prompt)
-        p_cf = (probs(q.content_free[0]) + probs(q.content_free[1])) / 2
         ours = harness._unadapted(method, [episode])[0][0]
-        assert torch.allclose(torch.tensor(ours, dtype=torch.float64), (p / p_cf).log(), atol=1e-6)
+        assert torch.allclose(torch.tensor(ours, dtype=torch.float64), _calibrated_by_hand(model, tok, prefix, q),
+                              atol=1e-6)
+
+
+def _calibrated_by_hand(model, tok, prefix, q):
+    """Zhao et al.'s calibrated log-scores of query ``q`` after ``prefix``, from plain HF forwards: option
+    probabilities (mean log-likelihood per token, softmaxed) over their mean on the content-free prompts."""
+    def probs(prompt):
+        s = torch.tensor([sum(v) / len(v) for v in (_logp(model, prefix, prompt, o, tok) for o in q.options)],
+                         dtype=torch.float64)
+        return torch.softmax(s, 0)
+
+    cf = sum(probs(p) for p in q.content_free) / len(q.content_free)
+    return (probs(q.prompt) / cf).log()
 
 
 def test_calibration_of_a_task_whose_input_field_is_text(tiny, tmp_path):
@@ -493,13 +500,7 @@ def test_calibration_of_a_task_whose_input_field_is_text(tiny, tmp_path):
     (episode,) = harness.episodes(registry["textfield"], 1)
     q = episode.query[0]
     assert q.content_free == ("W: N/A\nA:", "W: \nA:") and q.prompt not in q.content_free
-
-    def probs(prompt):
-        s = torch.tensor([sum(v) / len(v) for v in (_logp(model, "", prompt, o, tok) for o in q.options)],
-                         dtype=torch.float64)
-        return torch.softmax(s, 0)
-
-    expected = (probs(q.prompt) / ((probs(q.content_free[0]) + probs(q.content_free[1])) / 2)).log()
+    expected = _calibrated_by_hand(model, tok, "", q)
     plain = harness._unadapted("zeroshot", [episode])[0][0]
     calibrated = harness._unadapted("zeroshot-cal", [episode])[0][0]
     assert torch.allclose(torch.tensor(calibrated, dtype=torch.float64), expected, atol=1e-6)
