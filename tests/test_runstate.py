@@ -64,3 +64,17 @@ def test_a_state_over_the_bound_is_refused_and_the_committed_one_kept(world, tmp
     assert {p.relative_to(state): p.read_bytes() for p in state.rglob("*") if p.is_file()} == before
     with pytest.raises(MetalmError, match="has no checkpoint to commit"):
         commit_state(tmp_path / "empty", tmp_path / "state2")
+
+
+def test_the_committed_state_folder_is_not_ignored_by_git():
+    """benchmarks/runs/NAME must be committable (a pattern `runs/` would ignore it with the local runs/)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "benchmarks/runs/long-x/checkpoints/step-0000001/state.json"],
+                             cwd=root, capture_output=True)
+    local = subprocess.run(["git", "check-ignore", "-q", "runs/long-x/log.jsonl"], cwd=root, capture_output=True)
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.returncode == 1 and local.returncode == 0
