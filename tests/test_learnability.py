@@ -12,7 +12,17 @@ from transformers import AutoTokenizer
 import metalm
 from metalm import AdapterConfig, MetaConfig
 from metalm.data import Task, parse_task
-from metalm.eval.learnability import CeilingConfig, chance, measure_task, split_examples, verdict, wilson
+from metalm.errors import ConfigError
+from metalm.eval.learnability import (
+    CeilingConfig,
+    chance,
+    dev_part,
+    measure_task,
+    split_examples,
+    train_lora,
+    verdict,
+    wilson,
+)
 from metalm.models import save_tiny_model
 
 from .data.fixtures import corpus
@@ -88,3 +98,50 @@ def test_a_rule_the_model_can_learn_is_learnable(home, tiny):
     assert not {e.prompt for e in train} & {e.prompt for e in test} and chance("classification", test) == 0.5
     row = measure_task(model, sel.fast_params(model), task, tok, cfg, sel.lowest_adapted_layer())
     assert row["learnable"] is True and row["ceiling"] > row["zeroshot"]
+
+
+def test_selected_checkpoints_are_the_fixed_budget_runs(home, tiny):
+    """Revision 2 keeps checkpoints of one run: each equals the fixed-budget ceiling trained for that many steps
+    (a second code path), and with every development score tied (a task with no signal) the rule takes the
+    fewest steps and then the smaller lr."""
+    from metalm.eval.learnability import _fit, _minibatches
+
+    model, sel, tok = tiny
+    rows = [{"input": f"Is thing {i} a stone?", "target_scores": {"yes": int(i % 2 == 0), "no": int(i % 2 == 1)}}
+            for i in range(80)]
+    task = _task(home, "flat2", rows)
+    cfg = CeilingConfig(train_examples=40, test_examples=20, batch_size=8, lr=1e-2, max_length=32)
+    train, _ = split_examples(task, cfg)
+    init, layer = sel.fast_params(model), sel.lowest_adapted_layer()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    kept = _fit(model, init, _minibatches(model, train, tok, cfg, layer, gen), cfg.lr, [3, 7], gen)
+    for steps, got in zip((3, 7), kept, strict=True):
+        want = train_lora(model, init, train, tok, CeilingConfig(**{**vars(cfg), "steps": steps}), layer)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    same = [{"input": "Is the apple a stone?", "target_scores": {"yes": int(i % 2 == 0), "no": int(i % 2 == 1)}}
+            for i in range(80)]
+    flat = CeilingConfig(**{**vars(cfg), "select_steps": (4, 2), "select_lrs": (1e-2, 1e-3)})
+    row = measure_task(model, init, _task(home, "flat3", same), tok, flat, layer)
+    assert row["chosen"]["lr"] == 1e-3 and row["chosen"]["steps"] == 2 and set(row["chosen"]["dev"].values()) == {0.5}
+    assert "development part" in flat.criterion() and row["ceiling"] == 0.5
+
+
+def test_the_development_part_and_known_scores(home, tiny):
+    """A quarter of each class (at least one) chooses the budget; an earlier row's ICL score is reused only when
+    zero-shot is measured again to the digit."""
+    from metalm.data.episode import Example
+
+    exs = [Example(prompt=f"p{i}", answer="ab"[i % 2], options=["a", "b"], label=i % 2) for i in range(10)]
+    fit, dev = dev_part(exs, 0.25, "classification")
+    assert [e.prompt for e in dev] == ["p0", "p1"]  # round(5 * 0.25) = 1 of each class, the first
+    assert [e.prompt for e in fit] == [f"p{i}" for i in range(2, 10)]
+    model, sel, tok = tiny
+    same = [{"input": "Is the apple a stone?", "target_scores": {"yes": int(i % 2 == 0), "no": int(i % 2 == 1)}}
+            for i in range(80)]
+    cfg = CeilingConfig(train_examples=40, test_examples=20, steps=2, batch_size=8, lr=1e-2, max_length=32)
+    task = _task(home, "flat4", same)
+    args = (model, sel.fast_params(model), task, tok, cfg, sel.lowest_adapted_layer())
+    assert measure_task(*args, known={"zeroshot": 0.5, "icl": 0.125})["icl"] == 0.125
+    assert measure_task(*args, known={"zeroshot": 0.55, "icl": 0.125})["icl"] == 0.5
+    with pytest.raises(ConfigError, match="select_lrs"):
+        CeilingConfig(select_steps=(32,))

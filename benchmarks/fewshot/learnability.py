@@ -4,6 +4,12 @@
         --out benchmarks/results/learnability_pool.json                          # the pinned pool, resumable
     OMP_NUM_THREADS=1 nice python benchmarks/fewshot/learnability.py            # the BIG-bench pool (a copy)
     python benchmarks/fewshot/learnability.py --tasks navigate,snarks --out /tmp/l.json
+    OMP_NUM_THREADS=1 nice python benchmarks/fewshot/learnability.py --split pool --revision 2 \
+        --known benchmarks/results/learnability_pool.json --out benchmarks/results/learnability_pool_v2.json
+
+Revision 2 of the criterion (``--revision 2``, :data:`metalm.eval.learnability.SELECTED`) chooses the
+ceiling's budget (lr and steps) on a development part of the training examples instead of fixing it;
+``--known`` reuses an earlier file's in-context scores of the same examples (checked by zero-shot).
 
 The headroom rule (:data:`metalm.eval.learnability.HEADROOM`) is fixed with the criterion and written
 into the output beside it: held-out and meta-val tasks must be learnable and not already solved.
@@ -22,6 +28,7 @@ The model is the study's shape: SmolLM2-135M with LoRA r=8 (alpha 16) on q/v of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -35,7 +42,7 @@ import torch
 from metalm import AdapterConfig, MetaConfig, apply_adapter, load_model, select_parameters
 from metalm.data import default_registry, load_split
 from metalm.environment import versions
-from metalm.eval.learnability import CeilingConfig, measure_task
+from metalm.eval.learnability import REVISION_2, CeilingConfig, measure_task
 from metalm.files import write_atomic
 from metalm.hub import resolve_model
 
@@ -70,13 +77,19 @@ def split_candidates(registry, split: str) -> list[str]:  # noqa: ANN001
     return names
 
 
-def read_journals(out: Path) -> dict[str, dict]:
+def config(revision: int) -> CeilingConfig:
+    """The criterion's settings: revision 1 (:data:`~metalm.eval.learnability.CRITERION`) or 2
+    (:data:`~metalm.eval.learnability.SELECTED` with :data:`~metalm.eval.learnability.REVISION_2`)."""
+    return CeilingConfig() if revision == 1 else CeilingConfig(**REVISION_2)
+
+
+def read_journals(out: Path, cfg: CeilingConfig | None = None) -> dict[str, dict]:
     """Every task measured so far: ``out`` itself (committed, so a fresh clone resumes too) and the journals
     of all shards (a line cut by a kill is measured again)."""
     done: dict[str, dict] = {}
     if out.is_file():
         saved = json.loads(out.read_text(encoding="utf-8"))
-        if saved.get("criterion") != CeilingConfig().criterion():
+        if saved.get("criterion") != (cfg or CeilingConfig(**saved.get("config", {}))).criterion():
             raise SystemExit(f"{out} was measured by another criterion; move it away to measure anew")
         done.update(saved["tasks"])
     for journal in sorted(out.parent.glob(f"{out.name}.*.partial.jsonl")):
@@ -126,11 +139,15 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--limit", type=int, help="stop after this many new tasks")
     ap.add_argument("--shard", default="0/1", help="I/N: measure every N-th task from the I-th (one process each)")
+    ap.add_argument("--revision", type=int, choices=(1, 2), default=1,
+                    help="the criterion: 1 (fixed 32-step ceiling) or 2 (budget chosen on a development part)")
+    ap.add_argument("--known", help="an earlier file of the same examples: its in-context scores are reused "
+                                    "where zero-shot is measured again to the digit")
     args = ap.parse_args()
     if args.table:
         print(table(Path(args.out)))
         return 0
-    cfg = CeilingConfig()
+    cfg = config(args.revision)
     registry = default_registry()
     order = Path(args.out).with_name(Path(args.out).stem + "_order.txt")
     if args.tasks:
@@ -143,7 +160,7 @@ def main() -> int:
     out = Path(args.out)
     shard, shards = (int(x) for x in args.shard.split("/"))
     journal = out.with_name(f"{out.name}.{shard}.partial.jsonl")
-    done = read_journals(out)
+    done = read_journals(out, cfg)
     path = resolve_model(args.model)
     from transformers import AutoTokenizer
 
@@ -162,8 +179,10 @@ def main() -> int:
         if args.limit is not None and new >= args.limit:
             break
         start = time.perf_counter()
+        known = json.loads(Path(args.known).read_text(encoding="utf-8"))["tasks"] if args.known else {}  # grows
         try:
-            result = measure_task(model, init, registry[name], tokenizer, cfg, sel.lowest_adapted_layer())
+            result = measure_task(model, init, registry[name], tokenizer, cfg, sel.lowest_adapted_layer(),
+                                  known=known.get(name))
         except Exception as err:  # noqa: BLE001 - recorded per task, the run goes on
             result = {"error": f"{type(err).__name__}: {err}"[:300]}
         result["seconds"] = round(time.perf_counter() - start, 1)
@@ -172,9 +191,9 @@ def main() -> int:
             fh.write(json.dumps({"task": name, "result": result}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        done = read_journals(out)  # every shard's tasks so far
+        done = read_journals(out, cfg)  # every shard's tasks so far
         write_atomic(out, json.dumps({"criterion": cfg.criterion(), "headroom": cfg.headroom_rule(),
-                                      "config": vars(cfg), "versions": versions(),
+                                      "config": dataclasses.asdict(cfg), "versions": versions(),
                                       "tasks": {n: done[n] for n in sorted(done)}}, indent=1) + "\n")
         print(f"{name}: {result}", flush=True)
     return 0
