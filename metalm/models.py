@@ -176,3 +176,16 @@ def save_tiny_model(path: str | os.PathLike[str], texts: list[str], arch: Litera
     model.save_pretrained(os.fspath(path))
     tokenizer.save_pretrained(os.fspath(path))
     return os.fspath(path)
+
+
+def save_peft(model: nn.Module, out: os.PathLike | str, base_ref: str) -> None:
+    """The model's LoRA in PEFT format in ``out``, its base named by ``base_ref`` (portable: not this
+    machine's absolute folder)."""
+    import json
+    from pathlib import Path
+
+    model.save_pretrained(os.fspath(out))
+    path = Path(out) / "adapter_config.json"
+    adapter_config = json.loads(path.read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = base_ref
+    path.write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")

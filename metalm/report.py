@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from torch import Tensor
 
 from .errors import MetalmError
 from .files import json_lines
+from .models import save_peft
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -352,35 +352,6 @@ def portable_base(model: str, out: Path) -> tuple[str, str]:
     return os.path.relpath(folder.resolve(), Path(out).resolve()), str(folder.resolve())
 
 
-def _save_peft(model: torch.nn.Module, out: Path, base_ref: str) -> None:
-    """The model's LoRA in PEFT format, naming the base portably (not this machine's absolute folder)."""
-    model.save_pretrained(str(out))
-    adapter_config = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = base_ref
-    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
-
-
-def _export_library(algorithm: Any, library: dict[str, dict[str, Tensor]], out: Path, base_ref: str) -> None:
-    """Each task's LoRA as a PEFT adapter in ``out/TASK`` and ``out/manifest.json`` (task -> folder); the
-    model's own LoRA tensors are restored afterwards."""
-    fast = algorithm.selection.fast_params(algorithm.model)
-    saved = {n: p.detach().clone() for n, p in fast.items()}
-    manifest = {}
-    try:
-        for task, lora in sorted(library.items()):
-            with torch.no_grad():
-                for n, p in fast.items():
-                    p.copy_(lora[n])
-            _save_peft(algorithm.model, out / task, base_ref)
-            manifest[task] = task
-    finally:
-        with torch.no_grad():
-            for n, p in fast.items():
-                p.copy_(saved[n])
-    (out / "manifest.json").write_text(json.dumps({"tasks": manifest, "outer_steps": algorithm.outer_steps},
-                                                  indent=1), encoding="utf-8")
-
-
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
     """Export a trained run's meta-learned adapter and weights.
 
@@ -388,11 +359,10 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     ``adapter_model.safetensors``) when the adapter is LoRA, else ``fast_weights.safetensors``;
     ``shared_weights.safetensors`` when the outer loop updated base weights (load them into the
     base model before the adapter); ``inner_lrs.safetensors`` for learned inner rates;
-    ``task_params.safetensors`` for a multi-task run's task heads and log-variances;
-    ``hypernetwork.safetensors`` for a HyperLoRA run's hypernetwork and bases (the adapter is then
-    its ``θ_0``, what the hypernetwork adds to); ``library/TASK/`` (a PEFT adapter per task) and
-    ``library/manifest.json`` for a LoRA library; and
-    ``metalm.json`` describing the run.
+    what the algorithm adds (:meth:`MetaLearner.export <metalm.algorithms.MetaLearner.export>`: a
+    multi-task run's ``task_params.safetensors``, a HyperLoRA run's ``hypernetwork.safetensors``, a
+    LoRA library's ``library/``); and ``metalm.json`` describing the run (``files``: what the
+    algorithm added).
     """
     from .run import load_run
 
@@ -404,7 +374,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     prefix = "base_model.model."
     base_ref, local = portable_base(config.model, out)
     if config.adapter.kind == "lora":
-        _save_peft(model, out, base_ref)
+        save_peft(model, out, base_ref)
     else:
         save_file({n: p.detach().contiguous() for n, p in sel.fast_params(model).items()},
                   str(out / "fast_weights.safetensors"))
@@ -416,19 +386,11 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     if algorithm.inner_lrs:
         save_file({n: p.detach().contiguous() for n, p in algorithm.inner_lrs.items()},
                   str(out / "inner_lrs.safetensors"))
-    task_params = getattr(algorithm, "task_params", {})  # multi-task heads and log-variances
-    if task_params:
-        save_file({n: p.detach().contiguous() for n, p in task_params.items()}, str(out / "task_params.safetensors"))
-    library = getattr(algorithm, "library", {})  # a LoRA library: one PEFT adapter per task
-    if library:
-        _export_library(algorithm, library, out / "library", base_ref)
-    hyper = getattr(algorithm, "hyper", {})  # HyperLoRA's hypernetwork and bases (the adapter above is its θ_0)
-    if hyper:
-        save_file({n: p.detach().contiguous() for n, p in hyper.items()}, str(out / "hypernetwork.safetensors"))
+    added = algorithm.export(out, base_ref)  # what the algorithm holds beyond the adapter
     tokenizer.save_pretrained(str(out))
     meta = {"base_model": config.model, "base_model_name_or_path": base_ref, "base_model_path": local,
             "algorithm": config.algorithm, "adapter": config.adapter.kind,
             "inner": {"steps": algorithm.inner.steps, "lr": algorithm.inner.lr, "optimizer": algorithm.inner.optimizer},
-            "outer_steps": algorithm.outer_steps, "shared_weights": bool(shared)}
+            "outer_steps": algorithm.outer_steps, "shared_weights": bool(shared), "files": added}
     (out / "metalm.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out

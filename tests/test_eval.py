@@ -272,7 +272,7 @@ def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     given = one.choose_finetune([registry["toy_mc"]])
     assert (given.init.inner.optimizer, given.init.inner.lr, given.init.inner.steps) == ("adam", 0.01, 2)
     assert given.grid == [{"optimizer": "adam", "lr": 0.01, "steps": 2, "val_accuracy": None}]
-    with pytest.raises(ConfigError, match="meta needs a meta-learning run"):
+    with pytest.raises(ConfigError, match="meta needs a run trained with one of the algorithms .*maml, .*reptile"):
         Harness.from_learner(algo, tok, base, None, EvalConfig(methods=["meta"]))
     with pytest.raises(ConfigError, match="unknown method"):
         EvalConfig(methods=["mtl2"])

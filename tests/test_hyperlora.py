@@ -170,4 +170,4 @@ def test_a_hyperlora_run_trains_resumes_bit_identically_and_is_evaluated(tmp_pat
     assert report["budgets"]["hyper"].startswith("generated from the support set, then sgd lr 0.1, 2 steps")
     assert "| hyper |" in capsys.readouterr().out
     assert main(["eval", "--run-dir", str(whole), "--methods", "zeroshot,meta", "--quiet"]) == 2
-    assert "meta needs a meta-learning run" in capsys.readouterr().err
+    assert "meta needs a run trained with one of the algorithms" in capsys.readouterr().err

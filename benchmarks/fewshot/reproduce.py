@@ -40,8 +40,7 @@ def recorded_blocks(path: Path) -> tuple[dict[str, dict[str, list[float]]], dict
 
 def main() -> int:
     from metalm.data import TaskRegistry, packaged_tasks_dir, task_path
-    from metalm.eval import EvalConfig
-    from metalm.eval.fewshot import TRAINED
+    from metalm.eval import BASELINES, EvalConfig
     from metalm.eval.protocol import load_protocol, merge
     from metalm.eval.recipe import evaluate
 
@@ -68,7 +67,7 @@ def main() -> int:
     for key in chosen:
         task, shots, seed = key.rsplit("/", 2)
         methods = [m for m in base.get("methods", EvalConfig().methods) if m in blocks[key]
-                   and (args.run_dir or m not in TRAINED)]  # without --run-dir: the baselines' rows
+                   and (args.run_dir or m in BASELINES)]  # without --run-dir: the baselines' rows
         rows = {r: accs for r, accs in blocks[key].items() if r in methods}
         if not rows:
             ap.error(f"block {key}: no recorded row can be measured again here (give the runs with --run-dir)")

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -56,6 +57,17 @@ def register_algorithm(name: str, config_cls: type) -> Callable[[type[MetaLearne
 def algorithm_names() -> list[str]:
     """Names of the registered algorithms."""
     return sorted(_REGISTRY)
+
+
+def row_kinds() -> list[str]:
+    """The evaluation rows trained runs can give (:attr:`MetaLearner.row`), in registration order: what
+    ``metalm eval --methods`` accepts beside the baselines."""
+    return list(dict.fromkeys(cls.row for cls, _ in _REGISTRY.values()))
+
+
+def algorithms_of_row(row: str) -> list[str]:
+    """The registered algorithms whose trained runs give the evaluation row ``row``."""
+    return sorted(name for name, (cls, _) in _REGISTRY.items() if cls.row == row)
 
 
 def sharded_algorithms() -> list[str]:
@@ -143,6 +155,15 @@ class MetaLearner:
     #: inner loop adapts), ``mtl`` (multi-task weights), ``hyper`` (weights generated from the support set),
     #: ``library`` (a LoRA library composed for the support set).
     row: ClassVar[str] = "meta"
+    #: Whether several runs of this row are told apart by their algorithm's name (``meta:maml``,
+    #: ``meta:reptile``); else by their run folder.
+    row_names_algorithm: ClassVar[bool] = True
+    #: Whether its inner loop is the one the rows of inner-loop-less runs (:attr:`borrows_inner`) adapt
+    #: with when evaluated beside it (the first such run's), so both adapt alike.
+    lends_inner: ClassVar[bool] = True
+    #: Whether its trained weights have no inner loop of their own to adapt with (multi-task weights):
+    #: evaluated beside a run that :attr:`lends_inner`, they adapt with that run's.
+    borrows_inner: ClassVar[bool] = False
     #: Whether a new task's starting weights are written from its support set (:meth:`generators`).
     amortized: ClassVar[bool] = False
     #: Whether its outer step runs a meta-batch's tasks through :meth:`run_tasks` (together under
@@ -183,6 +204,13 @@ class MetaLearner:
         context manager factory by evaluation row suffix, under which the row's standard-initialization
         weights are scored (:class:`metalm.eval.Init`'s ``route``). Empty for the others."""
         return {}
+
+    def export(self, out: Path, base_ref: str) -> list[str]:
+        """Write what an exported run of this algorithm holds beyond the adapter, shared weights and
+        learned inner rates (:func:`metalm.report.export_run`) into ``out``, with the model's
+        tensors holding the trained values; ``base_ref`` names the base model portably. Returns the
+        names written (nothing by default)."""
+        return []
 
     @property
     def queries(self) -> str:

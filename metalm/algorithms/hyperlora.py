@@ -30,10 +30,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..config import InnerConfig
@@ -120,7 +122,14 @@ class HyperLoRA(MetaLearner):
         return config.refine and not config.inner.first_order
 
     row = "hyper"
+    row_names_algorithm = False
+    lends_inner = False
     amortized = True
+
+    def export(self, out: Path, base_ref: str) -> list[str]:
+        """``hypernetwork.safetensors``: the hypernetwork and bases (the exported adapter is their ``θ_0``)."""
+        save_file({n: p.detach().contiguous() for n, p in self.hyper.items()}, str(out / "hypernetwork.safetensors"))
+        return ["hypernetwork.safetensors"]
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: HyperLoRAConfig) -> None:
         super().__init__(model, selection, config)

@@ -23,9 +23,11 @@ PEFT adapter per task with a manifest. A new task gets a composition, with no in
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from ..config import InnerConfig
 from ..data.episode import Episode
 from ..errors import ConfigError
 from ..losses import Batch, lm_loss, lm_loss_and_accuracy, prepare_batch
+from ..models import save_peft
 from ..params import ParameterSelection
 from .base import MetaLearner, register_algorithm
 
@@ -185,7 +188,31 @@ class LoRALibrary(MetaLearner):
         return False
 
     row = "library"
+    row_names_algorithm = False
+    lends_inner = False
     amortized = True
+
+    def export(self, out: Path, base_ref: str) -> list[str]:
+        """Each task's LoRA as a PEFT adapter in ``out/library/TASK`` and ``out/library/manifest.json``
+        (task -> folder); the model's own LoRA tensors are restored afterwards."""
+        fast = self.selection.fast_params(self.model)
+        saved = {n: p.detach().clone() for n, p in fast.items()}
+        manifest = {}
+        try:
+            for task, lora in sorted(self.library.items()):
+                with torch.no_grad():
+                    for n, p in fast.items():
+                        p.copy_(lora[n])
+                save_peft(self.model, out / "library" / task, base_ref)
+                manifest[task] = task
+        finally:
+            with torch.no_grad():
+                for n, p in fast.items():
+                    p.copy_(saved[n])
+        (out / "library").mkdir(parents=True, exist_ok=True)
+        (out / "library" / "manifest.json").write_text(json.dumps({"tasks": manifest, "outer_steps": self.outer_steps},
+                                                                  indent=1), encoding="utf-8")
+        return ["library"]
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: LoRALibraryConfig) -> None:
         if selection.shared:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..config import InnerConfig
@@ -99,6 +101,9 @@ class Multitask(MetaLearner):
                               f"{', '.join(SHARDABLE_WEIGHTINGS)} (they weight the losses), or distributed: replicate")
 
     row = "mtl"
+    row_names_algorithm = False
+    lends_inner = False
+    borrows_inner = True  # its weights are evaluated with a meta-learning run's inner loop when beside one
 
     def __init__(self, model: nn.Module, selection: ParameterSelection, config: MultitaskConfig) -> None:
         super().__init__(model, selection, config)
@@ -125,6 +130,14 @@ class Multitask(MetaLearner):
 
     def meta_parameters(self) -> dict[str, Tensor]:
         return {**super().meta_parameters(), **{f"task/{k}": v for k, v in self.task_params.items()}}
+
+    def export(self, out: Path, base_ref: str) -> list[str]:
+        """``task_params.safetensors``: the task heads and log-variances (none: nothing written)."""
+        if not self.task_params:
+            return []
+        save_file({n: p.detach().contiguous() for n, p in self.task_params.items()},
+                  str(out / "task_params.safetensors"))
+        return ["task_params.safetensors"]
 
     def state_dict(self) -> dict[str, Any]:
         """The outer-step counter, each task's loss history and GradNorm's weights."""

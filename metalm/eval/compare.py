@@ -6,7 +6,8 @@ adapted on the same model object, episode by episode, beside every baseline. A r
 adapter needs a model of its own and is measured by a harness of its own on the same episodes
 (the episodes depend only on the task, shot count and seed), as is a HyperLoRA run after the first
 (its hypernetwork belongs to its own learner), and a LoRA library. A multi-task run (``mtl``) adapts with
-the inner loop of the first meta-learning run, so both get the same adaptation budget.
+the inner loop of the first meta-learning run, so both get the same adaptation budget (what an
+algorithm declares: :attr:`MetaLearner.borrows_inner` / :attr:`MetaLearner.lends_inner`).
 """
 
 from __future__ import annotations
@@ -31,18 +32,21 @@ from .rows import FinetuneChoice
 
 
 def run_label(config: Any, kind: str, n_runs: int) -> str:
-    """Row name of a run: ``mtl`` for multi-task, ``hyper`` for HyperLoRA; ``meta:<algorithm>`` when several
-    meta-learning runs are compared;
-    ``+icl`` when its queries are scored after the support set as demonstrations (MetaICL, gradient +
-    in-context adaptation)."""
-    label = kind if kind != "meta" else f"meta:{config.algorithm['name']}" if n_runs > 1 else "meta"
+    """Row name of a run: its row ``kind`` (:attr:`MetaLearner.row`: ``meta``, ``mtl`` ...), with
+    ``:<algorithm>`` when several runs are compared and the algorithm names its rows
+    (:attr:`MetaLearner.row_names_algorithm`: ``meta:maml``); ``+icl`` when its queries are scored after
+    the support set as demonstrations (MetaICL, gradient + in-context adaptation)."""
     name = config.algorithm["name"]
-    return label + ("+icl" if algorithm_class(name).evaluation(config.algorithm_config())["queries"] != "plain" else "")
+    cls = algorithm_class(name)
+    label = f"{kind}:{name}" if n_runs > 1 and cls.row_names_algorithm else kind
+    return label + ("+icl" if cls.evaluation(config.algorithm_config())["queries"] != "plain" else "")
 
 
 def reference_inner(configs: Sequence[Any], kinds: Sequence[str]) -> InnerConfig | None:
-    """The inner loop of the first meta-learning run (the one ``mtl`` rows adapt with), if any."""
-    return next((c.algorithm_config().inner for c, k in zip(configs, kinds, strict=True) if c and k == "meta"), None)
+    """The inner loop of the first run whose algorithm :attr:`~MetaLearner.lends_inner` (the one the rows of
+    runs that :attr:`~MetaLearner.borrows_inner` adapt with), if any (``kinds``: kept for callers)."""
+    return next((c.algorithm_config().inner for c in configs
+                 if c and algorithm_class(c.algorithm["name"]).lends_inner), None)
 
 
 @dataclasses.dataclass
@@ -62,8 +66,10 @@ def _labels(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str]) -
     return out
 
 
-def _with_inner(init: Init, kind: str, inner: InnerConfig | None) -> Init:
-    return dataclasses.replace(init, inner=inner, lr=None) if kind == "mtl" and inner is not None else init
+def _with_inner(init: Init, config: Any, inner: InnerConfig | None) -> Init:
+    """``init`` with the reference inner loop when its run's algorithm borrows one."""
+    borrows = algorithm_class(config.algorithm["name"]).borrows_inner
+    return dataclasses.replace(init, inner=inner, lr=None) if borrows and inner is not None else init
 
 
 def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], first: Any, base: Init,
@@ -83,7 +89,7 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
             raise ConfigError("--run-dir", f"{run} trained {config.model}, not {configs[0].model}: "
                                             "compared runs must share the base model")
         if i == 0:
-            out.rows.extend(Trained(name, kind, _with_inner(init, kind, inner))
+            out.rows.extend(Trained(name, kind, _with_inner(init, config, inner))
                             for name, init in trained_rows(first.learner, first.trained, label).items())
             continue
         if not algorithm_class(config.algorithm["name"]).amortized and \
@@ -96,7 +102,7 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
         if init is None:
             out.separate.append((run, label, kind))
         else:
-            out.rows.append(Trained(label, kind, _with_inner(init, kind, inner)))
+            out.rows.append(Trained(label, kind, _with_inner(init, config, inner)))
     return out
 
 
@@ -135,7 +141,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
         loaded = load_run(run, device, checkpoints[run])
         tokenizer, learner = loaded.tokenizer, loaded.learner
         base = init_from_values(learner, loaded.base, trained=False)
-        rows = [Trained(name, kind, _with_inner(init, kind, inner))
+        rows = [Trained(name, kind, _with_inner(init, loaded.config, inner))
                 for name, init in trained_rows(learner, loaded.trained, label).items()]
         other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), rows,
                         learner.selection.lowest_adapted_layer(), episode_cache=harness.episode_cache)

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import torch
 from torch import Tensor
 
+from ..algorithms.base import algorithms_of_row, row_kinds
 from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, TaskRegistry, collate
 from ..data.demos import demonstrations, presented, with_demonstrations
 from ..data.episode import Example, TextEpisode
@@ -66,20 +67,34 @@ from .truncation import truncation
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["BASELINES", "METHODS", "Block", "EvalConfig", "FinetuneChoice", "Harness", "Measurements", "Row", "Trained",
-           "budget", "eval_tasks"]
+__all__ = ["BASELINES", "Block", "EvalConfig", "FinetuneChoice", "Harness", "Measurements", "Row", "Trained",
+           "budget", "eval_tasks", "known_methods"]
 
 R = TypeVar("R")
 BASELINES = (*UNADAPTED, "finetune")
-TRAINED = ("meta", "mtl", "hyper", "library")  # methods that start from a run's trained weights (MetaLearner.row)
-METHODS = (*BASELINES, *TRAINED)
 #: The methods evaluated when none are named (``metalm.evaluate`` adds the rows of the runs it is given).
 DEFAULT_METHODS = ("zeroshot", "zeroshot-cal", "icl", "icl-cal", "finetune")
 
 
+def known_methods() -> list[str]:
+    """Every method an evaluation can name: the baselines and the row of every registered algorithm
+    (:attr:`MetaLearner.row <metalm.algorithms.MetaLearner.row>`: ``meta``, ``mtl`` ..., and any a
+    researcher registers)."""
+    return [*BASELINES, *row_kinds()]
+
+
 def default_methods(kinds: Sequence[str]) -> list[str]:
-    """The methods evaluated when none are named: the baselines plus what the runs provide."""
-    return [*DEFAULT_METHODS, *(k for k in TRAINED if k in kinds)]
+    """The methods evaluated when none are named: the baselines plus the rows the runs give (``kinds``)."""
+    return [*DEFAULT_METHODS, *(k for k in row_kinds() if k in kinds)]
+
+
+def trained_by(kind: str) -> str:
+    """What a trained row needs, in words (for errors): a run of an algorithm registered with that row."""
+    names = algorithms_of_row(kind)
+    if not names:
+        return "a trained run (--run-dir)"
+    return f"a run trained with algorithm: {names[0]}" if len(names) == 1 else \
+        f"a run trained with one of the algorithms {', '.join(names)}"
 PLAIN = Presentation()  # the queries alone, options ranked directly, uncalibrated
 CONTENT_FREE = ["N/A", "", "[MASK]"]  # Zhao et al. 2021, section 5
 
@@ -161,9 +176,10 @@ class EvalConfig:
     autocast: Literal["float32", "bf16"] = "float32"
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        known = known_methods()
+        unknown = [m for m in self.methods if m not in known]
         if unknown:
-            raise ConfigError("methods", f"unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+            raise ConfigError("methods", f"unknown method {unknown[0]!r} (known: {', '.join(known)})")
         if not self.methods:
             raise ConfigError("methods", "needs at least one method")
         if not self.shots or min(self.shots) < 1:
@@ -196,10 +212,9 @@ class EvalConfig:
             raise ConfigError("finetune_steps", "step counts must be >= 1")
         if self.inner_steps is not None and (not self.inner_steps or min(self.inner_steps) < 1):
             raise ConfigError("inner_steps", "needs step counts >= 1 (or null)")
-        # A trained row is named after its method: meta, meta:maml, meta:maml(run), meta@ft, library-hub ...
-        ref = self.reference or ""
-        if self.reference is not None and self.reference not in self.methods and \
-                not any(ref.startswith(k) and k in self.methods for k in TRAINED):
+        # A trained row's name is its run's (meta:maml, library-hub ...): checked against the evaluated rows
+        # (Harness.check_reference); a baseline's is its method.
+        if self.reference in BASELINES and self.reference not in self.methods:
             raise ConfigError("reference", f"{self.reference!r} is not among the evaluated methods "
                                            f"({', '.join(self.methods)})")
 
@@ -257,8 +272,8 @@ class Harness:
                  episode_cache: dict[tuple[str, int, int, int, int], list[TextEpisode]] | None = None) -> None:
         if not isinstance(config, EvalConfig):
             raise ConfigError("config", f"must be an EvalConfig, got {type(config).__name__}")
-        for kind in TRAINED:
-            if kind in config.methods and not any(t.kind == kind for t in trained):
+        for kind in config.methods:
+            if kind not in BASELINES and not any(t.kind == kind for t in trained):
                 raise ConfigError("methods", f"{kind} needs {trained_by(kind)}")
         self.model, self.tokenizer, self.base, self.config = model, tokenizer, base, config
         self.trained = [t for t in trained if t.kind in config.methods]
@@ -283,9 +298,11 @@ class Harness:
 
     @classmethod
     def from_learner(cls, learner: Any, tokenizer, base: Mapping[str, Tensor],  # noqa: ANN001
-                     trained: Mapping[str, Tensor] | None, config: EvalConfig, kind: str = "meta") -> Harness:
+                     trained: Mapping[str, Tensor] | None, config: EvalConfig, kind: str | None = None) -> Harness:
         """A harness for a :class:`~metalm.algorithms.MetaLearner`'s model, from meta-parameter values
-        (``meta_parameters()`` names) before and after training."""
+        (``meta_parameters()`` names) before and after training; its trained rows are named ``kind``
+        (default: the row its algorithm declares, :attr:`MetaLearner.row`)."""
+        kind = kind or type(learner).row
         check_values(learner, base, "base")
         if trained is not None:
             check_values(learner, trained, "trained")
@@ -653,7 +670,7 @@ class Harness:
         from .stats import mean_ci95
 
         shots, steps = self.config.shots[0], sorted(self.config.inner_steps or [])
-        rows = [r for r in self.rows(finetune).values() if r.init is not None and "@" not in r.name and r.init.adapt]
+        rows = [r for r in self.rows(finetune).values() if r.init is not None and r.own_budget and r.init.adapt]
         items = [(t, ep) for t in tasks for ep in self.episodes(t, shots)]
 
         def one(item: tuple[Task, TextEpisode]) -> dict[str, list[float]]:
@@ -736,13 +753,6 @@ def budget(init: Init, presentation: Presentation | None = None) -> str:
     lr = "learned rates" if init.lr is not None else f"lr {init.inner.lr:g}"
     prox = f", proximal {init.inner.proximal:g}" if init.inner.proximal else ""
     return f"{generated}{init.inner.optimizer} {lr}, {init.inner.steps} steps{prox}" + icl
-
-
-def trained_by(kind: str) -> str:
-    """What a trained row needs, in words (for errors)."""
-    return {"mtl": "a run trained with algorithm: multitask",
-            "hyper": "a run trained with algorithm: hyperlora",
-            "library": "a run trained with algorithm: lora-library"}.get(kind, "a meta-learning run (--run-dir)")
 
 
 def eval_tasks(registry: TaskRegistry, names: list[str]) -> list[Task]:

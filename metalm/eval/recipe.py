@@ -34,7 +34,7 @@ from ..files import write_atomic
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
 from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_paths, run_rows
 from .episode_cost import episode_costs
-from .fewshot import TRAINED, EvalConfig, Harness, default_methods, eval_tasks, trained_by
+from .fewshot import BASELINES, EvalConfig, Harness, default_methods, eval_tasks, trained_by
 from .inits import init_from_values, init_of
 from .journal import Journal
 from .protocol import Protocol, load_protocol, merge
@@ -146,11 +146,11 @@ def journaled_values(config: EvalConfig) -> dict[str, Any]:
 
 def check_reference(config: EvalConfig, harness: Harness, rows: RunRows | None,
                     finetune: FinetuneChoice | None) -> None:
-    """Refuse a ``reference`` that is not among the evaluated rows, naming them (:class:`ConfigError`)."""
-    evaluated = list(harness.rows(finetune)) + \
-        [label + suffix for _, label, kind in (rows.separate if rows else []) if kind in config.methods
-         for suffix in ("", "@ft")]
-    if config.reference is not None and config.reference not in evaluated:
+    """Refuse a ``reference`` that is not among the evaluated rows, naming them (:class:`ConfigError`), before
+    any is measured; with runs measured on models of their own (their rows named once they are loaded)
+    the report's summary checks it (:func:`~metalm.eval.summary.summarize`)."""
+    evaluated = list(harness.rows(finetune))
+    if config.reference is not None and config.reference not in evaluated and not (rows and rows.separate):
         raise ConfigError("--reference", f"{config.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
 
 
@@ -248,8 +248,8 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
     check_output(output, journal_every)  # before the model loads and the measuring
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    for method in TRAINED:
-        if method in config.methods and method not in kinds:
+    for method in config.methods:
+        if method not in BASELINES and method not in kinds:
             raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
     setting = build_setting(runs, model, device, configs, kinds, steps)
     setting.config.task_dirs = dirs

@@ -75,12 +75,15 @@ class Row:
         init: Where adaptation starts and how it proceeds; ``None``: the pretrained weights, not adapted.
         twin: The row whose adapted weights this one scores (same initialization and inner loop,
             another presentation); ``None``: its own.
+        own_budget: Whether it adapts with its own inner loop (``False``: a trained row given
+            fine-tuning's chosen budget, ``@ft``).
     """
 
     name: str
     presentation: Presentation
     init: Init | None = None
     twin: str | None = None
+    own_budget: bool = True
 
     @property
     def weights(self) -> str:
@@ -131,5 +134,6 @@ def expand_rows(methods: Sequence[str], base: Init, trained: Sequence[Trained] =
                 rows.append(Row(f"{name}-cal", dataclasses.replace(presentation, calibrate=True), t.init, twin=t.label))
         ft = finetune.init if finetune else None
         if ft is not None and not t.init.same_budget(ft) and t.init.route is None:
-            rows.append(Row(f"{t.label}@ft", own, t.init.with_budget(ft.inner.optimizer, ft.inner.lr, ft.inner.steps)))
+            rows.append(Row(f"{t.label}@ft", own, t.init.with_budget(ft.inner.optimizer, ft.inner.lr, ft.inner.steps),
+                            own_budget=False))
     return rows
