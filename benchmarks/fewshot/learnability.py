@@ -141,6 +141,9 @@ def main() -> int:
     ap.add_argument("--shard", default="0/1", help="I/N: measure every N-th task from the I-th (one process each)")
     ap.add_argument("--revision", type=int, choices=(1, 2), default=1,
                     help="the criterion: 1 (fixed 32-step ceiling) or 2 (budget chosen on a development part)")
+    ap.add_argument("--skip", default="", help="comma-separated tasks recorded as skipped (with --why), not "
+                                               "measured: they count as not eligible")
+    ap.add_argument("--why", default="", help="the reason recorded for --skip (e.g. an estimated cost)")
     ap.add_argument("--known", help="an earlier file of the same examples: its in-context scores are reused "
                                     "where zero-shot is measured again to the digit")
     args = ap.parse_args()
@@ -178,11 +181,16 @@ def main() -> int:
             continue
         if args.limit is not None and new >= args.limit:
             break
+        if name in args.skip.split(","):
+            if not args.why:
+                ap.error("--skip needs --why: the reason is recorded in the row")
+            result: dict = {"error": f"skipped: {args.why}"}
         start = time.perf_counter()
         known = json.loads(Path(args.known).read_text(encoding="utf-8"))["tasks"] if args.known else {}  # grows
         try:
-            result = measure_task(model, init, registry[name], tokenizer, cfg, sel.lowest_adapted_layer(),
-                                  known=known.get(name))
+            if name not in args.skip.split(","):
+                result = measure_task(model, init, registry[name], tokenizer, cfg, sel.lowest_adapted_layer(),
+                                      known=known.get(name))
         except Exception as err:  # noqa: BLE001 - recorded per task, the run goes on
             result = {"error": f"{type(err).__name__}: {err}"[:300]}
         result["seconds"] = round(time.perf_counter() - start, 1)
