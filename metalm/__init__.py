@@ -28,7 +28,7 @@ _EXPORTS = {
     "TaskError": ".errors",
     "Trajectory": ".inner", "UpdateRule": ".inner", "adapt": ".inner", "adapt_trajectory": ".inner",
     "lm_loss": ".losses", "lm_loss_and_accuracy": ".losses", "prepare_batch": ".losses", "target_logits": ".losses",
-    "evaluate": ".eval.recipe",
+    "evaluate": ".eval.recipe", "diagnose": ".diagnostics.recipe",
     "apply_adapter": ".models", "load_model": ".models", "tiny_config": ".models",
     "ParameterSelection": ".params", "select_parameters": ".params",
 }
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .algorithms import MetaLearner, algorithm_config, algorithm_names, build_algorithm, register_algorithm
     from .config import AdapterConfig, InnerConfig, MetaConfig, from_dict, load_yaml, to_dict
     from .data import Episode, SyntheticTasks
+    from .diagnostics.recipe import diagnose
     from .errors import (
         BatchError,
         ConfigError,
@@ -81,7 +82,8 @@ __all__ = [
     "DivergedError", "MetalmError", "NonFiniteError", "PackageUnavailableError",
     "ParameterSelection", "SyntheticTasks", "Trajectory", "UpdateRule", "adapt",
     "adapt_trajectory",
-    "algorithm_config", "algorithm_names", "apply_adapter", "build_algorithm", "evaluate", "from_dict", "lm_loss",
+    "algorithm_config", "algorithm_names", "apply_adapter", "build_algorithm", "diagnose", "evaluate", "from_dict",
+    "lm_loss",
     "lm_loss_and_accuracy", "load_model", "load_yaml", "prepare_batch", "register_algorithm",
     "select_parameters", "target_logits", "tiny_config", "to_dict",
 ]

@@ -149,78 +149,14 @@ def _int(text: str, field: str) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    import dataclasses
+    from .diagnostics import diagnose
 
-    import torch
-
-    from .diagnose import (
-        against_noise_floor,
-        conflict_batches,
-        floor_table,
-        generalization_gap,
-        gradient_conflict,
-        plot_conflict,
-        plot_gap,
-        split_half,
-        spread,
-    )
-    from .eval import EvalConfig, Harness, eval_tasks
-    from .run import TrainConfig, build_model, build_registry, load_run, run_kind, task_lists
-
-    if bool(args.run_dir) == bool(args.model):
-        raise ConfigError("--run-dir/--model", "give exactly one")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.run_dir:
-        run = load_run(args.run_dir, device)
-        config, tokenizer, algorithm, base = run.config, run.tokenizer, run.load_into_model(), run.base
-    else:
-        config = from_dict(TrainConfig, {"model": args.model}, source="command line")
-        tokenizer, _, _, algorithm = build_model(config, device)
-        base = None
-    if args.split:
-        config.split = args.split
-    config.task_dirs = list(dict.fromkeys([*config.task_dirs, *args.task_dirs]))
-    registry = build_registry(config)
-    train, _, heldout = task_lists(config, registry)
-    names = args.tasks.split(",") if args.tasks else train
-    names = list(dict.fromkeys([*names, *(args.extra_tasks.split(",") if args.extra_tasks else [])]))
-    sampler = config.sampler
-    for key in ("ways", "shots", "queries"):
-        if getattr(args, key) is not None:
-            sampler = dataclasses.replace(sampler, **{key: getattr(args, key)})
-    print(f"metalm diagnose: gradient conflict of {len(names)} tasks, {args.batches} batches each", flush=True)
-    options = {"batches": args.batches, "sampler": sampler, "collate_config": config.collate, "seed": args.seed,
-               "device": device, "loss": args.loss}
-    batches = conflict_batches([registry[n] for n in names], tokenizer, **options)
-    model = algorithm.model
-    params = algorithm.selection.meta_params(model)
-    result = gradient_conflict(model, params, batches)
-    out = Path(args.json)
-    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-    plot_conflict(result, plot)
-    print(f"mean off-diagonal cosine {result['mean_offdiag']:.3f}, most negative {result['min_offdiag']:.3f}; "
-          f"heatmap {plot}")
-    if not args.no_split_half:
-        result["split_half"] = split_half(model, params, [registry[n] for n in names], tokenizer, **options)
-        result["against_floor"] = against_noise_floor(result, result["split_half"])
-        print(floor_table(result))
-    if args.gap:
-        methods = ["zeroshot", *([run_kind(config)] if args.run_dir else [])]
-        cfg = from_dict(EvalConfig, {"shots": [args.gap_shots], "episodes": args.episodes, "methods": methods,
-                                     "ways": sampler.ways, "queries": 2}, source="command line")
-        trained = run.trained if args.run_dir else None
-        base = base or {k: v.detach().clone() for k, v in algorithm.meta_parameters().items()}
-        harness = Harness.from_learner(algorithm, tokenizer, base, trained, cfg, kind=methods[-1])
-        scoreable = [n for n in train if registry[n].spec.type != "language_modeling"]
-        seen = spread(scoreable, args.seen)
-        result["gap"] = generalization_gap(harness, eval_tasks(registry, seen), eval_tasks(registry, heldout))
-        result["gap_tasks"] = {"seen": seen, "heldout": heldout}
-        plot_gap(result["gap"], out.with_name(out.stem + "_gap.png"))
-        print("| method | seen | held-out | gap |\n|---|---|---|---|")
-        for row in result["gap"]:
-            print(f"| {row['method']} | {row['seen']:.3f} ± {row['seen_ci95']:.3f} | "
-                  f"{row['heldout']:.3f} ± {row['heldout_ci95']:.3f} | {row['gap']:+.3f} |")
-    out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    diagnose(run=args.run_dir, model=args.model, split=args.split, tasks=args.tasks.split(",") if args.tasks else None,
+             extra_tasks=args.extra_tasks.split(",") if args.extra_tasks else (), task_dirs=args.task_dirs,
+             batches=args.batches, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed,
+             loss=args.loss, split_half=not args.no_split_half, gap=args.gap, seen=args.seen,
+             gap_shots=args.gap_shots, episodes=args.episodes, output=args.json, plot=args.plot,
+             log=lambda line: print(line, flush=True))
     return 0
 
 

@@ -116,7 +116,7 @@ class TrainConfig:
             and no gradient. One such step alone can be legitimate (a meta-batch whose loss does not
             depend on the meta-parameters); 0 only counts them and never stops.
         conflict_every: Measure the objective conflict (pairwise cosine of per-task gradients,
-            :mod:`metalm.diagnose`) every this many steps on fixed batches (0: never); the mean
+            :mod:`metalm.diagnostics`) every this many steps on fixed batches (0: never); the mean
             off-diagonal cosine goes to the log, the matrices to ``conflict.jsonl``.
         conflict_tasks: Training tasks in that measurement (evenly spread over the list; extra
             tasks always included).

@@ -234,8 +234,8 @@ class MetaTrainer:
 
     def conflict(self) -> dict[str, Any]:
         """The objective conflict of the current weights on fixed batches of the training tasks
-        (:func:`metalm.diagnose.gradient_conflict`)."""
-        from .diagnose import conflict_batches, gradient_conflict, spread
+        (:func:`metalm.diagnostics.gradient_conflict`)."""
+        from .diagnostics.measures import conflict_batches, gradient_conflict, spread
 
         cfg = self.config
         if self._conflict_batches is None:

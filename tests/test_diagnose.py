@@ -12,7 +12,7 @@ import metalm
 from metalm import ConfigError
 from metalm.data import collate
 from metalm.data.episode import Example
-from metalm.diagnose import cosine_matrix, decision_objective, gradient_conflict, plot_conflict, token_objective
+from metalm.diagnostics import cosine_matrix, decision_objective, gradient_conflict, plot_conflict, token_objective
 from metalm.hub import model_dir, resolve_model
 from metalm.models import save_tiny_model, train_tokenizer
 
@@ -82,7 +82,7 @@ def test_swapped_labels_are_opposite_at_the_decision_level(tmp_path):
 
 
 def test_conflict_batches_pick_the_loss_by_task_type(registry):
-    from metalm.diagnose import conflict_batches
+    from metalm.diagnostics import conflict_batches
 
     tokenizer = train_tokenizer(corpus())
     tasks = [registry["toy_cls"], registry["toy_gen"]]
@@ -109,7 +109,7 @@ def test_swapped_labels_are_opposite_on_smollm2():
 
 
 def test_spread_picks_evenly_including_both_ends():
-    from metalm.diagnose import spread
+    from metalm.diagnostics import spread
 
     items = [str(i) for i in range(10)]
     assert spread(items, 4) == ["0", "3", "6", "9"]
@@ -119,7 +119,7 @@ def test_spread_picks_evenly_including_both_ends():
 
 def _vector_objective(v: torch.Tensor):
     """An objective whose gradient with respect to a bias-free linear layer's weight is exactly ``v``."""
-    from metalm.diagnose import Objective
+    from metalm.diagnostics import Objective
 
     return Objective("token", lambda model: (model.weight.flatten() * v).sum())
 
@@ -130,7 +130,7 @@ def test_the_noise_floor_separates_same_rule_from_flipped_by_hand():
     |n|^2 = 4; tasks c, d follow opposite rules with |n|^2 = 1/4. Raw cosines read alike, 0.273 (a, b:
     1.5 / 5.5) and 0.286 (c, d: 0.5 / 1.75); each task's halves agree at 1.5 / 5.5 and 1.5 / 1.75, so read
     against that floor a, b give exactly 1 and c, d exactly 1/3."""
-    from metalm.diagnose import against_noise_floor
+    from metalm.diagnostics import against_noise_floor
 
     e = torch.eye(48, dtype=torch.float64)
     f, g = e[0], e[1] * 0.5 ** 0.5
@@ -189,3 +189,32 @@ def test_diagnose_reads_same_rule_and_flipped_tasks_against_their_split_half(tmp
     read = result["against_floor"]
     assert read[0][1] > 0.8 and read[0][2] < 0.5 and read[1][2] < 0.5
     assert "| rule_a | +" in capsys.readouterr().out
+
+
+def test_the_cli_and_the_python_call_give_the_same_json(tmp_path, capsys):
+    """`metalm diagnose` parses, calls metalm.diagnose and prints: the same JSON from both, with the gap."""
+    import metalm
+    from metalm.cli import main
+
+    path = save_tiny_model(tmp_path / "model", corpus(), "llama")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    _rule_task(tasks, "rule_a", range(0, 40), False)
+    _rule_task(tasks, "rule_b", range(40, 80), False)
+    _rule_task(tasks, "rule_flip", range(80, 120), True)
+    (tasks / "splits").mkdir()
+    (tasks / "splits" / "rules.yaml").write_text(yaml.safe_dump(
+        {"name": "rules", "meta_train": ["rule_a"], "meta_val": ["rule_b"], "meta_test": ["rule_flip"]}),
+        encoding="utf-8")
+    args = ["--model", str(path), "--task-dir", str(tasks), "--split", "rules", "--extra-tasks", "rule_flip",
+            "--batches", "1", "--ways", "2", "--shots", "2", "--queries", "2", "--gap", "--episodes", "1"]
+    assert main(["diagnose", *args, "--json", str(tmp_path / "cli.json")]) == 0
+    printed = capsys.readouterr().out
+    got = metalm.diagnose(model=str(path), task_dirs=[tasks], split="rules", extra_tasks=["rule_flip"], batches=1,
+                          ways=2, shots=2, queries=2, gap=True, episodes=1, output=tmp_path / "py.json", log=None)
+    assert json.loads((tmp_path / "cli.json").read_text()) == json.loads((tmp_path / "py.json").read_text())
+    assert got["tasks"] == ["rule_a", "rule_flip"] and got["gap_tasks"] == {"seen": ["rule_a"], "heldout": ["rule_flip"]}
+    assert "| rule_a |" in printed and "| zeroshot |" in printed
+    assert (tmp_path / "py.png").is_file() and (tmp_path / "py_gap.png").is_file()
+    with pytest.raises(ConfigError, match="give exactly one"):
+        metalm.diagnose(output=tmp_path / "x.json")

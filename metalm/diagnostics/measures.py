@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data import CollateConfig, EpisodeSampler, SamplerConfig, Task, collate
-from .errors import ConfigError
-from .eval.scoring import rank_loss
-from .losses import Batch, lm_loss
+from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, collate
+from ..errors import ConfigError
+from ..eval.scoring import rank_loss
+from ..losses import Batch, lm_loss
 
 LOSSES = ("auto", "decision", "token")
 
