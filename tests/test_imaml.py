@@ -102,7 +102,7 @@ def test_the_proximal_term_is_the_inner_loops_own():
 
 def test_an_imaml_run_trains_and_is_evaluated_on_its_regularized_problem(tmp_path, monkeypatch):
     from metalm.eval import EvalConfig, Harness, eval_tasks
-    from metalm.eval.fewshot import budget
+    from metalm.eval.rows import budget
     from metalm.run import build_registry, load_run, load_train_config
     from metalm.train import MetaTrainer
 

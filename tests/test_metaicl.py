@@ -105,8 +105,8 @@ def test_metaicl_and_in_context_runs_are_scored_in_context(tiny, tmp_path):
     """A MetaICL run's row is not adapted and sees the demonstrations; an in-context MAML run's row is
     adapted and sees them; their budgets say so."""
     from metalm.algorithms import algorithm_class, algorithm_config
-    from metalm.eval.fewshot import budget
     from metalm.eval.inits import init_of
+    from metalm.eval.rows import budget
 
     assert algorithm_class("metaicl").evaluation(algorithm_config("metaicl", {})) == {"adapt": False, "queries": "direct"}
     maml = algorithm_config("fomaml", {"queries": "channel"})

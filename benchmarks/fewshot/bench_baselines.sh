@@ -9,10 +9,13 @@
 # hour on one thread (ja and zh: more), longer than a session's background window.
 #
 #   nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_baselines.log 2>&1 &
+#   PROTOCOL=bench_pool OUT=benchmarks/results/bench_pool_baselines.json \
+#     nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_pool_baselines.log 2>&1 &   # the pinned pool
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
+PROTOCOL=${PROTOCOL:-bench}
 OUT=${OUT:-benchmarks/results/bench_baselines.json}
-OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --model smollm2-135m --protocol bench \
+OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --model smollm2-135m --protocol "$PROTOCOL" \
   --json "$OUT" --resume --journal-every 1 "$@"

@@ -1,8 +1,9 @@
 """Few-shot evaluation: adapt then score, for every method on the same held-out episodes."""
 
-from .fewshot import BASELINES, EvalConfig, Harness, Trained, eval_tasks, known_methods
+from .fewshot import Harness, Trained, eval_tasks
 from .inits import Init, adapted_params, init_from_values, init_of, query_metrics
 from .scoring import exact_match, greedy_generate, normalize_answer, option_scores, token_f1
+from .settings import BASELINES, EvalConfig, known_methods
 from .stats import mean_ci95, paired
 from .summary import format_paired, format_table, format_winner, summarize
 

@@ -131,7 +131,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
     ``journal`` their blocks are recorded beside the first harness's rows (a killed evaluation resumes
     them too).
     """
-    from .fewshot import budget
+    from .rows import budget
 
     inner = reference_inner(configs, kinds)
     out = Separate({}, {}, {})

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import ConfigError, from_dict, read_yaml, to_dict
 from ..data.registry import TaskRegistry, packaged_tasks_dir
-from .fewshot import EvalConfig
+from .settings import EvalConfig
 
 LISTS = ("meta_test", "meta_val")
 

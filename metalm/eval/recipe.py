@@ -32,13 +32,16 @@ from ..environment import versions
 from ..errors import ConfigError
 from ..files import write_atomic
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
+from .budgets import choose_finetune as choose_budget
+from .budgets import inner_steps_sweep
 from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_paths, run_rows
 from .episode_cost import episode_costs
-from .fewshot import BASELINES, EvalConfig, Harness, default_methods, eval_tasks, trained_by
+from .fewshot import Harness, eval_tasks
 from .inits import init_from_values, init_of
 from .journal import Journal
 from .protocol import Protocol, load_protocol, merge
 from .rows import FinetuneChoice
+from .settings import BASELINES, EvalConfig, default_methods, trained_by
 from .truncation import warning as truncation_warning
 
 
@@ -123,7 +126,7 @@ def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str]
     if journal is not None and journal.finetune is not None:
         return FinetuneChoice.from_record(harness.base, journal.finetune)
     start = time.perf_counter()
-    choice = harness.choose_finetune(eval_tasks(registry, val))
+    choice = choose_budget(harness, eval_tasks(registry, val))
     if journal is not None:
         journal.put_finetune(choice.record(), time.perf_counter() - start)
     if log is not None:
@@ -201,7 +204,7 @@ def _complete(report: dict[str, Any], harness: Harness, eval_list: Sequence[Any]
     report["budgets"].update(separate.budgets)
     report["adaptation_cost"] = dict(sorted({**report["adaptation_cost"], **separate.costs}.items()))
     if config.inner_steps:
-        report["inner_steps_sweep"] = harness.inner_steps_sweep(eval_list, finetune)
+        report["inner_steps_sweep"] = inner_steps_sweep(harness, eval_list, finetune)
     if config.cost_episodes:  # after the accuracies: each row alone on the first episodes
         report["episode_cost"] = dict(sorted({**episode_costs(harness, eval_list, config.cost_episodes, finetune,
                                                                book), **separate.episode_costs}.items()))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .inits import Init
 
-__all__ = ["UNADAPTED", "FinetuneChoice", "Presentation", "Row", "Trained", "expand_rows"]
+__all__ = ["UNADAPTED", "FinetuneChoice", "Presentation", "Row", "Trained", "budget", "expand_rows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,3 +137,18 @@ def expand_rows(methods: Sequence[str], base: Init, trained: Sequence[Trained] =
             rows.append(Row(f"{t.label}@ft", own, t.init.with_budget(ft.inner.optimizer, ft.inner.lr, ft.inner.steps),
                             own_budget=False))
     return rows
+
+
+def budget(init: Init, presentation: Presentation | None = None) -> str:
+    """A row's adaptation in words, e.g. ``adam lr 0.003, 10 steps`` (``presentation``: how its queries
+    are presented, by default as its run was trained)."""
+    how = presentation or Presentation.of(init)
+    icl = "" if not how.demos else f"; scored in context ({'channel' if how.channel else 'direct'})"
+    icl += "; calibrated" if how.calibrate else ""
+    generated = "generated from the support set" if init.generate else "routed per token (Arrow)" if init.route else ""
+    if not init.adapt:
+        return (generated or "none") + icl
+    generated += ", then " if generated else ""
+    lr = "learned rates" if init.lr is not None else f"lr {init.inner.lr:g}"
+    prox = f", proximal {init.inner.proximal:g}" if init.inner.proximal else ""
+    return f"{generated}{init.inner.optimizer} {lr}, {init.inner.steps} steps{prox}" + icl
