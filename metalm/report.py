@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import MetalmError
-from .files import json_lines
 from .models import save_peft
+from .runtime.files import json_lines
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -74,8 +74,8 @@ def _eval_section(report: dict[str, Any], out: Path) -> list[str]:
     """The report's evaluation part: tables, paired differences, seeds and plots of ``report``."""
     import matplotlib.pyplot as plt
 
-    from .environment import describe
     from .eval.summary import format_paired, format_table, format_winner
+    from .runtime.environment import describe
 
     lines: list[str] = []
     lines += ["## Few-shot accuracy on held-out tasks (macro mean ± 95% CI over episodes)", "",

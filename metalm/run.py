@@ -21,13 +21,13 @@ from torch import Tensor
 
 from .algorithms import MetaLearner, algorithm_class, algorithm_config, build_algorithm
 from .algorithms.base import sharded_algorithms
-from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints
 from .config import AdapterConfig, MetaConfig, deep_merge, from_dict, read_yaml
 from .data import CollateConfig, SamplerConfig, Task, TaskRegistry, load_split, packaged_tasks_dir, task_path
 from .errors import ConfigError, MetalmError
 from .hub import resolve_model
 from .models import apply_adapter, load_model
 from .params import select_parameters
+from .runtime.checkpoint import Checkpoint, latest_checkpoint, list_checkpoints
 from .sharding import assign, check_algorithm
 
 MAX_EPISODES = 4096  # per outer step: each has its own episode stream, built up front
@@ -281,7 +281,7 @@ class Run:
             initialization), plain tensors by name.
         trained: The trained meta-parameters (fast-weight initialization, shared weights, learned
             inner rates), plain tensors by name.
-        checkpoint: The checkpoint read (:class:`~metalm.checkpoint.Checkpoint`: folder, tensors, state).
+        checkpoint: The checkpoint read (:class:`~metalm.runtime.checkpoint.Checkpoint`: folder, tensors, state).
     """
 
     config: TrainConfig

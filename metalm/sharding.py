@@ -6,7 +6,7 @@ process keeps ~1/N of the frozen base's tensors (and of any ``meta.shared`` weig
 and their AdamW state) and all-gathers a unit's weights just for its forward and backward. The fast
 weights (LoRA, the adapted initialization) are ``ignored_params``: plain tensors, the same on every
 process, swapped in by ``torch.func.functional_call`` as in one process; their meta-gradients are
-all-reduced by :func:`metalm.distributed.average_gradients`, the sharded weights' ones
+all-reduced by :func:`metalm.runtime.distributed.average_gradients`, the sharded weights' ones
 reduce-scattered by FSDP itself in the backward.
 
 Only first-order outer steps run on it: FSDP does not support double backward (pytorch#172543), so

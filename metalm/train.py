@@ -21,25 +21,10 @@ from typing import Any
 import torch
 import yaml
 
-from . import distributed
-from .checkpoint import (
-    Checkpoint,
-    clean_partial,
-    latest_checkpoint,
-    list_checkpoints,
-    optimizer_from_flat,
-    optimizer_to_flat,
-    read_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from .config import to_dict
 from .data import EpisodeSampler, TaskRegistry, tensorize
 from .errors import AnswerTooLong, ConfigError, DivergedError, MetalmError, NonFiniteError
 from .eval.inits import init_of, query_metrics
-from .files import trim_to_step, write_atomic
-from .longrun import Interrupted, RunLock, StopSignals, signal_name
 from .run import (  # noqa: F401 - re-exported: the config and model builders lived here
     MAX_EPISODES,
     OuterConfig,
@@ -52,6 +37,21 @@ from .run import (  # noqa: F401 - re-exported: the config and model builders li
     restore_algorithm,
     task_lists,
 )
+from .runtime import distributed
+from .runtime.checkpoint import (
+    Checkpoint,
+    clean_partial,
+    latest_checkpoint,
+    list_checkpoints,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .runtime.files import trim_to_step, write_atomic
+from .runtime.longrun import Interrupted, RunLock, StopSignals, signal_name
 from .sharding import full, parameter_bytes, shard_model, shard_optimizer_state
 
 MAX_UNFIT_DRAWS = 1000

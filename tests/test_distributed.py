@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from metalm import ConfigError
-from metalm.distributed import Context, init, map_sharded, shard
+from metalm.runtime.distributed import Context, init, map_sharded, shard
 
 from .data.fixtures import make_world
 

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from metalm.checkpoint import latest_checkpoint, save_checkpoint
 from metalm.cli import main, parse_overrides
 from metalm.config import from_dict, to_dict
 from metalm.errors import ConfigError
+from metalm.runtime.checkpoint import latest_checkpoint, save_checkpoint
 from metalm.train import TrainConfig
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**12, max_value=10**12),

@@ -84,3 +84,29 @@ def test_no_function_is_longer_than_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not long, long
+
+
+def test_the_readme_layout_lists_every_module_and_no_module_is_over_500_lines():
+    """The README's layout names every module of the package in one line each (its folder's block), and the
+    modules stay small."""
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("## Status")]
+    block = layout[layout.index("```"):layout.rindex("```")]
+    listed, folder = set(), ""
+    for line in block.splitlines()[1:]:
+        words = line.split()
+        if not words:
+            continue
+        if line.startswith("  ") and not line.startswith("    ") and words[0].endswith("/"):
+            folder = words[0]
+        elif line.startswith("    ") and words[0].endswith(".py"):
+            listed.add(folder + words[0])
+        elif line.startswith("  ") and words[0].endswith(".py"):
+            listed.add(words[0])
+    files = {str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+             if not (p.name == "__init__.py" and p.parent != ROOT)}
+    assert files - listed == set(), "not in the README's layout"
+    assert listed - files == set(), "in the README's layout, not in the package"
+    long = {f"{p.relative_to(ROOT)}: {n}" for p in ROOT.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
+    assert not long, long

@@ -10,14 +10,14 @@ import time
 import pytest
 import torch
 
-from metalm.checkpoint import latest_checkpoint, list_checkpoints
 from metalm.errors import MetalmError
-from metalm.longrun import Interrupted, RunLock, StopSignals
+from metalm.runtime.checkpoint import latest_checkpoint, list_checkpoints
+from metalm.runtime.longrun import Interrupted, RunLock, StopSignals
 
 from .data.fixtures import make_world
 from .test_train import final_tensors, run_cli
 
-HOLD = "import sys, time; from metalm.longrun import RunLock; l = RunLock(sys.argv[1]).__enter__(); " \
+HOLD = "import sys, time; from metalm.runtime.longrun import RunLock; l = RunLock(sys.argv[1]).__enter__(); " \
        "print('held', flush=True); time.sleep(120)"
 
 

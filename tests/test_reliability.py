@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import metalm
-from metalm.checkpoint import CheckpointWarning, latest_checkpoint, list_checkpoints, save_checkpoint
 from metalm.errors import MetalmError, NonFiniteError
+from metalm.runtime.checkpoint import CheckpointWarning, latest_checkpoint, list_checkpoints, save_checkpoint
 from metalm.train import MetaTrainer, load_train_config
 
 from .conftest import episodes, make_model

@@ -59,7 +59,7 @@ def _count_opens(event: str, args: tuple) -> None:  # an audit hook stays for th
 
 
 def test_eval_export_and_diagnose_read_each_checkpoint_file_once(tmp_path, monkeypatch, capsys):
-    """One reader (metalm.checkpoint.read_checkpoint): the bytes hashed are the bytes loaded, and a
+    """One reader (metalm.runtime.checkpoint.read_checkpoint): the bytes hashed are the bytes loaded, and a
     command passes the Checkpoint value along instead of reading the folder again. (Counted with a
     Python audit hook; ``strace -f -e trace=openat`` shows the same, see benchmarks/RESULTS.md.)"""
     world = make_world(tmp_path, max_steps=1, val_every=0, checkpoint_every=1)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from metalm.checkpoint import list_checkpoints
 from metalm.errors import MetalmError
-from metalm.runstate import MAX_BYTES, commit_state, committed_step, restore_state
+from metalm.runtime.checkpoint import list_checkpoints
+from metalm.runtime.runstate import MAX_BYTES, commit_state, committed_step, restore_state
 from metalm.train import MetaTrainer, load_train_config
 
 from .data.fixtures import make_world

@@ -262,7 +262,7 @@ def test_multitask_run_resumes_exactly_and_is_the_mtl_row(world, tmp_path, monke
 def test_a_deletion_killed_midway_leaves_nothing_behind(tmp_path):
     """Pruning renames a checkpoint before deleting it; a folder half-deleted by a kill (as older
     versions could leave) is removed by the next start, so only complete checkpoints remain."""
-    from metalm.checkpoint import clean_partial, list_checkpoints, save_checkpoint
+    from metalm.runtime.checkpoint import clean_partial, list_checkpoints, save_checkpoint
 
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, {"w": torch.ones(2) * step}, {}, keep=2)

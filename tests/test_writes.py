@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-import metalm.checkpoint as checkpoint_mod
-from metalm.checkpoint import latest_checkpoint, list_checkpoints
+import metalm.runtime.checkpoint as checkpoint_mod
 from metalm.cli import main
 from metalm.eval.journal import Journal
-from metalm.files import write_atomic
+from metalm.runtime.checkpoint import latest_checkpoint, list_checkpoints
+from metalm.runtime.files import write_atomic
 
 from .data.fixtures import make_world
 

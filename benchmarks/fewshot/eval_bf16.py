@@ -34,7 +34,7 @@ from metalm.eval.protocol import load_protocol
 from metalm.eval.recipe import build_setting, journaled_values
 from metalm.eval.rows import FinetuneChoice
 from metalm.eval.stats import paired
-from metalm.files import json_lines, write_atomic
+from metalm.runtime.files import json_lines, write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 PRECISIONS = ("float32", "bf16")

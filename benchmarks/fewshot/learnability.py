@@ -41,10 +41,10 @@ import torch
 
 from metalm import AdapterConfig, MetaConfig, apply_adapter, load_model, select_parameters
 from metalm.data import default_registry, load_split
-from metalm.environment import versions
 from metalm.eval.learnability import REVISION_2, CeilingConfig, measure_task
-from metalm.files import write_atomic
 from metalm.hub import resolve_model
+from metalm.runtime.environment import versions
+from metalm.runtime.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,18 +115,23 @@ def table(out: Path) -> str:
         by_type[registry[n].spec.type][1] += 1
     seconds = statistics.median(done[n]["seconds"] for n in measured) if measured else 0.0
     roomy = sum(bool(done[n].get("learnable") and done[n].get("headroom")) for n in measured)
+    chosen = any("chosen" in done[n] for n in measured)  # revision 2: the budget each ceiling chose
+    skipped = [f"{n} ({done[n]['error']})" for n in order if n in done and "error" in done[n]]
     lines = [f"{len(measured)} tasks measured, {sum(bool(done[n]['learnable']) for n in measured)} learnable ("
              + ", ".join(f"{t}: {a} of {b}" for t, (a, b) in sorted(by_type.items()))
-             + f"), {roomy} learnable with headroom; median {seconds:.0f} s a task on one thread", "",
-             "| task | type | chance | zero-shot | ICL | ceiling | 95% CI | n | learnable | headroom |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             + f"), {roomy} learnable with headroom; median {seconds:.0f} s a task on one thread"
+             + (f"; not measured: {'; '.join(skipped)}" if skipped else ""),
+             "", "| task | type | chance | zero-shot | ICL | ceiling | 95% CI | n | learnable | headroom |"
+             + (" ceiling's lr@steps |" if chosen else ""),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if chosen else "")]
     for n in sorted(measured):
         r = done[n]
         icl = f"{r['icl']:.3f}" if r.get("icl") is not None else "-"
         room = {True: "yes", False: "no"}.get(r.get("headroom"), "-")
+        budget = (f" {r['chosen']['lr']:g}@{r['chosen']['steps']} |" if "chosen" in r else " - |") if chosen else ""
         lines.append(f"| {n} | {registry[n].spec.type} | {r['chance']:.3f} | {r['zeroshot']:.3f} | {icl} | "
                      f"{r['ceiling']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['n']} | "
-                     f"{'yes' if r['learnable'] else 'no'} | {room} |")
+                     f"{'yes' if r['learnable'] else 'no'} | {room} |{budget}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ had reached, and the same command starts it again from step 0, or from its commi
 `benchmarks/results/long_runs.json` (one entry per run folder) and the table between the markers
 of `benchmarks/MANIFEST.md` (rewritten from the JSON). Run folders stay local (``runs/`` is not
 committed), but when a run's process ends its newest checkpoint (without the base model) is copied
-into ``benchmarks/runs/NAME`` (:mod:`metalm.runstate`), which is committed with the manifest at a
+into ``benchmarks/runs/NAME`` (:mod:`metalm.runtime.runstate`), which is committed with the manifest at a
 session's end: ``restore`` lays it into an empty ``runs/NAME`` on a fresh clone, and the same
 command continues from it bit-identically (train_long.sh does both).
 
@@ -29,10 +29,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metalm.checkpoint import list_checkpoints, read_step
-from metalm.files import json_lines, write_atomic
 from metalm.run import load_train_config
-from metalm.runstate import commit_state, committed_step, restore_state
+from metalm.runtime.checkpoint import list_checkpoints, read_step
+from metalm.runtime.files import json_lines, write_atomic
+from metalm.runtime.runstate import commit_state, committed_step, restore_state
 
 ROOT = Path(__file__).resolve().parents[2]
 # Elsewhere for a test or a scratch study: LONG_RUNS_JSON, LONG_RUNS_MANIFEST.

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from metalm.environment import versions  # noqa: E402
-from metalm.files import write_atomic  # noqa: E402
+from metalm.runtime.environment import versions  # noqa: E402
+from metalm.runtime.files import write_atomic  # noqa: E402
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:

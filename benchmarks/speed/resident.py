@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from metalm.files import write_atomic  # noqa: E402
+from metalm.runtime.files import write_atomic  # noqa: E402
 
 
 def rss_mib(pid: int) -> float | None:

@@ -28,7 +28,7 @@ from typing import IO
 from tqdm import tqdm
 
 from ..errors import DataNotFoundError, MetalmError, PackageUnavailableError
-from ..files import disk_full, sha256_file
+from ..runtime.files import disk_full, sha256_file
 
 
 def metalm_home() -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import MetalmError
-from ..files import disk_full, sha256_file
+from ..runtime.files import disk_full, sha256_file
 from .download import data_dir
 
 MANIFEST = Path(__file__).with_name("pool_manifest.json")

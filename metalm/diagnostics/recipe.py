@@ -48,8 +48,8 @@ def diagnose(*, run: str | Path | None = None, model: str | None = None, split: 
     import torch
 
     from ..config import from_dict
-    from ..files import write_atomic
     from ..run import TrainConfig, build_model, build_registry, load_run, task_lists
+    from ..runtime.files import write_atomic
     from .measures import against_noise_floor, conflict_batches, floor_table, gradient_conflict, plot_conflict
     from .measures import split_half as split_half_floor
 

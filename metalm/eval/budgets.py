@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..data import Task
 from ..data.episode import TextEpisode
-from ..distributed import map_sharded
+from ..runtime.distributed import map_sharded
 from .rows import FinetuneChoice
 from .stats import mean_ci95
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from ..algorithms import algorithm_class
-from ..checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint, read_step
 from ..config import InnerConfig
 from ..errors import ConfigError
 from ..run import load_run
+from ..runtime.checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, read_checkpoint, read_step
 from .episode_cost import episode_costs
 from .fewshot import Harness, Measurements, Trained
 from .inits import Init, init_from_checkpoint, init_from_values, trained_rows

@@ -27,10 +27,10 @@ from torch import Tensor
 from ..data import CollateConfig, EpisodeSampler, SamplerConfig, Task, collate
 from ..data.demos import demonstrations, with_demonstrations
 from ..data.episode import Example, TextEpisode
-from ..distributed import current, map_sharded
 from ..errors import ConfigError
 from ..inner import UpdateRule, adapt_trajectory
 from ..losses import cache_prefix, prepare_batch, split_by_length
+from ..runtime.distributed import current, map_sharded
 from .blocks import Block, journaled_block
 from .budgets import inner_steps_sweep
 from .cost import AdaptationCost
@@ -146,13 +146,14 @@ class Harness:
             self.episode_cache[key] = [sampler.sample() for _ in range(n)]
         return self.episode_cache[key]
 
-    def rows(self, finetune: FinetuneChoice | None = None) -> dict[str, Row]:
+    def rows(self, finetune: FinetuneChoice | None = None, any_budget: bool = False) -> dict[str, Row]:
         """Every row of this evaluation by name (:func:`~metalm.eval.rows.expand_rows`), with
-        fine-tuning's chosen budget when given."""
+        fine-tuning's chosen budget when given (``any_budget``: before the choice, with the ``@ft`` rows
+        a chosen budget may add: the names a reference is checked against)."""
         cfg = self.config
         return {row.name: row for row in expand_rows(cfg.methods, self.base, self.trained, finetune,
                                                      in_context_trained=cfg.in_context_trained,
-                                                     calibrate_trained=cfg.calibrate_trained)}
+                                                     calibrate_trained=cfg.calibrate_trained, any_budget=any_budget)}
 
     # ------------------------------------------------------------------ scoring
     def _scores(self, params: Mapping[str, Tensor], examples: Sequence[Example],

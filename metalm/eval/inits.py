@@ -192,7 +192,7 @@ def trained_rows(learner: Any, values: Mapping[str, Tensor], label: str) -> dict
 
 def init_from_checkpoint(checkpoint: Any, like: Init, inner: InnerConfig,
                          evaluation: Mapping[str, Any] | None = None) -> Init | None:
-    """A run's initialization from its :class:`~metalm.checkpoint.Checkpoint` without building a model.
+    """A run's initialization from its :class:`~metalm.runtime.checkpoint.Checkpoint` without building a model.
 
     Returns ``None`` when the checkpoint's fast and shared weights do not have the names and shapes
     of ``like`` (another adapter or selection: the run needs a model of its own). ``evaluation``: the

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..files import write_atomic
+from ..runtime.files import write_atomic
 
 
 class Journal:

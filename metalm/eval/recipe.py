@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from .. import distributed
 from ..config import from_dict, to_dict
 from ..data import TaskRegistry, load_split, packaged_tasks_dir, task_path
-from ..environment import versions
 from ..errors import ConfigError
-from ..files import write_atomic
 from ..run import TrainConfig, build_model, load_run, load_train_config, run_kind, task_lists
+from ..runtime import distributed
+from ..runtime.environment import versions
+from ..runtime.files import write_atomic
 from .budgets import choose_finetune as choose_budget
 from .budgets import inner_steps_sweep
 from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_paths, run_rows
@@ -111,7 +111,7 @@ def open_journal(stack: contextlib.ExitStack, where: Path, fingerprint: dict[str
                  every: int | None = None) -> Journal:
     """The journal beside the report ``where`` (blocks in pieces of ``every`` episodes when given): the
     output path locked for this writer, SIGTERM/SIGINT ending the evaluation with a note on how to resume."""
-    from ..longrun import RunLock, StopSignals
+    from ..runtime.longrun import RunLock, StopSignals
 
     stack.enter_context(RunLock(where.parent, f".{where.name}.lock", "output path"))  # one writer per output
     journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, resume, every)
@@ -147,12 +147,11 @@ def journaled_values(config: EvalConfig) -> dict[str, Any]:
     return values
 
 
-def check_reference(config: EvalConfig, harness: Harness, rows: RunRows | None,
-                    finetune: FinetuneChoice | None) -> None:
+def check_reference(config: EvalConfig, harness: Harness, rows: RunRows | None) -> None:
     """Refuse a ``reference`` that is not among the evaluated rows, naming them (:class:`ConfigError`), before
     any is measured; with runs measured on models of their own (their rows named once they are loaded)
     the report's summary checks it (:func:`~metalm.eval.summary.summarize`)."""
-    evaluated = list(harness.rows(finetune))
+    evaluated = list(harness.rows(any_budget=True))  # before fine-tuning's budget is chosen
     if config.reference is not None and config.reference not in evaluated and not (rows and rows.separate):
         raise ConfigError("--reference", f"{config.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
 
@@ -262,6 +261,7 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
     rows = setting.rows
     harness = Harness(setting.learner.model, setting.tokenizer, setting.base, config, rows.rows if rows else [],
                       setting.learner.selection.lowest_adapted_layer())
+    check_reference(config, harness, rows)  # before the journal opens and anything is measured
     with contextlib.ExitStack() as stack:
         book = None
         if output is not None and not ctx.enabled:  # one process: a journal to resume from (torchrun: none)
@@ -270,7 +270,6 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
             book = open_journal(stack, Path(output), fingerprint, resume, journal_every)
         finetune = choose_finetune(harness, registry, val, book, log if ctx.is_main else None) \
             if "finetune" in config.methods else None
-        check_reference(config, harness, rows, finetune)
         data = harness.measure(eval_list, progress=progress, journal=book, finetune=finetune)
         separate = Separate({}, {}, {})
         if rows and rows.separate:

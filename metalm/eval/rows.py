@@ -112,12 +112,13 @@ class FinetuneChoice:
 
 def expand_rows(methods: Sequence[str], base: Init, trained: Sequence[Trained] = (),
                 finetune: FinetuneChoice | None = None, *, in_context_trained: bool = False,
-                calibrate_trained: bool = False) -> list[Row]:
+                calibrate_trained: bool = False, any_budget: bool = False) -> list[Row]:
     """Every row ``methods`` (an :class:`~metalm.eval.EvalConfig`'s) ask for: the unadapted baselines,
     ``finetune`` (from ``base`` with the chosen budget, or ``base``'s own inner loop before it is
     chosen), then each trained initialization with its variants: ``+icl`` (``in_context_trained``),
     ``-cal`` (``calibrate_trained``; not for channel rows) and ``@ft`` (fine-tuning's chosen budget,
-    when it differs from the row's own)."""
+    when it differs from the row's own; with ``any_budget`` and no ``finetune``, every ``@ft`` row a choice
+    may add, each with the row's own budget: for their names, before the choice)."""
     rows = [Row(name, presentation) for name, presentation in UNADAPTED.items() if name in methods]
     if "finetune" in methods:
         rows.append(Row("finetune", Presentation(), finetune.init if finetune else base))
@@ -136,6 +137,8 @@ def expand_rows(methods: Sequence[str], base: Init, trained: Sequence[Trained] =
         if ft is not None and not t.init.same_budget(ft) and t.init.route is None:
             rows.append(Row(f"{t.label}@ft", own, t.init.with_budget(ft.inner.optimizer, ft.inner.lr, ft.inner.steps),
                             own_budget=False))
+        elif any_budget and finetune is None and "finetune" in methods and t.init.route is None:
+            rows.append(Row(f"{t.label}@ft", own, t.init, own_budget=False))
     return rows
 
 

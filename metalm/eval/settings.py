@@ -178,9 +178,9 @@ class EvalConfig:
             raise ConfigError("finetune_steps", "step counts must be >= 1")
         if self.inner_steps is not None and (not self.inner_steps or min(self.inner_steps) < 1):
             raise ConfigError("inner_steps", "needs step counts >= 1 (or null)")
-        # A trained row's name is its run's (meta:maml, library-hub ...): checked against the evaluated rows
-        # (Harness.check_reference); a baseline's is its method.
-        if self.reference in BASELINES and self.reference not in self.methods:
+        # A reference named like a method must be an evaluated method; a trained row's other names
+        # (meta:maml, library-hub ...) are checked against the rows (metalm.eval.recipe.check_reference).
+        if self.reference in known_methods() and self.reference not in self.methods:
             raise ConfigError("reference", f"{self.reference!r} is not among the evaluated methods "
                                            f"({', '.join(self.methods)})")
 

@@ -38,8 +38,8 @@ from typing import Any
 from metalm.eval.compare import _labels
 from metalm.eval.stats import paired
 from metalm.eval.summary import _units
-from metalm.files import write_atomic
 from metalm.run import load_train_config, run_kind
+from metalm.runtime.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[3]
 CURVES = ROOT / "benchmarks" / "results" / "claim"

@@ -17,7 +17,7 @@ RECORDED = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", 
 def versions() -> dict[str, str]:
     """``{package: version}`` of :data:`RECORDED` (``"absent"`` when not installed), plus ``python``
     and ``metalm``."""
-    from . import __version__
+    from .. import __version__
 
     out = {"python": platform.python_version(), "metalm": __version__}
     for name in RECORDED:

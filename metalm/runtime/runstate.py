@@ -17,8 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..errors import MetalmError
 from .checkpoint import PREFIX, latest_checkpoint, list_checkpoints, read_step
-from .errors import MetalmError
 
 #: The most a committed state may weigh: a LoRA run's is a few MB; a run that meta-learns the whole
 #: model (``meta.shared``) does not belong in the repository.

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 T = TypeVar("T")
 R = TypeVar("R")

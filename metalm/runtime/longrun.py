@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .errors import MetalmError
+from ..errors import MetalmError
 from .files import disk_full  # noqa: F401 - re-exported: the CLI and the trainer ask here
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -35,9 +35,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from .errors import MetalmError, NonFiniteError
+from ..errors import MetalmError, NonFiniteError
+from ..sharding import full
 from .files import sha256_file
-from .sharding import full
 
 PREFIX = "step-"
 FILES = ("tensors.safetensors", "state.json")
