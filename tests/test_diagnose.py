@@ -164,6 +164,17 @@ def _rule_task(folder, name: str, numbers, flip: bool):
          "template": "Number: {{ text }}\nEven?", "labels": ["yes", "no"], "target_field": "label"}), encoding="utf-8")
 
 
+def _rule_world(tmp_path):
+    """A tiny model and three rule tasks on disjoint numbers: a and b share a rule, flip has the opposite labels."""
+    path = save_tiny_model(tmp_path / "model", corpus(), "llama")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    _rule_task(tasks, "rule_a", range(0, 40), False)
+    _rule_task(tasks, "rule_b", range(40, 80), False)
+    _rule_task(tasks, "rule_flip", range(80, 120), True)
+    return path, tasks
+
+
 @pytest.mark.slow
 def test_diagnose_reads_same_rule_and_flipped_tasks_against_their_split_half(tmp_path, capsys):
     """Three tasks on disjoint examples: a and b share a rule, flip has the opposite labels. A same-rule
@@ -174,12 +185,7 @@ def test_diagnose_reads_same_rule_and_flipped_tasks_against_their_split_half(tmp
     computation; the bounds sit 0.38 and 0.45 from those figures, far above any machine's rounding)."""
     from metalm.cli import main
 
-    path = save_tiny_model(tmp_path / "model", corpus(), "llama")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    _rule_task(tasks, "rule_a", range(0, 40), False)
-    _rule_task(tasks, "rule_b", range(40, 80), False)
-    _rule_task(tasks, "rule_flip", range(80, 120), True)
+    path, tasks = _rule_world(tmp_path)
     out = tmp_path / "conflict.json"
     assert main(["diagnose", "--model", str(path), "--task-dir", str(tasks), "--tasks", "rule_a,rule_b,rule_flip",
                  "--batches", "6", "--ways", "2", "--shots", "4", "--queries", "4", "--json", str(out)]) == 0
@@ -196,12 +202,7 @@ def test_the_cli_and_the_python_call_give_the_same_json(tmp_path, capsys):
     import metalm
     from metalm.cli import main
 
-    path = save_tiny_model(tmp_path / "model", corpus(), "llama")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    _rule_task(tasks, "rule_a", range(0, 40), False)
-    _rule_task(tasks, "rule_b", range(40, 80), False)
-    _rule_task(tasks, "rule_flip", range(80, 120), True)
+    path, tasks = _rule_world(tmp_path)
     (tasks / "splits").mkdir()
     (tasks / "splits" / "rules.yaml").write_text(yaml.safe_dump(
         {"name": "rules", "meta_train": ["rule_a"], "meta_val": ["rule_b"], "meta_test": ["rule_flip"]}),
