@@ -42,9 +42,9 @@ def run_label(config: Any, kind: str, n_runs: int) -> str:
     return label + ("+icl" if cls.evaluation(config.algorithm_config())["queries"] != "plain" else "")
 
 
-def reference_inner(configs: Sequence[Any], kinds: Sequence[str]) -> InnerConfig | None:
+def reference_inner(configs: Sequence[Any]) -> InnerConfig | None:
     """The inner loop of the first run whose algorithm :attr:`~MetaLearner.lends_inner` (the one the rows of
-    runs that :attr:`~MetaLearner.borrows_inner` adapt with), if any (``kinds``: kept for callers)."""
+    runs that :attr:`~MetaLearner.borrows_inner` adapt with), if any."""
     return next((c.algorithm_config().inner for c in configs
                  if c and algorithm_class(c.algorithm["name"]).lends_inner), None)
 
@@ -81,7 +81,7 @@ def run_rows(runs: Sequence[str], configs: Sequence[Any], kinds: Sequence[str], 
     Raises:
         ConfigError: If a run trained another base model than the first.
     """
-    inner = reference_inner(configs, kinds)
+    inner = reference_inner(configs)
     out = RunRows([], [])
     for i, (run, config, kind, label) in enumerate(zip(runs, configs, kinds, _labels(runs, configs, kinds),
                                                        strict=True)):
@@ -133,7 +133,7 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
     """
     from .rows import budget
 
-    inner = reference_inner(configs, kinds)
+    inner = reference_inner(configs)
     out = Separate({}, {}, {})
     for run, label, kind in separate:
         if kind not in harness.config.methods:
