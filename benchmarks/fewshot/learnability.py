@@ -144,6 +144,9 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--limit", type=int, help="stop after this many new tasks")
     ap.add_argument("--shard", default="0/1", help="I/N: measure every N-th task from the I-th (one process each)")
+    ap.add_argument("--reverse", action="store_true",
+                    help="take the shard's tasks from its last: a second process on a shard that lags (its own "
+                         "journal; each skips what the other has measured)")
     ap.add_argument("--revision", type=int, choices=(1, 2), default=1,
                     help="the criterion: 1 (fixed 32-step ceiling) or 2 (budget chosen on a development part)")
     ap.add_argument("--skip", default="", help="comma-separated tasks recorded as skipped (with --why), not "
@@ -167,7 +170,7 @@ def main() -> int:
         write_atomic(order, "\n".join(names) + "\n")
     out = Path(args.out)
     shard, shards = (int(x) for x in args.shard.split("/"))
-    journal = out.with_name(f"{out.name}.{shard}.partial.jsonl")
+    journal = out.with_name(f"{out.name}.{shard}{'r' if args.reverse else ''}.partial.jsonl")
     done = read_journals(out, cfg)
     path = resolve_model(args.model)
     from transformers import AutoTokenizer
@@ -181,7 +184,7 @@ def main() -> int:
     sel = select_parameters(model, adapter, MetaConfig(shared="none"))
     init = {k: v.detach().clone() for k, v in sel.fast_params(model).items()}
     new = 0
-    for name in names[shard::shards]:
+    for name in names[shard::shards][::-1 if args.reverse else 1]:
         if name in done:
             continue
         if args.limit is not None and new >= args.limit:
