@@ -136,6 +136,10 @@ def test_a_lost_run_keeps_the_step_it_had_reached(tmp_path):
     with pytest.raises(SystemExit, match="nothing to mark lost"):
         update(tmp_path / "other", status="lost", path=path, manifest=manifest, state=tmp_path / "committed")
     assert json.loads(path.read_text()) == {str(run): e}  # the refused calls changed nothing
+    # A run never to be resumed (its split is gone): the record stays, without a command to resume it.
+    e = update(run, status="abandoned", path=path, manifest=manifest, state=tmp_path / "committed", now="later")
+    assert e["status"] == "abandoned" and e["checkpointed"] == 1117
+    assert "| hyperlora | 1117 / 2000 | none | abandoned | later |  |" in manifest.read_text()
 
 
 @pytest.mark.slow

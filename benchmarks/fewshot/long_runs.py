@@ -4,7 +4,9 @@
 (``finished`` at its schedule's last step, ``stopped`` by a signal or ``--until``, ``failed`` with
 the exit code), so the manifest says where every run is without anyone editing it; ``lost`` is set by
 hand when the run folder is gone (a new machine does not keep ``runs/``): the entry keeps the step it
-had reached, and the same command starts it again from step 0, or from its committed state:
+had reached, and the same command starts it again from step 0, or from its committed state;
+``abandoned``, by hand too, marks a run that will never be resumed (its split or config is gone): the
+entry stays as the record of what ran, without a command. The files:
 `benchmarks/results/long_runs.json` (one entry per run folder) and the table between the markers
 of `benchmarks/MANIFEST.md` (rewritten from the JSON). Run folders stay local (``runs/`` is not
 committed), but when a run's process ends its newest checkpoint (without the base model) is copied
@@ -12,7 +14,7 @@ into ``benchmarks/runs/NAME`` (:mod:`metalm.runtime.runstate`), which is committ
 session's end: ``restore`` lays it into an empty ``runs/NAME`` on a fresh clone, and the same
 command continues from it bit-identically (train_long.sh does both).
 
-    python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --config benchmarks/fewshot/bench/hyperlora.yaml \
+    python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --config benchmarks/fewshot/claim/hyperlora.yaml \
         --status running
     python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --exit-code 0
     python benchmarks/fewshot/long_runs.py restore runs/long-hyperlora   # from benchmarks/runs/long-hyperlora
@@ -40,7 +42,7 @@ JSON = Path(os.environ.get("LONG_RUNS_JSON", ROOT / "benchmarks" / "results" / "
 MANIFEST = Path(os.environ.get("LONG_RUNS_MANIFEST", ROOT / "benchmarks" / "MANIFEST.md"))
 STATE = Path(os.environ.get("LONG_RUNS_STATE", ROOT / "benchmarks" / "runs"))
 BEGIN, END = "<!-- long runs: begin (benchmarks/fewshot/long_runs.py writes this table) -->", "<!-- long runs: end -->"
-STATUSES = ("running", "finished", "stopped", "failed", "lost")
+STATUSES = ("running", "finished", "stopped", "failed", "lost", "abandoned")
 
 
 def state_dir(run: Path, root: Path = STATE) -> Path:
@@ -80,7 +82,11 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
     """Record ``run``'s state in ``path`` and rewrite ``manifest``'s table; returns the entry."""
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     key = os.path.relpath(run.resolve(), ROOT) if run.resolve().is_relative_to(ROOT) else str(run)
-    if status == "lost":
+    if status == "abandoned":  # never to be resumed (its split is gone): the entry stays, without a command
+        if key not in runs:
+            raise SystemExit(f"{key} is not in {path}: nothing to mark abandoned")
+        entry = dict(runs[key])
+    elif status == "lost":
         if run.exists():
             raise SystemExit(f"{run} is still there: a run is lost only when its folder is gone")
         if key not in runs:
@@ -113,7 +119,7 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
              "status | updated | resume |", "|---|---|---|---|---|---|---|---|"]
     for key, e in sorted(runs.items()):
         resume = f"`bash benchmarks/fewshot/train_long.sh {e['config']}`" \
-            if e.get("config") and e["status"] != "finished" else ""
+            if e.get("config") and e["status"] not in ("finished", "abandoned") else ""
         committed = e.get("committed")
         if resume and e["status"] == "lost":
             resume = (f"from step {committed} (committed): " if committed else "from step 0: ") + resume
