@@ -95,3 +95,37 @@ def test_the_pilots_rule_by_hand():
     assert noisy["ci95"] == pytest.approx(3.1824 * 0.4787 / 2, abs=1e-3)
     with pytest.raises(SystemExit, match="no 'meta' row"):
         s.pilot(report([1.0], [1.0]), "meta", "r")
+
+
+def load_sizing():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot" / "claim" / "sizing.py"
+    spec = importlib.util.spec_from_file_location("claim_sizing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sizing_by_hand():
+    """The study's size (PLAN.md, 2026-12-06) on costs whose total is worked out by hand."""
+    s = load_sizing()
+    step = {"a": 10, "fomaml": 20, "reptile": 10}
+    per_episode = {"a": (1, 2), "fomaml": (3, 4), "reptile": (1, 1)}
+    costs = {"rows": {f"{c}/4": {"seconds_mean": v} for c, v in step.items()},
+             "eval": {f"{c}/{shots}": {"seconds_per_episode": e[i]} for c, e in per_episode.items()
+                      for i, shots in enumerate((4, 16))}}
+    hours = s.size(costs, ["a", "fomaml", "reptile"], s.Rung(100, 2, 10), val_tasks=2, test_tasks=3)
+    # training: a 10 x 100, the dearer arm (fomaml) 20 x 100, reptile's pilot 10 x 15
+    assert hours["training"] * 3600 == pytest.approx(1000 + 2000 + 150)
+    assert hours["pilot"] * 3600 == pytest.approx((3 + 1) * 2 * 30)  # both arms, 4 shots, 2 tasks, 30 units
+    assert hours["curves"] * 3600 == pytest.approx(((1 + 2) + (3 + 4)) * 2 * 10 * 2)  # a and fomaml, 2 points
+    assert hours["pool_curve"] * 3600 == pytest.approx(2 * (2000 + 4 * 2 * 10))  # fomaml is the dearest
+    assert hours["comparison"] * 3600 == pytest.approx(((2 + 2) + (6 + 4)) * 3 * 30)  # 1 shot at 4 shots' cost
+    assert hours["total"] * 3600 == pytest.approx(9210)
+    chosen, table = s.choose(costs, ["a", "fomaml", "reptile"], 2, 3, budget=1e9)
+    assert chosen == s.RUNGS[0] and len(table) == len(s.RUNGS)
+    assert s.choose(costs, ["a", "fomaml", "reptile"], 2, 3, budget=0.1)[0] is None
+    fits = [row["total"] <= 20 for row in table]  # the first rung within the budget, in the written order
+    assert s.choose(costs, ["a", "fomaml", "reptile"], 2, 3, budget=20)[0] == \
+        (s.RUNGS[fits.index(True)] if True in fits else None)

@@ -8,7 +8,7 @@
 # checkpoint (no base model) is copied to benchmarks/runs/NAME: commit that folder, and the same command
 # continues from it on a fresh clone.
 #
-#   nohup bash benchmarks/fewshot/train_long.sh benchmarks/fewshot/bench/hyperlora.yaml > runs/long-hyperlora.log 2>&1 &
+#   nohup bash benchmarks/fewshot/train_long.sh benchmarks/fewshot/claim/hyperlora.yaml > runs/long-hyperlora.log 2>&1 &
 #   bash benchmarks/fewshot/train_long.sh CONFIG --until 500     # stop (checkpointed) at step 500
 #   pkill -TERM -f runs/long-hyperlora                            # stop it: checkpointed, recorded as stopped
 set -uo pipefail

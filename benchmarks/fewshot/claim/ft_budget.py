@@ -1,20 +1,23 @@
-"""Fine-tuning's budget as the bench baseline job chose it on meta-val, as `metalm eval` key=value overrides
-(a grid of that one point), so the claim study's curve points adapt their @ft rows with the baselines' budget.
+"""Fine-tuning's budget as the pool benchmark's baseline job chose it on meta-val, as `metalm eval` key=value
+overrides (a grid of that one point), so the claim study's curve points adapt their @ft rows with the
+baselines' budget.
 
     python benchmarks/fewshot/claim/ft_budget.py   # finetune_optimizers=[sgd] finetune_lrs=[0.3] ...
+    python benchmarks/fewshot/claim/ft_budget.py benchmarks/results/bench_baselines.json   # another table
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+BASELINES = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "bench_pool_baselines.json"
 
 
-def budget(results: Path = RESULTS) -> list[str]:
-    done = results / "bench_baselines.json"
-    journal = results / "bench_baselines.json.partial.jsonl"
+def budget(done: Path = BASELINES) -> list[str]:
+    """The budget from the finished table, else from its journal (the choice is its first block)."""
+    journal = done.with_name(done.name + ".partial.jsonl")
     if done.is_file():
         lines = [json.loads(done.read_text(encoding="utf-8"))]
     elif journal.is_file():
@@ -29,4 +32,4 @@ def budget(results: Path = RESULTS) -> list[str]:
 
 
 if __name__ == "__main__":
-    print(" ".join(budget()))
+    print(" ".join(budget(Path(sys.argv[1])) if len(sys.argv) > 1 else budget()))

@@ -1,5 +1,5 @@
-"""Per-step cost of each meta-training candidate of the claim study (#28) at 4 and 16 training shots
-on the bench split, to size the study in CPU-hours before it starts.
+"""Per-step cost of each meta-training candidate of the claim study (PLAN.md) at 4 and 16 training shots on
+the split its configs name (the pool split), to size the study in CPU-hours before it starts.
 
 Each (candidate, shots) trains a few outer steps on one thread in its own run folder; the first step
 (tokenizer and model warm-up) is dropped and the rest give seconds and tokens per step. In-context
@@ -7,6 +7,15 @@ candidates get a context that holds the demonstrations (2,048 positions at 4 sho
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/fewshot/claim/pilot_cost.py \
         --json benchmarks/results/claim_pilot_cost.json
+
+With ``--eval-shots``, each candidate's run trained at the first of ``--shots`` is then scored as the
+study scores it (protocol bench_pool, its meta-val tasks, one episode per task and shot count, its own
+rows with calibration where it applies) and the evaluation's seconds per episode are recorded: what a
+learning-curve point and the comparison cost per episode, all the candidate's rows together. Only
+seconds are kept (the accuracies of a run trained a few steps mean nothing).
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/fewshot/claim/pilot_cost.py --shots 4 --eval-shots 4,16 \
+        --json benchmarks/results/claim_pool_cost.json
 
 Resumable: a (candidate, shots) already in the JSON is not measured again.
 """
@@ -20,12 +29,16 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-CANDIDATES = ["multitask", "fomaml", "reptile", "fomaml_icl", "channel_metaicl"]
-IN_CONTEXT = {"fomaml_icl", "channel_metaicl"}
+CANDIDATES = ["multitask", "fomaml", "reptile", "fomaml_icl", "channel_metaicl", "metaicl_direct", "hyperlora",
+              "lora_library"]
+IN_CONTEXT = {"fomaml_icl", "channel_metaicl", "metaicl_direct"}
+#: Fine-tuning's budget for measuring a curve point's cost before the baseline job has chosen one.
+FT_UPPER = ["finetune_optimizers=[sgd]", "finetune_lrs=[0.3]", "finetune_steps=[10]"]
 
 
 def config_path(name: str) -> Path:
@@ -54,14 +67,43 @@ def measure(name: str, shots: int, steps: int, runs: Path, extra: tuple[str, ...
             "query_loss": [r.get("query_loss") for r in rows]}
 
 
+def measure_eval(name: str, run_dir: Path, shots: int, protocol: str) -> dict:
+    """Score ``run_dir``'s last checkpoint on the protocol's meta-val tasks, one episode each, at ``shots``, as
+    a curve point scores it: its own rows (``calibrate_trained``: their calibrated twins too), fine-tuning
+    and the ``@ft`` rows at a 10-step budget (the grid's most steps: an upper bound). Seconds per episode."""
+    bin_dir = Path(sys.executable).parent
+    kind = subprocess.run([str(bin_dir / "python"), str(HERE.parent / "run_kind.py"), str(run_dir)], check=True,
+                          capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval.json"
+        cmd = [str(bin_dir / "metalm"), "eval", "--run-dir", str(run_dir), "--protocol", protocol, "--evaluate-on",
+               "meta_val", "--shots", str(shots), "--methods", f"finetune,{kind}", "--json", str(out), "--quiet",
+               "--episodes", "1", "--seeds", "1", "cost_episodes=0", "calibrate_trained=true", *FT_UPPER]
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        report = json.loads(out.read_text())
+    episodes = len(report["tasks"])
+    return {"candidate": config_path(name).stem, "shots": shots, "episodes": episodes,
+            "rows": sorted({r["method"] for r in report["macro"]}),
+            "seconds": report["measuring_seconds"], "seconds_per_episode": report["measuring_seconds"] / episodes,
+            "truncated": report.get("truncated")}
+
+
+def save(result: dict, out: Path) -> None:
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--shots", default="4,16")
     ap.add_argument("--candidates", default=",".join(CANDIDATES),
-                    help="names of this folder's configs, or config paths (benchmarks/fewshot/bench/*.yaml)")
+                    help="names of this folder's configs, or config paths")
     ap.add_argument("--runs", default="runs/claim-pilot")
+    ap.add_argument("--eval-shots", default="", help="also score each run (trained at the first --shots) at these")
+    ap.add_argument("--protocol", default="bench_pool")
     args = ap.parse_args()
     out = Path(args.json)
     result = json.loads(out.read_text()) if out.is_file() else {"threads": os.environ.get("OMP_NUM_THREADS"),
@@ -73,9 +115,17 @@ def main() -> None:
                 continue
             result["rows"][key] = measure(name, shots, args.steps, Path(args.runs))
             print(key, json.dumps(result["rows"][key]), flush=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
-            os.replace(tmp, out)
+            save(result, out)
+    first = args.shots.split(",")[0]
+    for shots in [int(s) for s in args.eval_shots.split(",") if s]:
+        for name in args.candidates.split(","):
+            key = f"{config_path(name).stem}/{shots}"
+            if key in result.setdefault("eval", {}):
+                continue
+            run_dir = Path(args.runs) / f"{config_path(name).stem}-{first}"
+            result["eval"][key] = measure_eval(name, run_dir, shots, args.protocol)
+            print("eval", key, json.dumps(result["eval"][key]), flush=True)
+            save(result, out)
 
 
 if __name__ == "__main__":

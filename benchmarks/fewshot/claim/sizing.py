@@ -1,0 +1,109 @@
+"""The claim study's size in CPU-hours, and the rule that shrinks it to its budget (PLAN.md, 2026-12-06),
+as code: written before any candidate trained, from measured costs only.
+
+Costs (``benchmarks/results/claim_pool_cost.json``, ``pilot_cost.py``; one thread, bf16 training, float32
+evaluation): seconds per training step of each candidate at 4 shots (``rows["NAME/4"]["seconds_mean"]``)
+and seconds per evaluation episode of a curve point of each candidate at 4 and 16 shots
+(``eval["NAME/S"]["seconds_per_episode"]``: its rows, their calibrated twins, fine-tuning and the @ft
+rows together, on the meta-val tasks). The study at a rung (steps S, curve points P, curve units U):
+
+* training: every candidate S steps; the pilot trains FOMAML and Reptile to 15% of S (300 of 2,000)
+  and the chosen one goes on (counted as the dearer of the two going on);
+* the pilot's scoring: both arms on meta-val at 4 shots, 30 units;
+* the curves: P points per candidate (every S/P steps), meta-val at 4 and 16 shots, U units per task;
+* the pool curve: the designated candidate trained twice more (25% and 50% of meta-train), each scored
+  once on meta-val at 16 shots with U units (counted as the dearest candidate);
+* the comparison: every candidate on the held-out tasks at 1, 4 and 16 shots, 30 units (1 shot counted
+  at 4 shots' cost; a held-out episode at a meta-val episode's mean cost: an assumption).
+
+The rule: the first rung of :data:`RUNGS` whose total is within :data:`BUDGET_HOURS` is the study's.
+
+    python benchmarks/fewshot/claim/sizing.py benchmarks/results/claim_pool_cost.json --split bench_pool
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+ROOT = Path(__file__).resolve().parents[3]
+BUDGET_HOURS = 30.0
+UNITS = 30  # the comparison's and the pilot's units per task and shot count (10 episodes x 3 seeds)
+PILOT = ("fomaml", "reptile")
+PILOT_FRACTION = 0.15
+#: In PLAN.md's order (a tie in the designation goes to the one listed first).
+CANDIDATES = ("channel_metaicl", "metaicl_direct", "multitask", "fomaml", "reptile", "fomaml_icl", "hyperlora",
+              "lora_library")
+
+
+class Rung(NamedTuple):
+    steps: int
+    points: int  # learning-curve points per candidate, every steps / points
+    curve_units: int  # units per meta-val task and shot count of a curve point and of the pool curve
+
+
+#: From the anchors' budget down, in the order the rule tries them (PLAN.md, 2026-12-06).
+RUNGS = (Rung(2000, 4, 30), Rung(1000, 4, 30), Rung(500, 4, 30), Rung(500, 2, 30), Rung(500, 2, 10),
+         Rung(300, 2, 10))
+
+
+def size(costs: dict[str, Any], candidates: list[str], rung: Rung, val_tasks: int, test_tasks: int
+         ) -> dict[str, float]:
+    """CPU-hours of each part of the study at ``rung`` (``candidates``: the config names, the pilot's two
+    arms among them)."""
+    step = {c: costs["rows"][f"{c}/4"]["seconds_mean"] for c in candidates}
+    episode = {(c, s): costs["eval"][f"{c}/{s}"]["seconds_per_episode"] for c in candidates for s in (4, 16)}
+    going = [c for c in candidates if c not in PILOT]
+    arm = max(PILOT, key=lambda c: step[c])  # the dearer arm goes on: an upper bound
+    training = sum(step[c] for c in going) * rung.steps + step[arm] * rung.steps \
+        + sum(step[c] for c in PILOT if c != arm) * PILOT_FRACTION * rung.steps
+    pilot = sum(episode[c, 4] for c in PILOT) * val_tasks * UNITS
+    curved = [*going, arm]
+    curves = sum(episode[c, 4] + episode[c, 16] for c in curved) * val_tasks * rung.curve_units * rung.points
+    dearest = max(curved, key=lambda c: step[c] * rung.steps + episode[c, 16] * val_tasks * rung.curve_units)
+    pool = 2 * (step[dearest] * rung.steps + episode[dearest, 16] * val_tasks * rung.curve_units)
+    comparison = sum(2 * episode[c, 4] + episode[c, 16] for c in curved) * test_tasks * UNITS
+    parts = {"training": training, "pilot": pilot, "curves": curves, "pool_curve": pool, "comparison": comparison}
+    hours = {k: v / 3600 for k, v in parts.items()}
+    hours["total"] = sum(hours.values())
+    return hours
+
+
+def choose(costs: dict[str, Any], candidates: list[str], val_tasks: int, test_tasks: int,
+           budget: float = BUDGET_HOURS) -> tuple[Rung | None, list[dict[str, Any]]]:
+    """The rule: the first rung within ``budget`` CPU-hours (``None`` when none is), and every rung's size."""
+    table = [{"rung": r._asdict(), **size(costs, candidates, r, val_tasks, test_tasks)} for r in RUNGS]
+    chosen = next((r for r, row in zip(RUNGS, table, strict=True) if row["total"] <= budget), None)
+    return chosen, table
+
+
+def main() -> None:
+    import yaml
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("costs", type=Path)
+    ap.add_argument("--split", default="bench_pool")
+    ap.add_argument("--candidates", default=",".join(CANDIDATES))
+    ap.add_argument("--json", type=Path, help="write the table and the choice here")
+    args = ap.parse_args()
+    split = yaml.safe_load((ROOT / "tasks" / "splits" / f"{args.split}.yaml").read_text(encoding="utf-8"))
+    val, test = len(split["meta_val"]), len(split["meta_test"])
+    chosen, table = choose(json.loads(args.costs.read_text(encoding="utf-8")), args.candidates.split(","), val, test)
+    print(f"{val} meta-val and {test} held-out tasks; budget {BUDGET_HOURS:g} CPU-hours")
+    print("| steps | curve points | curve units | training | pilot | curves | pool curve | comparison | total |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in table:
+        r = row["rung"]
+        print(f"| {r['steps']} | {r['points']} | {r['curve_units']} | " + " | ".join(
+            f"{row[k]:.1f}" for k in ("training", "pilot", "curves", "pool_curve", "comparison", "total")) + " |")
+    print("chosen:", chosen._asdict() if chosen else "none fits")
+    if args.json:
+        args.json.write_text(json.dumps({"budget_hours": BUDGET_HOURS, "val_tasks": val, "test_tasks": test,
+                                         "chosen": chosen._asdict() if chosen else None, "table": table},
+                                        indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
