@@ -315,3 +315,28 @@ def test_autocast_modes_on_a_cpu(tmp_path, monkeypatch):
             assert math.isfinite(last["query_loss"])
             assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert dtypes == {"auto": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32}
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned(tmp_path, monkeypatch):
+    """bf16 autocast on a CPU that emulates bf16 products (no AVX512-BF16 / AMX flag) is warned once at
+    start; a CPU with them, ``auto`` and ``float32`` are not. The flag is read from /proc/cpuinfo."""
+    import warnings
+
+    import metalm.train as train_module
+    from metalm.runtime.environment import cpu_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert cpu_has_bf16(info) is False
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_has_bf16(info) is True
+    assert cpu_has_bf16(tmp_path / "absent") is None and cpu_has_bf16(tmp_path) is None
+    for mode, native, warned in (("bf16", False, True), ("bf16", True, False), ("bf16", None, False),
+                                 ("auto", False, False)):
+        world = make_world(tmp_path / f"{mode}{native}", max_steps=1, autocast=mode, device="cpu")
+        monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+        monkeypatch.setattr(train_module, "cpu_has_bf16", lambda native=native: native)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            MetaTrainer(load_train_config(world["config"]), tmp_path / f"{mode}{native}" / "run")
+        assert any("AVX512-BF16" in str(w.message) for w in seen) == warned, (mode, native)
