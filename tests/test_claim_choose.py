@@ -79,7 +79,7 @@ def test_selection_and_the_comparisons_row_names(tmp_path):
 
 
 def test_the_pilots_rule_by_hand():
-    """FOMAML goes on only when it is better with an interval that excludes zero; otherwise Reptile."""
+    """The better arm goes on only when the interval excludes zero; otherwise the cheaper per step."""
     s = load()
 
     def report(a, b):  # one seed of 4 episodes on two tasks; per unit the mean over the tasks
@@ -93,8 +93,22 @@ def test_the_pilots_rule_by_hand():
     noisy = s.pilot(report([1.0, 0.0, 1.0, 0.5], [0.5, 0.5, 0.5, 0.5]), "f", "r")
     assert noisy["chosen"] == "reptile" and noisy["diff"] == pytest.approx(0.125)
     assert noisy["ci95"] == pytest.approx(3.1824 * 0.4787 / 2, abs=1e-3)
+    noisy = s.pilot(report([1.0, 0.0, 1.0, 0.5], [0.5, 0.5, 0.5, 0.5]), "f", "r", cheaper="fomaml")
+    assert noisy["chosen"] == "fomaml"
+    assert s.pilot(report([0.0, 0.0, 0.5, 0.0], [0.5, 0.5, 1.0, 0.5]), "f", "r", cheaper="fomaml")["chosen"] == "reptile"
     with pytest.raises(SystemExit, match="no 'meta' row"):
         s.pilot(report([1.0], [1.0]), "meta", "r")
+
+
+def test_the_cheaper_arm_from_the_cost_file(tmp_path):
+    s = load()
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"rows": {"fomaml/4": {"seconds_mean": 7.5}, "reptile/4": {"seconds_mean": 7.8},
+                                          "fomaml/4/autocast=bf16": {"seconds_mean": 1.0}}}))
+    assert s.cheaper_arm(costs) == "fomaml"  # the study's precision's rows, not another precision's
+    costs.write_text(json.dumps({"rows": {"fomaml/4": {"seconds_mean": 7.5}}}))
+    with pytest.raises(SystemExit, match="no reptile/4 row"):
+        s.cheaper_arm(costs)
 
 
 def load_sizing():

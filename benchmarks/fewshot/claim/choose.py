@@ -15,7 +15,8 @@ at 4 and 16 shots written by `benchmarks/fewshot/claim/curves.sh` as
 
 The pilot's rule (FOMAML or Reptile, both at step 300, scored in one evaluation on meta-val at 4
 shots): the higher macro accuracy of their @ft rows goes on if the paired 95% interval of the
-difference excludes zero, else Reptile (the cheaper per step).
+difference excludes zero, else the cheaper per step in the study's cost file (on the pool split,
+``benchmarks/results/claim_pool_cost.json``: FOMAML, 7.5 s against Reptile's 7.8; on BIG-bench it was Reptile).
 
     python benchmarks/fewshot/claim/choose.py pilot benchmarks/results/claim/pilot.json \
         --fomaml meta:fomaml@ft --reptile meta:reptile@ft
@@ -43,6 +44,7 @@ from metalm.runtime.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[3]
 CURVES = ROOT / "benchmarks" / "results" / "claim"
+COSTS = ROOT / "benchmarks" / "results" / "claim_pool_cost.json"
 SHOTS = (16, 4)
 
 
@@ -125,10 +127,21 @@ def comparison_rows(selection: dict[str, Any], runs: list[Path]) -> dict[str, st
     return out
 
 
-def pilot(report: dict[str, Any], fomaml: str, reptile: str, shots: int = 4) -> dict[str, Any]:
+def cheaper_arm(costs: Path = COSTS) -> str:
+    """The pilot arm with fewer seconds per training step in the study's cost file (``fomaml``/``reptile``)."""
+    rows = json.loads(costs.read_text(encoding="utf-8"))["rows"]
+    missing = [arm for arm in ("fomaml", "reptile") if f"{arm}/4" not in rows]
+    if missing:
+        raise SystemExit(f"{costs} has no {missing[0]}/4 row: run pilot_cost.py first")
+    return min(("fomaml", "reptile"), key=lambda arm: rows[f"{arm}/4"]["seconds_mean"])
+
+
+def pilot(report: dict[str, Any], fomaml: str, reptile: str, shots: int = 4, cheaper: str = "reptile"
+          ) -> dict[str, Any]:
     """The pilot's choice from one evaluation holding both rows on the same episodes: ``{"chosen":
     "fomaml"|"reptile", "diff", "ci95", "p", "n"}`` (the difference is FOMAML's minus Reptile's, over
-    the macro units: per seed and episode index, the mean over tasks)."""
+    the macro units: per seed and episode index, the mean over tasks); ``cheaper`` goes on when the
+    interval includes zero."""
     data = {}
     for key, accs in report["per_episode"].items():
         method, task, k = key.split("|")
@@ -138,7 +151,7 @@ def pilot(report: dict[str, Any], fomaml: str, reptile: str, shots: int = 4) -> 
             raise SystemExit(f"the pilot's report has no {row!r} row at {shots} shots")
     test = paired(_units(data, fomaml, report["tasks"], shots), _units(data, reptile, report["tasks"], shots))
     separated = abs(test["diff"]) > test["ci95"]
-    chosen = ("fomaml" if test["diff"] > 0 else "reptile") if separated else "reptile"
+    chosen = ("fomaml" if test["diff"] > 0 else "reptile") if separated else cheaper
     return {"chosen": chosen, **{k: test[k] for k in ("diff", "ci95", "p", "n")}}
 
 
@@ -149,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("report", type=Path)
         parser.add_argument("--fomaml", required=True, help="FOMAML's row in the report, e.g. meta:fomaml@ft")
         parser.add_argument("--reptile", required=True, help="Reptile's row, e.g. meta:reptile@ft")
+        parser.add_argument("--costs", type=Path, default=COSTS, help="seconds per step: the cheaper arm wins a tie")
         args = parser.parse_args(argv[1:])
-        print(json.dumps(pilot(json.loads(args.report.read_text(encoding="utf-8")), args.fomaml, args.reptile)))
+        print(json.dumps(pilot(json.loads(args.report.read_text(encoding="utf-8")), args.fomaml, args.reptile,
+                               cheaper=cheaper_arm(args.costs))))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="the candidates' run folders, in the PLAN's order")
