@@ -125,21 +125,35 @@ def test_sizing_by_hand():
     """The study's size (PLAN.md, 2026-12-06) on costs whose total is worked out by hand."""
     s = load_sizing()
     step = {"a": 10, "fomaml": 20, "reptile": 10}
-    per_episode = {"a": (1, 2), "fomaml": (3, 4), "reptile": (1, 1)}
+    per_episode = {"a": (1, 2), "fomaml": (3, 4), "reptile": (1, 1)}  # all of a candidate's rows together
+    alone = {"a": (0.5, 1), "fomaml": (1, 2), "reptile": (0.5, 0.5)}  # its dearest row on its own
     costs = {"rows": {f"{c}/4": {"seconds_mean": v} for c, v in step.items()},
              "eval": {f"{c}/{shots}": {"seconds_per_episode": e[i]} for c, e in per_episode.items()
-                      for i, shots in enumerate((4, 16))}}
-    hours = s.size(costs, ["a", "fomaml", "reptile"], s.Rung(100, 2, 10), val_tasks=2, test_tasks=3)
+                      for i, shots in enumerate((4, 16))},
+             "row_eval": {f"{c}/{shots}": {"seconds_per_episode": {"row": e[i], "cheap": 0.1}}
+                          for c, e in alone.items() for i, shots in enumerate((4, 16))}}
+    hours = s.size(costs, ["a", "fomaml", "reptile"], s.Rung(100, 2, 10, 2), test_tasks=3)
     # training: a 10 x 100, the dearer arm (fomaml) 20 x 100, reptile's pilot 10 x 15
     assert hours["training"] * 3600 == pytest.approx(1000 + 2000 + 150)
     assert hours["pilot"] * 3600 == pytest.approx((3 + 1) * 2 * 30)  # both arms, 4 shots, 2 tasks, 30 units
-    assert hours["curves"] * 3600 == pytest.approx(((1 + 2) + (3 + 4)) * 2 * 10 * 2)  # a and fomaml, 2 points
+    # a and fomaml: 2 points at 16 shots, then the chosen checkpoint at 4 and 16; 2 tasks, 10 units
+    assert hours["curves"] * 3600 == pytest.approx(((2 * 2 + 1 + 2) + (4 * 2 + 3 + 4)) * 2 * 10)
     assert hours["pool_curve"] * 3600 == pytest.approx(2 * (2000 + 4 * 2 * 10))  # fomaml is the dearest
-    assert hours["comparison"] * 3600 == pytest.approx(((2 + 2) + (6 + 4)) * 3 * 30)  # 1 shot at 4 shots' cost
-    assert hours["total"] * 3600 == pytest.approx(9210)
-    chosen, table = s.choose(costs, ["a", "fomaml", "reptile"], 2, 3, budget=1e9)
+    # one row per candidate and shot count (its dearest alone), 1 shot at 4 shots' cost; 3 tasks, 30 units
+    assert hours["comparison"] * 3600 == pytest.approx(((2 * 0.5 + 1) + (2 * 1 + 2)) * 3 * 30)
+    assert hours["total"] * 3600 == pytest.approx(8530)
+    chosen, table = s.choose(costs, ["a", "fomaml", "reptile"], 3, budget=1e9)
     assert chosen == s.RUNGS[0] and len(table) == len(s.RUNGS)
-    assert s.choose(costs, ["a", "fomaml", "reptile"], 2, 3, budget=0.1)[0] is None
-    fits = [row["total"] <= 20 for row in table]  # the first rung within the budget, in the written order
-    assert s.choose(costs, ["a", "fomaml", "reptile"], 2, 3, budget=20)[0] == \
+    assert s.choose(costs, ["a", "fomaml", "reptile"], 3, budget=0.01)[0] is None
+    fits = [row["total"] <= 3 for row in table]  # the first rung within the budget, in the written order
+    assert s.choose(costs, ["a", "fomaml", "reptile"], 3, budget=3)[0] == \
         (s.RUNGS[fits.index(True)] if True in fits else None)
+
+
+def test_the_meta_val_subset_keeps_each_familys_share():
+    s = load_sizing()
+    family = {"s1": "syntax", "s2": "syntax", "s3": "syntax", "m1": "semantics", "m2": "semantics"}
+    tasks = ["m1", "m2", "s1", "s2", "s3"]
+    assert s.val_subset(tasks, family, 4) == ["m1", "s1", "m2", "s2"]  # families in turn, by name
+    assert s.val_subset(tasks, family, 5) == ["m1", "s1", "m2", "s2", "s3"]
+    assert s.val_subset(tasks, family, 1) == ["m1"]

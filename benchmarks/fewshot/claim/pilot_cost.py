@@ -70,10 +70,13 @@ def measure(name: str, shots: int, steps: int, runs: Path, extra: tuple[str, ...
             "query_loss": [r.get("query_loss") for r in rows]}
 
 
-def measure_eval(name: str, run_dir: Path, shots: int, protocol: str, tasks: str = "") -> dict:
+def measure_eval(name: str, run_dir: Path, shots: int, protocol: str, tasks: str = "", per_row: bool = False
+                 ) -> dict:
     """Score ``run_dir``'s last checkpoint on the protocol's meta-val tasks, one episode each, at ``shots``, as
     a curve point scores it: its own rows (``calibrate_trained``: their calibrated twins too), fine-tuning
-    and the ``@ft`` rows at a 10-step budget (the grid's most steps: an upper bound). Seconds per episode."""
+    and the ``@ft`` rows at a 10-step budget (the grid's most steps: an upper bound). Seconds per episode;
+    ``per_row``: instead, what one episode costs each row on its own (``cost_episodes: 1``: adapting and
+    scoring with nothing shared), the cost of scoring a single chosen row."""
     bin_dir = Path(sys.executable).parent
     kind = subprocess.run([str(bin_dir / "python"), str(HERE.parent / "run_kind.py"), str(run_dir)], check=True,
                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
@@ -81,12 +84,17 @@ def measure_eval(name: str, run_dir: Path, shots: int, protocol: str, tasks: str
         out = Path(tmp) / "eval.json"
         cmd = [str(bin_dir / "metalm"), "eval", "--run-dir", str(run_dir), "--protocol", protocol, "--evaluate-on",
                "meta_val", "--shots", str(shots), "--methods", f"finetune,{kind}", "--json", str(out), "--quiet",
-               "--episodes", "1", "--seeds", "1", "cost_episodes=0", "calibrate_trained=true", *FT_UPPER]
+               "--episodes", "1", "--seeds", "1", f"cost_episodes={int(per_row)}", "calibrate_trained=true", *FT_UPPER]
         if tasks:
             cmd += ["--tasks", tasks]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         report = json.loads(out.read_text())
     episodes = len(report["tasks"])
+    if per_row:
+        costs = report["episode_cost"]  # {row: {shots: {"seconds", "forward_tokens", "episodes"}}}
+        return {"candidate": config_path(name).stem, "shots": shots, "tasks": report["tasks"],
+                "seconds_per_episode": {row: c[str(shots)]["seconds"] for row, c in costs.items()},
+                "forward_tokens": {row: c[str(shots)]["forward_tokens"] for row, c in costs.items()}}
     return {"candidate": config_path(name).stem, "shots": shots, "episodes": episodes,
             "rows": sorted({r["method"] for r in report["macro"]}),
             "seconds": report["measuring_seconds"], "seconds_per_episode": report["measuring_seconds"] / episodes,
@@ -110,6 +118,8 @@ def main() -> None:
     ap.add_argument("--eval-shots", default="", help="also score each run (trained at the first --shots) at these")
     ap.add_argument("--protocol", default="bench_pool")
     ap.add_argument("--eval-tasks", default="", help="score these tasks (comma-separated) instead of all of meta-val")
+    ap.add_argument("--per-row", action="store_true",
+                    help="with --eval-shots: each row's cost on its own per episode (key row_eval), not the point's")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="more training overrides (e.g. autocast=float32), named in the rows' keys")
     args = ap.parse_args()
@@ -129,12 +139,13 @@ def main() -> None:
     for shots in [int(s) for s in args.eval_shots.split(",") if s]:
         for name in args.candidates.split(","):
             key = f"{config_path(name).stem}/{shots}"
-            if key in result.setdefault("eval", {}):
+            section = "row_eval" if args.per_row else "eval"
+            if key in result.setdefault(section, {}):
                 continue
             trained = [config_path(name).stem, first, *(kv.replace("=", "_") for kv in args.set)]
             run_dir = Path(args.runs) / "-".join(trained)
-            result["eval"][key] = measure_eval(name, run_dir, shots, args.protocol, args.eval_tasks)
-            print("eval", key, json.dumps(result["eval"][key]), flush=True)
+            result[section][key] = measure_eval(name, run_dir, shots, args.protocol, args.eval_tasks, args.per_row)
+            print(section, key, json.dumps(result[section][key]), flush=True)
             save(result, out)
 
 
