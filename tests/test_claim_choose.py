@@ -157,3 +157,30 @@ def test_the_meta_val_subset_keeps_each_familys_share():
     assert s.val_subset(tasks, family, 4) == ["m1", "s1", "m2", "s2"]  # families in turn, by name
     assert s.val_subset(tasks, family, 5) == ["m1", "s1", "m2", "s2", "s3"]
     assert s.val_subset(tasks, family, 1) == ["m1"]
+
+
+def test_curve_points_at_16_shots_and_the_chosen_checkpoints_final_scoring(tmp_path, capsys):
+    """PLAN.md 2026-12-06: curve points score 16 shots; the chosen checkpoint is scored at 4 and 16 shots
+    (``.final.json``), and each candidate is compared with its best row per shot count."""
+    s = load()
+    world = make_world(tmp_path)
+    base = yaml.safe_load(world["config"].read_text())
+    run = tmp_path / "long-mtl"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**base, "algorithm": {"name": "multitask"}}))
+    curves = tmp_path / "curves"
+    curves.mkdir()
+    for step, rows in {250: {"mtl": {16: 0.60}, "mtl-cal": {16: 0.62}}, 500: {"mtl": {16: 0.61}, "mtl-cal": {16: 0.6}}}.items():
+        (curves / f"mtl.step-{step:07d}.json").write_text(json.dumps(macro_rows(rows)))
+    assert s.chosen_step(run, curves) == 250  # 0.62 at 250 against 0.61 at 500
+    assert s.main(["step", str(run), "--curves", str(curves)]) == 0 and capsys.readouterr().out.strip() == "250"
+    with pytest.raises(SystemExit, match="FINAL=250"):
+        s.select([run], curves)
+    final = {"mtl": {4: 0.55, 16: 0.60}, "mtl-cal": {4: 0.5504, 16: 0.63}}  # 4 shots: 0.550 twice, mtl first
+    (curves / "mtl.step-0000250.final.json").write_text(json.dumps(macro_rows(final)))
+    selection = s.select([run], curves)
+    c = selection["candidates"][str(run)]
+    assert c["chosen_step"] == 250 and c["curve"] == {"250": {"mtl": 0.60, "mtl-cal": 0.62},
+                                                       "500": {"mtl": 0.61, "mtl-cal": 0.6}}
+    assert c["compared"] == {"16": "mtl-cal", "4": "mtl", "1": "mtl"}
+    assert selection["designated"]["16"] == {"candidate": str(run), "row": "mtl-cal"}

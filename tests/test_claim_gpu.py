@@ -34,7 +34,7 @@ def test_one_call_trains_scores_and_packs(tmp_path):
            "LONG_RUNS_MANIFEST": str(tmp_path / "MANIFEST.md"), "LONG_RUNS_STATE": str(tmp_path / "committed"),
            "CURVES": str(tmp_path / "curves"), "CURVE_STEPS": "2", "TRAIN_ARGS": "device=cpu", "THREADS": "1",
            "PROTOCOL": str(protocol), "FT": "finetune_steps=[1] finetune_lrs=[0.3]",
-           "CURVE_ARGS": "--evaluate-on meta_test --shots 2"}
+           "CURVE_ARGS": "--evaluate-on meta_test --shots 2", "SIZING": "none", "FINALS": "0"}
     ran = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=900)
     log = (out / "claim_gpu.log").read_text() if (out / "claim_gpu.log").is_file() else ""
     assert ran.returncode == 0, ran.stderr + log

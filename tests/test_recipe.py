@@ -220,3 +220,25 @@ def test_the_cli_and_metalm_evaluate_with_the_same_protocol_give_the_same_report
                                                    val_episodes=1),
                             runs=[run], tasks=["toy_cls"], progress=False, log=None)
     assert "meta" not in {r["method"] for r in plain["results"]}  # EvalConfig's default: the baselines
+
+
+def test_rows_scores_only_the_named_rows_with_the_same_accuracies(tmp_path, monkeypatch):
+    """``rows``: the named rows alone, each with the per-episode accuracies it has among all the rows (its
+    twin left out: a calibrated row adapts on its own); a name no row has is refused before measuring."""
+    import pytest
+
+    from metalm.errors import ConfigError
+
+    world = make_world(tmp_path, max_steps=2, val_every=0, checkpoint_every=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    MetaTrainer(load_train_config(world["config"]), tmp_path / "a").train(progress=False)
+    base = dict(shots=[2], episodes=2, ways=2, queries=2, methods=["zeroshot", "meta"], calibrate_trained=True)
+    every = evaluate(EvalConfig(**base), runs=[tmp_path / "a"], progress=False, log=None)
+    some = evaluate(EvalConfig(**base, rows=["meta-cal"]), runs=[tmp_path / "a"], progress=False, log=None)
+    assert {r["method"] for r in every["macro"]} == {"zeroshot", "meta", "meta-cal"}
+    assert {r["method"] for r in some["macro"]} == {"meta-cal"}
+    assert {k: v for k, v in every["per_episode"].items() if k.startswith("meta-cal|")} == some["per_episode"]
+    with pytest.raises(ConfigError, match="no row is named 'mtl'.*the rows: zeroshot, meta, meta-cal"):
+        evaluate(EvalConfig(**base, rows=["mtl"]), runs=[tmp_path / "a"], progress=False, log=None)
+    with pytest.raises(ConfigError, match="rows"):
+        EvalConfig(**base, rows=[])

@@ -146,14 +146,17 @@ class Harness:
             self.episode_cache[key] = [sampler.sample() for _ in range(n)]
         return self.episode_cache[key]
 
-    def rows(self, finetune: FinetuneChoice | None = None, any_budget: bool = False) -> dict[str, Row]:
-        """Every row of this evaluation by name (:func:`~metalm.eval.rows.expand_rows`), with
-        fine-tuning's chosen budget when given (``any_budget``: before the choice, with the ``@ft`` rows
-        a chosen budget may add: the names a reference is checked against)."""
+    def rows(self, finetune: FinetuneChoice | None = None, any_budget: bool = False, every: bool = False
+             ) -> dict[str, Row]:
+        """The rows of this evaluation by name (:func:`~metalm.eval.rows.expand_rows`; those of
+        ``config.rows`` alone unless ``every``), with fine-tuning's chosen budget when given
+        (``any_budget``: before the choice, with the ``@ft`` rows a chosen budget may add: the names a
+        reference and ``config.rows`` are checked against)."""
         cfg = self.config
-        return {row.name: row for row in expand_rows(cfg.methods, self.base, self.trained, finetune,
+        rows = {row.name: row for row in expand_rows(cfg.methods, self.base, self.trained, finetune,
                                                      in_context_trained=cfg.in_context_trained,
                                                      calibrate_trained=cfg.calibrate_trained, any_budget=any_budget)}
+        return rows if every or cfg.rows is None else {n: r for n, r in rows.items() if n in cfg.rows}
 
     # ------------------------------------------------------------------ scoring
     def _scores(self, params: Mapping[str, Tensor], examples: Sequence[Example],

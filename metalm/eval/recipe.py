@@ -148,12 +148,17 @@ def journaled_values(config: EvalConfig) -> dict[str, Any]:
 
 
 def check_reference(config: EvalConfig, harness: Harness, rows: RunRows | None) -> None:
-    """Refuse a ``reference`` that is not among the evaluated rows, naming them (:class:`ConfigError`), before
-    any is measured; with runs measured on models of their own (their rows named once they are loaded)
-    the report's summary checks it (:func:`~metalm.eval.summary.summarize`)."""
+    """Refuse a ``reference`` that is not among the evaluated rows, and a name of ``config.rows`` no row has,
+    naming the rows (:class:`ConfigError`), before any is measured; with runs measured on models of their
+    own (their rows named once they are loaded) the report's summary checks it
+    (:func:`~metalm.eval.summary.summarize`)."""
     evaluated = list(harness.rows(any_budget=True))  # before fine-tuning's budget is chosen
     if config.reference is not None and config.reference not in evaluated and not (rows and rows.separate):
         raise ConfigError("--reference", f"{config.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
+    every = list(harness.rows(any_budget=True, every=True))
+    unknown = [r for r in config.rows or [] if r not in every]
+    if unknown and not (rows and rows.separate):
+        raise ConfigError("rows", f"no row is named {unknown[0]!r} (the rows: {', '.join(every)})")
 
 
 def check_sources(runs: Sequence[str], model: str | None, step: int | None) -> None:

@@ -113,7 +113,13 @@ class EvalConfig:
             device) or ``bf16`` autocast (matrix products in bfloat16, scores and losses upcast to
             float32; 1.6-2.3x faster per row on a CPU with AVX512-BF16). Fast weights and their
             updates stay float32. Figures differ from float32's (on the benchmark up to 15% of episodes
-            change: ``benchmarks/fewshot/eval_bf16.py``), so compare rows in one precision.
+            change: ``benchmarks/fewshot/eval_bf16.py``), so compare rows in one precision; a CPU
+            without AVX512-BF16 or AMX emulates bf16 and is several times slower.
+        rows: Score only these rows, by their names in the report (``mtl-cal``, ``meta:fomaml@ft``,
+            ``icl``): a comparison that needs one row of a trained run's family (the row chosen on
+            meta-val) pays for that row alone. ``None`` (the default): every row ``methods`` give.
+            Fine-tuning's budget is still chosen when ``finetune`` is among the methods (``@ft`` rows
+            take it). A name no row has is refused before anything is measured, listing the rows.
     """
 
     shots: list[int] = dataclasses.field(default_factory=lambda: [4])
@@ -140,6 +146,7 @@ class EvalConfig:
     shared_work: bool = True
     cost_episodes: int = 0
     autocast: Literal["float32", "bf16"] = "float32"
+    rows: list[str] | None = None
 
     def __post_init__(self) -> None:
         known = known_methods()
@@ -157,6 +164,9 @@ class EvalConfig:
             raise ConfigError("cost_episodes", f"must be >= 0 (0: not measured), got {self.cost_episodes}")
         if self.autocast not in ("float32", "bf16"):
             raise ConfigError("autocast", f"must be float32 or bf16, got {self.autocast!r}")
+        if self.rows is not None and (not self.rows or not all(isinstance(r, str) and r for r in self.rows)):
+            raise ConfigError("rows", f"name at least one row by its report name (or null: every row), "
+                                      f"got {self.rows!r}")
         if self.ways < 2:
             raise ConfigError("ways", f"must be >= 2, got {self.ways}")
         bad = [o for o in self.finetune_optimizers if o not in ("sgd", "adam")]

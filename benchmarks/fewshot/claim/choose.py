@@ -1,13 +1,16 @@
 """The claim study's choices on meta-val, as code (benchmarks/fewshot/claim/PLAN.md, written before any
 candidate was trained): each candidate's checkpoint, then the row designated per shot count.
 
-Reads each candidate's learning-curve points, `metalm eval` JSONs on the bench split's meta-val tasks
-at 4 and 16 shots written by `benchmarks/fewshot/claim/curves.sh` as
-``benchmarks/results/claim/NAME.step-NNNNNNN.json``; a candidate is named by its run folder
+Reads each candidate's learning-curve points, `metalm eval` JSONs on the pool split's meta-val tasks
+written by `benchmarks/fewshot/claim/curves.sh` as ``benchmarks/results/claim/NAME.step-NNNNNNN.json``
+(and ``.final.json`` for the chosen checkpoint); a candidate is named by its run folder
 ``runs/long-NAME``. Rules:
 
 * a candidate's checkpoint is the step whose best trained row has the highest meta-val macro accuracy
-  at 16 shots; a tie (equal to 3 decimals) goes to the later step;
+  at 16 shots; a tie (equal to 3 decimals) goes to the later step; the chosen checkpoint is then scored
+  at 4 and 16 shots (``NAME.step-N.final.json``: curve points score 16 shots only, PLAN.md 2026-12-06);
+* each candidate is compared on the held-out tasks with its best row at each shot count (a tie to 3
+  decimals: the row listed first; 1 shot: the 4-shot row);
 * per shot count (16, 4), the designated row is the trained row with the highest meta-val macro
   accuracy at that shot count among all candidates' rows at their chosen checkpoints (a tie goes to
   the candidate listed first, in the PLAN's order); 1 shot takes the 4-shot choice (meta-val is not
@@ -20,6 +23,7 @@ difference excludes zero, else the cheaper per step in the study's cost file (on
 
     python benchmarks/fewshot/claim/choose.py pilot benchmarks/results/claim/pilot.json \
         --fomaml meta:fomaml@ft --reptile meta:reptile@ft
+    python benchmarks/fewshot/claim/choose.py step runs/long-multitask   # the checkpoint rule alone
     python benchmarks/fewshot/claim/choose.py runs/long-channel_metaicl runs/long-multitask ... \
         --json benchmarks/results/claim_selection.json
     # after the comparison ran on the chosen checkpoints (in the same order): its "designated" field
@@ -94,23 +98,60 @@ def curve(run: Path, folder: Path = CURVES) -> dict[int, dict[str, Any]]:
     return points
 
 
+def final(run: Path, step: int, points: dict[int, dict[str, Any]], label: str, folder: Path = CURVES
+          ) -> dict[str, Any]:
+    """The chosen checkpoint scored at 4 and 16 shots: ``NAME.step-N.final.json`` (PLAN.md, 2026-12-06: curve
+    points score 16 shots only), or the curve point itself where it holds both shot counts."""
+    path = folder / f"{run.name.removeprefix('long-')}.step-{step:07d}.final.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    rows = set(trained_rows(points[step], label))
+    if {r["shots"] for r in points[step]["macro"] if r["method"] in rows} >= set(SHOTS):
+        return points[step]
+    raise SystemExit(f"{path} is not written: score the chosen checkpoint at 4 and 16 shots "
+                     f"(FINAL={step} bash benchmarks/fewshot/claim/curves.sh {run})")
+
+
+def chosen_step(run: Path, folder: Path = CURVES) -> int:
+    """The checkpoint rule on ``run``'s curve points: the best trained row's 16-shot meta-val macro."""
+    config = load_train_config(run / "config.yaml")
+    label = _labels([str(run)], [config], [run_kind(config)])[0]  # its rows' name evaluated alone
+    points = curve(run, folder)
+    best = {}
+    for step, rep in sorted(points.items()):
+        rows = trained_rows(rep, label)
+        if not rows:
+            raise SystemExit(f"{run}: the curve point of step {step} has no row of {label!r}")
+        best[step] = max(macro(rep, row, 16) for row in rows)
+    return choose_step(best)
+
+
+def best_row(accs: dict[str, dict[int, float]], shots: int) -> str:
+    """A candidate's row with the highest meta-val macro at ``shots``; a tie to 3 decimals goes to the row
+    listed first (the report's order)."""
+    top = max(round(a[shots], 3) for a in accs.values())
+    return next(row for row, a in accs.items() if round(a[shots], 3) == top)
+
+
 def select(runs: list[Path], folder: Path = CURVES) -> dict[str, Any]:
-    """The selection record: each candidate's curve, chosen step and checkpoint, and the designated rows."""
+    """The selection record: each candidate's curve (16 shots), chosen step and checkpoint, its rows at that
+    checkpoint (4 and 16 shots), the row it is compared with per shot count, and the designated rows."""
     out: dict[str, Any] = {"rule": __doc__.split("Rules:")[1].split("    python")[0].strip(), "candidates": {}}
     chosen: dict[str, dict[str, dict[int, float]]] = {}
     for run in runs:
         config = load_train_config(run / "config.yaml")
-        label = _labels([str(run)], [config], [run_kind(config)])[0]  # its rows' name evaluated alone
+        label = _labels([str(run)], [config], [run_kind(config)])[0]
         points = curve(run, folder)
-        table = {step: {row: {k: macro(rep, row, k) for k in SHOTS} for row in trained_rows(rep, label)}
-                 for step, rep in sorted(points.items())}
-        if not all(table.values()):
-            raise SystemExit(f"{run}: a curve point has no row of {label!r}")
-        step = choose_step({s: max(a[16] for a in rows.values()) for s, rows in table.items()})
-        chosen[str(run)] = table[step]
-        out["candidates"][str(run)] = {"label": label, "chosen_step": step,
-                                       "checkpoint": str(run / "checkpoints" / f"step-{step:07d}"),
-                                       "curve": {str(s): rows for s, rows in table.items()}}
+        step = chosen_step(run, folder)
+        rep = final(run, step, points, label, folder)
+        chosen[str(run)] = {row: {k: macro(rep, row, k) for k in SHOTS} for row in trained_rows(rep, label)}
+        compared = {str(k): best_row(chosen[str(run)], k) for k in SHOTS}
+        compared["1"] = compared["4"]
+        out["candidates"][str(run)] = {
+            "label": label, "chosen_step": step, "checkpoint": str(run / "checkpoints" / f"step-{step:07d}"),
+            "curve": {str(s): {row: macro(r, row, 16) for row in trained_rows(r, label)}
+                      for s, r in sorted(points.items())},
+            "rows": chosen[str(run)], "compared": compared}
     out["designated"] = designate(chosen)
     return out
 
@@ -157,6 +198,13 @@ def pilot(report: dict[str, Any], fomaml: str, reptile: str, shots: int = 4, che
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["step"]:
+        parser = argparse.ArgumentParser(description="the checkpoint rule on one candidate's curve points")
+        parser.add_argument("run", type=Path)
+        parser.add_argument("--curves", type=Path, default=CURVES)
+        args = parser.parse_args(argv[1:])
+        print(chosen_step(args.run, args.curves))
+        return 0
     if argv[:1] == ["pilot"]:
         parser = argparse.ArgumentParser(description="the pilot's choice: FOMAML or Reptile")
         parser.add_argument("report", type=Path)

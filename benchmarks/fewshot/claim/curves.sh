@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Learning-curve points of one claim candidate (benchmarks/fewshot/claim/PLAN.md): each of its checkpoints
-# of steps 500, 1000, 1500 and 2000 written so far (STEPS), scored on the pool split's meta-val tasks at 4
-# and 16 shots (10 episodes x 3 seeds: protocol bench_pool's; PROTOCOL names another), its own rows and
-# fine-tuning (whose budget its @ft rows take). One niced process on THREADS threads (default 1); resumable: a point already written is
+# Learning-curve points of one claim candidate (benchmarks/fewshot/claim/PLAN.md, 2026-12-06): its checkpoints
+# at the chosen rung's points (every S/P steps; STEPS names others) scored on the rung's meta-val tasks at
+# 16 shots with its units (benchmarks/results/claim_sizing.json, written by sizing.py), its own rows with
+# their calibrated twins, and fine-tuning (whose budget its @ft rows take); FINAL=STEP scores the chosen
+# checkpoint at 4 and 16 shots instead (NAME.step-N.final.json). Protocol bench_pool (PROTOCOL names
+# another). One niced process on THREADS threads (default 1); resumable: a point already written is
 # skipped, a point in progress resumes from its journal (one episode at a time).
 #
 #   bash benchmarks/fewshot/claim/curves.sh runs/long-multitask
-#   STEPS=200 CURVES=/tmp/c bash benchmarks/fewshot/claim/curves.sh runs/long-hyperlora --tasks clinc150.banking episodes=1
+#   FINAL=$(python benchmarks/fewshot/claim/choose.py step runs/long-multitask) \
+#     bash benchmarks/fewshot/claim/curves.sh runs/long-multitask
+#   SIZING=none STEPS=200 CURVES=/tmp/c bash benchmarks/fewshot/claim/curves.sh runs/long-hyperlora --tasks clinc150.banking
 #   python benchmarks/fewshot/claim/choose.py runs/long-channel_metaicl runs/long-multitask ... --json ...
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -14,22 +18,37 @@ RUN=${1:?usage: curves.sh runs/long-NAME [metalm eval options]}
 shift
 BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
-STEPS=${STEPS:-500 1000 1500 2000}
 NAME=$(basename "$RUN")
 NAME=${NAME#long-}
 KIND=$($BIN/python benchmarks/fewshot/run_kind.py "$RUN")  # its rows: meta, mtl, hyper or library
 PROTOCOL=${PROTOCOL:-bench_pool}
+SIZING=${SIZING:-benchmarks/results/claim_sizing.json}
+RUNG=()
+if [ "$SIZING" != none ]; then
+  [ -f "$SIZING" ] || { echo "curves.sh: $SIZING is not written: run sizing.py first (PLAN.md)" >&2; exit 2; }
+  # the rung: steps of its points, then the eval options (units: 10 episodes per seed; its meta-val tasks)
+  read -r POINTS TASKS SEEDS < <($BIN/python -c "
+import json, sys
+d = json.load(open(sys.argv[1])); r = d['chosen']
+print(' '.join(str(r['steps'] * i // r['points']) for i in range(1, r['points'] + 1)).replace(' ', ','),
+      ','.join(d['meta_val_tasks']), r['curve_units'] // 10)" "$SIZING")
+  STEPS=${STEPS:-${POINTS//,/ }}
+  RUNG=(--tasks "$TASKS" --seeds "$SEEDS")
+fi
+STEPS=${STEPS:-500 1000 1500 2000}
 # Fine-tuning's budget as the baseline job chose it on meta-val (a grid of one: the @ft rows adapt with it);
 # FT set (even empty) replaces it.
 FT=${FT-$($BIN/python benchmarks/fewshot/claim/ft_budget.py)}
 CURVES=${CURVES:-benchmarks/results/claim}
 mkdir -p "$CURVES"
+if [ -n "${FINAL:-}" ]; then STEPS=$FINAL; fi
 for STEP in $STEPS; do
   CKPT="$RUN/checkpoints/step-$(printf %07d "$STEP")"
-  OUT="$CURVES/$NAME.step-$(printf %07d "$STEP").json"
+  OUT="$CURVES/$NAME.step-$(printf %07d "$STEP")${FINAL:+.final}.json"
   if [ -f "$OUT" ]; then continue; fi
   if [ ! -d "$CKPT" ]; then echo "curves.sh: $CKPT not written yet" >&2; continue; fi
+  # shellcheck disable=SC2086  # FT: key=value words
   OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --run-dir "$CKPT" \
-    --protocol "$PROTOCOL" --evaluate-on meta_val --shots 4,16 --methods "finetune,$KIND" \
-    --json "$OUT" --resume --journal-every 1 --quiet cost_episodes=0 $FT "$@"  # FT: key=value words
+    --protocol "$PROTOCOL" --evaluate-on meta_val --shots "${FINAL:+4,}16" --methods "finetune,$KIND" \
+    "${RUNG[@]}" --json "$OUT" --resume --journal-every 1 --quiet cost_episodes=0 calibrate_trained=true $FT "$@"
 done

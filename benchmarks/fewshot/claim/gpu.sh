@@ -3,7 +3,8 @@
 # PLAN.md trained to its schedule one after another on the one device (bf16 autocast, as the configs
 # say), each through train_long.sh, so each run's state lands in benchmarks/runs/long-NAME and the
 # manifest (benchmarks/results/long_runs.json, benchmarks/MANIFEST.md) as on a CPU; then each run's
-# learning-curve points (curves.sh). Everything it wrote is packed into ONE archive, $OUT/claim_gpu.tar
+# learning-curve points at the sizing's rung (curves.sh) and its chosen checkpoint at 4 and 16 shots
+# (choose.py step, curves.sh FINAL=STEP). Everything it wrote is packed into ONE archive, $OUT/claim_gpu.tar
 # (paths relative to the repository root; the device tool brings back at most 8 files of 16 MiB, so an
 # archive over 15 MiB is split into claim_gpu.tar.00, .01 ...), with the log (seconds per candidate, the
 # device's name) in $OUT/claim_gpu.log. Back here: `cat claim_gpu.tar* | tar -x` in the repository root,
@@ -11,8 +12,8 @@
 # Resumable like its parts: a finished run is not trained again, a written curve point is skipped.
 #
 #   OUT=/tmp/claim-gpu bash benchmarks/fewshot/claim/gpu.sh                      # the study's candidates
-#   CONFIGS="a.yaml b.yaml" CURVE_STEPS="2" TRAIN_ARGS="device=cpu" CURVE_ARGS="--shots 2" FT="" \
-#     OUT=/tmp/g bash benchmarks/fewshot/claim/gpu.sh                            # its CPU test, at a tiny size
+#   CONFIGS="a.yaml b.yaml" CURVE_STEPS="2" TRAIN_ARGS="device=cpu" CURVE_ARGS="--shots 2" FT="" SIZING=none \
+#     FINALS=0 OUT=/tmp/g bash benchmarks/fewshot/claim/gpu.sh                   # its CPU test, at a tiny size
 #
 # Needs the model in METALM_HOME and metalm importable by $BIN/python (on the device: PLAN.md, "A GPU").
 set -euo pipefail
@@ -44,8 +45,11 @@ for R in "${RUNS[@]}"; do
   [ -f "$R/config.yaml" ] || continue
   START=$SECONDS
   # shellcheck disable=SC2086  # CURVE_ARGS: more metalm eval options
-  STEPS=${CURVE_STEPS:-500 1000 1500 2000} bash $CLAIM/curves.sh "$R" ${CURVE_ARGS:-} >> "$LOG" 2>&1 \
-    || say "$R: curve points failed"
+  STEPS=${CURVE_STEPS:-} bash $CLAIM/curves.sh "$R" ${CURVE_ARGS:-} >> "$LOG" 2>&1 || say "$R: curve points failed"
+  if [ "${FINALS:-1}" = 1 ]; then  # the chosen checkpoint at 4 and 16 shots (PLAN.md: choose.py's rule)
+    CHOSEN=$($BIN/python $CLAIM/choose.py step "$R" --curves "${CURVES:-benchmarks/results/claim}" 2>> "$LOG") \
+      && FINAL=$CHOSEN bash $CLAIM/curves.sh "$R" ${CURVE_ARGS:-} >> "$LOG" 2>&1 || say "$R: the final scoring failed"
+  fi
   say "$R: curve points in $((SECONDS - START)) s"
 done
 # What it wrote (the defaults: repository paths; the test points LONG_RUNS_* and CURVES elsewhere).
