@@ -130,7 +130,7 @@ def test_sizing_by_hand():
     costs = {"rows": {f"{c}/4": {"seconds_mean": v} for c, v in step.items()},
              "eval": {f"{c}/{shots}": {"seconds_per_episode": e[i]} for c, e in per_episode.items()
                       for i, shots in enumerate((4, 16))},
-             "row_eval": {f"{c}/{shots}": {"seconds_per_episode": {"row": e[i], "cheap": 0.1}}
+             "row_eval": {f"{c}/{shots}": {"seconds_per_episode": {"row": e[i], "cheap": 0.1, "finetune": 99}}
                           for c, e in alone.items() for i, shots in enumerate((4, 16))}}
     hours = s.size(costs, ["a", "fomaml", "reptile"], s.Rung(100, 2, 10, 2), test_tasks=3)
     # training: a 10 x 100, the dearer arm (fomaml) 20 x 100, reptile's pilot 10 x 15
@@ -139,7 +139,8 @@ def test_sizing_by_hand():
     # a and fomaml: 2 points at 16 shots, then the chosen checkpoint at 4 and 16; 2 tasks, 10 units
     assert hours["curves"] * 3600 == pytest.approx(((2 * 2 + 1 + 2) + (4 * 2 + 3 + 4)) * 2 * 10)
     assert hours["pool_curve"] * 3600 == pytest.approx(2 * (2000 + 4 * 2 * 10))  # fomaml is the dearest
-    # one row per candidate and shot count (its dearest alone), 1 shot at 4 shots' cost; 3 tasks, 30 units
+    # one row per candidate and shot count (its dearest alone; fine-tuning, a baseline, is not scored again),
+    # 1 shot at 4 shots' cost; 3 tasks, 30 units
     assert hours["comparison"] * 3600 == pytest.approx(((2 * 0.5 + 1) + (2 * 1 + 2)) * 3 * 30)
     assert hours["total"] * 3600 == pytest.approx(8530)
     chosen, table = s.choose(costs, ["a", "fomaml", "reptile"], 3, budget=1e9)
