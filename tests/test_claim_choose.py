@@ -10,12 +10,12 @@ import yaml
 from .data.fixtures import make_world
 
 
-def load():
-    """The script as a module (loaded by path: benchmarks/ is not a package)."""
+def load(script: str = "choose"):
+    """A claim script as a module (loaded by path: benchmarks/ is not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot" / "claim" / "choose.py"
-    spec = importlib.util.spec_from_file_location("claim_choose", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot" / "claim" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"claim_{script}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -111,19 +111,9 @@ def test_the_cheaper_arm_from_the_cost_file(tmp_path):
         s.cheaper_arm(costs)
 
 
-def load_sizing():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot" / "claim" / "sizing.py"
-    spec = importlib.util.spec_from_file_location("claim_sizing", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sizing_by_hand():
     """The study's size (PLAN.md, 2026-12-06) on costs whose total is worked out by hand."""
-    s = load_sizing()
+    s = load("sizing")
     step = {"a": 10, "fomaml": 20, "reptile": 10}
     per_episode = {"a": (1, 2), "fomaml": (3, 4), "reptile": (1, 1)}  # all of a candidate's rows together
     alone = {"a": (0.5, 1), "fomaml": (1, 2), "reptile": (0.5, 0.5)}  # its dearest row on its own
@@ -152,7 +142,7 @@ def test_sizing_by_hand():
 
 
 def test_the_meta_val_subset_keeps_each_familys_share():
-    s = load_sizing()
+    s = load("sizing")
     family = {"s1": "syntax", "s2": "syntax", "s3": "syntax", "m1": "semantics", "m2": "semantics"}
     tasks = ["m1", "m2", "s1", "s2", "s3"]
     assert s.val_subset(tasks, family, 4) == ["m1", "s1", "m2", "s2"]  # families in turn, by name
