@@ -140,10 +140,13 @@ def journaled_values(config: EvalConfig) -> dict[str, Any]:
     """The :class:`EvalConfig` values a journal's figures depend on: all but the seeds and methods (blocks
     are keyed by seed and hold a list per method, so a journal of more serves a run of fewer: a study
     stopped early, or narrowed) and the costs' episodes (measured apart from the accuracies). The
-    precision is named only when it is not float32, so journals begun before it existed resume."""
+    precision is named only when it is not float32, and ``rows`` only when it narrows them, so journals
+    begun before either existed resume."""
     values = {k: v for k, v in to_dict(config).items() if k not in ("seeds", "methods", "cost_episodes")}
     if values.get("autocast") == "float32":
         del values["autocast"]
+    if values.get("rows", ()) is None:
+        del values["rows"]
     return values
 
 
@@ -152,10 +155,10 @@ def check_reference(config: EvalConfig, harness: Harness, rows: RunRows | None) 
     naming the rows (:class:`ConfigError`), before any is measured; with runs measured on models of their
     own (their rows named once they are loaded) the report's summary checks it
     (:func:`~metalm.eval.summary.summarize`)."""
-    evaluated = list(harness.rows(any_budget=True))  # before fine-tuning's budget is chosen
+    every = list(harness.rows(any_budget=True, every=True))  # before fine-tuning's budget is chosen
+    evaluated = [r for r in every if config.rows is None or r in config.rows]
     if config.reference is not None and config.reference not in evaluated and not (rows and rows.separate):
         raise ConfigError("--reference", f"{config.reference!r} is not evaluated (evaluated: {', '.join(evaluated)})")
-    every = list(harness.rows(any_budget=True, every=True))
     unknown = [r for r in config.rows or [] if r not in every]
     if unknown and not (rows and rows.separate):
         raise ConfigError("rows", f"no row is named {unknown[0]!r} (the rows: {', '.join(every)})")
