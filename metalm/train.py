@@ -50,7 +50,7 @@ from .runtime.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .runtime.environment import cpu_has_bf16
+from .runtime.environment import warn_if_emulated_bf16
 from .runtime.files import trim_to_step, write_atomic
 from .runtime.longrun import Interrupted, RunLock, StopSignals, signal_name
 from .sharding import full, parameter_bytes, shard_model, shard_optimizer_state
@@ -92,10 +92,8 @@ class MetaTrainer:
         self.ctx = distributed.init(config.device)
         cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda", self.ctx.local_rank) if cuda else torch.device("cpu")
-        if config.autocast == "bf16" and self.device.type == "cpu" and cpu_has_bf16() is False:
-            warnings.warn("autocast: bf16 on a CPU without AVX512-BF16 or AMX, where bf16 products are emulated: "
-                          "a training step takes several times float32's (3.7-4.6x measured on SmolLM2); "
-                          "autocast: auto trains in float32 on a CPU and in bf16 on a GPU", stacklevel=2)
+        if config.autocast == "bf16":
+            warn_if_emulated_bf16(self.device.type, "training")
         self.registry = registry or build_registry(config)
         self.train_tasks, self.val_tasks, self.heldout = task_lists(config, self.registry)
         self.tokenizer, self.model, self.selection, self.algorithm = build_model(

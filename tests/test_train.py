@@ -322,7 +322,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_warned(tmp_path, monkeypatch
     start; a CPU with them, ``auto`` and ``float32`` are not. The flag is read from /proc/cpuinfo."""
     import warnings
 
-    import metalm.train as train_module
+    import metalm.runtime.environment as environment
     from metalm.runtime.environment import cpu_has_bf16
 
     info = tmp_path / "cpuinfo"
@@ -335,7 +335,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_warned(tmp_path, monkeypatch
                                  ("auto", False, False)):
         world = make_world(tmp_path / f"{mode}{native}", max_steps=1, autocast=mode, device="cpu")
         monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
-        monkeypatch.setattr(train_module, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(environment, "cpu_has_bf16", lambda native=native: native)
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             MetaTrainer(load_train_config(world["config"]), tmp_path / f"{mode}{native}" / "run")

@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..inner import UpdateRule, adapt_trajectory
 from ..losses import cache_prefix, prepare_batch, split_by_length
 from ..runtime.distributed import current, map_sharded
+from ..runtime.environment import warn_if_emulated_bf16
 from .blocks import Block, journaled_block
 from .budgets import inner_steps_sweep
 from .cost import AdaptationCost
@@ -99,6 +100,8 @@ class Harness:
         self.layer = prefix_layer
         self.prefix_layer = prefix_layer if config.shared_work else None  # queries' frozen layers reused
         self.device = next(model.parameters()).device
+        if config.autocast == "bf16":
+            warn_if_emulated_bf16(self.device.type, "evaluation")
         #: Drawn episodes by (task, shots, seed, salt, count): drawn once, shared with harnesses given it.
         self.episode_cache = {} if episode_cache is None else episode_cache
         self.cost = AdaptationCost(model)  # seconds and forward tokens of each adapted row, per new task
