@@ -35,6 +35,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from metalm.run import load_train_config, run_kind
+from metalm.runtime.files import write_atomic
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 CANDIDATES = ["multitask", "fomaml", "reptile", "fomaml_icl", "channel_metaicl", "metaicl_direct", "hyperlora",
@@ -49,10 +52,15 @@ def config_path(name: str) -> Path:
     return HERE / f"{name}.yaml" if "/" not in name and not name.endswith(".yaml") else Path(name).resolve()
 
 
+def run_folder(runs: Path, name: str, shots: int | str, extra: tuple[str, ...] = ()) -> Path:
+    """Where one candidate trains at ``shots`` with the overrides ``extra``."""
+    return runs / "-".join([config_path(name).stem, str(shots), *(e.replace("=", "_") for e in extra)])
+
+
 def measure(name: str, shots: int, steps: int, runs: Path, extra: tuple[str, ...] = ()) -> dict:
     """Train ``steps`` outer steps of one candidate at ``shots`` (``extra``: more key=value overrides, e.g.
     ``autocast=bf16``); seconds and tokens per step (step 1 dropped)."""
-    run_dir = runs / "-".join([config_path(name).stem, str(shots), *(e.replace("=", "_") for e in extra)])
+    run_dir = run_folder(runs, name, shots, extra)
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [f"sampler.shots={shots}", "checkpoint_every=1000", *extra]
     if name in IN_CONTEXT:
@@ -78,8 +86,7 @@ def measure_eval(name: str, run_dir: Path, shots: int, protocol: str, tasks: str
     ``per_row``: instead, what one episode costs each row on its own (``cost_episodes: 1``: adapting and
     scoring with nothing shared), the cost of scoring a single chosen row."""
     bin_dir = Path(sys.executable).parent
-    kind = subprocess.run([str(bin_dir / "python"), str(HERE.parent / "run_kind.py"), str(run_dir)], check=True,
-                          capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    kind = run_kind(load_train_config(run_dir / "config.yaml"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "eval.json"
         cmd = [str(bin_dir / "metalm"), "eval", "--run-dir", str(run_dir), "--protocol", protocol, "--evaluate-on",
@@ -102,9 +109,7 @@ def measure_eval(name: str, run_dir: Path, shots: int, protocol: str, tasks: str
 
 
 def save(result: dict, out: Path) -> None:
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(result, indent=1) + "\n")
 
 
 def main() -> None:
@@ -142,8 +147,7 @@ def main() -> None:
             section = "row_eval" if args.per_row else "eval"
             if key in result.setdefault(section, {}):
                 continue
-            trained = [config_path(name).stem, first, *(kv.replace("=", "_") for kv in args.set)]
-            run_dir = Path(args.runs) / "-".join(trained)
+            run_dir = run_folder(Path(args.runs), name, first, tuple(args.set))
             result[section][key] = measure_eval(name, run_dir, shots, args.protocol, args.eval_tasks, args.per_row)
             print(section, key, json.dumps(result[section][key]), flush=True)
             save(result, out)
