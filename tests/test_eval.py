@@ -572,6 +572,29 @@ def test_paired_interval_holds_a_known_difference_and_is_narrower():
     assert win["diff"] == pytest.approx(0.125 / 3 / 24) and "not separated" in format_winner(tied)
 
 
+def test_grouped_means_match_a_hand_calculation():
+    """Per-type means from ``per_episode``: each unit is the mean over the group's tasks of one episode
+    (hand-computed here from the raw lists); one group holding every task gives the macro row back."""
+    from metalm.eval.summary import format_grouped, grouped, summarize
+
+    data = {("icl", "a", 1): [[1.0, 0.5], [0.0, 1.0]], ("icl", "b", 1): [[0.5, 0.5], [1.0, 0.0]],
+            ("icl", "c", 1): [[0.0, 0.25], [0.75, 1.0]]}
+    tasks = ["a", "b", "c"]
+    report = {**summarize(data, tasks, [1], chance={t: 0.5 for t in tasks}, majority={t: 0.5 for t in tasks},
+                          seeds=[1, 2], baselines=["icl"]), "tasks": tasks}
+    rows = {r["group"]: r for r in grouped(report, {"a": "x", "b": "x", "c": "y"})}
+    units_x = [(1.0 + 0.5) / 2, (0.5 + 0.5) / 2, (0.0 + 1.0) / 2, (1.0 + 0.0) / 2]
+    assert rows["x"]["accuracy"] == pytest.approx(sum(units_x) / 4) and rows["x"]["tasks"] == 2
+    assert rows["x"]["ci95"] == pytest.approx(mean_ci95(units_x)[1])
+    assert rows["y"]["accuracy"] == pytest.approx(0.5) and rows["y"]["tasks"] == 1
+    (whole,) = grouped(report, dict.fromkeys(tasks, "all"))
+    (macro,) = report["macro"]
+    assert (whole["accuracy"], whole["ci95"]) == pytest.approx((macro["accuracy"], macro["ci95"]))
+    assert "| x (2) | icl | 0.562 ± " in format_grouped(grouped(report, {"a": "x", "b": "x", "c": "y"}))
+    with pytest.raises(ConfigError, match="no group for 1 task"):
+        grouped(report, {"a": "x", "b": "x"})
+
+
 def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):
     from metalm.eval.journal import Journal
 

@@ -163,3 +163,49 @@ def format_winner(report: Mapping[str, Any]) -> str:
         lines.append(f"{w['shots']}-shot winner: {w['method']} ({w['accuracy']:.3f}); vs {w['runner_up']}: "
                      f"{w['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], p {w['p']:.3g}: {verdict}")
     return "\n".join(lines)
+
+
+def grouped(report: Mapping[str, Any], groups: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Per group of tasks (e.g. a task type), method and shot count: the mean and 95% t-interval over
+    units, each unit the mean over the group's tasks of one seed's episode (the macro units of
+    ``summarize`` restricted to the group), from the report's ``per_episode``.
+
+    Args:
+        report: A report of :func:`summarize` (``per_episode``, ``tasks``, ``macro``).
+        groups: Task name -> group name, for every task of the report.
+
+    Returns:
+        Rows ``{"group", "method", "shots", "tasks", "accuracy", "ci95"}``, groups sorted by name.
+
+    Raises:
+        ConfigError: If a task of the report has no group.
+    """
+    tasks = list(report["tasks"])
+    missing = [t for t in tasks if t not in groups]
+    if missing:
+        raise ConfigError("groups", f"no group for {len(missing)} task(s) of the report (first: {missing[0]})")
+    data: Measurements = {}
+    for key, by_seed in report["per_episode"].items():
+        row, task, shots = key.rsplit("|", 2)
+        data[(row, task, int(shots))] = by_seed
+    out = []
+    for group in sorted(set(groups[t] for t in tasks)):
+        members = [t for t in tasks if groups[t] == group]
+        for r in report["macro"]:
+            mean, ci = mean_ci95(_units(data, r["method"], members, r["shots"]))
+            out.append({"group": group, "method": r["method"], "shots": r["shots"], "tasks": len(members),
+                        "accuracy": mean, "ci95": ci})
+    return out
+
+
+def format_grouped(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table of :func:`grouped`: one line per group and method, one column per shot count."""
+    shots = sorted({r["shots"] for r in rows})
+    cell = {(r["group"], r["method"], r["shots"]): r for r in rows}
+    lines = ["| type (tasks) | method | " + " | ".join(f"{k}-shot" for k in shots) + " |",
+             "|---|---|" + "---|" * len(shots)]
+    for group, method in dict.fromkeys((r["group"], r["method"]) for r in rows):
+        n = cell[(group, method, shots[0])]["tasks"]
+        lines.append(f"| {group} ({n}) | {method} | " + " | ".join(
+            f"{cell[(group, method, k)]['accuracy']:.3f} ± {cell[(group, method, k)]['ci95']:.3f}" for k in shots) + " |")
+    return "\n".join(lines)
