@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The claim study's pilot (benchmarks/fewshot/claim/PLAN.md): FOMAML and Reptile trained to 15% of the
-# chosen rung's schedule (benchmarks/results/claim_sizing.json: step 45 of 300), two one-thread niced
-# processes side by side (train_long.sh: resumable, recorded in the manifest, state in benchmarks/runs/),
+# chosen rung's schedule (benchmarks/results/claim_sizing.json: step 45 of 300), one after the other in a
+# one-thread niced process (PARALLEL=1: side by side; train_long.sh: resumable, recorded in the manifest,
+# state in benchmarks/runs/),
 # then both checkpoints scored in one evaluation on the rung's meta-val tasks at 4 shots, 30 units (3 seeds
 # x 10 episodes), their rows adapted with the baseline table's fine-tuning budget and scored calibrated too,
 # and the pilot's rule applied (choose.py pilot): benchmarks/results/claim/pilot.json (the evaluation) and
@@ -23,6 +24,7 @@ for ARM in fomaml reptile; do
   if [ ! -d "runs/long-$ARM/$CKPT" ]; then
     bash benchmarks/fewshot/train_long.sh "benchmarks/fewshot/claim/$ARM.yaml" --until "$STEP" \
       > "runs/long-$ARM.log" 2>&1 &
+    [ "${PARALLEL:-0}" = 1 ] || wait $! || true  # a failed arm is caught below
   fi
 done
 wait  # both arms (a failed arm leaves its checkpoint missing: the check below stops the script)
