@@ -175,3 +175,46 @@ def test_curve_points_at_16_shots_and_the_chosen_checkpoints_final_scoring(tmp_p
                                                        "500": {"mtl": 0.61, "mtl-cal": 0.6}}
     assert c["compared"] == {"16": "mtl-cal", "4": "mtl", "1": "mtl"}
     assert selection["designated"]["16"] == {"candidate": str(run), "row": "mtl-cal"}
+
+
+def test_merge_joins_each_candidates_compared_row_on_the_tables_episodes():
+    """merge.py: each candidate one row (its compared row at each shot count), paired with the best baseline on
+    the same units (checked by hand), the table's zeroshot as the proof of the same episodes (a changed episode
+    is refused), the designated candidate and the target read from the pair."""
+    from metalm.eval import summarize
+    from metalm.eval.stats import paired
+
+    m = load("merge")
+    tasks, seeds, shots = ["a", "b"], [1, 2], [1, 4, 16]
+    zs = {t: [[0.5, 0.0], [1.0, 0.5]] for t in tasks}
+    icl = {"a": [[1.0, 0.5], [0.5, 0.5]], "b": [[0.5, 0.5], [1.0, 0.0]]}
+    data = {(row, t, k): (zs if row == "zeroshot" else icl)[t] for row in ("zeroshot", "icl") for t in tasks for k in shots}
+    table = {**summarize(data, tasks, shots, chance=dict.fromkeys(tasks, 1 / 3), majority=dict.fromkeys(tasks, 1 / 3),
+                         seeds=seeds, baselines=["zeroshot", "icl"]), "tasks": tasks}
+    mine = {"a": [[1.0, 1.0], [1.0, 0.5]], "b": [[1.0, 0.5], [1.0, 1.0]]}  # the compared row's accuracies
+
+    def compare_report(k, row):
+        per = {f"zeroshot|{t}|{k}": zs[t] for t in tasks} | {f"{row}|{t}|{k}": mine[t] for t in tasks}
+        return {"tasks": tasks, "seeds": {"seeds": seeds}, "per_episode": per,
+                "episode_cost": {row: {str(k): {"seconds": 1.0, "forward_tokens": 10, "episodes": 2}}}}
+
+    selection = {"candidates": {"runs/long-multitask": {"compared": {"1": "mtl-cal", "4": "mtl-cal", "16": "mtl@ft"}}},
+                 "designated": {k: {"candidate": "runs/long-multitask", "row": "x"} for k in ("1", "4", "16")}}
+    reports = {("multitask", k): compare_report(k, "mtl@ft" if k == 16 else "mtl-cal") for k in shots}
+    out = m.merge(table, selection, reports, {"a": "t1", "b": "t2"})
+    assert out["compared"] == {"multitask": {"1": "mtl-cal", "4": "mtl-cal", "16": "mtl@ft"}}
+    assert out["per_episode"]["multitask|b|16"] == mine["b"] and out["reference"]["16"] == "icl"
+    units = lambda acc: [(acc["a"][s][e] + acc["b"][s][e]) / 2 for s in range(2) for e in range(2)]  # noqa: E731
+    (pair,) = [p for p in out["paired"] if p["task"] == "macro" and p["shots"] == 16 and p["method"] == "multitask"]
+    hand = paired(units(mine), units(icl))
+    assert pair["diff"] == pytest.approx(hand["diff"]) == pytest.approx(0.3125) and pair["ci95"] == pytest.approx(hand["ci95"])
+    t = out["target"]
+    assert (t["designated"], t["reference"], t["diff"]) == ("multitask", "icl", pytest.approx(0.3125))
+    assert t["met"] == (0.3125 - hand["ci95"] > 0)
+    assert out["episode_cost"]["multitask"]["16"]["seconds"] == 1.0 and {r["group"] for r in out["per_type"]} == {"t1", "t2"}
+    reports[("multitask", 4)]["per_episode"]["zeroshot|b|4"] = [[0.5, 0.0], [1.0, 1.0]]  # one episode changed
+    with pytest.raises(SystemExit, match="multitask at 4 shots: zeroshot on b differs"):
+        m.merge(table, selection, reports)
+    del reports[("multitask", 4)]
+    with pytest.raises(SystemExit, match="multitask at 4 shots: no report"):
+        m.merge(table, selection, reports)
