@@ -16,7 +16,7 @@ written by `benchmarks/fewshot/claim/curves.sh` as ``benchmarks/results/claim/NA
   the candidate listed first, in the PLAN's order); 1 shot takes the 4-shot choice (meta-val is not
   scored at 1 shot).
 
-The pilot's rule (FOMAML or Reptile, both at step 300, scored in one evaluation on meta-val at 4
+The pilot's rule (FOMAML or Reptile, both at 15% of the schedule, scored in one evaluation on meta-val at 4
 shots): the higher macro accuracy of their @ft rows goes on if the paired 95% interval of the
 difference excludes zero, else the cheaper per step in the study's cost file (on the pool split,
 ``benchmarks/results/claim_pool_cost.json``: FOMAML, 7.5 s against Reptile's 7.8; on BIG-bench it was Reptile).
@@ -26,9 +26,7 @@ difference excludes zero, else the cheaper per step in the study's cost file (on
     python benchmarks/fewshot/claim/choose.py step runs/long-multitask   # the checkpoint rule alone
     python benchmarks/fewshot/claim/choose.py runs/long-channel_metaicl runs/long-multitask ... \
         --json benchmarks/results/claim_selection.json
-    # after the comparison ran on the chosen checkpoints (in the same order): its "designated" field
-    python benchmarks/fewshot/claim/choose.py runs/long-channel_metaicl runs/long-multitask ... \
-        --into benchmarks/results/claim.json
+    # then compare.sh scores each candidate's compared rows and merge.py writes claim.json with "designated"
 """
 
 from __future__ import annotations
@@ -156,18 +154,6 @@ def select(runs: list[Path], folder: Path = CURVES) -> dict[str, Any]:
     return out
 
 
-def comparison_rows(selection: dict[str, Any], runs: list[Path]) -> dict[str, str]:
-    """The designated rows under the names the comparison gave them (its runs in the order of ``runs``)."""
-    configs = [load_train_config(r / "config.yaml") for r in runs]
-    labels = dict(zip(map(str, runs), _labels(list(map(str, runs)), configs, [run_kind(c) for c in configs]),
-                      strict=True))
-    out = {}
-    for k, d in selection["designated"].items():
-        alone = selection["candidates"][d["candidate"]]["label"]
-        out[k] = labels[d["candidate"]] + d["row"][len(alone):]
-    return out
-
-
 def cheaper_arm(costs: Path = COSTS) -> str:
     """The pilot arm with fewer seconds per training step in the study's cost file (``fomaml``/``reptile``)."""
     rows = json.loads(costs.read_text(encoding="utf-8"))["rows"]
@@ -218,22 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="the candidates' run folders, in the PLAN's order")
     parser.add_argument("--json", type=Path, help="write the selection here")
-    parser.add_argument("--into", type=Path, help="the comparison's JSON: its \"designated\" field is written")
     parser.add_argument("--curves", type=Path, default=CURVES, help="where the curve points are")
     args = parser.parse_args(argv)
     selection = select(args.runs, args.curves)
     for run, c in selection["candidates"].items():
         print(f"{run}: step {c['chosen_step']} ({', '.join(map(str, c['curve']))} scored)", file=sys.stderr)
     if args.json:
-        args.json.write_text(json.dumps(selection, indent=1) + "\n", encoding="utf-8")
-    if args.into:
-        report = json.loads(args.into.read_text(encoding="utf-8"))
-        named = comparison_rows(selection, args.runs)
-        missing = [row for row in named.values() if row not in {r["method"] for r in report["macro"]}]
-        if missing:
-            raise SystemExit(f"{args.into} has no row {missing[0]!r}: were the runs listed in the comparison's order?")
-        report["designated"] = named
-        write_atomic(args.into, json.dumps(report, indent=1))  # the comparison's file: never half-written
+        write_atomic(args.json, json.dumps(selection, indent=1) + "\n")
     print(json.dumps(selection["designated"]))
     return 0
 
