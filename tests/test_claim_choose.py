@@ -171,7 +171,7 @@ def test_curve_points_at_16_shots_and_the_chosen_checkpoints_final_scoring(tmp_p
     assert selection["designated"]["16"] == {"candidate": str(run), "row": "mtl-cal"}
 
 
-def test_merge_joins_each_candidates_compared_row_on_the_tables_episodes():
+def test_merge_joins_each_candidates_compared_row_on_the_tables_episodes(tmp_path):
     """merge.py: each candidate one row (its compared row at each shot count), paired with the best baseline on
     the same units (checked by hand), the table's zeroshot as the proof of the same episodes (a changed episode
     is refused), the designated candidate and the target read from the pair."""
@@ -206,6 +206,11 @@ def test_merge_joins_each_candidates_compared_row_on_the_tables_episodes():
     assert (t["designated"], t["reference"], t["diff"]) == ("multitask", "icl", pytest.approx(0.3125))
     assert t["met"] == (0.3125 - hand["ci95"] > 0)
     assert out["episode_cost"]["multitask"]["16"]["seconds"] == 1.0 and {r["group"] for r in out["per_type"]} == {"t1", "t2"}
+    from metalm.report import write_report
+
+    (tmp_path / "claim.json").write_text(json.dumps(out))  # `metalm report` reads it: the Pareto plot included
+    md = write_report(tmp_path / "claim.json").read_text()
+    assert "| multitask | 16 |" in md and (tmp_path / "claim_report" / "accuracy_vs_cost.png").is_file()
     reports[("multitask", 4)]["per_episode"]["zeroshot|b|4"] = [[0.5, 0.0], [1.0, 1.0]]  # one episode changed
     with pytest.raises(SystemExit, match="multitask at 4 shots: zeroshot on b differs"):
         m.merge(table, selection, reports)
