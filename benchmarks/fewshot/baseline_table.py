@@ -48,12 +48,14 @@ def per_task_table(report: dict[str, Any], types: dict[str, str]) -> str:
     acc = {(r["method"], r["task"], r["shots"]): r["accuracy"] for r in report["results"]}
     rows = list(dict.fromkeys(r["method"] for r in report["results"]))
     shots = sorted({r["shots"] for r in report["results"]})
-    lines = ["| task | type | shots | " + " | ".join(rows) + " | chance |", "|---|---|---|" + "---|" * (len(rows) + 1)]
+    lines = ["| task | type | shots | " + " | ".join(rows) + " | chance |",
+             "|---|---|---|" + "---|" * (len(rows) + 1)]
     for task in report["tasks"]:
         for k in shots:
             best = max(rows, key=lambda r: acc[(r, task, k)])
             cells = [f"**{acc[(r, task, k)]:.3f}**" if r == best else f"{acc[(r, task, k)]:.3f}" for r in rows]
-            lines.append(f"| {task} | {types[task]} | {k} | " + " | ".join(cells) + f" | {report['chance'][task]:.3f} |")
+            chance = report["chance"][task]
+            lines.append(f"| {task} | {types[task]} | {k} | " + " | ".join(cells) + f" | {chance:.3f} |")
     return "\n".join(lines)
 
 

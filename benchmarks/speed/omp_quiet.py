@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = {}
     for name, env in MODES.items():
-        clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         done = subprocess.run([sys.executable, "-c", PROBE.format(repeats=args.repeats)], env={**clean, **env},
                               capture_output=True, text=True, check=True)
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from metalm.runtime.files import write_atomic
 
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+        info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+                   platform.processor())
         write_atomic(args.json, json.dumps({"what": "seconds per SmolLM2-135M forward, batch 16 x 200 tokens, no grad",
                                             "command": "python benchmarks/speed/omp_quiet.py", "cpu": cpu,
                                             "cores": os.cpu_count(), "rows": rows}, indent=1) + "\n")

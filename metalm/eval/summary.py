@@ -206,6 +206,6 @@ def format_grouped(rows: Sequence[Mapping[str, Any]]) -> str:
              "|---|---|" + "---|" * len(shots)]
     for group, method in dict.fromkeys((r["group"], r["method"]) for r in rows):
         n = cell[(group, method, shots[0])]["tasks"]
-        lines.append(f"| {group} ({n}) | {method} | " + " | ".join(
-            f"{cell[(group, method, k)]['accuracy']:.3f} ± {cell[(group, method, k)]['ci95']:.3f}" for k in shots) + " |")
+        cells = [f"{c['accuracy']:.3f} ± {c['ci95']:.3f}" for c in (cell[(group, method, k)] for k in shots)]
+        lines.append(f"| {group} ({n}) | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
