@@ -19,6 +19,11 @@ read -r STEP TASKS < <($BIN/python -c "
 import json, sys
 d = json.load(open(sys.argv[1])); print(d['chosen']['steps'] * 15 // 100, ','.join(d['meta_val_tasks']))" "$SIZING")
 mkdir -p "$OUT" runs
+if [ -f "$OUT/pilot_choice.json" ]; then  # decided: the arms have trained on since (step 45 may be gone)
+  echo "pilot.sh: decided already ($OUT/pilot_choice.json)" >&2
+  cat "$OUT/pilot_choice.json"
+  exit 0
+fi
 CKPT=checkpoints/step-$(printf %07d "$STEP")
 for ARM in fomaml reptile; do
   if [ ! -d "runs/long-$ARM/$CKPT" ]; then
