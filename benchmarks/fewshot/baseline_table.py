@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     costs = format_cost_table(report) if report.get("episode_cost") else ""
     if costs:
         print("What a new task costs each row alone (first episode of each task):\n\n" + costs + "\n")
-    print("<details><summary>Per task (mean over 30 units; the best row in bold)</summary>\n")
+    print("<details><summary>Per task (mean over every episode of every seed; the best row in bold)</summary>\n")
     print(per_task_table(report, types) + "\n\n</details>")
     if args.json:
         write_atomic(args.json, json.dumps({"report": str(args.report), "types": types, "per_type": by_type,
