@@ -78,3 +78,31 @@ def test_the_committed_state_folder_is_not_ignored_by_git():
     if ignored.returncode == 128:
         pytest.skip("not a git checkout")
     assert ignored.returncode == 1 and local.returncode == 0
+
+
+def test_a_kept_checkpoint_stays_through_later_commits_and_is_laid_in_on_a_new_machine(world, tmp_path, monkeypatch):
+    """keep_checkpoint: a study's chosen older step stays in the committed state while the run trains on and
+    is committed again, and a fresh folder gets it back byte for byte beside the newest (which resume reads)."""
+    from metalm.runtime.runstate import keep_checkpoint, kept_checkpoints
+
+    run = tmp_path / "machine-one" / "runs" / "long"
+    trainer(world, run, monkeypatch).train(progress=False, max_steps=2)
+    state = tmp_path / "repo" / "runs" / "long"
+    with pytest.raises(MetalmError, match="holds no committed state"):
+        keep_checkpoint(run, state, 1)
+    commit_state(run, state)
+    chosen = tensors(run / "checkpoints" / "step-0000001")
+    keep_checkpoint(run, state, 1)
+    with pytest.raises(MetalmError, match="no such checkpoint to keep"):
+        keep_checkpoint(run, state, 3)
+    trainer(world, run, monkeypatch).train(resume=True, progress=False)  # on to step 4: step 1 pruned locally
+    assert not (run / "checkpoints" / "step-0000001").exists()
+    assert commit_state(run, state) == 4
+    assert [p.name for p in list_checkpoints(state)] == ["step-0000001", "step-0000004"]
+    assert [p.name for p in kept_checkpoints(state)] == ["step-0000001"]
+    fresh = tmp_path / "machine-two" / "runs" / "long"
+    assert restore_state(state, fresh) == 4  # the newest is what resume reads
+    got = tensors(fresh / "checkpoints" / "step-0000001")
+    assert got.keys() == chosen.keys() and all(torch.equal(got[k], chosen[k]) for k in chosen)
+    with pytest.raises(MetalmError, match="over the 0 MiB"):
+        commit_state(run, state, max_bytes=1000)  # the kept one counts toward the bound

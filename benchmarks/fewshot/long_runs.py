@@ -18,6 +18,7 @@ command continues from it bit-identically (train_long.sh does both).
         --status running
     python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --exit-code 0
     python benchmarks/fewshot/long_runs.py restore runs/long-hyperlora   # from benchmarks/runs/long-hyperlora
+    python benchmarks/fewshot/long_runs.py keep runs/long-fomaml 150   # a curve's chosen step, kept committed
     python benchmarks/fewshot/long_runs.py show
 """
 
@@ -31,10 +32,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metalm.errors import MetalmError
 from metalm.run import load_train_config
 from metalm.runtime.checkpoint import list_checkpoints, read_step
 from metalm.runtime.files import json_lines, write_atomic
-from metalm.runtime.runstate import commit_state, committed_step, restore_state
+from metalm.runtime.runstate import commit_state, committed_step, keep_checkpoint, kept_checkpoints, restore_state
 
 ROOT = Path(__file__).resolve().parents[2]
 # Elsewhere for a test or a scratch study: LONG_RUNS_JSON, LONG_RUNS_MANIFEST.
@@ -100,6 +102,11 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
         entry["committed"] = commit_state(run, state_dir(run, state))
     else:
         entry["committed"] = committed_step(state_dir(run, state))
+    kept = [read_step(p) for p in kept_checkpoints(state_dir(run, state))]
+    if kept:  # older checkpoints kept committed (keep): a curve's chosen step
+        entry["kept"] = kept
+    else:
+        entry.pop("kept", None)
     entry["updated"] = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs[key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +131,8 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         if resume and e["status"] == "lost":
             resume = (f"from step {committed} (committed): " if committed else "from step 0: ") + resume
         kept = "none" if committed is None else f"step {committed}"
+        if e.get("kept"):
+            kept += f" (and kept: {', '.join(map(str, e['kept']))})"
         if committed is not None and e.get("checkpointed") is not None and e["checkpointed"] > committed:
             kept += f" (steps {committed + 1}-{e['checkpointed']} are on this machine only)"
         lines.append(f"| `{key}` | `{e.get('config', '')}` | {e['algorithm']} | {e['checkpointed']} / "
@@ -142,7 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("show", help="print the table")
     rs = sub.add_parser("restore", help="lay a run's committed state into its (empty or older) run folder")
     rs.add_argument("run", type=Path)
+    kp = sub.add_parser("keep", help="keep an older checkpoint in the run's committed state (e.g. a curve's "
+                                     "chosen step), through later commits")
+    kp.add_argument("run", type=Path)
+    kp.add_argument("step", type=int)
     args = parser.parse_args(argv)
+    if args.command == "keep":
+        try:
+            keep_checkpoint(args.run, state_dir(args.run), args.step)
+        except MetalmError as err:
+            print(f"long_runs.py keep: {err}", file=sys.stderr)
+            return 2
+        runs = json.loads(JSON.read_text(encoding="utf-8")) if JSON.is_file() else {}
+        key = os.path.relpath(args.run.resolve(), ROOT) if args.run.resolve().is_relative_to(ROOT) else str(args.run)
+        if key in runs:  # the manifest says what is kept
+            update(args.run, status=runs[key]["status"])
+        kept = ", ".join(p.name for p in kept_checkpoints(state_dir(args.run)))
+        print(f"{state_dir(args.run)}: keeps {kept} besides its newest (commit the folder)", file=sys.stderr)
+        return 0
     if args.command == "restore":
         step = restore_state(state_dir(args.run), args.run)
         print(f"{args.run}: resumes from step {step}" if step is not None else f"{args.run}: starts at step 0",

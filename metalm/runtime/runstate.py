@@ -7,7 +7,9 @@ checkpoint) with its ``config.yaml`` and ``log.jsonl`` into a tracked folder suc
 ``benchmarks/runs/NAME``, refusing more than ``max_bytes``. :func:`restore_state` lays that state
 into an empty run folder on a fresh clone; ``metalm train --resume`` then continues bit-identically
 to a run that was never interrupted. Commit it once each time a run stops (a stage's end, SIGTERM),
-not at every checkpoint: every commit stays in the history.
+not at every checkpoint: every commit stays in the history. A study that evaluates an older checkpoint
+(a learning curve's chosen step) keeps it too (:func:`keep_checkpoint`): kept checkpoints stay in the
+committed folder through later commits and are laid in beside the newest.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import tempfile
 from pathlib import Path
 
 from ..errors import MetalmError
-from .checkpoint import PREFIX, latest_checkpoint, list_checkpoints, read_step
+from .checkpoint import PREFIX, latest_checkpoint, list_checkpoints, read_checkpoint, read_step
+from .files import write_atomic
 
 #: The most a committed state may weigh: a LoRA run's is a few MB; a run that meta-learns the whole
 #: model (``meta.shared``) does not belong in the repository.
 MAX_BYTES = 32 * 2**20
 _FILES = ("config.yaml", "log.jsonl")
+KEPT = "kept.txt"  # the steps kept besides the newest, one a line
 
 
 def _size(folder: Path) -> int:
@@ -37,7 +41,8 @@ def committed_step(state_dir: str | Path) -> int | None:
 
 
 def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int = MAX_BYTES) -> int:
-    """Replace ``state_dir`` by the run's newest intact checkpoint, ``config.yaml`` and ``log.jsonl``.
+    """Replace ``state_dir`` by the run's newest intact checkpoint, ``config.yaml`` and ``log.jsonl``, with
+    the checkpoints it kept before (:func:`keep_checkpoint`).
 
     Returns:
         The step committed.
@@ -50,7 +55,9 @@ def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int =
     checkpoint = latest_checkpoint(run_dir)  # verified against its checksums
     if checkpoint is None:
         raise MetalmError(f"{run_dir} has no checkpoint to commit")
-    size = _size(checkpoint.path) + sum((run_dir / f).stat().st_size for f in _FILES if (run_dir / f).is_file())
+    kept = [p for p in kept_checkpoints(state_dir) if p.name != checkpoint.path.name]
+    size = _size(checkpoint.path) + sum(_size(p) for p in kept) + \
+        sum((run_dir / f).stat().st_size for f in _FILES if (run_dir / f).is_file())
     if size > max_bytes:
         raise MetalmError(f"{checkpoint.path}: {size / 2**20:.1f} MiB of state is over the {max_bytes / 2**20:.0f} MiB "
                           "a committed run may hold (does it meta-learn the whole model? meta.shared)")
@@ -58,6 +65,10 @@ def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int =
     tmp = Path(tempfile.mkdtemp(prefix=f".{state_dir.name}-", dir=state_dir.parent))
     try:
         shutil.copytree(checkpoint.path, tmp / "checkpoints" / checkpoint.path.name)
+        for path in kept:
+            shutil.copytree(path, tmp / "checkpoints" / path.name)
+        if (state_dir / KEPT).is_file():
+            shutil.copy2(state_dir / KEPT, tmp / KEPT)
         for name in _FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)
@@ -83,15 +94,61 @@ def restore_state(state_dir: str | Path, run_dir: str | Path) -> int | None:
     local = list_checkpoints(run_dir)
     local_step = read_step(local[-1]) if local else None
     step = committed_step(state_dir)
+    for path in kept_checkpoints(state_dir):  # kept ones the folder lacks (never the newest: resume reads that)
+        if not (run_dir / "checkpoints" / path.name).exists():
+            _copy_in(path, run_dir)
     if step is None or (local_step is not None and local_step >= step):
         return local_step
-    target = run_dir / "checkpoints" / f"{PREFIX}{step:07d}"
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=run_dir / "checkpoints"))
-    shutil.rmtree(tmp)
-    shutil.copytree(list_checkpoints(state_dir)[-1], tmp)
-    os.replace(tmp, target)
+    _copy_in(list_checkpoints(state_dir)[-1], run_dir)
     for name in _FILES:  # the committed run's files, with its newer step
         if (state_dir / name).is_file():
             shutil.copy2(state_dir / name, run_dir / name)
     return step
+
+
+def _copy_in(checkpoint: Path, run_dir: Path) -> None:
+    """Copy a checkpoint folder into ``run_dir/checkpoints`` under its name, atomically."""
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}-", dir=run_dir / "checkpoints"))
+    shutil.rmtree(tmp)
+    shutil.copytree(checkpoint, tmp)
+    os.replace(tmp, run_dir / "checkpoints" / checkpoint.name)
+
+
+def kept_checkpoints(state_dir: str | Path) -> list[Path]:
+    """The checkpoints a committed state keeps besides its newest (:func:`keep_checkpoint`), oldest first."""
+    state_dir = Path(state_dir)
+    steps = set((state_dir / KEPT).read_text(encoding="utf-8").split()) if (state_dir / KEPT).is_file() else set()
+    return [p for p in list_checkpoints(state_dir) if str(read_step(p)) in steps]
+
+
+def keep_checkpoint(run_dir: str | Path, state_dir: str | Path, step: int, *, max_bytes: int = MAX_BYTES) -> None:
+    """Add ``run_dir``'s checkpoint of ``step`` to the committed state ``state_dir`` (made by
+    :func:`commit_state`), to stay there through later commits: e.g. the step a learning curve chose,
+    which a study evaluates after the run has trained on.
+
+    Raises:
+        MetalmError: Without a committed state, when the run has no intact checkpoint of ``step``, or over
+            ``max_bytes`` in all; ``state_dir`` is left as it was.
+    """
+    run_dir, state_dir = Path(run_dir), Path(state_dir)
+    if committed_step(state_dir) is None:
+        raise MetalmError(f"{state_dir} holds no committed state: commit the run first (commit_state)")
+    name = f"{PREFIX}{step:07d}"
+    target = state_dir / "checkpoints" / name
+    source = run_dir / "checkpoints" / name
+    if not target.is_dir():
+        if not any(p.name == name for p in list_checkpoints(run_dir)):
+            raise MetalmError(f"{source}: no such checkpoint to keep (this machine's run folder has "
+                              f"{', '.join(p.name for p in list_checkpoints(run_dir)) or 'none'})")
+        read_checkpoint(source)  # intact (checksums) before it is kept
+        size = _size(state_dir) + _size(source)
+        if size > max_bytes:
+            raise MetalmError(f"{source}: {size / 2**20:.1f} MiB of state with it is over the "
+                              f"{max_bytes / 2**20:.0f} MiB a committed run may hold")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=state_dir / "checkpoints"))
+        shutil.rmtree(tmp)
+        shutil.copytree(source, tmp)
+        os.replace(tmp, target)
+    steps = {str(read_step(p)) for p in kept_checkpoints(state_dir)} | {str(step)}
+    write_atomic(state_dir / KEPT, "\n".join(sorted(steps, key=int)) + "\n")

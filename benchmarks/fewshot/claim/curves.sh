@@ -41,7 +41,13 @@ STEPS=${STEPS:-500 1000 1500 2000}
 FT=${FT-$($BIN/python benchmarks/fewshot/claim/ft_budget.py)}
 CURVES=${CURVES:-benchmarks/results/claim}
 mkdir -p "$CURVES"
-if [ -n "${FINAL:-}" ]; then STEPS=$FINAL; fi
+if [ -n "${FINAL:-}" ]; then
+  STEPS=$FINAL
+  # the chosen checkpoint stays in the run's committed state (benchmarks/runs/NAME) through later commits,
+  # so the comparison can score it on a new machine
+  $BIN/python benchmarks/fewshot/long_runs.py keep "$RUN" "$FINAL" ||
+    echo "curves.sh: step $FINAL is not kept in a committed state (above); commit it before the machine goes" >&2
+fi
 for STEP in $STEPS; do
   CKPT="$RUN/checkpoints/step-$(printf %07d "$STEP")"
   OUT="$CURVES/$NAME.step-$(printf %07d "$STEP")${FINAL:+.final}.json"
