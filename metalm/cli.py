@@ -113,7 +113,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .eval import format_paired, format_table, format_winner
     from .eval.cost import format_cost_table, format_costs
-    from .eval.recipe import evaluate
+    from .eval.recipe import evaluate, parse_shard
     from .runtime import distributed
 
     overrides = parse_overrides(args.overrides)
@@ -125,8 +125,9 @@ def _eval(args: argparse.Namespace) -> int:
                       tasks=args.tasks.split(",") if args.tasks else None, evaluate_on=args.evaluate_on,
                       task_dirs=args.task_dirs, step=args.step, output=args.json, keep=True, resume=args.resume,
                       journal_every=args.journal_every, progress=not args.quiet,
+                      shard=parse_shard(args.shard) if args.shard else None,
                       log=lambda line: print(line, flush=True), source="command line", **overrides)
-    if not distributed.init().is_main:
+    if not distributed.init().is_main or "shard" in report:  # a shard's part: journaled, no report
         return 0
     cfg = report["eval_config"]
     sections = [format_table(report),
@@ -302,6 +303,10 @@ def _add_eval(sub: Any) -> None:
     ev.add_argument("--journal-every", type=int, metavar="N",
                     help="journal each block in pieces of N episodes (a kill loses at most N episodes' work; "
                          "for blocks of long episodes); default: whole blocks")
+    ev.add_argument("--shard", metavar="I/N",
+                    help="measure every N-th block from the I-th, journaled beside the report (needs --json or a "
+                         "run), reading the other shards' journals: N processes side by side, then the same "
+                         "command without --shard (with --resume) writes the report")
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="EvalConfig fields, e.g. max_length=256")
     ev.set_defaults(func=_eval)

@@ -242,3 +242,49 @@ def test_rows_scores_only_the_named_rows_with_the_same_accuracies(tmp_path, monk
         evaluate(EvalConfig(**base, rows=["mtl"]), runs=[tmp_path / "a"], progress=False, log=None)
     with pytest.raises(ConfigError, match="rows"):
         EvalConfig(**base, rows=[])
+
+
+def test_shards_side_by_side_then_the_unsharded_run_write_the_report_of_one_process(tmp_path, monkeypatch):
+    """``--shard I/N``: each of two processes measures its half of the blocks (none twice), journaled apart;
+    the run without a shard measures nothing more, writes the report an unsharded run writes (the same
+    per-episode accuracies, fine-tuning's budget and the rows' costs alone) and deletes every journal."""
+    import pytest
+
+    from metalm.errors import ConfigError
+    from metalm.eval.fewshot import Harness
+
+    world = make_world(tmp_path)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    cfg = yaml.safe_load(world["config"].read_text())
+    where = dict(model=cfg["model"], split=cfg["split"], task_dirs=cfg["task_dirs"], progress=False, log=None)
+    config = EvalConfig(shots=[1, 2], episodes=2, seeds=2, ways=2, queries=1, methods=["zeroshot", "icl", "finetune"],
+                        finetune_optimizers=["sgd"], finetune_lrs=[0.3, 1.0], finetune_steps=[1], val_episodes=1,
+                        cost_episodes=1)
+    whole = evaluate(config, output=tmp_path / "whole.json", **where)
+    measured: list[str] = []
+    block = Harness.block
+    monkeypatch.setattr(Harness, "block", lambda self, rows, eps: measured.append(eps[0].task) or block(self, rows, eps))
+    out = tmp_path / "sharded.json"
+    total = len(whole["tasks"]) * 2 * 2
+    first = evaluate(config, output=out, shard=(0, 2), **where)
+    assert len(measured) == (total + 1) // 2 and first["missing"] == total - len(measured)
+    assert not out.exists() and first["journal"] == str(tmp_path / "sharded.json.partial.shard-0.jsonl")
+    second = evaluate(config, output=out, shard=(1, 2), **where)
+    assert len(measured) == total and second["missing"] == 0  # none measured twice
+    report = evaluate(config, output=out, resume=True, **where)
+    assert len(measured) == total  # the report's run read every block back
+    assert report["per_episode"] == whole["per_episode"] and report["finetune"] == whole["finetune"]
+    assert set(report["episode_cost"]) == set(whole["episode_cost"])
+    assert not list(tmp_path.glob("sharded.json.partial*"))  # every shard's journal deleted with the report
+    for bad in ((2, 2), (-1, 2), (0, 0), (0.5, 2), "0/2"):
+        with pytest.raises(ConfigError, match="I/N") as err:
+            evaluate(config, output=out, shard=bad, **where)
+        assert err.value.field == "--shard"
+    with pytest.raises(ConfigError, match="give --json"):
+        evaluate(config, shard=(0, 2), **where)
+    from metalm.eval.recipe import parse_shard  # the command line's --shard I/N
+
+    assert parse_shard("1/2") == (1, 2)
+    for bad in ("1", "a/2", "2/2", "1/2/3"):
+        with pytest.raises(ConfigError, match="I/N"):
+            parse_shard(bad)

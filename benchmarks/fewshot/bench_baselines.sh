@@ -11,6 +11,12 @@
 #   nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_baselines.log 2>&1 &
 #   PROTOCOL=bench_pool OUT=benchmarks/results/bench_pool_baselines.json \
 #     nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_pool_baselines.log 2>&1 &   # the pinned pool
+#
+# On two cores, two one-thread shards side by side measure twice what one process does (each journals its
+# blocks in OUT.partial.shard-I.jsonl and reads the other's; commit them too); the same command without
+# --shard then measures what is left and each row's cost alone on a quiet machine, and writes the report:
+#   for i in 0 1; do PROTOCOL=bench_pool OUT=benchmarks/results/bench_pool_baselines.json \
+#     nohup bash benchmarks/fewshot/bench_baselines.sh --shard $i/2 > runs/bench_pool_baselines.shard-$i.log 2>&1 & done
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}

@@ -121,15 +121,15 @@ class Separate:
 def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequence[tuple[str, str, str]],
                        configs: Sequence[Any], kinds: Sequence[str], device: torch.device,
                        checkpoints: Mapping[str, Checkpoint], *, progress: bool = True,
-                       journal: Journal | None = None,
-                       finetune: FinetuneChoice | None = None) -> Separate:
+                       journal: Journal | None = None, finetune: FinetuneChoice | None = None,
+                       shard: tuple[int, int] | None = None) -> Separate:
     """Measure runs with another adapter on ``harness``'s episodes, each on a model of its own (from
     its checkpoint in ``checkpoints``, read already), with fine-tuning's chosen budget ``finetune`` for
     their ``@ft`` rows.
 
     Returns their per-episode accuracies, their rows' adaptation budgets and adaptation costs. With a
     ``journal`` their blocks are recorded beside the first harness's rows (a killed evaluation resumes
-    them too).
+    them too; ``shard``: :meth:`Harness.measure`'s).
     """
     from .rows import budget
 
@@ -145,11 +145,11 @@ def measure_separately(harness: Harness, tasks: Sequence[Any], separate: Sequenc
                 for name, init in trained_rows(learner, loaded.trained, label).items()]
         other = Harness(learner.model, tokenizer, base, dataclasses.replace(harness.config, methods=[kind]), rows,
                         learner.selection.lowest_adapted_layer(), episode_cache=harness.episode_cache)
-        out.data.update(other.measure(tasks, progress, journal, finetune))
+        out.data.update(other.measure(tasks, progress, journal, finetune, shard))
         out.budgets.update({name: budget(row.init, row.presentation) for name, row in other.rows(finetune).items()
                             if row.init})
         out.costs.update(other.cost.summary())
-        if harness.config.cost_episodes:
+        if harness.config.cost_episodes and shard is None:
             out.episode_costs.update(episode_costs(other, tasks, harness.config.cost_episodes, finetune, journal))
         del other, learner
     return out

@@ -328,14 +328,16 @@ class Harness:
 
     # ------------------------------------------------------------------ everything
     def measure(self, tasks: Sequence[Task], progress: bool = False, journal: Journal | None = None,
-                finetune: FinetuneChoice | None = None) -> Measurements:
+                finetune: FinetuneChoice | None = None, shard: tuple[int, int] | None = None) -> Measurements:
         """Per-episode accuracy of every row on every task, shot count and seed (``finetune``: fine-tuning's
         chosen budget). Each block's adaptation costs, measured or read back from the journal, are
         added to :attr:`cost`.
 
         Under ``torchrun`` the blocks of episodes are dealt over the processes and gathered, so every
         process returns what one process would. With a ``journal`` (one process), blocks already in
-        it are not measured again and each new block is added to it as soon as it is measured.
+        it are not measured again and each new block is added to it as soon as it is measured. With
+        ``shard`` ``(I, N)`` (and a journal) only every ``N``-th block from the ``I``-th is measured,
+        the others read back when journaled (by another process) and else left out of the result.
         """
         from tqdm.auto import tqdm
 
@@ -344,8 +346,14 @@ class Harness:
             raise ConfigError("tasks", f"must be a non-empty list of Task (metalm.data), got {tasks!r:.60}")
         ctx = current()
         journal = journal if not ctx.enabled else None
+        if shard is not None and journal is None:
+            raise ConfigError("shard", "a shard of an evaluation needs a journal (an output path) and one process")
         # Seed-major: a killed run's journal holds whole seeds first.
         items = [(t, k, s) for s in range(self.config.seeds) for t in tasks for k in self.config.shots]
+        if shard is not None:
+            names = [r.name for r in self.rows(finetune).values()]
+            items = [it for i, it in enumerate(items) if i % shard[1] == shard[0]
+                     or not journal.missing([Journal.key(it[0].name, it[1], it[2])], names)]
         bar = tqdm(total=len(items), disable=not progress or not ctx.is_main, desc="evaluate")
         rows = list(self.rows(finetune).values())
 

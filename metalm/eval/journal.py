@@ -16,14 +16,21 @@ one batch).
 
 What a new task costs each row alone (``EvalConfig.cost_episodes``) is journaled too, one line per
 task and shot count, its seconds kept apart from the accuracies' measuring time.
+
+An evaluation can be measured by several processes at once (``metalm eval --shard I/N``, e.g. one
+thread each on a machine's cores): each writes a journal of its own beside the report's
+(``OUT.partial.shard-I.jsonl``, :func:`journal_paths`) and reads every other one of the same
+evaluation, so that no block is measured twice; the run without ``--shard`` that writes the report reads
+them all and deletes them with its own.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..runtime.files import write_atomic
@@ -36,20 +43,27 @@ class Journal:
         path: The JSONL file.
         fingerprint: What the figures depend on (a JSON-serializable value).
         resume: Read an existing journal (else start a new one).
+        every: Episodes per journaled piece of a block (``None``: whole blocks).
+        others: Journals of other processes measuring the same evaluation (``--shard``), read only; the
+            ones that exist are read whatever ``resume`` says, and deleted by :meth:`close`.
 
     Raises:
-        ConfigError: If ``resume`` and the file was written by another evaluation.
+        ConfigError: If a file read was written by another evaluation.
     """
 
-    def __init__(self, path: str | Path, fingerprint: Any, resume: bool, every: int | None = None) -> None:
+    def __init__(self, path: str | Path, fingerprint: Any, resume: bool, every: int | None = None,
+                 others: Sequence[str | Path] = ()) -> None:
         self.every = self.check_every(every)
         self.path = Path(path)
         self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.others = [Path(o) for o in others if Path(o) != self.path]
         lines = _lines(self.path) if resume and self.path.is_file() else []
-        if lines and lines[0].get("fingerprint") != self.fingerprint:
-            raise ConfigError("--resume", f"{self.path} was written by another evaluation (settings, runs or "
-                                          "checkpoints differ); delete it or run without --resume")
-        self._collect(lines[1:])
+        read = [(self.path, lines), *((o, _lines(o)) for o in self.others if o.is_file())]
+        for where, text in read:
+            if text and text[0].get("fingerprint") != self.fingerprint:
+                raise ConfigError("--resume", f"{where} was written by another evaluation (settings, runs or "
+                                              "checkpoints differ); delete it or run without --resume")
+        self._collect([line for _, text in read for line in text[1:]])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Rewritten whole (drops a torn last line), atomically: a kill or a full disk here keeps every block.
         write_atomic(self.path, "".join(json.dumps(line) + "\n" for line in [{"fingerprint": self.fingerprint},
@@ -87,14 +101,16 @@ class Journal:
         return every
 
     @classmethod
-    def read(cls, path: str | Path) -> Journal:
-        """The journal at ``path``, read only (its file untouched, whatever evaluation wrote it): e.g.
-        one that a running evaluation is still writing."""
+    def read(cls, path: str | Path, others: Sequence[str | Path] = ()) -> Journal:
+        """The journal at ``path`` with ``others`` (other shards' journals, those that exist), read only
+        (files untouched, whatever evaluation wrote them): e.g. one that a running evaluation is still
+        writing."""
         journal = cls.__new__(cls)
         journal.path, journal.every = Path(path), None
-        lines = _lines(journal.path)
+        journal.others = [Path(o) for o in others if Path(o) != journal.path]
+        lines = _lines(journal.path) if journal.path.is_file() or not journal.others else []
         journal.fingerprint = lines[0].get("fingerprint") if lines else None
-        journal._collect(lines[1:])
+        journal._collect([*lines[1:], *(line for o in journal.others if o.is_file() for line in _lines(o)[1:])])
         return journal
 
     @staticmethod
@@ -148,9 +164,26 @@ class Journal:
         self.seconds += seconds
         self._append({"finetune": finetune, "seconds": round(seconds, 3)})
 
+    def missing(self, keys: Sequence[str], rows: Sequence[str]) -> list[str]:
+        """The blocks of ``keys`` that lack one of ``rows`` (not measured yet by any process)."""
+        return [k for k in keys if not set(rows) <= set(self.blocks.get(k, {}))]
+
     def close(self) -> None:
-        """Delete the journal (the report is written)."""
-        self.path.unlink(missing_ok=True)
+        """Delete the journal and the other processes' journals it read (the report is written)."""
+        for path in (self.path, *self.others):
+            path.unlink(missing_ok=True)
+
+
+def journal_paths(output: str | Path, shard: tuple[int, int] | None = None) -> tuple[Path, list[Path]]:
+    """The journal an evaluation writing its report to ``output`` writes (shard ``I`` of ``N``:
+    ``OUT.partial.shard-I.jsonl``; else ``OUT.partial.jsonl``) and the other journals of the same
+    evaluation that exist (the unsharded one, every shard's), which it reads."""
+    output = Path(output)
+    main = output.with_name(output.name + ".partial.jsonl")
+    own = output.with_name(f"{output.name}.partial.shard-{shard[0]}.jsonl") if shard else main
+    found = sorted(output.parent.glob(f"{glob.escape(output.name)}.partial.shard-*.jsonl")) \
+        if output.parent.is_dir() else []
+    return own, [p for p in [main, *found] if p != own]
 
 
 def rounded_costs(cost: dict[str, list[tuple[float, int]]] | None) -> dict[str, list[list[float]]]:

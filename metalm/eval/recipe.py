@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ from .compare import RunRows, Separate, measure_separately, run_checkpoint, run_
 from .episode_cost import episode_costs
 from .fewshot import Harness, eval_tasks
 from .inits import init_from_values, init_of
-from .journal import Journal
+from .journal import Journal, journal_paths
 from .protocol import Protocol, load_protocol, merge
 from .rows import FinetuneChoice
 from .settings import BASELINES, EvalConfig, default_methods, trained_by
@@ -108,13 +109,17 @@ def task_names(config: TrainConfig, registry: TaskRegistry, *, split: str | None
 
 
 def open_journal(stack: contextlib.ExitStack, where: Path, fingerprint: dict[str, Any], resume: bool,
-                 every: int | None = None) -> Journal:
-    """The journal beside the report ``where`` (blocks in pieces of ``every`` episodes when given): the
-    output path locked for this writer, SIGTERM/SIGINT ending the evaluation with a note on how to resume."""
+                 every: int | None = None, shard: tuple[int, int] | None = None) -> Journal:
+    """The journal beside the report ``where`` (blocks in pieces of ``every`` episodes when given; shard
+    ``(I, N)``'s own, reading the other shards': :func:`~metalm.eval.journal.journal_paths`): the output
+    path locked for this writer, SIGTERM/SIGINT ending the evaluation with a note on how to resume."""
     from ..runtime.longrun import RunLock, StopSignals
 
-    stack.enter_context(RunLock(where.parent, f".{where.name}.lock", "output path"))  # one writer per output
-    journal = Journal(where.with_name(where.name + ".partial.jsonl"), fingerprint, resume, every)
+    own, others = journal_paths(where, shard)
+    others = others if resume or shard else []  # a fresh unsharded evaluation starts from nothing
+    lock = f".{where.name}.shard-{shard[0]}.lock" if shard else f".{where.name}.lock"
+    stack.enter_context(RunLock(where.parent, lock, "output path"))  # one writer per output (and shard)
+    journal = Journal(own, fingerprint, resume, every, others)
     stack.enter_context(StopSignals(immediate=True, what="the evaluation",
                                     note=f": its measured blocks are in {journal.path}; --resume continues"))
     return journal
@@ -172,11 +177,38 @@ def check_sources(runs: Sequence[str], model: str | None, step: int | None) -> N
         raise ConfigError("--step", f"step {step} is a checkpoint of trained runs: give --run-dir, not --model")
 
 
-def check_output(output: str | Path | None, journal_every: int | None) -> None:
-    """Refuse an output path that is a folder and a bad ``journal_every`` (:class:`ConfigError`)."""
+def check_output(output: str | Path | None, journal_every: int | None, shard: tuple[int, int] | None = None) -> None:
+    """Refuse an output path that is a folder, a bad ``journal_every`` and a shard without an output or
+    under ``torchrun`` (:class:`ConfigError`)."""
     if output is not None and Path(output).is_dir():
         raise ConfigError("output", f"{output} is a folder; the report (--json, or the run's eval.json) is a file")
     Journal.check_every(journal_every)
+    if shard is not None:
+        check_shard(shard)
+        if output is None:
+            raise ConfigError("--shard", "a shard journals its blocks beside the report: give --json (or a run)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("--shard", "shards are separate processes of one thread or more each, not torchrun's "
+                                         "(which deals the blocks itself)")
+
+
+def check_shard(shard: Any) -> tuple[int, int]:
+    """``shard`` as ``(I, N)`` with ``0 <= I < N``, or a :class:`ConfigError`."""
+    ok = isinstance(shard, tuple) and len(shard) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                              for x in shard)
+    if not ok or not 0 <= shard[0] < shard[1]:
+        raise ConfigError("--shard", f"must be I/N with 0 <= I < N (this process measures every N-th block from "
+                                     f"the I-th), got {shard!r}")
+    return shard
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` as ``(I, N)`` (:func:`check_shard`)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError("--shard", f"must be I/N, e.g. 0/2, got {text!r}") from None
+    return check_shard((i, n))
 
 
 def eval_config(config: EvalConfig | None, protocol: Protocol | None, overrides: Mapping[str, Any],
@@ -220,12 +252,27 @@ def _complete(report: dict[str, Any], harness: Harness, eval_list: Sequence[Any]
         report.update({"episode_cost_seconds": round(book.cost_seconds, 1)} if config.cost_episodes else {})
 
 
+def _shard_done(shard: tuple[int, int], book: Journal, harness: Harness, eval_list: Sequence[Any],
+                finetune: FinetuneChoice | None, log: Callable[[str], None] | None) -> dict[str, Any]:
+    """What a shard returns once its blocks are journaled: where, and how many blocks of the evaluation
+    (the first harness's rows) no process has journaled yet (read again: other shards wrote meanwhile)."""
+    again = Journal.read(book.path, book.others)
+    keys = [Journal.key(t.name, k, s) for s in range(harness.config.seeds) for t in eval_list
+            for k in harness.config.shots]
+    missing = len(again.missing(keys, [r.name for r in harness.rows(finetune).values()]))
+    if log is not None:
+        log(f"shard {shard[0]}/{shard[1]}: its blocks are journaled in {book.path}; {missing} of {len(keys)} "
+            f"blocks not yet journaled by any shard. When every shard is done, the same command without --shard "
+            f"(with --resume) measures what is left and each row's cost alone, and writes the report.")
+    return {"shard": list(shard), "journal": str(book.path), "missing": missing}
+
+
 def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (), model: str | None = None,
              protocol: str | Path | Protocol | None = None, split: str | None = None,
              tasks: Sequence[str] | None = None, evaluate_on: str | None = None, task_dirs: Sequence[str | Path] = (),
              step: int | None = None, output: str | Path | None = None, keep: bool = False, resume: bool = False,
-             journal_every: int | None = None, progress: bool = True, log: Callable[[str], None] | None = print,
-             source: str = "evaluate", **overrides: Any) -> dict[str, Any]:
+             journal_every: int | None = None, shard: tuple[int, int] | None = None, progress: bool = True,
+             log: Callable[[str], None] | None = print, source: str = "evaluate", **overrides: Any) -> dict[str, Any]:
     """The whole evaluation recipe (`metalm eval` parses, calls this and prints): ``runs`` (run or checkpoint
     folders; runs of one adapter share the first one's model) or the base ``model`` on held-out episodes;
     returns the report ``eval.json`` holds. ``metalm.evaluate(runs=["runs/main"], protocol="main",
@@ -242,6 +289,12 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
             episodes) are journaled beside it till then, and ``resume`` reads them.
         keep: With runs, also keep the report in the first run's folder (:func:`own_report`), and write and
             journal it there without ``output``.
+        shard: ``(I, N)``: this process measures every ``N``-th block of episodes from the ``I``-th and
+            journals them (``OUT.partial.shard-I.jsonl``), reading what the other shards journaled; it
+            writes no report and returns ``{"shard", "journal", "missing"}`` (blocks no process has
+            journaled yet). Run the ``N`` shards side by side (one thread each on a machine of ``N``
+            cores), then the same evaluation without ``shard``: it reads every shard's journal, measures
+            what is still missing and the costs of each row alone, writes the report and deletes them.
         log / source: Where progress lines and warnings go (``None``: nowhere); what names the overrides.
         **overrides: :class:`EvalConfig` fields.
     """
@@ -255,7 +308,7 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
     config = eval_config(config, protocol, overrides, kinds, source)
     own = own_report(runs[0], steps[runs[0]]) if keep and runs else None
     output = output if output is not None else own
-    check_output(output, journal_every)  # before the model loads and the measuring
+    check_output(output, journal_every, shard)  # before the model loads and the measuring
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     for method in config.methods:
@@ -275,15 +328,18 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
         if output is not None and not ctx.enabled:  # one process: a journal to resume from (torchrun: none)
             fingerprint = {"eval": journaled_values(config), "model": model, "tasks": names, "val": val,
                            "runs": [[str(Path(r).resolve()), setting.checkpoints[r].name] for r in runs]}
-            book = open_journal(stack, Path(output), fingerprint, resume, journal_every)
+            book = open_journal(stack, Path(output), fingerprint, resume, journal_every, shard)
         finetune = choose_finetune(harness, registry, val, book, log if ctx.is_main else None) \
             if "finetune" in config.methods else None
-        data = harness.measure(eval_list, progress=progress, journal=book, finetune=finetune)
+        data = harness.measure(eval_list, progress=progress, journal=book, finetune=finetune, shard=shard)
         separate = Separate({}, {}, {})
         if rows and rows.separate:
             separate = measure_separately(harness, eval_list, rows.separate, configs, kinds, device,
-                                          setting.checkpoints, progress=progress, journal=book, finetune=finetune)
+                                          setting.checkpoints, progress=progress, journal=book, finetune=finetune,
+                                          shard=shard)
             data.update(separate.data)
+        if shard is not None:  # no report from a part: the unsharded run assembles it
+            return _shard_done(shard, book, harness, eval_list, finetune, log)
         report = harness.summarize(data, eval_list, finetune)
         cut = truncation_warning(report["truncated"], harness.max_length)
         if cut and log is not None and ctx.is_main:
