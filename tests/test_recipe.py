@@ -288,3 +288,31 @@ def test_shards_side_by_side_then_the_unsharded_run_write_the_report_of_one_proc
     for bad in ("1", "a/2", "2/2", "1/2/3"):
         with pytest.raises(ConfigError, match="I/N"):
             parse_shard(bad)
+
+
+def test_the_benchmark_jobs_sharded_evaluation_writes_the_report_of_one_process(tmp_path, monkeypatch):
+    """benchmarks/fewshot/eval.sh with SHARDS=2 (two one-thread shards, then the report's run), as the
+    baseline table, the curves and the comparison run it: the report an unsharded evaluation writes."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    world = make_world(tmp_path)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    cfg = yaml.safe_load(world["config"].read_text())
+    args = ["--model", cfg["model"], "--split", cfg["split"], "--task-dir", cfg["task_dirs"][0], "--shots", "1,2",
+            "--episodes", "2", "--seeds", "2", "--ways", "2", "--queries", "1", "--methods", "zeroshot,icl",
+            "--resume", "--quiet"]
+    whole = evaluate(EvalConfig(shots=[1, 2], episodes=2, seeds=2, ways=2, queries=1, methods=["zeroshot", "icl"]),
+                     model=cfg["model"], split=cfg["split"], task_dirs=cfg["task_dirs"], progress=False, log=None)
+    root = Path(__file__).resolve().parents[1]
+    env = {**world["env"], "SHARDS": "2", "BIN": str(Path(sys.executable).parent)}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "fewshot" / "eval.sh"), *args, "--json",
+                           str(tmp_path / "r.json")], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("blocks not yet journaled by any shard") == 2  # each shard said where it stands
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["per_episode"] == whole["per_episode"]
+    assert not [p for p in os.listdir(tmp_path) if ".partial" in p]

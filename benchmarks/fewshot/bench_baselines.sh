@@ -15,13 +15,14 @@
 # On two cores, two one-thread shards side by side measure twice what one process does (each journals its
 # blocks in OUT.partial.shard-I.jsonl and reads the other's; commit them too); the same command without
 # --shard then measures what is left and each row's cost alone on a quiet machine, and writes the report:
-#   for i in 0 1; do PROTOCOL=bench_pool OUT=benchmarks/results/bench_pool_baselines.json \
-#     nohup bash benchmarks/fewshot/bench_baselines.sh --shard $i/2 > runs/bench_pool_baselines.shard-$i.log 2>&1 & done
+#   SHARDS=2 PROTOCOL=bench_pool OUT=benchmarks/results/bench_pool_baselines.json \
+#     setsid nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_pool_baselines.log 2>&1 &
+# (benchmarks/fewshot/eval.sh; or by hand: --shard 0/2 and --shard 1/2 side by side, then once without)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
 PROTOCOL=${PROTOCOL:-bench}
 OUT=${OUT:-benchmarks/results/bench_baselines.json}
-OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --model smollm2-135m --protocol "$PROTOCOL" \
+BIN=$BIN THREADS=$THREADS bash benchmarks/fewshot/eval.sh --model smollm2-135m --protocol "$PROTOCOL" \
   --json "$OUT" --resume --journal-every 1 "$@"

@@ -5,8 +5,9 @@
 # benchmarks/results/claim_selection.json, written by choose.py before any held-out scoring), with zeroshot
 # beside it: its per-episode accuracies must equal the baseline table's (merge.py checks it: the proof that the
 # episodes are the same). What a new task costs the row alone is measured too (cost_episodes=1: RESULTS' Pareto
-# plot). One niced process on THREADS threads (default 1); resumable: a written file is skipped, one in progress
-# resumes from its journal. Then merge.py joins them with the baseline table into benchmarks/results/claim.json.
+# plot). One niced process on THREADS threads (default 1), or SHARDS=2 one-thread shards side by side then the
+# report's run (benchmarks/fewshot/eval.sh); resumable: a written file is skipped, one in progress resumes from
+# its journals. A candidate's committed state is laid into its run folder first (a new machine has no runs/). Then merge.py joins them with the baseline table into benchmarks/results/claim.json.
 #
 #   setsid nohup bash benchmarks/fewshot/claim/compare.sh > runs/claim-compare.log 2>&1 &
 #   python benchmarks/fewshot/claim/merge.py --json benchmarks/results/claim.json
@@ -31,9 +32,10 @@ while read -r RUN CKPT SHOTS ROW; do
   NAME=${NAME#long-}
   JSON="$OUT/$NAME.$SHOTS.json"
   if [ -f "$JSON" ]; then continue; fi
+  $BIN/python benchmarks/fewshot/long_runs.py restore "$RUN"  # its chosen checkpoint is kept there
   KIND=$($BIN/python benchmarks/fewshot/run_kind.py "$RUN")
   # shellcheck disable=SC2086  # FT: key=value words
-  OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --run-dir "$CKPT" \
+  BIN=$BIN bash benchmarks/fewshot/eval.sh --run-dir "$CKPT" \
     --protocol "$PROTOCOL" --shots "$SHOTS" --methods "zeroshot,finetune,$KIND" --json "$JSON" --resume \
-    --journal-every 1 --quiet calibrate_trained=true cost_episodes=1 "rows=[zeroshot,$ROW]" $FT < /dev/null
+    --journal-every 1 --quiet calibrate_trained=true cost_episodes=1 "rows=[zeroshot,$ROW]" $FT
 done

@@ -4,8 +4,9 @@
 # 16 shots with its units (benchmarks/results/claim_sizing.json, written by sizing.py), its own rows with
 # their calibrated twins, and fine-tuning (whose budget its @ft rows take); FINAL=STEP scores the chosen
 # checkpoint at 4 and 16 shots instead (NAME.step-N.final.json). Protocol bench_pool (PROTOCOL names
-# another). One niced process on THREADS threads (default 1); resumable: a point already written is
-# skipped, a point in progress resumes from its journal (one episode at a time).
+# another). One niced process on THREADS threads (default 1), or SHARDS=2 one-thread shards then the report's
+# run (benchmarks/fewshot/eval.sh); resumable: a point already written is skipped, a point in progress resumes
+# from its journals (one episode at a time). The run's committed state is laid into its folder first.
 #
 #   bash benchmarks/fewshot/claim/curves.sh runs/long-multitask
 #   FINAL=$(python benchmarks/fewshot/claim/choose.py step runs/long-multitask) \
@@ -20,6 +21,7 @@ BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
 NAME=$(basename "$RUN")
 NAME=${NAME#long-}
+$BIN/python benchmarks/fewshot/long_runs.py restore "$RUN"  # a new machine: its committed state (kept steps too)
 KIND=$($BIN/python benchmarks/fewshot/run_kind.py "$RUN")  # its rows: meta, mtl, hyper or library
 PROTOCOL=${PROTOCOL:-bench_pool}
 SIZING=${SIZING:-benchmarks/results/claim_sizing.json}
@@ -54,7 +56,7 @@ for STEP in $STEPS; do
   if [ -f "$OUT" ]; then continue; fi
   if [ ! -d "$CKPT" ]; then echo "curves.sh: $CKPT not written yet" >&2; continue; fi
   # shellcheck disable=SC2086  # FT: key=value words
-  OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 $BIN/metalm eval --run-dir "$CKPT" \
+  BIN=$BIN bash benchmarks/fewshot/eval.sh --run-dir "$CKPT" \
     --protocol "$PROTOCOL" --evaluate-on meta_val --shots "${FINAL:+4,}16" --methods "finetune,$KIND" \
     "${RUNG[@]}" --json "$OUT" --resume --journal-every 1 --quiet cost_episodes=0 calibrate_trained=true $FT "$@"
 done
