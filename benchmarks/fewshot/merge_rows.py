@@ -23,6 +23,7 @@ from pathlib import Path
 
 from metalm.eval import format_paired, format_table, format_winner, summarize
 from metalm.eval.fewshot import BASELINES
+from metalm.eval.summary import measurements
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,12 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     label = args.second.stem
     data = {}
     for source, rename in ((first, False), (second, True)):
-        for key, accs in source["per_episode"].items():
-            method, task, shots = key.split("|")
-            if rename and key in shared:
+        for (method, task, shots), accs in measurements(source).items():
+            if rename and f"{method}|{task}|{shots}" in shared:
                 continue
             name = f"{method}:{label}" if rename else method
-            data[(name, task, int(shots))] = accs
+            data[(name, task, shots)] = accs
     seeds = first["seeds"]["seeds"]
     report = summarize(data, first["tasks"], sorted({k for _, _, k in data}), chance=first["chance"],
                        majority=first["majority"], seeds=seeds, baselines=list(BASELINES))

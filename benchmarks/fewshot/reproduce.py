@@ -25,14 +25,17 @@ from pathlib import Path
 def recorded_blocks(path: Path) -> tuple[dict[str, dict[str, list[float]]], dict | None]:
     """``{task/shots/seed: {row: per-episode accuracies}}`` and fine-tuning's recorded choice."""
     if path.name.endswith(".partial.jsonl"):
-        from metalm.eval.journal import Journal
+        from metalm.eval.journal import Journal, journal_paths
 
-        journal = Journal.read(path)  # read only: the evaluation writing it may still be running
+        # read only: the evaluation writing it may still be running; with its shards' journals (--shard)
+        _, others = journal_paths(path.with_name(path.name.removesuffix(".partial.jsonl")))
+        journal = Journal.read(path, others)
         return journal.blocks, journal.finetune
+    from metalm.eval.summary import measurements
+
     report = json.loads(path.read_text(encoding="utf-8"))
     blocks = {}
-    for key, by_seed in report["per_episode"].items():
-        row, task, shots = key.split("|")
+    for (row, task, shots), by_seed in measurements(report).items():
         for seed, accs in enumerate(by_seed):
             blocks.setdefault(f"{task}/{shots}/{seed}", {})[row] = accs
     return blocks, report.get("finetune")

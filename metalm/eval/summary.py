@@ -165,6 +165,16 @@ def format_winner(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def measurements(report: Mapping[str, Any]) -> Measurements:
+    """A report's ``per_episode`` (keys ``method|task|shots``) read back as :data:`Measurements` (keys
+    ``(method, task, shots)``, one list per seed): what :func:`summarize` was given."""
+    out: Measurements = {}
+    for key, by_seed in report["per_episode"].items():
+        row, task, shots = key.rsplit("|", 2)
+        out[(row, task, int(shots))] = by_seed
+    return out
+
+
 def grouped(report: Mapping[str, Any], groups: Mapping[str, str]) -> list[dict[str, Any]]:
     """Per group of tasks (e.g. a task type), method and shot count: the mean and 95% t-interval over
     units, each unit the mean over the group's tasks of one seed's episode (the macro units of
@@ -184,10 +194,7 @@ def grouped(report: Mapping[str, Any], groups: Mapping[str, str]) -> list[dict[s
     missing = [t for t in tasks if t not in groups]
     if missing:
         raise ConfigError("groups", f"no group for {len(missing)} task(s) of the report (first: {missing[0]})")
-    data: Measurements = {}
-    for key, by_seed in report["per_episode"].items():
-        row, task, shots = key.rsplit("|", 2)
-        data[(row, task, int(shots))] = by_seed
+    data = measurements(report)
     out = []
     for group in sorted(set(groups[t] for t in tasks)):
         members = [t for t in tasks if groups[t] == group]

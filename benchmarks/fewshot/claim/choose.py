@@ -40,7 +40,7 @@ from typing import Any
 
 from metalm.eval.compare import _labels
 from metalm.eval.stats import paired
-from metalm.eval.summary import _units
+from metalm.eval.summary import _units, measurements
 from metalm.run import load_train_config, run_kind
 from metalm.runtime.files import write_atomic
 
@@ -169,10 +169,7 @@ def pilot(report: dict[str, Any], fomaml: str, reptile: str, shots: int = 4, che
     "fomaml"|"reptile", "diff", "ci95", "p", "n"}`` (the difference is FOMAML's minus Reptile's, over
     the macro units: per seed and episode index, the mean over tasks); ``cheaper`` goes on when the
     interval includes zero."""
-    data = {}
-    for key, accs in report["per_episode"].items():
-        method, task, k = key.split("|")
-        data[(method, task, int(k))] = accs
+    data = measurements(report)
     for row in (fomaml, reptile):
         if (row, report["tasks"][0], shots) not in data:
             raise SystemExit(f"the pilot's report has no {row!r} row at {shots} shots")

@@ -40,13 +40,10 @@ def merge(baselines: dict[str, Any], selection: dict[str, Any], reports: dict[tu
     """The comparison report (module doc). ``reports``: (candidate name, shots) -> its compare report."""
     from metalm.eval import summarize
     from metalm.eval.fewshot import BASELINES
-    from metalm.eval.summary import grouped
+    from metalm.eval.summary import grouped, measurements
 
     tasks, seeds = baselines["tasks"], baselines["seeds"]["seeds"]
-    data = {}
-    for key, accs in baselines["per_episode"].items():
-        row, task, k = key.rsplit("|", 2)
-        data[(row, task, int(k))] = accs
+    data = measurements(baselines)
     shots = sorted({k for _, _, k in data})
     compared: dict[str, dict[str, str]] = {}
     costs = dict(baselines.get("episode_cost") or {})
