@@ -12,7 +12,7 @@
 #   PROTOCOL=bench_pool OUT=benchmarks/results/bench_pool_baselines.json \
 #     nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_pool_baselines.log 2>&1 &   # the pinned pool
 #
-# On two cores, two one-thread shards side by side measure twice what one process does (each journals its
+# On two cores, two one-thread shards side by side use both cores (each journals its
 # blocks in OUT.partial.shard-I.jsonl and reads the other's; commit them too); the same command without
 # --shard then measures what is left and each row's cost alone on a quiet machine, and writes the report:
 #   SHARDS=2 PROTOCOL=bench_pool OUT=benchmarks/results/bench_pool_baselines.json \
