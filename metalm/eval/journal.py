@@ -29,8 +29,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 from ..runtime.files import write_atomic

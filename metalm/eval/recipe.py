@@ -252,6 +252,27 @@ def _complete(report: dict[str, Any], harness: Harness, eval_list: Sequence[Any]
         report.update({"episode_cost_seconds": round(book.cost_seconds, 1)} if config.cost_episodes else {})
 
 
+def check_methods(methods: Sequence[str], kinds: Sequence[str]) -> None:
+    """Refuse a trained row without a run of its kind (``kinds``: the runs' rows) (:class:`ConfigError`)."""
+    for method in methods:
+        if method not in BASELINES and method not in kinds:
+            raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
+
+
+def _measure(harness: Harness, eval_list: Sequence[Any], setting: Setting, configs: Sequence[Any], kinds: Sequence[str],
+             device: torch.device, book: Journal | None, finetune: FinetuneChoice | None,
+             shard: tuple[int, int] | None, progress: bool) -> tuple[dict[Any, Any], Separate]:
+    """Every row's per-episode accuracies: the harness's rows, then the runs measured apart (other adapters)."""
+    data = harness.measure(eval_list, progress=progress, journal=book, finetune=finetune, shard=shard)
+    separate = Separate({}, {}, {})
+    if setting.rows and setting.rows.separate:
+        separate = measure_separately(harness, eval_list, setting.rows.separate, configs, kinds, device,
+                                      setting.checkpoints, progress=progress, journal=book, finetune=finetune,
+                                      shard=shard)
+        data.update(separate.data)
+    return data, separate
+
+
 def _shard_done(shard: tuple[int, int], book: Journal, harness: Harness, eval_list: Sequence[Any],
                 finetune: FinetuneChoice | None, log: Callable[[str], None] | None) -> dict[str, Any]:
     """What a shard returns once its blocks are journaled: where, and how many blocks of the evaluation
@@ -289,12 +310,9 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
             episodes) are journaled beside it till then, and ``resume`` reads them.
         keep: With runs, also keep the report in the first run's folder (:func:`own_report`), and write and
             journal it there without ``output``.
-        shard: ``(I, N)``: this process measures every ``N``-th block of episodes from the ``I``-th and
-            journals them (``OUT.partial.shard-I.jsonl``), reading what the other shards journaled; it
-            writes no report and returns ``{"shard", "journal", "missing"}`` (blocks no process has
-            journaled yet). Run the ``N`` shards side by side (one thread each on a machine of ``N``
-            cores), then the same evaluation without ``shard``: it reads every shard's journal, measures
-            what is still missing and the costs of each row alone, writes the report and deletes them.
+        shard: ``(I, N)``: measure every ``N``-th block from the ``I``-th, journaled apart, and return
+            ``{"shard", "journal", "missing"}``, no report; the ``N`` shards side by side, then the same
+            evaluation without ``shard`` writes it (:mod:`metalm.eval.journal`).
         log / source: Where progress lines and warnings go (``None``: nowhere); what names the overrides.
         **overrides: :class:`EvalConfig` fields.
     """
@@ -311,9 +329,7 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
     check_output(output, journal_every, shard)  # before the model loads and the measuring
     ctx = distributed.init()  # under torchrun the episodes are dealt over the processes
     device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    for method in config.methods:
-        if method not in BASELINES and method not in kinds:
-            raise ConfigError("--methods", f"{method} needs {trained_by(method)} among --run-dir")
+    check_methods(config.methods, kinds)
     setting = build_setting(runs, model, device, configs, kinds, steps)
     setting.config.task_dirs = dirs
     names, val = task_names(setting.config, registry, split=split, tasks=tasks, evaluate_on=evaluate_on,
@@ -331,13 +347,7 @@ def evaluate(config: EvalConfig | None = None, *, runs: Sequence[str | Path] = (
             book = open_journal(stack, Path(output), fingerprint, resume, journal_every, shard)
         finetune = choose_finetune(harness, registry, val, book, log if ctx.is_main else None) \
             if "finetune" in config.methods else None
-        data = harness.measure(eval_list, progress=progress, journal=book, finetune=finetune, shard=shard)
-        separate = Separate({}, {}, {})
-        if rows and rows.separate:
-            separate = measure_separately(harness, eval_list, rows.separate, configs, kinds, device,
-                                          setting.checkpoints, progress=progress, journal=book, finetune=finetune,
-                                          shard=shard)
-            data.update(separate.data)
+        data, separate = _measure(harness, eval_list, setting, configs, kinds, device, book, finetune, shard, progress)
         if shard is not None:  # no report from a part: the unsharded run assembles it
             return _shard_done(shard, book, harness, eval_list, finetune, log)
         report = harness.summarize(data, eval_list, finetune)
