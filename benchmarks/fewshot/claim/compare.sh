@@ -7,7 +7,8 @@
 # episodes are the same). What a new task costs the row alone is measured too (cost_episodes=1: RESULTS' Pareto
 # plot). One niced process on THREADS threads (default 1), or SHARDS=2 one-thread shards side by side then the
 # report's run (benchmarks/fewshot/eval.sh); resumable: a written file is skipped, one in progress resumes from
-# its journals. A candidate's committed state is laid into its run folder first (a new machine has no runs/). Then merge.py joins them with the baseline table into benchmarks/results/claim.json.
+# its journals. A candidate's committed state is laid into its run folder first (a new machine has no runs/).
+# Then merge.py joins them with the baseline table into benchmarks/results/claim.json.
 #
 #   setsid nohup bash benchmarks/fewshot/claim/compare.sh > runs/claim-compare.log 2>&1 &
 #   python benchmarks/fewshot/claim/merge.py --json benchmarks/results/claim.json
