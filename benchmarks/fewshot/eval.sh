@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One `metalm eval` (its arguments as given: --json OUT --resume ... are the caller's) as the benchmark jobs run
 # it: niced, on THREADS threads (default 1). With SHARDS=N (N >= 2), first N one-thread shards side by side
-# (`--shard I/N`, each journaling its blocks apart and reading the others': on a machine of N cores, N times
-# what one thread measures), then the same evaluation without a shard, which measures what is left and each
+# (`--shard I/N`, each journaling its blocks apart and reading the others': one thread on each of N cores),
+# then the same evaluation without a shard, which measures what is left and each
 # row's cost alone (a quiet machine: the costs are timings) and writes the report. A failed shard stops it.
 #
 #   SHARDS=2 bash benchmarks/fewshot/eval.sh --model smollm2-135m --protocol bench_pool --json OUT.json --resume
