@@ -350,12 +350,11 @@ class Harness:
             raise ConfigError("shard", "a shard of an evaluation needs a journal (an output path) and one process")
         # Seed-major: a killed run's journal holds whole seeds first.
         items = [(t, k, s) for s in range(self.config.seeds) for t in tasks for k in self.config.shots]
-        if shard is not None:
-            names = [r.name for r in self.rows(finetune).values()]
-            items = [it for i, it in enumerate(items) if i % shard[1] == shard[0]
-                     or not journal.missing([Journal.key(it[0].name, it[1], it[2])], names)]
-        bar = tqdm(total=len(items), disable=not progress or not ctx.is_main, desc="evaluate")
         rows = list(self.rows(finetune).values())
+        if shard is not None:
+            items = [it for i, it in enumerate(items) if i % shard[1] == shard[0]
+                     or not journal.missing([Journal.key(it[0].name, it[1], it[2])], [r.name for r in rows])]
+        bar = tqdm(total=len(items), disable=not progress or not ctx.is_main, desc="evaluate")
 
         def run(item: tuple[Task, int, int]) -> Block:
             block = journaled_block(self.block, Journal.key(item[0].name, item[1], item[2]), rows,
