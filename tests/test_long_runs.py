@@ -157,3 +157,33 @@ def test_a_fresh_clone_continues_from_the_committed_state(setup):
     assert ran.returncode == 0 and "resumes from step 2" in ran.stderr, ran.stderr
     log = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3] and entry(tmp_path)["committed"] == 3
+
+
+# Scripts that run for hours in the background: bash reads a plain script as it executes it, so an edit
+# made while one runs changes what the running process does next; a body wrapped in one function is read
+# whole before it starts.
+LONG_SCRIPTS = ["benchmarks/fewshot/train_long.sh", "benchmarks/fewshot/eval.sh", "benchmarks/fewshot/bench_baselines.sh",
+                "benchmarks/fewshot/claim/study.sh",
+                "benchmarks/fewshot/claim/curves.sh", "benchmarks/fewshot/claim/compare.sh",
+                "benchmarks/fewshot/claim/pool_curve.sh"]
+
+
+@pytest.mark.parametrize("script", LONG_SCRIPTS)
+def test_long_running_scripts_are_read_whole_before_they_run(script):
+    lines = (ROOT / script).read_text().splitlines()
+    assert lines[-1] == 'main "$@"; exit', script
+    assert lines.count("main() {") == 1 and lines[-2] == "}", script
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_an_edit_during_a_run_reaches_only_an_unwrapped_script(tmp_path, wrapped):
+    """The idiom the test above checks, against a plain script: the same edit, made while each sleeps."""
+    body = "sleep 1\necho first\n"
+    script = tmp_path / "s.sh"
+    script.write_text(f"main() {{\n{body}}}\nmain \"$@\"; exit\n" if wrapped else body)
+    proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    with open(script, "a") as f:  # in place: the same inode, as an editor saving over it
+        f.write("echo edited\n")
+    out, _ = proc.communicate(timeout=30)
+    assert ("edited" in out) is not wrapped and "first" in out

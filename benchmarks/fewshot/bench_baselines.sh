@@ -19,6 +19,9 @@
 #     setsid nohup bash benchmarks/fewshot/bench_baselines.sh > runs/bench_pool_baselines.log 2>&1 &
 # (benchmarks/fewshot/eval.sh; or by hand: --shard 0/2 and --shard 1/2 side by side, then once without)
 set -euo pipefail
+# The body is one function, read whole before it runs: editing this file while a run is in progress
+# cannot change what that run does (bash reads a plain script as it goes).
+main() {
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
@@ -26,3 +29,5 @@ PROTOCOL=${PROTOCOL:-bench}
 OUT=${OUT:-benchmarks/results/bench_baselines.json}
 BIN=$BIN THREADS=$THREADS bash benchmarks/fewshot/eval.sh --model smollm2-135m --protocol "$PROTOCOL" \
   --json "$OUT" --resume --journal-every 1 "$@"
+}
+main "$@"; exit

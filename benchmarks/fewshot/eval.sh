@@ -7,6 +7,9 @@
 #
 #   SHARDS=2 bash benchmarks/fewshot/eval.sh --model smollm2-135m --protocol bench_pool --json OUT.json --resume
 set -euo pipefail
+# The body is one function, read whole before it runs: editing this file while a run is in progress
+# cannot change what that run does (bash reads a plain script as it goes).
+main() {
 BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
 SHARDS=${SHARDS:-1}
@@ -21,3 +24,5 @@ if [ "$SHARDS" -gt 1 ]; then
   trap - TERM INT
 fi
 OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS nice -n 10 "$BIN/metalm" eval "$@" < /dev/null
+}
+main "$@"; exit

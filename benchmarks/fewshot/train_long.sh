@@ -12,6 +12,9 @@
 #   bash benchmarks/fewshot/train_long.sh CONFIG --until 500     # stop (checkpointed) at step 500
 #   pkill -TERM -f runs/long-hyperlora                            # stop it: checkpointed, recorded as stopped
 set -uo pipefail
+# The body is one function, read whole before it runs: editing this file while a run is in progress
+# cannot change what that run does (bash reads a plain script as it goes).
+main() {
 cd "$(dirname "$0")/../.."
 CONFIG=${1:?usage: train_long.sh CONFIG.yaml [metalm train options]}
 shift
@@ -39,3 +42,5 @@ while kill -0 $CHILD 2>/dev/null; do  # the wait was cut by a signal: wait for t
 done
 $MANIFEST --config "$CONFIG" --exit-code $RC || echo "train_long.sh: the manifest was not updated" >&2
 exit $RC
+}
+main "$@"; exit

@@ -13,6 +13,9 @@
 #   setsid nohup bash benchmarks/fewshot/claim/compare.sh > runs/claim-compare.log 2>&1 &
 #   python benchmarks/fewshot/claim/merge.py --json benchmarks/results/claim.json
 set -euo pipefail
+# The body is one function, read whole before it runs: editing this file while a run is in progress
+# cannot change what that run does (bash reads a plain script as it goes).
+main() {
 cd "$(dirname "$0")/../../.."
 BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
@@ -40,3 +43,5 @@ while read -r RUN CKPT SHOTS ROW; do
     --protocol "$PROTOCOL" --shots "$SHOTS" --methods "zeroshot,finetune,$KIND" --json "$JSON" --resume \
     --journal-every 1 --quiet calibrate_trained=true cost_episodes=1 "rows=[zeroshot,$ROW]" $FT
 done
+}
+main "$@"; exit

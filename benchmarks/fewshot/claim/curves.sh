@@ -14,6 +14,9 @@
 #   SIZING=none STEPS=200 CURVES=/tmp/c bash benchmarks/fewshot/claim/curves.sh runs/long-hyperlora --tasks clinc150.banking
 #   python benchmarks/fewshot/claim/choose.py runs/long-channel_metaicl runs/long-multitask ... --json ...
 set -euo pipefail
+# The body is one function, read whole before it runs: editing this file while a run is in progress
+# cannot change what that run does (bash reads a plain script as it goes).
+main() {
 cd "$(dirname "$0")/../../.."
 RUN=${1:?usage: curves.sh runs/long-NAME [metalm eval options]}
 shift
@@ -60,3 +63,5 @@ for STEP in $STEPS; do
     --protocol "$PROTOCOL" --evaluate-on meta_val --shots "${FINAL:+4,}16" --methods "finetune,$KIND" \
     "${RUNG[@]}" --json "$OUT" --resume --journal-every 1 --quiet cost_episodes=0 calibrate_trained=true $FT "$@"
 done
+}
+main "$@"; exit

@@ -10,6 +10,9 @@
 #
 #   setsid nohup bash benchmarks/fewshot/claim/pool_curve.sh multitask > runs/claim-pool-curve.log 2>&1 &
 set -euo pipefail
+# The body is one function, read whole before it runs: editing this file while a run is in progress
+# cannot change what that run does (bash reads a plain script as it goes).
+main() {
 cd "$(dirname "$0")/../../.."
 NAME=${1:?usage: pool_curve.sh CANDIDATE (its config: benchmarks/fewshot/claim/CANDIDATE.yaml)}
 BIN=${BIN:-.venv/bin}
@@ -31,3 +34,5 @@ for PCT in 25 50; do
     { echo "pool_curve.sh: training $POOL failed (runs/long-${NAME}_pool$PCT.log)" >&2; exit 1; }
   STEPS=$STEPS bash benchmarks/fewshot/claim/curves.sh "runs/long-${NAME}_pool$PCT"
 done
+}
+main "$@"; exit
