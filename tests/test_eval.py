@@ -853,21 +853,35 @@ def test_the_precision_enters_a_journals_fingerprint_only_when_it_is_bf16(regist
 
 
 def test_the_default_max_length_cuts_no_row_and_a_short_one_is_counted_by_hand(registry, tmp_path):
-    """max_length unset: the model's window, so 8 shots of 3 ways (24 demonstrations) cut no row; at 48
+    """max_length unset: the model's window, so 16 shots of 3 ways (48 demonstrations) cut no row; at 48
     tokens the report counts the cut rows, as a hand count of the tokens says (an episode's queries share
     its demonstrations, cut together when the longest prompt + option does not fit)."""
+    from metalm.data import TaskRegistry, load_task_file
+    from metalm.data.registry import Task
     from metalm.eval.truncation import truncation, warning
 
     path = save_tiny_model(tmp_path / "m", corpus(), "llama", max_position_embeddings=2048)
     tok, algo, base = _learner(path)
-    config = EvalConfig(shots=[8], episodes=2, ways=3, queries=1, methods=["zeroshot", "icl", "icl-cal"])
-    task = registry["toy_cls"]
+    # 20 examples a label: 16 shots and a query each
+    words = {"yes": "apple", "no": "river", "unsure": "stone"}
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": f"{w} number {i}", "label": lab}) + "\n"
+                                              for lab, w in words.items() for i in range(20)))
+    (tmp_path / "t.yaml").write_text(json.dumps({"name": "sixteen", "type": "classification",
+                                                 "source": {"kind": "jsonl", "path": "t.jsonl"},
+                                                 "template": "Q: {{ text }}\nA:", "labels": list(words)}))
+    sixteen = TaskRegistry([Task(load_task_file(tmp_path / "t.yaml"), str(tmp_path / "t.yaml"))])["sixteen"]
+    config = EvalConfig(shots=[16], episodes=2, ways=3, queries=1, methods=["zeroshot", "icl", "icl-cal"])
     harness = Harness.from_learner(algo, tok, base, None, config)
     assert harness.max_length == 2048
-    counts = truncation(harness, [task])
+    counts = truncation(harness, [sixteen])
     per_row = 2 * 3 * (1 + len(config.content_free))  # episodes x queries x (query + content-free twins)
-    assert counts["icl"][task.name] == {"cut": 0, "rows": 2 * 3} and counts["icl-cal"][task.name]["rows"] == per_row
+    assert counts["icl"]["sixteen"] == {"cut": 0, "rows": 2 * 3} and counts["icl-cal"]["sixteen"]["rows"] == per_row
     assert warning(counts, 2048) is None
+    ep = harness.episodes(sixteen, 16)[0]  # prompts the old fixed default (256) would have cut
+    assert len(ep.support) == 48 and len(tok("\n\n".join(e.prompt + e.answer for e in ep.support))["input_ids"]) > 256
+
+    config = dataclasses.replace(config, shots=[8])
+    task = registry["toy_cls"]
 
     short = Harness.from_learner(algo, tok, base, None, dataclasses.replace(config, max_length=48))
     counts = truncation(short, [task])
