@@ -327,6 +327,11 @@ class Harness:
         return accuracy(scores, ep.query)
 
     # ------------------------------------------------------------------ everything
+    def blocks(self, tasks: Sequence[Task]) -> list[tuple[Task, int, int]]:
+        """The blocks of episodes :meth:`measure` measures, ``(task, shots, seed)``, seed-major (a killed run's
+        journal holds whole seeds first); :meth:`Journal.key` names each."""
+        return [(t, k, s) for s in range(self.config.seeds) for t in tasks for k in self.config.shots]
+
     def measure(self, tasks: Sequence[Task], progress: bool = False, journal: Journal | None = None,
                 finetune: FinetuneChoice | None = None, shard: tuple[int, int] | None = None) -> Measurements:
         """Per-episode accuracy of every row on every task, shot count and seed (``finetune``: fine-tuning's
@@ -348,8 +353,7 @@ class Harness:
         journal = journal if not ctx.enabled else None
         if shard is not None and journal is None:
             raise ConfigError("shard", "a shard of an evaluation needs a journal (an output path) and one process")
-        # Seed-major: a killed run's journal holds whole seeds first.
-        items = [(t, k, s) for s in range(self.config.seeds) for t in tasks for k in self.config.shots]
+        items = self.blocks(tasks)
         rows = list(self.rows(finetune).values())
         if shard is not None:
             items = [it for i, it in enumerate(items) if i % shard[1] == shard[0]

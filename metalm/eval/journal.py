@@ -109,6 +109,8 @@ class Journal:
         journal = cls.__new__(cls)
         journal.path, journal.every = Path(path), None
         journal.others = [Path(o) for o in others if Path(o) != journal.path]
+        # A shard's own file may not exist yet while the others' do; alone, a missing file is an error
+        # (``_lines`` names it).
         lines = _lines(journal.path) if journal.path.is_file() or not journal.others else []
         journal.fingerprint = lines[0].get("fingerprint") if lines else None
         journal._collect([*lines[1:], *(line for o in journal.others if o.is_file() for line in _lines(o)[1:])])

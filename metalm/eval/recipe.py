@@ -278,8 +278,7 @@ def _shard_done(shard: tuple[int, int], book: Journal, harness: Harness, eval_li
     """What a shard returns once its blocks are journaled: where, and how many blocks of the evaluation
     (the first harness's rows) no process has journaled yet (read again: other shards wrote meanwhile)."""
     again = Journal.read(book.path, book.others)
-    keys = [Journal.key(t.name, k, s) for s in range(harness.config.seeds) for t in eval_list
-            for k in harness.config.shots]
+    keys = [Journal.key(t.name, k, s) for t, k, s in harness.blocks(eval_list)]
     missing = len(again.missing(keys, [r.name for r in harness.rows(finetune).values()]))
     if log is not None:
         log(f"shard {shard[0]}/{shard[1]}: its blocks are journaled in {book.path}; {missing} of {len(keys)} "
