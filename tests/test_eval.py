@@ -13,7 +13,8 @@ from metalm.data import CollateConfig, EpisodeSampler, SamplerConfig
 from metalm.data.episode import Example
 from metalm.errors import ConfigError
 from metalm.eval import BASELINES, EvalConfig, Harness, exact_match, greedy_generate, mean_ci95, option_scores, token_f1
-from metalm.eval.budgets import choose_finetune, inner_steps_sweep
+from metalm.eval.budgets import _versus_runner_up, choose_finetune, inner_steps_sweep
+from metalm.eval.rows import FinetuneChoice
 from metalm.models import save_tiny_model
 from metalm.train import TrainConfig, build_model
 
@@ -254,18 +255,45 @@ def test_in_context_trained_rows(tiny, registry):
     assert any(data[("c+icl", t.name, 2)] != data[("c", t.name, 2)] for t in tasks)  # the prompt mattered
 
 
+def test_the_chosen_budget_against_the_runner_up_by_hand():
+    """Per-episode accuracies of three grid points: the best (mean 0.7) against the runner-up (0.6), paired
+    by episode. Differences 0.1, 0.1, 0.1, 0.1: no spread, separated. Differences +0.3, -0.1, +0.3, -0.1:
+    mean 0.1, sd 0.2309, half-width t(0.975, 3) * sd / 2 = 3.1824 * 0.11547 = 0.3675: not separated."""
+    points = [("sgd", 0.3, 5), ("sgd", 3.0, 10), ("adam", 0.01, 5)]
+    even = [[0.6, 0.7, 0.2], [0.6, 0.7, 0.2], [0.6, 0.7, 0.2], [0.6, 0.7, 0.2]]
+    v = _versus_runner_up(even, points, [0.6, 0.7, 0.2], 1)
+    assert v["runner_up"] == {"optimizer": "sgd", "lr": 0.3, "steps": 5} and v["separated"] and v["n"] == 4
+    assert v["diff"] == pytest.approx(0.1) and v["ci95"] == 0.0
+    noisy = [[0.4, 0.7, 0.2], [0.8, 0.7, 0.2], [0.4, 0.7, 0.2], [0.8, 0.7, 0.2]]
+    v = _versus_runner_up(noisy, points, [0.6, 0.7, 0.2], 1)
+    assert v["diff"] == pytest.approx(0.1) and v["ci95"] == pytest.approx(0.3675, abs=1e-4) and not v["separated"]
+    choice = FinetuneChoice(None, [], v)
+    assert "chosen on noise" in choice.warning() and "[-0.267, +0.467]" in choice.warning()
+    one = _versus_runner_up([[0.5, 1.0, 0.0]], points, [0.5, 1.0, 0.0], 1)
+    assert one["ci95"] is None and not one["separated"] and "one episode" in FinetuneChoice(None, [], one).warning()
+    assert FinetuneChoice(None, [], None).warning() is None  # a given budget: nothing was chosen
+
+
 def test_finetune_budget_is_chosen_on_validation_tasks(tiny, registry):
     _, _, path = tiny
     tok, algo, base = _learner(path)
     harness = Harness.from_learner(algo, tok, base, None, EvalConfig(
         methods=["finetune"], finetune_lrs=[1e-9, 1.0], finetune_adam_lrs=[0.01], finetune_steps=[1, 2], ways=2,
-        queries=1, val_episodes=1))
+        queries=1, val_episodes=3))
     choice = choose_finetune(harness, [registry["toy_mc"]])
     chosen, grid = choice.init, choice.grid
     assert [(g["optimizer"], g["lr"], g["steps"]) for g in grid] == \
         [("sgd", 1e-9, 1), ("sgd", 1e-9, 2), ("sgd", 1.0, 1), ("sgd", 1.0, 2), ("adam", 0.01, 1), ("adam", 0.01, 2)]
     best = max(grid, key=lambda g: g["val_accuracy"])
     assert (chosen.inner.optimizer, chosen.inner.lr, chosen.inner.steps) == (best["optimizer"], best["lr"], best["steps"])
+    # Against the runner-up on the same episodes: the mean of the differences is the difference of the means.
+    second = max((g for g in grid if g is not best), key=lambda g: g["val_accuracy"])
+    versus = choice.record()["versus"]
+    assert versus["runner_up"] == {k: second[k] for k in ("optimizer", "lr", "steps")} and versus["n"] == 3
+    assert versus["diff"] == pytest.approx(best["val_accuracy"] - second["val_accuracy"], abs=1e-12)
+    assert versus["separated"] == (versus["diff"] - versus["ci95"] > 0)
+    assert (choice.warning() is None) == versus["separated"]
+    assert FinetuneChoice.from_record(harness.base, choice.record()).record() == choice.record()  # a journal's
     assert set(k[0] for k in harness.episode_cache) == {"toy_mc"}  # only validation episodes were drawn
     one = Harness.from_learner(algo, tok, base, None, EvalConfig(  # a budget given: nothing to choose or measure
         methods=["finetune"], finetune_optimizers=["adam"], finetune_adam_lrs=[0.01], finetune_steps=[2], ways=2))

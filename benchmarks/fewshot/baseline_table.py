@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(report['tasks'])} held-out tasks ({', '.join(f'{g} {n}' for g, n in counts.items())}); "
           f"measuring time {hours:.2f} hours (`measuring_seconds`, every session's time summed); "
           f"fine-tuning: {report.get('budgets', {}).get('finetune', '-')}. {cut_prompts(report)}\n")
+    if "finetune" in report:  # the chosen budget against the runner-up on meta-val, when recorded
+        from metalm.eval.rows import FinetuneChoice
+        noise = FinetuneChoice(None, report["finetune"]["grid"], report["finetune"].get("versus")).warning()
+        if noise:
+            noise = noise.removeprefix("metalm eval: warning: ")
+            print(noise[0].upper() + noise[1:] + "\n")
     print("Macro accuracy (mean over units: one seed's episode, averaged over tasks; 95% t-interval):\n")
     print(format_table(report) + "\n")
     print(format_winner(report) + "\n")

@@ -13,7 +13,7 @@ from ..data import Task
 from ..data.episode import TextEpisode
 from ..runtime.distributed import map_sharded
 from .rows import FinetuneChoice
-from .stats import mean_ci95
+from .stats import mean_ci95, paired
 
 #: A :class:`~metalm.eval.fewshot.Harness` (typed loosely: the harness imports this module).
 Harness = Any
@@ -51,7 +51,22 @@ def choose_finetune(harness: Harness, val_tasks: Sequence[Task]) -> FinetuneChoi
     opt, lr, steps = points[best]
     return FinetuneChoice(harness.base.with_budget(opt, lr, steps),
                           [{"optimizer": o, "lr": r, "steps": k, "val_accuracy": m}
-                           for (o, r, k), m in zip(points, means, strict=True)])
+                           for (o, r, k), m in zip(points, means, strict=True)],
+                          _versus_runner_up(per_episode, points, means, best))
+
+
+def _versus_runner_up(per_episode: Sequence[Sequence[float]], points: Sequence[tuple[str, float, int]],
+                      means: Sequence[float], best: int) -> dict[str, Any]:
+    """The chosen grid point against the next best on the same meta-val episodes (paired, one unit per
+    episode): ``separated`` when the 95% interval of the difference excludes 0."""
+    second = max((i for i in range(len(points)) if i != best), key=means.__getitem__)
+    pair = paired([a[best] for a in per_episode], [a[second] for a in per_episode])
+    opt, lr, steps = points[second]
+    if pair["n"] < 2:  # one episode: no interval, nothing separated
+        pair.update(ci95=None, p=None)
+    return {"runner_up": {"optimizer": opt, "lr": lr, "steps": steps}, "diff": pair["diff"], "ci95": pair["ci95"],
+            "p": pair["p"], "n": pair["n"],
+            "separated": pair["ci95"] is not None and pair["diff"] - pair["ci95"] > 0}
 
 
 def inner_steps_sweep(harness: Harness, tasks: Sequence[Task],

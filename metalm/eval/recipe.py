@@ -138,6 +138,8 @@ def choose_finetune(harness: Harness, registry: TaskRegistry, val: Sequence[str]
         ft = choice.init.inner
         log(f"finetune: {ft.optimizer}, inner lr {ft.lr:g}, {ft.steps} steps, chosen on meta-val tasks "
             f"{', '.join(val)}")
+        if choice.warning():
+            log(choice.warning())
     return choice
 
 

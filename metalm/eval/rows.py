@@ -93,21 +93,39 @@ class Row:
 
 @dataclasses.dataclass
 class FinetuneChoice:
-    """Fine-tuning's budget chosen on meta-val tasks: the initialization it adapts with, and the
-    grid it was chosen from (``[{"optimizer", "lr", "steps", "val_accuracy"}, ...]``)."""
+    """Fine-tuning's budget chosen on meta-val tasks: the initialization it adapts with, the grid it
+    was chosen from (``[{"optimizer", "lr", "steps", "val_accuracy"}, ...]``) and, when the grid was
+    measured, the chosen point against the runner-up on the same meta-val episodes (``versus``:
+    ``{"runner_up", "diff", "ci95", "p", "separated"}``; not separated: the choice fell on noise)."""
 
     init: Init
     grid: list[dict[str, Any]]
+    versus: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """The choice as the report and the journal hold it."""
         ft = self.init.inner
-        return {"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps, "grid": self.grid}
+        out = {"optimizer": ft.optimizer, "lr": ft.lr, "steps": ft.steps, "grid": self.grid}
+        return out if self.versus is None else {**out, "versus": self.versus}
 
     @classmethod
     def from_record(cls, base: Init, record: dict[str, Any]) -> FinetuneChoice:
         """The choice :meth:`record` wrote, on the pretrained initialization ``base``."""
-        return cls(base.with_budget(record["optimizer"], record["lr"], record["steps"]), list(record["grid"]))
+        return cls(base.with_budget(record["optimizer"], record["lr"], record["steps"]), list(record["grid"]),
+                   record.get("versus"))
+
+    def warning(self) -> str | None:
+        """One line when the chosen budget is not separated from the runner-up on meta-val, else None."""
+        v = self.versus
+        if v is None or v["separated"]:
+            return None
+        r = v["runner_up"]
+        ci = "one episode, no interval" if v["ci95"] is None else \
+            f"paired 95% [{v['diff'] - v['ci95']:+.3f}, {v['diff'] + v['ci95']:+.3f}]"
+        return (f"metalm eval: warning: fine-tuning's budget was chosen on noise: on the meta-val episodes it "
+                f"beats the runner-up ({r['optimizer']} lr {r['lr']:g}, {r['steps']} steps) by {v['diff']:+.3f} "
+                f"({ci}, {v['n']} episodes); a gentler budget may serve held-out tasks better "
+                f"(finetune_lrs=..., finetune_steps=...)")
 
 
 def expand_rows(methods: Sequence[str], base: Init, trained: Sequence[Trained] = (),
