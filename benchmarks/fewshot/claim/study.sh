@@ -60,13 +60,19 @@ lane() {  # CANDIDATE...: each trained, its curve points scored, its chosen chec
   for name in "$@"; do
     run=$RUNS/long-$name
     if [ "$(finished "$run" "$CONFIGS/$name.yaml")" != yes ]; then
+      say "$name: training ($RUNS/long-$name.log)"
       RUN=$run bash benchmarks/fewshot/train_long.sh "$CONFIGS/$name.yaml" > "$RUNS/long-$name.log" 2>&1 || return 1
     fi
+    say "$name: curve points ($RUNS/curves-$name.log)"
     bash $CLAIM/curves.sh "$run" >> "$RUNS/curves-$name.log" 2>&1 || return 1
     step=$($BIN/python $CLAIM/choose.py step "$run" --curves "$CURVES") || return 1
+    say "$name: step $step chosen, its final scoring"
     FINAL=$step bash $CLAIM/curves.sh "$run" >> "$RUNS/curves-$name.log" 2>&1 || return 1
+    say "$name: done"
   done
 }
+
+say() { echo "$(date -u '+%F %H:%M') study.sh: $*"; }  # the log's timeline (MANIFEST's spans)
 
 finished() {  # RUN CONFIG: "yes" when the long runs' manifest lists RUN as finished with CONFIG
   $BIN/python -c "
