@@ -96,7 +96,7 @@ class FinetuneChoice:
     """Fine-tuning's budget chosen on meta-val tasks: the initialization it adapts with, the grid it
     was chosen from (``[{"optimizer", "lr", "steps", "val_accuracy"}, ...]``) and, when the grid was
     measured, the chosen point against the runner-up on the same meta-val episodes (``versus``:
-    ``{"runner_up", "diff", "ci95", "p", "separated"}``; not separated: the choice fell on noise)."""
+    ``{"runner_up", "diff", "ci95", "p", "n", "separated"}``; not separated: the choice fell on noise)."""
 
     init: Init
     grid: list[dict[str, Any]]
