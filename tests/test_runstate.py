@@ -106,3 +106,23 @@ def test_a_kept_checkpoint_stays_through_later_commits_and_is_laid_in_on_a_new_m
     assert got.keys() == chosen.keys() and all(torch.equal(got[k], chosen[k]) for k in chosen)
     with pytest.raises(MetalmError, match="over the 0 MiB"):
         commit_state(run, state, max_bytes=1000)  # the kept one counts toward the bound
+
+
+def test_a_finished_run_whose_kept_step_is_its_newest_restores_on_a_new_machine(world, tmp_path, monkeypatch):
+    """A learning curve that chose a run's last step keeps the newest checkpoint: restoring that state into
+    an empty folder lays it in once (it was copied twice and the second copy failed, on a new machine)."""
+    from metalm.runtime.runstate import keep_checkpoint, kept_checkpoints
+
+    run = tmp_path / "machine-one" / "runs" / "long"
+    trainer(world, run, monkeypatch).train(progress=False, max_steps=2)
+    state = tmp_path / "repo" / "runs" / "long"
+    commit_state(run, state)
+    keep_checkpoint(run, state, 2)
+    assert [p.name for p in kept_checkpoints(state)] == [p.name for p in list_checkpoints(state)] == ["step-0000002"]
+    want = tensors(run / "checkpoints" / "step-0000002")
+    fresh = tmp_path / "machine-two" / "runs" / "long"
+    assert restore_state(state, fresh) == 2
+    assert restore_state(state, fresh) == 2  # again: the folder is as new, nothing is copied
+    got = tensors(fresh / "checkpoints" / "step-0000002")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert [p.name for p in list_checkpoints(fresh)] == ["step-0000002"]

@@ -94,12 +94,15 @@ def restore_state(state_dir: str | Path, run_dir: str | Path) -> int | None:
     local = list_checkpoints(run_dir)
     local_step = read_step(local[-1]) if local else None
     step = committed_step(state_dir)
-    for path in kept_checkpoints(state_dir):  # kept ones the folder lacks (never the newest: resume reads that)
-        if not (run_dir / "checkpoints" / path.name).exists():
+    newest = list_checkpoints(state_dir)[-1] if step is not None else None
+    # Kept ones the folder lacks. The newest is laid in below with the run's files, also when it is kept
+    # (a finished run whose learning curve chose its last step).
+    for path in kept_checkpoints(state_dir):
+        if path != newest and not (run_dir / "checkpoints" / path.name).exists():
             _copy_in(path, run_dir)
     if step is None or (local_step is not None and local_step >= step):
         return local_step
-    _copy_in(list_checkpoints(state_dir)[-1], run_dir)
+    _copy_in(newest, run_dir)
     for name in _FILES:  # the committed run's files, with its newer step
         if (state_dir / name).is_file():
             shutil.copy2(state_dir / name, run_dir / name)
@@ -111,8 +114,12 @@ def _copy_in(checkpoint: Path, run_dir: Path) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}-", dir=run_dir / "checkpoints"))
     shutil.rmtree(tmp)
-    shutil.copytree(checkpoint, tmp)
-    os.replace(tmp, run_dir / "checkpoints" / checkpoint.name)
+    try:
+        shutil.copytree(checkpoint, tmp)
+        os.replace(tmp, run_dir / "checkpoints" / checkpoint.name)
+    except BaseException:  # no half-copied folder is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def kept_checkpoints(state_dir: str | Path) -> list[Path]:
