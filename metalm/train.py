@@ -154,6 +154,9 @@ class MetaTrainer:
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = read_checkpoint(checkpoint)
         path, tensors, state = checkpoint.path, checkpoint.tensors, checkpoint.state
+        if state.get("weights_only"):
+            raise MetalmError(f"checkpoint {path} holds weights only (a finished run's committed state keeps what "
+                              "scoring reads, without the optimizer's state): evaluate it; it cannot be resumed")
         restore_algorithm(self.algorithm, checkpoint)
         slots = state["sampler"].get("slots", {}) if isinstance(state["sampler"], dict) else {}
         if len(slots) != len(self.micro_slots) * self.config.outer.meta_batch:

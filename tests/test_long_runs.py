@@ -57,6 +57,9 @@ def test_until_then_to_the_end(setup):
     assert ran.returncode == 0, ran.stderr
     e = entry(tmp_path)
     assert (e["status"], e["checkpointed"], e["logged"], e["committed"]) == ("finished", 3, 3, 3)
+    weights_only = [json.loads((p / "state.json").read_text()).get("weights_only") for p in
+                    sorted((tmp_path / "committed" / "run" / "checkpoints").iterdir())]
+    assert weights_only == [True]  # a stopped run's state resumes; a finished one's is scored only
     text = (tmp_path / "MANIFEST.md").read_text()
     assert text.startswith("# Long jobs\n\nhand-written rows stay as they are\n") and text.endswith("## after the table\n")
     rows = [line for line in text.splitlines() if line.startswith(f"| `{tmp_path / 'run'}`")]

@@ -102,8 +102,10 @@ def test_a_kept_checkpoint_stays_through_later_commits_and_is_laid_in_on_a_new_m
     assert [p.name for p in kept_checkpoints(state)] == ["step-0000001"]
     fresh = tmp_path / "machine-two" / "runs" / "long"
     assert restore_state(state, fresh) == 4  # the newest is what resume reads
-    got = tensors(fresh / "checkpoints" / "step-0000001")
-    assert got.keys() == chosen.keys() and all(torch.equal(got[k], chosen[k]) for k in chosen)
+    got = tensors(fresh / "checkpoints" / "step-0000001")  # weights only: scored, never resumed
+    scored = {k: v for k, v in chosen.items() if not k.startswith("opt/")}
+    assert len(scored) < len(chosen) and got.keys() == scored.keys()
+    assert all(torch.equal(got[k], scored[k]) for k in scored)
     with pytest.raises(MetalmError, match="over the 0 MiB"):
         commit_state(run, state, max_bytes=1000)  # the kept one counts toward the bound
 
@@ -126,3 +128,26 @@ def test_a_finished_run_whose_kept_step_is_its_newest_restores_on_a_new_machine(
     got = tensors(fresh / "checkpoints" / "step-0000002")
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert [p.name for p in list_checkpoints(fresh)] == ["step-0000002"]
+
+
+def test_a_finished_runs_committed_state_is_weights_only_and_scores_as_the_run_does(world, tmp_path, monkeypatch):
+    """commit_state(weights_only=True), as long_runs.py does for a finished run: the optimizer's tensors are
+    dropped (the file shrinks, checksums still verify), a new machine's folder scores with the same trained
+    values as the run's own, and resuming it is refused with a clear error instead of a silently fresh optimizer."""
+    from metalm.run import load_run
+
+    run = tmp_path / "machine-one" / "runs" / "long"
+    trainer(world, run, monkeypatch).train(progress=False)  # the whole schedule: 4 steps
+    state = tmp_path / "repo" / "runs" / "long"
+    full = (run / "checkpoints" / "step-0000004" / "tensors.safetensors").stat().st_size
+    assert commit_state(run, state, weights_only=True) == 4
+    slim = state / "checkpoints" / "step-0000004"
+    assert slim.joinpath("tensors.safetensors").stat().st_size < full
+    assert not any(k.startswith("opt/") for k in tensors(slim))
+    assert json.loads(slim.joinpath("state.json").read_text())["weights_only"] is True
+    fresh = tmp_path / "machine-two" / "runs" / "long"
+    assert restore_state(state, fresh) == 4
+    mine, theirs = load_run(run).trained, load_run(fresh).trained
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with pytest.raises(MetalmError, match="holds weights only"):
+        trainer(world, fresh, monkeypatch).train(resume=True, progress=False)

@@ -12,7 +12,8 @@ of `benchmarks/MANIFEST.md` (rewritten from the JSON). Run folders stay local (`
 committed), but when a run's process ends its newest checkpoint (without the base model) is copied
 into ``benchmarks/runs/NAME`` (:mod:`metalm.runtime.runstate`), which is committed with the manifest at a
 session's end: ``restore`` lays it into an empty ``runs/NAME`` on a fresh clone, and the same
-command continues from it bit-identically (train_long.sh does both).
+command continues from it bit-identically (train_long.sh does both). A finished run's committed state is
+weights only (scored, never resumed: the optimizer's state is dropped).
 
     python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --config benchmarks/fewshot/claim/hyperlora.yaml \
         --status running
@@ -99,7 +100,7 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
     entry["config"] = config or entry.get("config", "")
     entry["status"] = status_of(entry, exit_code, status)
     if exit_code is not None and entry.get("checkpointed") is not None:  # the process ended: keep its state
-        entry["committed"] = commit_state(run, state_dir(run, state))
+        entry["committed"] = commit_state(run, state_dir(run, state), weights_only=entry["status"] == "finished")
     else:
         entry["committed"] = committed_step(state_dir(run, state))
     kept = [read_step(p) for p in kept_checkpoints(state_dir(run, state))]

@@ -272,6 +272,29 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, tensors, state)
 
 
+def drop_optimizer_state(path: str | Path) -> int:
+    """Rewrite a checkpoint folder without its optimizer's tensors (``opt/*``, Adam's two moments: two
+    thirds of an Adam-trained state): what scoring reads (the meta-parameters, the counters), not what
+    resuming needs. ``state.json`` then says ``weights_only`` and :meth:`metalm.train.MetaTrainer.restore`
+    refuses it. Rewrites in place: call it on a copy that is renamed into place afterwards.
+
+    Returns:
+        The bytes saved.
+
+    Raises:
+        MetalmError: If the checkpoint is not intact (:func:`read_checkpoint`).
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    before = (path / "tensors.safetensors").stat().st_size
+    kept = {k: v.contiguous() for k, v in checkpoint.tensors.items() if not k.startswith("opt/")}
+    _write_synced(path / "tensors.safetensors", save(kept))
+    _write_synced(path / "state.json", json.dumps({**checkpoint.state, "weights_only": True}))
+    _write_synced(path / "checksums.json", json.dumps({name: sha256_file(path / name) for name in FILES}))
+    _fsync_dir(path)
+    return before - (path / "tensors.safetensors").stat().st_size
+
+
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The newest checkpoint of a run that reads and verifies (``None`` without any).
 

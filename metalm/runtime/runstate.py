@@ -9,7 +9,8 @@ into an empty run folder on a fresh clone; ``metalm train --resume`` then contin
 to a run that was never interrupted. Commit it once each time a run stops (a stage's end, SIGTERM),
 not at every checkpoint: every commit stays in the history. A study that evaluates an older checkpoint
 (a learning curve's chosen step) keeps it too (:func:`keep_checkpoint`): kept checkpoints stay in the
-committed folder through later commits and are laid in beside the newest.
+committed folder through later commits and are laid in beside the newest. Checkpoints that are only
+scored (kept ones, and a finished run's) are committed without the optimizer's state.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import MetalmError
-from .checkpoint import PREFIX, latest_checkpoint, list_checkpoints, read_checkpoint, read_step
+from .checkpoint import PREFIX, drop_optimizer_state, latest_checkpoint, list_checkpoints, read_checkpoint, read_step
 from .files import write_atomic
 
 #: The most a committed state may weigh: a LoRA run's is a few MB; a run that meta-learns the whole
@@ -40,9 +41,12 @@ def committed_step(state_dir: str | Path) -> int | None:
     return read_step(found[-1]) if found else None
 
 
-def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int = MAX_BYTES) -> int:
+def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int = MAX_BYTES,
+                 weights_only: bool = False) -> int:
     """Replace ``state_dir`` by the run's newest intact checkpoint, ``config.yaml`` and ``log.jsonl``, with
-    the checkpoints it kept before (:func:`keep_checkpoint`).
+    the checkpoints it kept before (:func:`keep_checkpoint`). ``weights_only`` (a finished run, which is
+    scored and never resumed): every committed checkpoint without its optimizer's state
+    (:func:`~metalm.runtime.checkpoint.drop_optimizer_state`), a third of an Adam-trained state's size.
 
     Returns:
         The step committed.
@@ -67,6 +71,9 @@ def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int =
         shutil.copytree(checkpoint.path, tmp / "checkpoints" / checkpoint.path.name)
         for path in kept:
             shutil.copytree(path, tmp / "checkpoints" / path.name)
+        if weights_only:
+            for path in list_checkpoints(tmp):
+                drop_optimizer_state(path)
         if (state_dir / KEPT).is_file():
             shutil.copy2(state_dir / KEPT, tmp / KEPT)
         for name in _FILES:
@@ -132,7 +139,8 @@ def kept_checkpoints(state_dir: str | Path) -> list[Path]:
 def keep_checkpoint(run_dir: str | Path, state_dir: str | Path, step: int, *, max_bytes: int = MAX_BYTES) -> None:
     """Add ``run_dir``'s checkpoint of ``step`` to the committed state ``state_dir`` (made by
     :func:`commit_state`), to stay there through later commits: e.g. the step a learning curve chose,
-    which a study evaluates after the run has trained on.
+    which a study evaluates after the run has trained on. The copy is weights only (it is scored, never
+    resumed); the newest, when it is the step kept, stays as it is.
 
     Raises:
         MetalmError: Without a committed state, when the run has no intact checkpoint of ``step``, or over
@@ -155,7 +163,12 @@ def keep_checkpoint(run_dir: str | Path, state_dir: str | Path, step: int, *, ma
                               f"{max_bytes / 2**20:.0f} MiB a committed run may hold")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=state_dir / "checkpoints"))
         shutil.rmtree(tmp)
-        shutil.copytree(source, tmp)
-        os.replace(tmp, target)
+        try:
+            shutil.copytree(source, tmp)
+            drop_optimizer_state(tmp)  # scored, never resumed (resume reads the newest)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     steps = {str(read_step(p)) for p in kept_checkpoints(state_dir)} | {str(step)}
     write_atomic(state_dir / KEPT, "\n".join(sorted(steps, key=int)) + "\n")
