@@ -6,8 +6,8 @@
 # the measured costs (benchmarks/results/claim_pool_cost.json: about 5.4 and 5.2 CPU-hours from the start).
 # When both are done, choose.py writes benchmarks/results/claim_selection.json and the command stops: the
 # selection is committed before any held-out task is scored (PLAN.md). Run again once it is committed: the
-# comparison (compare.sh, two shards), merge.py (benchmarks/results/claim.json) and the pool curve of the
-# candidate designated at 16 shots follow.
+# comparison (compare.sh, two shards), merge.py (benchmarks/results/claim.json), the pool curve of the
+# candidate designated at 16 shots and the projection (trend.py: benchmarks/results/claim_trend.json) follow.
 #
 #   setsid nohup bash benchmarks/fewshot/claim/study.sh > runs/claim-study.log 2>&1 &
 #   kill -TERM -- -$(pgrep -f claim/study.sh | head -1)   # stop it all: runs checkpoint, evaluations journal
@@ -53,6 +53,9 @@ import json, sys
 from pathlib import Path
 print(Path(json.load(open(sys.argv[1]))['designated']['16']['candidate']).name.removeprefix('long-'))" "$SELECTION")
 bash $CLAIM/pool_curve.sh "$DESIGNATED"
+# The projection (trend.py): whether more steps or more meta-train tasks would close the gap
+$BIN/python $CLAIM/trend.py "${ORDER[@]}" --pool "$DESIGNATED" --claim benchmarks/results/claim.json \
+  --curves "$CURVES" --json benchmarks/results/claim_trend.json
 }
 
 lane() {  # CANDIDATE...: each trained, its curve points scored, its chosen checkpoint scored at 4 and 16 shots
