@@ -124,8 +124,8 @@ class FinetuneChoice:
             f"paired 95% [{v['diff'] - v['ci95']:+.3f}, {v['diff'] + v['ci95']:+.3f}]"
         return (f"metalm eval: warning: fine-tuning's budget was chosen on noise: on the meta-val episodes it "
                 f"beats the runner-up ({r['optimizer']} lr {r['lr']:g}, {r['steps']} steps) by {v['diff']:+.3f} "
-                f"({ci}, {v['n']} episodes); a gentler budget may serve held-out tasks better "
-                f"(finetune_lrs=..., finetune_steps=...)")
+                f"({ci}, {v['n']} episodes): meta-val does not tell the grid's points apart; widen meta-val, or fix "
+                f"the budget by a rule written before the runs (finetune_lrs=..., finetune_steps=...)")
 
 
 def expand_rows(methods: Sequence[str], base: Init, trained: Sequence[Trained] = (),

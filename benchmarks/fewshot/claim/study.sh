@@ -11,6 +11,7 @@
 #
 #   setsid nohup bash benchmarks/fewshot/claim/study.sh > runs/claim-study.log 2>&1 &
 #   kill -TERM -- -$(pgrep -f claim/study.sh | head -1)   # stop it all: runs checkpoint, evaluations journal
+#   LANE_B= bash benchmarks/fewshot/claim/study.sh          # one lane (LANE_A's candidates), one core
 #
 # Commit benchmarks/runs/ and benchmarks/results/ (curve points, journals, long_runs.json) at a session's end;
 # on a new machine the same command continues from them.
@@ -27,8 +28,9 @@ CURVES=${CURVES:-benchmarks/results/claim}
 SELECTION=${SELECTION:-benchmarks/results/claim_selection.json}
 # PLAN.md's order (a tie in a choice goes to the candidate listed first); fomaml: the pilot's choice
 read -r -a ORDER <<< "${ORDER:-channel_metaicl metaicl_direct multitask fomaml fomaml_icl hyperlora lora_library}"
-read -r -a LANE_A <<< "${LANE_A:-fomaml multitask channel_metaicl lora_library}"
-read -r -a LANE_B <<< "${LANE_B:-hyperlora fomaml_icl metaicl_direct}"
+# The lanes' candidates; an empty lane does nothing (LANE_B= : one lane only, e.g. beside a CI run)
+read -r -a LANE_A <<< "${LANE_A-fomaml multitask channel_metaicl lora_library}"
+read -r -a LANE_B <<< "${LANE_B-hyperlora fomaml_icl metaicl_direct}"
 export CURVES
 mkdir -p "$RUNS"
 if [ ! -f "$SELECTION" ]; then
