@@ -2,12 +2,16 @@
 answer is known by hand."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from .data.fixtures import make_world
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(script: str = "choose"):
@@ -133,6 +137,19 @@ def test_sizing_by_hand():
     fits = [row["total"] <= 3 for row in table]  # the first rung within the budget, in the written order
     assert s.choose(costs, ["a", "fomaml", "reptile"], 3, budget=3)[0] == \
         (s.RUNGS[fits.index(True)] if True in fits else None)
+
+
+def test_the_rungs_curve_steps_as_the_scripts_read_them(tmp_path):
+    """sizing.py rung: what curves.sh scores and study.sh keeps committed (every steps / points)."""
+    s = load("sizing")
+    assert s.curve_steps({"steps": 300, "points": 2}) == [150, 300]
+    assert s.curve_steps({"steps": 1000, "points": 3}) == [333, 666, 1000]
+    sizing = {"chosen": {"steps": 500, "points": 4, "curve_units": 20, "val_tasks": 2}, "meta_val_tasks": ["a", "b"]}
+    assert s.rung_line(sizing) == "125,250,375,500 a,b 2"
+    (tmp_path / "sizing.json").write_text(json.dumps(sizing))
+    ran = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fewshot" / "claim" / "sizing.py"), "rung",
+                          str(tmp_path / "sizing.json")], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout == "125,250,375,500 a,b 2\n", ran.stderr
 
 
 def test_the_meta_val_subset_keeps_each_familys_share():

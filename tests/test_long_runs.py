@@ -162,6 +162,54 @@ def test_a_fresh_clone_continues_from_the_committed_state(setup):
     assert log == [1, 2, 3] and entry(tmp_path)["committed"] == 3
 
 
+@pytest.mark.slow  # two trainings, each a process of its own
+def test_a_run_stopped_past_a_curve_step_keeps_it_for_a_new_machine(setup):
+    """KEEP_STEPS (a learning curve's points): a run stopped past a point commits that point's checkpoint
+    beside its newest, so a fresh clone can score it and resume; reached later, the newest is kept too."""
+    import shutil
+
+    world, env, tmp_path = setup
+    env = {**env, "KEEP_STEPS": "1 3"}
+    ran = subprocess.run(["bash", str(SCRIPT), str(world["config"]), "--until", "2"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    e = entry(tmp_path)
+    assert (e["status"], e["committed"], e["kept"]) == ("stopped", 2, [1]) and "unkept" not in e
+    assert "| step 2 (and kept: 1) | stopped |" in (tmp_path / "MANIFEST.md").read_text()
+    shutil.rmtree(tmp_path / "run")  # a new machine: only the committed state
+    ran = subprocess.run(["bash", str(SCRIPT), str(world["config"])], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert ran.returncode == 0 and "resumes from step 2" in ran.stderr, ran.stderr
+    assert (tmp_path / "run" / "checkpoints" / "step-0000001").is_dir()  # laid in: the curve can score it
+    e = entry(tmp_path)
+    assert (e["status"], e["committed"], e["kept"]) == ("finished", 3, [1, 3])
+    committed = tmp_path / "committed" / "run" / "checkpoints"
+    assert sorted(p.name for p in committed.iterdir()) == ["step-0000001", "step-0000003"]
+
+
+def test_a_reached_curve_step_whose_checkpoint_is_gone_is_listed_as_unkept(tmp_path, monkeypatch):
+    """A point the run passed whose checkpoint was pruned on this machine before the stop (keep_checkpoints
+    too small): the commit goes on, and the entry and the manifest say which point cannot be scored."""
+    from metalm.train import MetaTrainer, load_train_config
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "fewshot"))
+    try:
+        from long_runs import update
+    finally:
+        sys.path.pop(0)
+    world = make_world(tmp_path, max_steps=3, val_every=0, checkpoint_every=1, keep_checkpoints=1)
+    monkeypatch.setenv("METALM_HOME", world["env"]["METALM_HOME"])
+    run, state, path, manifest = tmp_path / "run", tmp_path / "committed", tmp_path / "long_runs.json", \
+        tmp_path / "MANIFEST.md"
+    manifest.write_text(MANIFEST)
+    MetaTrainer(load_train_config(world["config"]), run).train(progress=False, max_steps=2)  # step 1 pruned
+    e = update(run, exit_code=0, keep_steps=[1, 2, 3], path=path, manifest=manifest, state=state, now="now")
+    assert (e["status"], e["committed"], e["kept"], e["unkept"]) == ("stopped", 2, [2], [1])  # 3: not reached
+    assert "| step 2 (and kept: 2) (curve steps lost: 1) | stopped |" in manifest.read_text()
+    e = update(run, status="running", path=path, manifest=manifest, state=state)
+    assert e["unkept"] == [1]  # the loss stays on record
+
+
 # Scripts that run for hours in the background: bash reads a plain script as it executes it, so an edit
 # made while one runs changes what the running process does next; a body wrapped in one function is read
 # whole before it starts.

@@ -151,3 +151,30 @@ def test_a_finished_runs_committed_state_is_weights_only_and_scores_as_the_run_d
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     with pytest.raises(MetalmError, match="holds weights only"):
         trainer(world, fresh, monkeypatch).train(resume=True, progress=False)
+
+
+def test_a_kept_step_committed_as_the_newest_is_weights_only_once_the_run_goes_on(world, tmp_path, monkeypatch):
+    """A curve step kept while it was the newest (the run stopped at it) holds the optimizer's state; when
+    the run goes on and is committed again, the kept copy is made weights only (scored, never resumed),
+    with the same trained values; a copy already weights only is left as it is."""
+    from metalm.runtime.runstate import keep_checkpoint
+
+    run = tmp_path / "machine-one" / "runs" / "long"
+    trainer(world, run, monkeypatch).train(progress=False, max_steps=2)
+    state = tmp_path / "repo" / "runs" / "long"
+    commit_state(run, state)
+    keep_checkpoint(run, state, 2)
+    full = tensors(state / "checkpoints" / "step-0000002")
+    assert any(k.startswith("opt/") for k in full)  # the newest resumes: its optimizer's state stays
+    trainer(world, run, monkeypatch).train(resume=True, progress=False, max_steps=3)
+    assert commit_state(run, state) == 3
+    kept = state / "checkpoints" / "step-0000002"
+    slim = tensors(kept)
+    assert json.loads((kept / "state.json").read_text())["weights_only"]
+    assert slim.keys() == {k for k in full if not k.startswith("opt/")}
+    assert all(torch.equal(slim[k], full[k]) for k in slim)
+    before = (kept / "tensors.safetensors").stat().st_mtime_ns
+    assert commit_state(run, state) == 3
+    # copied as it is (copytree keeps the time), not rewritten
+    assert (state / "checkpoints" / "step-0000002" / "tensors.safetensors").stat().st_mtime_ns == before
+    assert any(k.startswith("opt/") for k in tensors(state / "checkpoints" / "step-0000003"))  # the newest resumes

@@ -12,12 +12,13 @@ of `benchmarks/MANIFEST.md` (rewritten from the JSON). Run folders stay local (`
 committed), but when a run's process ends its newest checkpoint (without the base model) is copied
 into ``benchmarks/runs/NAME`` (:mod:`metalm.runtime.runstate`), which is committed with the manifest at a
 session's end: ``restore`` lays it into an empty ``runs/NAME`` on a fresh clone, and the same
-command continues from it bit-identically (train_long.sh does both). A finished run's committed state is
-weights only (scored, never resumed: the optimizer's state is dropped).
+command continues from it bit-identically (train_long.sh does both). The steps a learning curve will score
+(``--keep-steps``; train_long.sh's ``KEEP_STEPS``) are kept in it too once the run has reached them. A
+finished run's committed state is weights only (scored, never resumed: the optimizer's state is dropped).
 
     python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --config benchmarks/fewshot/claim/hyperlora.yaml \
         --status running
-    python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --exit-code 0
+    python benchmarks/fewshot/long_runs.py update runs/long-hyperlora --exit-code 0 --keep-steps 150,300
     python benchmarks/fewshot/long_runs.py restore runs/long-hyperlora   # from benchmarks/runs/long-hyperlora
     python benchmarks/fewshot/long_runs.py keep runs/long-fomaml 150   # a curve's chosen step, kept committed
     python benchmarks/fewshot/long_runs.py show
@@ -30,6 +31,7 @@ import datetime
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +82,15 @@ def status_of(seen: dict[str, Any], exit_code: int | None, status: str | None) -
 
 
 def update(run: Path, *, config: str | None = None, status: str | None = None, exit_code: int | None = None,
-           path: Path = JSON, manifest: Path = MANIFEST, state: Path = STATE, now: str | None = None
-           ) -> dict[str, Any]:
-    """Record ``run``'s state in ``path`` and rewrite ``manifest``'s table; returns the entry."""
+           keep_steps: Sequence[int] = (), path: Path = JSON, manifest: Path = MANIFEST, state: Path = STATE,
+           now: str | None = None) -> dict[str, Any]:
+    """Record ``run``'s state in ``path`` and rewrite ``manifest``'s table; returns the entry.
+
+    When the process ended (``exit_code``) its newest checkpoint is committed, with each of ``keep_steps``
+    (a learning curve's points) the run has reached: kept (:func:`keep_checkpoint`), so a run stopped
+    past a point still has that point's checkpoint on a new machine. A reached point whose checkpoint is
+    gone from this machine is listed under ``unkept`` (the manifest says so): its curve point cannot be
+    scored from this run."""
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     key = os.path.relpath(run.resolve(), ROOT) if run.resolve().is_relative_to(ROOT) else str(run)
     if status == "abandoned":  # never to be resumed (its split is gone): the entry stays, without a command
@@ -101,6 +109,7 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
     entry["status"] = status_of(entry, exit_code, status)
     if exit_code is not None and entry.get("checkpointed") is not None:  # the process ended: keep its state
         entry["committed"] = commit_state(run, state_dir(run, state), weights_only=entry["status"] == "finished")
+        keep_reached(run, state_dir(run, state), keep_steps, entry)
     else:
         entry["committed"] = committed_step(state_dir(run, state))
     kept = [read_step(p) for p in kept_checkpoints(state_dir(run, state))]
@@ -121,6 +130,35 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
     return entry
 
 
+def keep_reached(run: Path, target: Path, steps: Sequence[int], entry: dict[str, Any]) -> None:
+    """Keep in the committed state ``target`` each of ``steps`` the run has reached (at most its committed
+    step) and not kept yet; those whose checkpoint this machine lacks go to ``entry["unkept"]``."""
+    kept = {read_step(p) for p in kept_checkpoints(target)}
+    unkept = set(entry.pop("unkept", [])) - kept
+    for step in sorted(set(steps)):
+        if step > entry["committed"] or step in kept:
+            continue
+        try:
+            keep_checkpoint(run, target, step)
+            unkept.discard(step)
+        except MetalmError as err:
+            print(f"long_runs.py: curve step {step} is not kept: {err}", file=sys.stderr)
+            unkept.add(step)
+    if unkept:
+        entry["unkept"] = sorted(unkept)
+
+
+def steps_list(text: str) -> list[int]:
+    """``"150,300"`` or ``"150 300"`` as steps (argparse's type for ``--keep-steps``)."""
+    try:
+        steps = [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--keep-steps {text!r}: steps are whole numbers, e.g. 150,300") from None
+    if any(s < 1 for s in steps):
+        raise argparse.ArgumentTypeError(f"--keep-steps {text!r}: a step is at least 1")
+    return steps
+
+
 def table(runs: dict[str, dict[str, Any]]) -> str:
     """The manifest's markdown table of ``runs``."""
     lines = ["| run folder | config | algorithm | step checkpointed / schedule | committed (benchmarks/runs/) | "
@@ -134,6 +172,8 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         kept = "none" if committed is None else f"step {committed}"
         if e.get("kept"):
             kept += f" (and kept: {', '.join(map(str, e['kept']))})"
+        if e.get("unkept"):
+            kept += f" (curve steps lost: {', '.join(map(str, e['unkept']))})"
         if committed is not None and e.get("checkpointed") is not None and e["checkpointed"] > committed:
             kept += f" (steps {committed + 1}-{e['checkpointed']} are on this machine only)"
         lines.append(f"| `{key}` | `{e.get('config', '')}` | {e['algorithm']} | {e['checkpointed']} / "
@@ -149,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--config", help="the config it was started from (kept from an earlier update if not given)")
     up.add_argument("--status", choices=STATUSES)
     up.add_argument("--exit-code", type=int, help="the training process's exit code (sets the status)")
+    up.add_argument("--keep-steps", type=steps_list, default=[],
+                    help="steps to keep committed once reached, e.g. a learning curve's points: 150,300")
     sub.add_parser("show", help="print the table")
     rs = sub.add_parser("restore", help="lay a run's committed state into its (empty or older) run folder")
     rs.add_argument("run", type=Path)
@@ -180,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.status is None and args.exit_code is None:
         parser.error("update needs --status or --exit-code")
-    entry = update(args.run, config=args.config, status=args.status, exit_code=args.exit_code)
+    entry = update(args.run, config=args.config, status=args.status, exit_code=args.exit_code,
+                   keep_steps=args.keep_steps)
     print(f"{args.run}: {entry['status']}, step {entry['checkpointed']} of {entry['max_steps']}", file=sys.stderr)
     return 0
 

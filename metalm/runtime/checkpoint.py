@@ -279,13 +279,15 @@ def drop_optimizer_state(path: str | Path) -> int:
     refuses it. Rewrites in place: call it on a copy that is renamed into place afterwards.
 
     Returns:
-        The bytes saved.
+        The bytes saved (0 for a checkpoint already weights only, left untouched).
 
     Raises:
         MetalmError: If the checkpoint is not intact (:func:`read_checkpoint`).
     """
     path = Path(path)
     checkpoint = read_checkpoint(path)
+    if checkpoint.state.get("weights_only"):
+        return 0
     before = (path / "tensors.safetensors").stat().st_size
     kept = {k: v.contiguous() for k, v in checkpoint.tensors.items() if not k.startswith("opt/")}
     _write_synced(path / "tensors.safetensors", save(kept))

@@ -44,8 +44,8 @@ def committed_step(state_dir: str | Path) -> int | None:
 def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int = MAX_BYTES,
                  weights_only: bool = False) -> int:
     """Replace ``state_dir`` by the run's newest intact checkpoint, ``config.yaml`` and ``log.jsonl``, with
-    the checkpoints it kept before (:func:`keep_checkpoint`). ``weights_only`` (a finished run, which is
-    scored and never resumed): every committed checkpoint without its optimizer's state
+    the checkpoints it kept before (:func:`keep_checkpoint`, weights only). ``weights_only`` (a finished
+    run, which is scored and never resumed): the newest too without its optimizer's state
     (:func:`~metalm.runtime.checkpoint.drop_optimizer_state`), a third of an Adam-trained state's size.
 
     Returns:
@@ -69,11 +69,11 @@ def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int =
     tmp = Path(tempfile.mkdtemp(prefix=f".{state_dir.name}-", dir=state_dir.parent))
     try:
         shutil.copytree(checkpoint.path, tmp / "checkpoints" / checkpoint.path.name)
-        for path in kept:
-            shutil.copytree(path, tmp / "checkpoints" / path.name)
         if weights_only:
-            for path in list_checkpoints(tmp):
-                drop_optimizer_state(path)
+            drop_optimizer_state(tmp / "checkpoints" / checkpoint.path.name)
+        for path in kept:  # scored, never resumed: weights only (a kept step that was the newest was not)
+            shutil.copytree(path, tmp / "checkpoints" / path.name)
+            drop_optimizer_state(tmp / "checkpoints" / path.name)
         if (state_dir / KEPT).is_file():
             shutil.copy2(state_dir / KEPT, tmp / KEPT)
         for name in _FILES:

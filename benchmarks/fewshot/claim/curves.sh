@@ -32,11 +32,7 @@ RUNG=()
 if [ "$SIZING" != none ]; then
   [ -f "$SIZING" ] || { echo "curves.sh: $SIZING is not written: run sizing.py first (PLAN.md)" >&2; exit 2; }
   # the rung: steps of its points, then the eval options (units: 10 episodes per seed; its meta-val tasks)
-  read -r POINTS TASKS SEEDS < <($BIN/python -c "
-import json, sys
-d = json.load(open(sys.argv[1])); r = d['chosen']
-print(' '.join(str(r['steps'] * i // r['points']) for i in range(1, r['points'] + 1)).replace(' ', ','),
-      ','.join(d['meta_val_tasks']), r['curve_units'] // 10)" "$SIZING")
+  read -r POINTS TASKS SEEDS < <($BIN/python benchmarks/fewshot/claim/sizing.py rung "$SIZING")
   STEPS=${STEPS:-${POINTS//,/ }}
   RUNG=(--tasks "$TASKS" --seeds "$SEEDS")
 fi

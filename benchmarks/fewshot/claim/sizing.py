@@ -27,6 +27,7 @@ is, the last, and the overrun is reported as missed.
 
     python benchmarks/fewshot/claim/sizing.py benchmarks/results/claim_pool_cost.json --json \
         benchmarks/results/claim_sizing.json
+    python benchmarks/fewshot/claim/sizing.py rung benchmarks/results/claim_sizing.json  # curve steps, tasks, seeds
 """
 
 from __future__ import annotations
@@ -110,9 +111,28 @@ def choose(costs: dict[str, Any], candidates: list[str], test_tasks: int, budget
     return chosen, table
 
 
+def curve_steps(rung: dict[str, int]) -> list[int]:
+    """The steps of a rung's learning-curve points (every ``steps / points``): ``[150, 300]`` at 300, 2."""
+    return [rung["steps"] * i // rung["points"] for i in range(1, rung["points"] + 1)]
+
+
+def rung_line(sizing: dict[str, Any]) -> str:
+    """The chosen rung as the shell scripts read it: its curve steps, its meta-val tasks, its curve units'
+    seeds (10 episodes each): ``"150,300 blimp.a,blimp.b 1"`` (curves.sh; study.sh keeps the steps)."""
+    rung = sizing["chosen"]
+    return f"{','.join(map(str, curve_steps(rung)))} {','.join(sizing['meta_val_tasks'])} {rung['curve_units'] // 10}"
+
+
 def main() -> None:
+    import sys
+
     import yaml
 
+    if sys.argv[1:2] == ["rung"]:  # sizing.py rung benchmarks/results/claim_sizing.json
+        ap = argparse.ArgumentParser(description="the chosen rung's curve steps, meta-val tasks and seeds")
+        ap.add_argument("sizing", type=Path)
+        print(rung_line(json.loads(ap.parse_args(sys.argv[2:]).sizing.read_text(encoding="utf-8"))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("costs", type=Path)
     ap.add_argument("--split", default="bench_pool")

@@ -32,6 +32,14 @@ read -r -a ORDER <<< "${ORDER:-channel_metaicl metaicl_direct multitask fomaml f
 read -r -a LANE_A <<< "${LANE_A-fomaml multitask channel_metaicl lora_library}"
 read -r -a LANE_B <<< "${LANE_B-hyperlora fomaml_icl metaicl_direct}"
 export CURVES
+# The steps curves.sh will score (STEPS, else the sizing's rung): each run keeps them in its committed state
+# once reached (train_long.sh's KEEP_STEPS), so a run stopped past a point is scored on a new machine too.
+SIZING=${SIZING:-benchmarks/results/claim_sizing.json}
+KEEP=${STEPS:-}
+if [ -z "$KEEP" ] && [ "$SIZING" != none ]; then
+  [ -f "$SIZING" ] || { echo "study.sh: $SIZING is not written: run sizing.py first (PLAN.md)" >&2; exit 2; }
+  read -r KEEP _ < <($BIN/python $CLAIM/sizing.py rung "$SIZING")
+fi
 mkdir -p "$RUNS"
 if [ ! -f "$SELECTION" ]; then
   lane "${LANE_A[@]}" &
@@ -66,7 +74,7 @@ lane() {  # CANDIDATE...: each trained, its curve points scored, its chosen chec
     run=$RUNS/long-$name
     if [ "$(finished "$run" "$CONFIGS/$name.yaml")" != yes ]; then
       say "$name: training ($RUNS/long-$name.log)"
-      RUN=$run bash benchmarks/fewshot/train_long.sh "$CONFIGS/$name.yaml" > "$RUNS/long-$name.log" 2>&1 || return 1
+      KEEP_STEPS=${KEEP//,/ } RUN=$run bash benchmarks/fewshot/train_long.sh "$CONFIGS/$name.yaml" > "$RUNS/long-$name.log" 2>&1 || return 1
     fi
     say "$name: curve points ($RUNS/curves-$name.log)"
     bash $CLAIM/curves.sh "$run" >> "$RUNS/curves-$name.log" 2>&1 || return 1
