@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 import metalm
 from metalm.data import CollateConfig, EpisodeSampler, SamplerConfig
 from metalm.data.episode import Example
-from metalm.errors import ConfigError
+from metalm.errors import ConfigError, MetalmError
 from metalm.eval import BASELINES, EvalConfig, Harness, exact_match, greedy_generate, mean_ci95, option_scores, token_f1
 from metalm.eval.budgets import _versus_runner_up, choose_finetune, inner_steps_sweep
 from metalm.eval.rows import FinetuneChoice
@@ -621,6 +621,25 @@ def test_grouped_means_match_a_hand_calculation():
     assert "| x (2) | icl | 0.562 ± " in format_grouped(grouped(report, {"a": "x", "b": "x", "c": "y"}))
     with pytest.raises(ConfigError, match="no group for 1 task"):
         grouped(report, {"a": "x", "b": "x"})
+
+
+def test_macro_units_read_back_from_a_report_give_its_paired_difference():
+    """macro_units (what choose.py's pilot, trend.py and power.py pair): hand-computed units, and the
+    report's own paired difference recomputed from them; a missing row is named with the rows there are."""
+    from metalm.eval.stats import paired
+    from metalm.eval.summary import macro_units, summarize
+
+    data = {("icl", "a", 1): [[1.0, 0.5]], ("icl", "b", 1): [[0.5, 0.0]],
+            ("meta", "a", 1): [[1.0, 1.0]], ("meta", "b", 1): [[1.0, 0.5]]}
+    tasks = ["a", "b"]
+    report = {**summarize(data, tasks, [1], chance={t: 0.5 for t in tasks}, majority={t: 0.5 for t in tasks},
+                          seeds=[1], baselines=["icl"]), "tasks": tasks}
+    assert macro_units(report, "icl", 1) == [0.75, 0.25] and macro_units(report, "meta", 1) == [1.0, 0.75]
+    (pair,) = [p for p in report["paired"] if p["task"] == "macro" and p["method"] == "meta"]
+    test = paired(macro_units(report, "meta", 1), macro_units(report, "icl", 1))
+    assert test["diff"] == pytest.approx(pair["diff"]) == pytest.approx(0.375)
+    with pytest.raises(MetalmError, match=r"no 'hyper' row at 1 shots on a \(its rows there: icl, meta\)"):
+        macro_units(report, "hyper", 1)
 
 
 def test_a_killed_evaluation_resumes_from_its_journal(tiny, registry, tmp_path):

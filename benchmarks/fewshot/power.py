@@ -17,6 +17,7 @@ import math
 import statistics
 
 from metalm.eval.stats import episodes_for, t_quantile
+from metalm.eval.summary import macro_units
 
 
 def main() -> None:
@@ -27,19 +28,13 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.report, encoding="utf-8") as fh:
         report = json.load(fh)
-    data, units = report["per_episode"], [int(u) for u in args.units.split(",")]
-    tasks = report["tasks"]
+    units = [int(u) for u in args.units.split(",")]
     print("| method | reference | shots | sd of unit differences | " +
           " | ".join(f"MDE at {n} units" for n in units) + f" | units to detect {args.effect:g} |")
     print("|---|---|---|---|" + "---|" * (len(units) + 1))
-    def macro_units(row: str, shots: int) -> list[float]:
-        by_task = [data[f"{row}|{t}|{shots}"] for t in tasks]
-        return [sum(bt[s][e] for bt in by_task) / len(tasks)
-                for s in range(len(by_task[0])) for e in range(len(by_task[0][s]))]
-
     for pair in (p for p in report["paired"] if p["task"] == "macro"):
-        diffs = [a - b for a, b in zip(macro_units(pair["method"], pair["shots"]),
-                                       macro_units(pair["reference"], pair["shots"]), strict=True)]
+        diffs = [a - b for a, b in zip(macro_units(report, pair["method"], pair["shots"]),
+                                       macro_units(report, pair["reference"], pair["shots"]), strict=True)]
         sd = statistics.stdev(diffs)
         mdes = [(t_quantile(0.975, n - 1) + t_quantile(0.8, n - 1)) * sd / math.sqrt(n) for n in units]
         need = episodes_for(args.effect, sd) if sd > 0 else 2

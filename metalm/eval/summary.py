@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..data.episode import TextEpisode
-from ..errors import ConfigError
+from ..errors import ConfigError, MetalmError
 from .scoring import normalize_answer
 from .stats import mean_ci95, paired
 
@@ -173,6 +173,22 @@ def measurements(report: Mapping[str, Any]) -> Measurements:
         row, task, shots = key.rsplit("|", 2)
         out[(row, task, int(shots))] = by_seed
     return out
+
+
+def macro_units(report: Mapping[str, Any], row: str, shots: int) -> list[float]:
+    """A report's macro units of ``row`` at ``shots`` (per seed and episode index, the mean over its tasks):
+    what its ``paired`` differences are computed on, e.g. to pair two reports scored on the same episodes.
+
+    Raises:
+        MetalmError: When the report has no such row (naming the rows it has at ``shots``).
+    """
+    data = measurements(report)
+    missing = [t for t in report["tasks"] if (row, t, shots) not in data]
+    if missing:
+        have = sorted({r for r, _, n in data if n == shots})
+        raise MetalmError(f"the report has no {row!r} row at {shots} shots on {missing[0]} "
+                          f"(its rows there: {', '.join(have) or 'none'})")
+    return _units(data, row, report["tasks"], shots)
 
 
 def grouped(report: Mapping[str, Any], groups: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -38,9 +38,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metalm.errors import MetalmError
 from metalm.eval.compare import _labels
 from metalm.eval.stats import paired
-from metalm.eval.summary import _units, measurements
+from metalm.eval.summary import macro_units
 from metalm.run import load_train_config, run_kind
 from metalm.runtime.files import write_atomic
 
@@ -169,11 +170,10 @@ def pilot(report: dict[str, Any], fomaml: str, reptile: str, shots: int = 4, che
     "fomaml"|"reptile", "diff", "ci95", "p", "n"}`` (the difference is FOMAML's minus Reptile's, over
     the macro units: per seed and episode index, the mean over tasks); ``cheaper`` goes on when the
     interval includes zero."""
-    data = measurements(report)
-    for row in (fomaml, reptile):
-        if (row, report["tasks"][0], shots) not in data:
-            raise SystemExit(f"the pilot's report has no {row!r} row at {shots} shots")
-    test = paired(_units(data, fomaml, report["tasks"], shots), _units(data, reptile, report["tasks"], shots))
+    try:
+        test = paired(macro_units(report, fomaml, shots), macro_units(report, reptile, shots))
+    except MetalmError as err:
+        raise SystemExit(f"the pilot's report: {err}") from None
     separated = abs(test["diff"]) > test["ci95"]
     chosen = ("fomaml" if test["diff"] > 0 else "reptile") if separated else cheaper
     return {"chosen": chosen, **{k: test[k] for k in ("diff", "ci95", "p", "n")}}

@@ -30,7 +30,7 @@ from choose import CURVES, curve, macro  # noqa: E402
 
 from metalm.eval.fewshot import BASELINES  # noqa: E402
 from metalm.eval.stats import paired  # noqa: E402
-from metalm.eval.summary import _units, measurements  # noqa: E402
+from metalm.eval.summary import macro_units  # noqa: E402
 from metalm.runtime.files import write_atomic  # noqa: E402
 
 SHOTS = 16
@@ -54,8 +54,7 @@ def gain(later: dict[str, Any], earlier: dict[str, Any], row: str, shots: int = 
         SystemExit: When the two points are not scored on the same tasks and seeds."""
     if later["tasks"] != earlier["tasks"] or later["seeds"]["seeds"] != earlier["seeds"]["seeds"]:
         raise SystemExit("the two points are not scored on the same tasks and seeds: not paired")
-    a, b = measurements(later), measurements(earlier)
-    test = paired(_units(a, row, later["tasks"], shots), _units(b, row, earlier["tasks"], shots))
+    test = paired(macro_units(later, row, shots), macro_units(earlier, row, shots))
     lo, hi = test["diff"] - test["ci95"], test["diff"] + test["ci95"]
     return {"diff": test["diff"], "ci95": test["ci95"], "lo": lo, "hi": hi, "n": test["n"], "rising": bool(lo > 0)}
 
