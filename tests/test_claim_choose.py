@@ -140,16 +140,28 @@ def test_sizing_by_hand():
 
 
 def test_the_rungs_curve_steps_as_the_scripts_read_them(tmp_path):
-    """sizing.py rung: what curves.sh scores and study.sh keeps committed (every steps / points)."""
+    """sizing.py steps: what curves.sh scores and study.sh keeps committed (every steps / points; the
+    anchors' 500-2000 without a sizing, for both); sizing.py rung: curves.sh's meta-val tasks and seeds."""
     s = load("sizing")
     assert s.curve_steps({"steps": 300, "points": 2}) == [150, 300]
     assert s.curve_steps({"steps": 1000, "points": 3}) == [333, 666, 1000]
     sizing = {"chosen": {"steps": 500, "points": 4, "curve_units": 20, "val_tasks": 2}, "meta_val_tasks": ["a", "b"]}
-    assert s.rung_line(sizing) == "125,250,375,500 a,b 2"
+    assert s.rung_line(sizing) == "a,b 2"
     (tmp_path / "sizing.json").write_text(json.dumps(sizing))
-    ran = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fewshot" / "claim" / "sizing.py"), "rung",
-                          str(tmp_path / "sizing.json")], capture_output=True, text=True, timeout=60)
-    assert ran.returncode == 0 and ran.stdout == "125,250,375,500 a,b 2\n", ran.stderr
+    script = str(ROOT / "benchmarks" / "fewshot" / "claim" / "sizing.py")
+
+    def ran(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=60)
+
+    out = ran("rung", str(tmp_path / "sizing.json"))
+    assert out.returncode == 0 and out.stdout == "a,b 2\n", out.stderr
+    out = ran("steps", str(tmp_path / "sizing.json"))
+    assert out.returncode == 0 and out.stdout == "125 250 375 500\n", out.stderr
+    out = ran("steps", "none")
+    assert out.returncode == 0 and out.stdout == "500 1000 1500 2000\n", out.stderr
+    for sub in ("steps", "rung"):  # a sizing not written yet: one line naming the file, no steps
+        out = ran(sub, str(tmp_path / "missing.json"))
+        assert out.returncode != 0 and out.stdout == "" and "missing.json is not written" in out.stderr
 
 
 def test_the_meta_val_subset_keeps_each_familys_share():

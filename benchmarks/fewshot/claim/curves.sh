@@ -28,15 +28,15 @@ $BIN/python benchmarks/fewshot/long_runs.py restore "$RUN"  # a new machine: its
 KIND=$($BIN/python benchmarks/fewshot/run_kind.py "$RUN")  # its rows: meta, mtl, hyper or library
 PROTOCOL=${PROTOCOL:-bench_pool}
 SIZING=${SIZING:-benchmarks/results/claim_sizing.json}
+# the points: STEPS, else the rung's (500-2000 with SIZING=none); study.sh's runs keep the same ones committed
+STEPS=${STEPS:-$($BIN/python benchmarks/fewshot/claim/sizing.py steps "$SIZING")}
 RUNG=()
 if [ "$SIZING" != none ]; then
-  [ -f "$SIZING" ] || { echo "curves.sh: $SIZING is not written: run sizing.py first (PLAN.md)" >&2; exit 2; }
-  # the rung: steps of its points, then the eval options (units: 10 episodes per seed; its meta-val tasks)
-  read -r POINTS TASKS SEEDS < <($BIN/python benchmarks/fewshot/claim/sizing.py rung "$SIZING")
-  STEPS=${STEPS:-${POINTS//,/ }}
+  # the rung's eval options (units: 10 episodes per seed; its meta-val tasks)
+  RUNG_LINE=$($BIN/python benchmarks/fewshot/claim/sizing.py rung "$SIZING")
+  read -r TASKS SEEDS <<< "$RUNG_LINE"
   RUNG=(--tasks "$TASKS" --seeds "$SEEDS")
 fi
-STEPS=${STEPS:-500 1000 1500 2000}
 # Fine-tuning's budget as the baseline job chose it on meta-val (a grid of one: the @ft rows adapt with it);
 # FT set (even empty) replaces it.
 FT=${FT-$($BIN/python benchmarks/fewshot/claim/ft_budget.py)}

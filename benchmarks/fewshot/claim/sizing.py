@@ -27,7 +27,8 @@ is, the last, and the overrun is reported as missed.
 
     python benchmarks/fewshot/claim/sizing.py benchmarks/results/claim_pool_cost.json --json \
         benchmarks/results/claim_sizing.json
-    python benchmarks/fewshot/claim/sizing.py rung benchmarks/results/claim_sizing.json  # curve steps, tasks, seeds
+    python benchmarks/fewshot/claim/sizing.py steps benchmarks/results/claim_sizing.json  # the curve steps
+    python benchmarks/fewshot/claim/sizing.py rung benchmarks/results/claim_sizing.json   # meta-val tasks, seeds
 """
 
 from __future__ import annotations
@@ -116,11 +117,27 @@ def curve_steps(rung: dict[str, int]) -> list[int]:
     return [rung["steps"] * i // rung["points"] for i in range(1, rung["points"] + 1)]
 
 
+#: The curve steps without a sizing (``SIZING=none``): the anchors' schedule, every 500 of 2,000 steps.
+DEFAULT_STEPS = (500, 1000, 1500, 2000)
+
+
+def steps_of(sizing: str) -> list[int]:
+    """The steps whose checkpoints the learning curve scores: the chosen rung's (:func:`curve_steps`) of the
+    sizing file ``sizing``, or :data:`DEFAULT_STEPS` for ``"none"``. One place for ``curves.sh`` (which
+    scores them) and ``study.sh`` (whose runs keep them committed), so the two cannot disagree."""
+    if sizing == "none":
+        return list(DEFAULT_STEPS)
+    path = Path(sizing)
+    if not path.is_file():
+        raise SystemExit(f"sizing.py: {path} is not written: run sizing.py first (PLAN.md), or SIZING=none")
+    return curve_steps(json.loads(path.read_text(encoding="utf-8"))["chosen"])
+
+
 def rung_line(sizing: dict[str, Any]) -> str:
-    """The chosen rung as the shell scripts read it: its curve steps, its meta-val tasks, its curve units'
-    seeds (10 episodes each): ``"150,300 blimp.a,blimp.b 1"`` (curves.sh; study.sh keeps the steps)."""
+    """The chosen rung's evaluation as ``curves.sh`` reads it: its meta-val tasks and its curve units' seeds
+    (10 episodes each): ``"blimp.a,blimp.b 1"``."""
     rung = sizing["chosen"]
-    return f"{','.join(map(str, curve_steps(rung)))} {','.join(sizing['meta_val_tasks'])} {rung['curve_units'] // 10}"
+    return f"{','.join(sizing['meta_val_tasks'])} {rung['curve_units'] // 10}"
 
 
 def main() -> None:
@@ -128,10 +145,18 @@ def main() -> None:
 
     import yaml
 
+    if sys.argv[1:2] == ["steps"]:  # sizing.py steps benchmarks/results/claim_sizing.json (or none)
+        ap = argparse.ArgumentParser(description="the learning curve's steps: the chosen rung's, or 500-2000 (none)")
+        ap.add_argument("sizing")
+        print(" ".join(map(str, steps_of(ap.parse_args(sys.argv[2:]).sizing))))
+        return
     if sys.argv[1:2] == ["rung"]:  # sizing.py rung benchmarks/results/claim_sizing.json
-        ap = argparse.ArgumentParser(description="the chosen rung's curve steps, meta-val tasks and seeds")
+        ap = argparse.ArgumentParser(description="the chosen rung's meta-val tasks and seeds")
         ap.add_argument("sizing", type=Path)
-        print(rung_line(json.loads(ap.parse_args(sys.argv[2:]).sizing.read_text(encoding="utf-8"))))
+        args = ap.parse_args(sys.argv[2:])
+        if not args.sizing.is_file():
+            raise SystemExit(f"sizing.py: {args.sizing} is not written: run sizing.py first (PLAN.md)")
+        print(rung_line(json.loads(args.sizing.read_text(encoding="utf-8"))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("costs", type=Path)

@@ -32,14 +32,11 @@ read -r -a ORDER <<< "${ORDER:-channel_metaicl metaicl_direct multitask fomaml f
 read -r -a LANE_A <<< "${LANE_A-fomaml multitask channel_metaicl lora_library}"
 read -r -a LANE_B <<< "${LANE_B-hyperlora fomaml_icl metaicl_direct}"
 export CURVES
-# The steps curves.sh will score (STEPS, else the sizing's rung): each run keeps them in its committed state
-# once reached (train_long.sh's KEEP_STEPS), so a run stopped past a point is scored on a new machine too.
+# The steps curves.sh will score (STEPS, else the sizing's rung; one call computes them for both): each run
+# keeps them in its committed state once reached (train_long.sh's KEEP_STEPS), so a run stopped past a point
+# is scored on a new machine too.
 SIZING=${SIZING:-benchmarks/results/claim_sizing.json}
-KEEP=${STEPS:-}
-if [ -z "$KEEP" ] && [ "$SIZING" != none ]; then
-  [ -f "$SIZING" ] || { echo "study.sh: $SIZING is not written: run sizing.py first (PLAN.md)" >&2; exit 2; }
-  read -r KEEP _ < <($BIN/python $CLAIM/sizing.py rung "$SIZING")
-fi
+KEEP=${STEPS:-$($BIN/python $CLAIM/sizing.py steps "$SIZING")}
 mkdir -p "$RUNS"
 if [ ! -f "$SELECTION" ]; then
   lane "${LANE_A[@]}" &
