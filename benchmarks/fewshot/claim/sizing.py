@@ -125,12 +125,14 @@ def steps_of(sizing: str) -> list[int]:
     """The steps whose checkpoints the learning curve scores: the chosen rung's (:func:`curve_steps`) of the
     sizing file ``sizing``, or :data:`DEFAULT_STEPS` for ``"none"``. One place for ``curves.sh`` (which
     scores them) and ``study.sh`` (whose runs keep them committed), so the two cannot disagree."""
-    if sizing == "none":
-        return list(DEFAULT_STEPS)
-    path = Path(sizing)
+    return list(DEFAULT_STEPS) if sizing == "none" else curve_steps(read_sizing(Path(sizing))["chosen"])
+
+
+def read_sizing(path: Path) -> dict[str, Any]:
+    """The sizing file ``path`` (written by this script's main form); a missing one is named, with the cure."""
     if not path.is_file():
         raise SystemExit(f"sizing.py: {path} is not written: run sizing.py first (PLAN.md), or SIZING=none")
-    return curve_steps(json.loads(path.read_text(encoding="utf-8"))["chosen"])
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def rung_line(sizing: dict[str, Any]) -> str:
@@ -153,10 +155,7 @@ def main() -> None:
     if sys.argv[1:2] == ["rung"]:  # sizing.py rung benchmarks/results/claim_sizing.json
         ap = argparse.ArgumentParser(description="the chosen rung's meta-val tasks and seeds")
         ap.add_argument("sizing", type=Path)
-        args = ap.parse_args(sys.argv[2:])
-        if not args.sizing.is_file():
-            raise SystemExit(f"sizing.py: {args.sizing} is not written: run sizing.py first (PLAN.md)")
-        print(rung_line(json.loads(args.sizing.read_text(encoding="utf-8"))))
+        print(rung_line(read_sizing(ap.parse_args(sys.argv[2:]).sizing)))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("costs", type=Path)
