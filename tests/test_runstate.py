@@ -178,3 +178,64 @@ def test_a_kept_step_committed_as_the_newest_is_weights_only_once_the_run_goes_o
     # copied as it is (copytree keeps the time), not rewritten
     assert (state / "checkpoints" / "step-0000002" / "tensors.safetensors").stat().st_mtime_ns == before
     assert any(k.startswith("opt/") for k in tensors(state / "checkpoints" / "step-0000003"))  # the newest resumes
+
+
+def test_the_bound_is_on_what_is_committed_so_a_finished_run_over_it_with_its_optimizer_fits_weights_only(
+        world, tmp_path, monkeypatch):
+    """The claim study's LoRA library (one LoRA per meta-train task) weighed 44.6 MiB with Adam's moments and
+    15 weights only; the bound was checked on the full checkpoint, so its finished run was refused and never
+    committed. The bound reads what would be committed: a finished run's newest and the kept copies without
+    the optimizer. A state over it still leaves the committed one as it was and names the optimizer's share."""
+    from metalm.runtime.runstate import keep_checkpoint
+
+    run = tmp_path / "run"
+    trainer(world, run, monkeypatch).train(progress=False)  # the whole schedule: 4 steps
+    probe = tmp_path / "probe"
+    commit_state(run, probe, weights_only=True)
+    slim = sum(p.stat().st_size for p in probe.rglob("*") if p.is_file())
+    full = slim + sum(v.nbytes for k, v in tensors(run / "checkpoints" / "step-0000004").items() if k.startswith("opt/"))
+    assert full > slim + 1000  # Adam's moments
+    bound = slim + 500  # over with the optimizer's state, within weights only
+    state = tmp_path / "state"
+    with pytest.raises(MetalmError, match=r"over the .* MiB a committed run may hold \(.* MiB of it the optimizer"):
+        commit_state(run, state, max_bytes=bound)
+    assert not state.exists() and not list(tmp_path.glob(".state-*"))  # nothing left behind
+    assert commit_state(run, state, max_bytes=bound, weights_only=True) == 4
+    # a kept older step is counted weights only too (the copy that is committed), with the state beside it
+    with pytest.raises(MetalmError, match="with it is over the"):
+        keep_checkpoint(run, state, 3, max_bytes=slim + 500)
+    assert [p.name for p in (state / "checkpoints").iterdir()] == ["step-0000004"]  # no copy left behind
+    keep_checkpoint(run, state, 3, max_bytes=2 * slim + 500)  # over it with the optimizer's state
+    assert sorted(p.name for p in (state / "checkpoints").iterdir()) == ["step-0000003", "step-0000004"]
+
+
+def test_a_state_with_a_tensor_file_over_the_part_size_is_committed_in_parts_and_laid_in_whole(
+        world, tmp_path, monkeypatch):
+    """The LoRA library's weights are 15.9 MB in one file; a committed file stays under PART_BYTES (4 MiB):
+    bigger ones are split, and a new machine's folder gets the file back byte for byte, so resuming it is
+    the uninterrupted run. Kept copies stay in parts through later commits."""
+    from metalm.runtime.runstate import PART_BYTES, keep_checkpoint, kept_checkpoints
+
+    assert PART_BYTES <= 5 * 10**6  # under the repository's largest file
+    reference = tmp_path / "reference"
+    trainer(world, reference, monkeypatch).train(progress=False)
+    run = tmp_path / "machine-one" / "runs" / "long"
+    trainer(world, run, monkeypatch).train(progress=False, max_steps=2)
+    state = tmp_path / "repo" / "runs" / "long"
+    part = 1000
+    assert commit_state(run, state, part_bytes=part) == 2
+    keep_checkpoint(run, state, 1, part_bytes=part)
+    trainer(world, run, monkeypatch).train(progress=False, resume=True, max_steps=3)
+    assert commit_state(run, state, part_bytes=part) == 3  # the kept copy (in parts) goes through again
+    assert max(p.stat().st_size for p in state.rglob("tensors.safetensors*")) <= part
+    assert not list(state.rglob("tensors.safetensors")) and len(list(state.rglob("*.part-*"))) > 4
+    assert committed_step(state) == 3 and [p.name for p in kept_checkpoints(state)] == ["step-0000001"]
+    fresh = tmp_path / "machine-two" / "runs" / "long"
+    assert restore_state(state, fresh) == 3
+    assert sorted(p.name for p in list_checkpoints(fresh)) == ["step-0000001", "step-0000003"]
+    want = (run / "checkpoints" / "step-0000003" / "tensors.safetensors").read_bytes()
+    assert (fresh / "checkpoints" / "step-0000003" / "tensors.safetensors").read_bytes() == want
+    assert not list(fresh.rglob("*.part-*"))
+    trainer(world, fresh, monkeypatch).train(resume=True, progress=False)
+    got, ref = tensors(fresh / "checkpoints" / "step-0000004"), tensors(reference / "checkpoints" / "step-0000004")
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
