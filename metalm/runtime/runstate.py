@@ -47,15 +47,15 @@ def _over(folder: Path) -> str:
 
     sizes = [(key.startswith("opt/"), t.nbytes) for path in folder.rglob("tensors.safetensors")
              for key, t in load_file(str(path)).items()]
-    opt = sum(n for is_opt, n in sizes if is_opt)
-    rest = sum(n for is_opt, n in sizes if not is_opt)
-    return (f"{opt / 2**20:.1f} MiB of it the optimizer's state, {rest / 2**20:.1f} MiB trained tensors: a run "
-            "that meta-learns the whole model (meta.shared) does not belong in the repository; a finished run "
-            "is committed weights only")
+    opt, total = sum(n for is_opt, n in sizes if is_opt), sum(n for _, n in sizes)
+    return (f"{opt / max(total, 1):.0%} of its tensors the optimizer's state: a run that meta-learns the whole "
+            "model (meta.shared) does not belong in the repository; a finished run is committed weights only")
 
 
 def _pack(checkpoint: Path, part_bytes: int) -> None:
     """Split a checkpoint folder's tensor file into parts of at most ``part_bytes`` (a file no bigger stays)."""
+    if part_bytes < 1:
+        raise MetalmError(f"part_bytes must be a positive number of bytes, not {part_bytes}")
     whole = checkpoint / _TENSORS
     if whole.stat().st_size <= part_bytes:
         return
@@ -126,8 +126,6 @@ def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int =
             shutil.copytree(path, tmp / "checkpoints" / path.name)
             _unpack(tmp / "checkpoints" / path.name)
             drop_optimizer_state(tmp / "checkpoints" / path.name)  # verifies it too
-        for path in list_checkpoints(tmp):
-            _pack(path, part_bytes)
         if (state_dir / KEPT).is_file():
             shutil.copy2(state_dir / KEPT, tmp / KEPT)
         for name in _FILES:
@@ -137,6 +135,8 @@ def commit_state(run_dir: str | Path, state_dir: str | Path, *, max_bytes: int =
         if size > max_bytes:
             raise MetalmError(f"{checkpoint.path}: {size / 2**20:.1f} MiB of state is over the "
                               f"{max_bytes / 2**20:.0f} MiB a committed run may hold ({_over(tmp)})")
+        for path in list_checkpoints(tmp):  # the same bytes, in files of at most part_bytes
+            _pack(path, part_bytes)
         retired = tmp.with_name(tmp.name + "-old")
         if state_dir.exists():
             os.replace(state_dir, retired)
