@@ -187,6 +187,26 @@ def test_a_run_stopped_past_a_curve_step_keeps_it_for_a_new_machine(setup):
     assert sorted(p.name for p in committed.iterdir()) == ["step-0000001", "step-0000003"]
 
 
+@pytest.mark.slow  # two trainings, each a process of its own
+def test_a_state_that_was_not_committed_fails_the_script(setup):
+    """A run that trained to its end but whose state could not be committed (here: the state's folder is
+    a file) exits non-zero, so a study stops on it instead of scoring a run a new machine would lose; the
+    same command, once the cause is gone, commits it without training again."""
+    world, env, tmp_path = setup
+    (tmp_path / "blocked").write_text("not a folder")
+    ran = subprocess.run(["bash", str(SCRIPT), str(world["config"])], env={**env, "LONG_RUNS_STATE": str(
+        tmp_path / "blocked")}, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 4 and "state was not committed" in ran.stderr, ran.stderr
+    assert (tmp_path / "run" / "checkpoints" / "step-0000003").is_dir()  # the run folder is untouched
+    ran = subprocess.run(["bash", str(SCRIPT), str(world["config"])], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    log = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]  # not trained again
+    e = entry(tmp_path)
+    assert (e["status"], e["committed"]) == ("finished", 3)
+
+
 def test_a_reached_curve_step_whose_checkpoint_is_gone_is_listed_as_unkept(tmp_path, monkeypatch):
     """A point the run passed whose checkpoint was pruned on this machine before the stop (keep_checkpoints
     too small): the commit goes on, and the entry and the manifest say which point cannot be scored."""

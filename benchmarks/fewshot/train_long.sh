@@ -6,7 +6,8 @@
 # status) is recorded in benchmarks/results/long_runs.json and the table of benchmarks/MANIFEST.md when
 # the run starts and when its process ends (benchmarks/fewshot/long_runs.py), and when it ends its newest
 # checkpoint (no base model) is copied to benchmarks/runs/NAME: commit that folder, and the same command
-# continues from it on a fresh clone. KEEP_STEPS (e.g. "150 300": a learning curve's points) are kept in
+# continues from it on a fresh clone (if that commit fails, the script exits non-zero: 4 after a run that
+# trained to its end). KEEP_STEPS (e.g. "150 300": a learning curve's points) are kept in
 # that folder too once reached, so a run stopped past a point can still be scored there on a new machine.
 #
 #   nohup bash benchmarks/fewshot/train_long.sh benchmarks/fewshot/claim/hyperlora.yaml > runs/long-hyperlora.log 2>&1 &
@@ -41,7 +42,13 @@ while kill -0 $CHILD 2>/dev/null; do  # the wait was cut by a signal: wait for t
   wait $CHILD
   RC=$?
 done
-$MANIFEST --config "$CONFIG" --exit-code $RC --keep-steps "${KEEP_STEPS:-}" || echo "train_long.sh: the manifest was not updated" >&2
+# A run whose state was not committed would be lost with this machine: say so and fail (a study stops on it),
+# even when the training itself finished; the run folder stays as it is, and the same command commits it.
+if ! $MANIFEST --config "$CONFIG" --exit-code $RC --keep-steps "${KEEP_STEPS:-}"; then
+  echo "train_long.sh: the manifest was not updated and $RUN's state was not committed (the cause above);" \
+    "fix it and run the same command again" >&2
+  [ "$RC" -eq 0 ] && RC=4
+fi
 exit $RC
 }
 main "$@"; exit
