@@ -26,6 +26,7 @@ import random
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,13 +180,16 @@ def _remove(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders of interrupted writes are ignored)."""
+def list_checkpoints(run_dir: Path, has_tensors: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders of interrupted writes are ignored).
+    ``has_tensors(folder)``: whether a folder holds its tensors (default: a ``tensors.safetensors`` file;
+    a committed state's may be in parts, :mod:`metalm.runtime.runstate`)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
-                  and (p / "state.json").is_file() and (p / "tensors.safetensors").is_file())
+    has_tensors = has_tensors or (lambda p: (p / "tensors.safetensors").is_file())
+    return sorted(p for p in root.iterdir() if p.is_dir() and read_step(p) is not None
+                  and (p / "state.json").is_file() and has_tensors(p))
 
 
 def read_step(path: Path) -> int | None:

@@ -83,11 +83,7 @@ def _unpack(checkpoint: Path) -> None:
 
 def _committed(state_dir: Path) -> list[Path]:
     """A committed state's checkpoints, oldest first, whole or packed (:func:`_pack`)."""
-    root = state_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and read_step(p) is not None
-                  and (p / "state.json").is_file() and ((p / _TENSORS).is_file() or _parts(p)))
+    return list_checkpoints(state_dir, has_tensors=lambda p: (p / _TENSORS).is_file() or bool(_parts(p)))
 
 
 def committed_step(state_dir: str | Path) -> int | None:
