@@ -72,3 +72,35 @@ def test_two_lanes_then_the_selection_then_a_stop(tmp_path):
     assert {r: (e["status"], e["checkpointed"]) for r, e in json.loads((tmp_path / "long_runs.json").read_text()).items()} \
         == {r: (e["status"], e["checkpointed"]) for r, e in runs.items()}
     assert json.loads((tmp_path / "selection.json").read_text()) == selection
+
+
+POOL_CURVE = ROOT / "benchmarks" / "fewshot" / "claim" / "pool_curve.sh"
+
+
+@pytest.mark.slow  # two trainings and two evaluations, side by side
+def test_the_pool_curve_trains_and_scores_both_fractions_then_repeats_nothing(tmp_path):
+    env = _world(tmp_path)
+    ran = subprocess.run(["bash", str(POOL_CURVE), "a"], env=env, capture_output=True, text=True, timeout=900)
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "runs").glob("*.log")))
+    assert ran.returncode == 0, ran.stderr + logs
+    runs = json.loads((tmp_path / "long_runs.json").read_text())
+    for pct, share in ((25, 0.25), (50, 0.5)):
+        config = yaml.safe_load((tmp_path / "configs" / f"a_pool{pct}.yaml").read_text())
+        assert (config["pool_fraction"], config["pool_seed"]) == (share, 0)
+        run = tmp_path / "runs" / f"long-a_pool{pct}"
+        assert runs[str(run)]["status"] == "finished" and runs[str(run)]["checkpointed"] == 2
+        point = json.loads((tmp_path / "curves" / f"a_pool{pct}.step-0000002.json").read_text())
+        assert point["results"], point
+    # Again: both runs are finished and both points written, so nothing is trained or scored twice.
+    stamps = {p: p.stat().st_mtime_ns for p in [*(tmp_path / "curves").iterdir(), *(tmp_path / "configs").iterdir()]}
+    again = subprocess.run(["bash", str(POOL_CURVE), "a"], env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert {r: (e["status"], e["checkpointed"]) for r, e in json.loads((tmp_path / "long_runs.json").read_text()).items()} \
+        == {r: (e["status"], e["checkpointed"]) for r, e in runs.items()}
+
+
+def test_the_pool_curve_refuses_an_unknown_lane_count(tmp_path):
+    env = {**_world(tmp_path), "LANES": "3"}
+    ran = subprocess.run(["bash", str(POOL_CURVE), "a"], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 2 and "LANES" in ran.stderr

@@ -7,7 +7,8 @@
 # When both are done, choose.py writes benchmarks/results/claim_selection.json and the command stops: the
 # selection is committed before any held-out task is scored (PLAN.md). Run again once it is committed: the
 # comparison (compare.sh, two shards), merge.py (benchmarks/results/claim.json), the pool curve of the
-# candidate designated at 16 shots and the projection (trend.py: benchmarks/results/claim_trend.json) follow.
+# candidate designated at 16 shots (pool_curve.sh: its two runs side by side) and the projection (trend.py:
+# benchmarks/results/claim_trend.json) follow.
 #
 #   setsid nohup bash benchmarks/fewshot/claim/study.sh > runs/claim-study.log 2>&1 &
 #   kill -TERM -- -$(pgrep -f claim/study.sh | head -1)   # stop it all: runs checkpoint, evaluations journal
