@@ -145,6 +145,39 @@ def test_a_lost_run_keeps_the_step_it_had_reached(tmp_path):
     assert "| hyperlora | 1117 / 2000 | none | abandoned | later |  |" in manifest.read_text()
 
 
+def _update_at_once(barrier, run, config, path, manifest, state):
+    sys.path.insert(0, str(ROOT / "benchmarks" / "fewshot"))
+    from long_runs import update
+
+    barrier.wait()
+    update(run, config=config, path=path, manifest=manifest, state=state, now="now")
+
+
+def test_lanes_updating_the_manifest_at_once_lose_no_entry(setup):
+    """Lanes side by side (study.sh, pool_curve.sh) can end at the same moment: every update is kept, in
+    the JSON and in the table, and no writer trips over another's temporary file (seen: two lanes that
+    shared one temporary name, one of them failed)."""
+    import multiprocessing
+
+    world, _, tmp_path = setup
+    path, manifest = tmp_path / "long_runs.json", tmp_path / "MANIFEST.md"
+    runs = [tmp_path / f"run{k}" for k in range(8)]
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(len(runs))
+    procs = [ctx.Process(target=_update_at_once, args=(barrier, r, str(world["config"]), path, manifest,
+                                                                   tmp_path / "committed"))
+             for r in runs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * len(runs)
+    assert sorted(json.loads(path.read_text())) == sorted(str(r) for r in runs)
+    table = manifest.read_text().split("<!-- long runs: begin")[1].split("<!-- long runs: end")[0]
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + len(runs)  # a row each
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 @pytest.mark.slow
 def test_a_fresh_clone_continues_from_the_committed_state(setup):
     """The run folder is gone (a new machine); train_long.sh lays the committed state in and continues."""

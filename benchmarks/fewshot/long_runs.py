@@ -38,7 +38,7 @@ from typing import Any
 from metalm.errors import MetalmError
 from metalm.run import load_train_config
 from metalm.runtime.checkpoint import list_checkpoints, read_step
-from metalm.runtime.files import json_lines, write_atomic
+from metalm.runtime.files import json_lines, locked, write_atomic
 from metalm.runtime.runstate import commit_state, committed_step, keep_checkpoint, kept_checkpoints, restore_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +91,13 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
     past a point still has that point's checkpoint on a new machine. A reached point whose checkpoint is
     gone from this machine is listed under ``unkept`` (the manifest says so): its curve point cannot be
     scored from this run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.parent):  # two lanes ending at once: one update waits for the other, none is lost
+        return _update(run, config, status, exit_code, keep_steps, path, manifest, state, now)
+
+
+def _update(run: Path, config: str | None, status: str | None, exit_code: int | None, keep_steps: Sequence[int],
+            path: Path, manifest: Path, state: Path, now: str | None) -> dict[str, Any]:
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     key = os.path.relpath(run.resolve(), ROOT) if run.resolve().is_relative_to(ROOT) else str(run)
     if status == "abandoned":  # never to be resumed (its split is gone): the entry stays, without a command
@@ -119,7 +126,6 @@ def update(run: Path, *, config: str | None = None, status: str | None = None, e
         entry.pop("kept", None)
     entry["updated"] = now or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs[key] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
     if manifest.is_file():
         text = manifest.read_text(encoding="utf-8")
