@@ -66,7 +66,7 @@ echo "== SmolLM2-135M, very small budget"
 $BIN/metalm train benchmarks/fewshot/main.yaml --run-dir "$WORK/smol-run" --quiet task_dirs="[$WORK/tasks]" split=e2e max_steps=2 \
   val_every=0 checkpoint_every=1 outer.meta_batch=1
 $BIN/metalm eval --run-dir "$WORK/smol-run" --task-dir "$WORK/tasks" --tasks bbc_news --shots 1 --episodes 1 --ways 2 --queries 1 \
-  --methods zeroshot,mtl --quiet
+  --methods "zeroshot,$($BIN/python benchmarks/fewshot/run_kind.py "$WORK/smol-run")" --quiet  # main.yaml's row kind
 $BIN/metalm report "$WORK/smol-run"
 $BIN/metalm export "$WORK/smol-run" "$WORK/smol-export"
 test -f "$WORK/smol-export/adapter_model.safetensors"
